@@ -1,0 +1,164 @@
+"""The report service both front ends use: fetch -> model -> read -> render -> write.
+
+``ReportService.report()`` returns a finished :class:`Report` (map, reading, PNG bytes, Markdown
+summary, JSON). It caches finished reports for ``ttl`` seconds and makes concurrent requests for
+the same key share one computation (single-flight). Venues that fail are named in the report;
+only when every venue fails is it an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from . import chart, commentary
+from .errors import InputError, LiqmapError, SourceError
+from .liqmap import LiquidationMap, merge
+from .metrics import MetricsParams, Reading, read
+from .model import ModelParams, build_map
+from .sources.base import Source
+from .symbols import parse_symbol
+from .windows import Window, parse_window
+
+__all__ = ["Report", "ReportService", "ReportKey"]
+
+log = logging.getLogger(__name__)
+
+ReportKey = tuple[str, str, tuple[str, ...], str]
+
+
+@dataclass(frozen=True, eq=False)
+class Report:
+    """A finished report: everything a front end needs to answer."""
+
+    symbol: str
+    window: Window
+    venues: tuple[str, ...]
+    map: LiquidationMap
+    reading: Reading
+    png: bytes
+    summary: str
+    missing: Mapping[str, str] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        out = self.map.to_json()
+        out["reading"] = self.reading.to_json()
+        out["missing_venues"] = dict(self.missing)
+        return out
+
+
+class ReportService:
+    """Builds reports from a set of named sources, with a TTL cache and single-flight.
+
+    ``sources`` maps a venue name to its :class:`Source`. ``clock`` is injectable for tests.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, Source],
+        *,
+        params: ModelParams | None = None,
+        metrics: MetricsParams | None = None,
+        ttl: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        now_ms: Callable[[], int] | None = None,
+    ) -> None:
+        if not sources:
+            raise ValueError("a report service needs at least one source")
+        self.sources = dict(sources)
+        self.params = params or ModelParams()
+        self.metrics = metrics or MetricsParams()
+        self.ttl = ttl
+        self._clock = clock
+        self._now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self._cache: dict[ReportKey, tuple[float, Report]] = {}
+        self._inflight: dict[ReportKey, asyncio.Future[Report]] = {}
+        self.computations = 0  # how many reports were actually built (for tests and benchmarks)
+
+    @property
+    def venues(self) -> tuple[str, ...]:
+        return tuple(self.sources)
+
+    def resolve_venues(self, exchange: str) -> tuple[str, ...]:
+        """``"all"`` -> every venue; a venue name -> itself; anything else is an InputError."""
+        key = str(exchange).strip().lower()
+        if key == "all":
+            return self.venues
+        if key in self.sources:
+            return (key,)
+        raise InputError(f"unknown exchange {str(exchange)[:20]!r}; choose all or one of {', '.join(self.sources)}")
+
+    async def report(self, symbol: str, window: str | Window = "7d", exchange: str = "all", theme: str = "dark") -> Report:
+        """A finished report for the request, from the cache when fresh."""
+        pair = parse_symbol(symbol)
+        win = window if isinstance(window, Window) else parse_window(window)
+        venues = self.resolve_venues(exchange)
+        if theme not in chart.THEMES:
+            raise InputError(f"unknown theme {theme!r}; choose {' or '.join(chart.THEMES)}")
+        key: ReportKey = (pair.symbol, win.label, venues, theme)
+        hit = self._cache.get(key)
+        if hit and self._clock() - hit[0] < self.ttl:
+            return hit[1]
+        if key in self._inflight:
+            return await asyncio.shield(self._inflight[key])
+        fut: asyncio.Future[Report] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            rep = await self._build(pair.symbol, win, venues, theme)
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # mark retrieved: waiters re-raise it themselves
+            raise
+        else:
+            self._cache[key] = (self._clock(), rep)
+            fut.set_result(rep)
+            return rep
+        finally:
+            self._inflight.pop(key, None)
+
+    async def maps(self, symbol: str, win: Window, venues: tuple[str, ...]) -> tuple[LiquidationMap, dict[str, str]]:
+        """Build and merge the venues' maps; return it with {venue: why} for the venues that failed."""
+        results = await asyncio.gather(*(self._venue_map(v, symbol, win) for v in venues), return_exceptions=True)
+        maps, missing = [], {}
+        for venue, res in zip(venues, results):
+            if isinstance(res, LiquidationMap):
+                maps.append(res)
+            elif isinstance(res, LiqmapError):
+                missing[venue] = _reason(res)
+            else:
+                raise res  # a bug, not a venue failure
+        if not maps:
+            if len(venues) == 1:
+                raise next(r for r in results if isinstance(r, BaseException))
+            detail = "; ".join(f"{v}: {why}" for v, why in missing.items())
+            raise SourceError("all", "report", f"every venue failed ({detail})")
+        merged = merge(maps)
+        if missing:
+            merged = merged.with_notes(*(f"{v} missing: {why}" for v, why in missing.items()))
+        return merged, missing
+
+    async def _venue_map(self, venue: str, symbol: str, win: Window) -> LiquidationMap:
+        bars = await self.sources[venue].bars(symbol, win)
+        return await asyncio.to_thread(build_map, bars, self.params, window=win.label, now_ms=self._now_ms())
+
+    async def _build(self, symbol: str, win: Window, venues: tuple[str, ...], theme: str) -> Report:
+        self.computations += 1
+        m, missing = await self.maps(symbol, win, venues)
+        reading = read(m, self.metrics)
+        png, text = await asyncio.to_thread(_render, m, reading, theme)
+        return Report(symbol, win, m.venues, m, reading, png, text, missing)
+
+
+def _render(m: LiquidationMap, reading: Reading, theme: str) -> tuple[bytes, str]:
+    return chart.render(m, reading, theme=theme), commentary.summary(reading, m)
+
+
+def _reason(exc: LiqmapError) -> str:
+    if isinstance(exc, SourceError):
+        return exc.reason
+    return str(exc)
+

@@ -1,0 +1,1 @@
+"""liqmap's front ends: the ``liqmap`` command line and the Discord bot, thin layers over ``analysis``."""

@@ -1,0 +1,97 @@
+"""The ``liqmap`` console script.
+
+Each subcommand is an ``_add_<name>`` (arguments) and ``_run_<name>`` (work) pair registered in
+``COMMANDS``. A :class:`~analysis.errors.LiqmapError` becomes a one-line ``error: ...`` on stderr and
+exit status 2; anything else is a bug, logged with its traceback and an error id (exit 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from analysis.errors import InputError, LiqmapError
+from analysis.windows import WINDOWS
+
+log = logging.getLogger("liqmap")
+
+
+# -- report ------------------------------------------------------------------------------------------
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    from analysis.sources.registry import SOURCE_HELP
+
+    p = sub.add_parser("report", help="build a liquidation map and write liqmap.png, summary.md and liqmap.json")
+    p.add_argument("--symbol", default="BTCUSDT", help="BTC, BTCUSDT, BTC/USDT or BTC-USDT-SWAP (default BTCUSDT)")
+    p.add_argument("--window", default="7d", help=f"lookback of open-interest flow: {', '.join(WINDOWS)} (default 7d)")
+    p.add_argument("--source", default="sample", help=f"where bars come from: {SOURCE_HELP} (default sample)")
+    p.add_argument("--exchange", default="all", help="all, or one venue of the source (default all)")
+    p.add_argument("--theme", default="dark", help="chart theme: dark or light (default dark)")
+    p.add_argument("--out", required=True, type=Path, help="directory to write the three files into")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from analysis.report import ReportService
+    from analysis.sources.registry import make_sources
+
+    service = ReportService(make_sources(args.source))
+    rep = asyncio.run(service.report(args.symbol, args.window, args.exchange, args.theme))
+    out: Path = args.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "liqmap.png").write_bytes(rep.png)
+        (out / "summary.md").write_text(rep.summary + "\n", encoding="utf-8")
+        (out / "liqmap.json").write_text(json.dumps(rep.to_json(), indent=1) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    print(rep.summary)
+    print(f"\nwrote {out / 'liqmap.png'}, {out / 'summary.md'}, {out / 'liqmap.json'}")
+    return 0
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
+    "report": (_add_report, _run_report),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="liqmap", description="Estimated liquidation maps for crypto perpetuals.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``liqmap`` script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    _, run = COMMANDS[args.command]
+    try:
+        return run(args)
+    except LiqmapError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug: keep the traceback in the log, give the user an id to quote
+        error_id = uuid.uuid4().hex[:8]
+        log.exception("unexpected error %s", error_id)
+        print(f"error: unexpected internal error (id {error_id}); please report it", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
