@@ -1,0 +1,110 @@
+"""User input and files: symbols, windows, CSV reading and the bundled sample source."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from analysis.errors import DataError, InputError
+from analysis.sources import SAMPLE_PATH, CsvSource, SampleSource, read_bars_csv
+from analysis.sources.registry import make_sources
+from analysis.symbols import parse_symbol, suggest
+from analysis.windows import WINDOWS, parse_window
+
+from conftest import run
+
+
+@pytest.mark.parametrize("text", ["BTC", "btc", "BTCUSDT", "BTC/USDT", "BTC-USDT-SWAP", "btc-usdt", " BTCUSDT.P "])
+def test_symbol_spellings_resolve_to_one_pair(text):
+    p = parse_symbol(text)
+    assert (p.base, p.quote, p.symbol, p.okx_swap) == ("BTC", "USDT", "BTCUSDT", "BTC-USDT-SWAP")
+
+
+@pytest.mark.parametrize("text", ["", "BTC USDT", "<@123>", "@everyone", "BTC;DROP TABLE", "../etc", "a" * 40, "BTC/EUR"])
+def test_bad_symbols_are_refused(text):
+    with pytest.raises(InputError):
+        parse_symbol(text)
+
+
+def test_suggestions_are_close():
+    assert suggest("BTCUSTD", ["BTCUSDT", "ETHUSDT", "BTCDOMUSDT"])[0] == "BTCUSDT"
+
+
+@pytest.mark.parametrize("text", ["1d", "7D", " 30d "])
+def test_windows(text):
+    assert parse_window(text) is WINDOWS[text.strip().lower()]
+
+
+@pytest.mark.parametrize("text", ["2d", "7", "", "1y"])
+def test_unknown_window(text):
+    with pytest.raises(InputError, match="choose one of 1d, 7d, 30d"):
+        parse_window(text)
+
+
+def test_sample_is_the_real_binance_data(sample_bars, shared_5m):
+    assert len(sample_bars) == len(shared_5m) == 8014
+    np.testing.assert_array_equal(sample_bars.time, shared_5m.time)
+    np.testing.assert_array_equal(sample_bars.oi_usd, shared_5m.oi_usd)
+    np.testing.assert_array_equal(sample_bars.taker_net, shared_5m.taker_net)
+
+
+def test_sample_source_windows():
+    src = SampleSource()
+    day = run(src.bars("btc", WINDOWS["1d"]))
+    assert len(day) == 288 and day.venue == "binance" and day.symbol == "BTCUSDT"
+    month = run(src.bars("BTCUSDT", WINDOWS["30d"]))
+    assert len(month) == 8014 and any("covers 27.8" in n for n in month.notes)
+    with pytest.raises(InputError, match="only holds BTCUSDT"):
+        run(src.bars("ETH", WINDOWS["1d"]))
+
+
+def write_csv(path, text):
+    path.write_text(text)
+    return path
+
+
+HEADER = "timestamp,open,high,low,close,oi_usd\n"
+
+
+def test_csv_with_missing_column(tmp_path):
+    p = write_csv(tmp_path / "x.csv", "timestamp,open,high,low,close\n1,1,1,1,1\n2,1,1,1,1\n")
+    with pytest.raises(DataError, match="missing column\\(s\\) oi_usd"):
+        read_bars_csv(p)
+
+
+def test_csv_not_numbers_and_empty(tmp_path):
+    with pytest.raises(DataError, match="holds no numbers"):
+        read_bars_csv(write_csv(tmp_path / "a.csv", HEADER + "0,a,b,c,d,e\n300000,a,b,c,d,e\n"))
+    with pytest.raises(DataError, match="not a readable CSV"):
+        read_bars_csv(write_csv(tmp_path / "b.csv", ""))
+    with pytest.raises(InputError, match="no such file"):
+        read_bars_csv(tmp_path / "missing.csv")
+
+
+def test_csv_duplicates_are_reported_by_validation(tmp_path):
+    rows = "".join(f"{i * 300000},{100 + i},{101 + i},{99 + i},{100 + i},{1000 + i}\n" for i in range(20))
+    rows += f"{19 * 300000},1,2,0.5,1,1000\n"
+    bars = read_bars_csv(write_csv(tmp_path / "d.csv", HEADER + rows))
+    with pytest.raises(DataError, match="duplicate timestamp"):
+        bars.validate()
+
+
+def test_csv_source_cuts_the_window_and_checks_the_symbol(tmp_path):
+    with gzip.open(SAMPLE_PATH, "rt") as f:
+        lines = f.read().splitlines()[:400]
+    p = write_csv(tmp_path / "btc.csv", "\n".join(lines) + "\n")
+    src = CsvSource(p, symbol="BTCUSDT")
+    bars = run(src.bars("BTC", WINDOWS["1d"]))
+    assert len(bars) == 288 and bars.interval == "5m" and bars.taker_net is not None
+    with pytest.raises(InputError):
+        run(src.bars("ETHUSDT", WINDOWS["1d"]))
+
+
+def test_source_registry(tmp_path):
+    assert list(make_sources("sample")) == ["binance"]
+    with pytest.raises(InputError, match="unknown source"):
+        make_sources("nowhere")
+    with pytest.raises(InputError, match="no such file"):
+        make_sources(str(tmp_path / "absent.csv"))
