@@ -1,0 +1,878 @@
+"""Durable bot state: daily report schedules, skew-notice subscriptions and daily deliveries.
+
+SQLAlchemy 2 async ORM. The default database is an embedded SQLite file
+(``sqlite+aiosqlite:///liqmap.sqlite3``, WAL journal, 5 s busy timeout, foreign keys on);
+PostgreSQL works through ``postgresql+asyncpg://...`` (install the ``postgres`` extra). Alembic
+migrations in ``bot/migrations`` run on :meth:`Store.open`, from code (no alembic.ini, no CWD).
+
+Everything a command passes in is validated *before* it reaches a query, and refused with an
+:class:`~analysis.errors.InputError` whose message says what would be valid. Each write is one
+transaction, so a crash mid-write leaves the previous state. Rows are returned as frozen
+dataclasses (:class:`DailySchedule`, :class:`SkewWatch`, :class:`Delivery`), detached from any session.
+
+API for the Discord layer (all ``async``)::
+
+    store = await Store.open(url=None, max_per_guild=25)     # url None -> DEFAULT_URL
+    await store.close()
+    await store.add_daily(guild_id, channel_id, symbols="BTC, ETH", window="1d", exchange="all",
+                          time="09:30", timezone="Europe/London", created_by=user_id) -> DailySchedule
+    await store.list_daily(guild_id) -> list[DailySchedule]        # paused ones included, with reason
+    await store.remove_daily(guild_id, schedule_id) -> DailySchedule
+    await store.resume_daily(guild_id, schedule_id) -> DailySchedule  # next run recomputed from now
+    await store.add_watch(guild_id, channel_id, symbol="BTC", window="7d", exchange="all",
+                          mild=None, heavy=None, exit_mild=None, exit_heavy=None,
+                          cooldown_s=None, created_by=user_id) -> SkewWatch
+    await store.list_watches(guild_id) / remove_watch(guild_id, id) / resume_watch(guild_id, id)
+    await store.pause("daily" | "watch", id, reason)
+    await store.pause_channel(channel_id, reason) -> int   # every subscription posting there
+
+Validators usable on their own (e.g. in autocomplete or a pre-check): :func:`parse_time`,
+:func:`parse_timezone`, :func:`parse_symbols`. Scheduling helpers: :func:`next_occurrence`.
+
+The dispatcher (``bot/scheduler.py``) uses :meth:`Store.due_daily`, :meth:`Store.claim_delivery`,
+:meth:`Store.finish_delivery`, :meth:`Store.advance`, :meth:`Store.active_watches` and
+:meth:`Store.set_watch_class`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import logging
+import re
+import zoneinfo
+from dataclasses import dataclass
+from datetime import date, datetime, time as dtime, timedelta, timezone as dt_timezone
+from pathlib import Path
+from typing import Any, Iterable, Literal, Sequence
+
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+from analysis.errors import InputError
+from analysis.hysteresis import HysteresisParams
+from analysis.symbols import parse_symbol
+from analysis.windows import parse_window
+
+__all__ = [
+    "DEFAULT_URL",
+    "EXCHANGES",
+    "Store",
+    "DailySchedule",
+    "SkewWatch",
+    "Delivery",
+    "parse_time",
+    "parse_timezone",
+    "parse_symbols",
+    "next_occurrence",
+    "delivery_marker",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "sqlite+aiosqlite:///liqmap.sqlite3"
+EXCHANGES = ("all", "binance", "bybit", "okx", "coinglass")
+MAX_SYMBOLS = 5
+DEFAULT_COOLDOWN_S = 3600
+MIN_COOLDOWN_S = 60
+MAX_COOLDOWN_S = 7 * 86400
+TZ_HELP = "use an IANA name such as Europe/London, America/New_York or Asia/Singapore (full list: https://en.wikipedia.org/wiki/List_of_tz_database_time_zones)"
+UTC = dt_timezone.utc
+
+Kind = Literal["daily", "watch"]
+DeliveryState = Literal["claimed", "failed", "sent", "skipped"]
+
+
+# -- validation -------------------------------------------------------------------------------------
+
+_TIME = re.compile(r"^\s*([0-9]{1,2}):([0-9]{2})\s*$", re.ASCII)
+
+
+def parse_time(text: str) -> str:
+    """``"9:30"`` / ``"09:30"`` -> ``"09:30"``; anything outside 00:00-23:59 is an InputError."""
+    m = _TIME.match(str(text))
+    if m and int(m.group(1)) <= 23 and int(m.group(2)) <= 59:
+        return f"{int(m.group(1)):02d}:{m.group(2)}"
+    raise InputError(f"invalid time {str(text)[:12]!r}; use 24-hour HH:MM from 00:00 to 23:59, e.g. 09:30 or 21:00")
+
+
+_TZ_NAMES: dict[str, str] | None = None
+
+
+def _tz_names() -> dict[str, str]:
+    global _TZ_NAMES
+    if _TZ_NAMES is None:
+        names = {n for n in zoneinfo.available_timezones() if n not in ("Factory", "localtime", "posixrules")}
+        _TZ_NAMES = {n.lower(): n for n in names}
+    return _TZ_NAMES
+
+
+def parse_timezone(text: str) -> str:
+    """A valid IANA timezone name in its canonical spelling (case-insensitive input), else InputError."""
+    raw = str(text).strip()
+    names = _tz_names()
+    hit = names.get(raw.lower()) if re.fullmatch(r"[A-Za-z0-9_+\-/]{1,64}", raw) else None
+    if hit is None:
+        close = difflib.get_close_matches(raw.lower(), list(names), n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(names[c] for c in close)}? " if close else ""
+        raise InputError(f"unknown timezone {raw[:40]!r}; {hint}{TZ_HELP}")
+    return hit
+
+
+def parse_symbols(symbols: str | Iterable[str]) -> tuple[str, ...]:
+    """``"BTC, eth"`` or ``["BTC", "ETHUSDT"]`` -> ``("BTCUSDT", "ETHUSDT")`` (deduplicated, at most 5)."""
+    items = re.split(r"[\s,;]+", symbols) if isinstance(symbols, str) else list(symbols)
+    out: list[str] = []
+    for item in items:
+        if str(item).strip():
+            sym = parse_symbol(item).symbol
+            if sym not in out:
+                out.append(sym)
+    if not out:
+        raise InputError("no symbol given; name one or more tickers like BTC or BTC, ETH")
+    if len(out) > MAX_SYMBOLS:
+        raise InputError(f"at most {MAX_SYMBOLS} symbols per daily report (got {len(out)}); split them over two schedules")
+    return tuple(out)
+
+
+def _parse_exchange(text: str, allowed: Sequence[str]) -> str:
+    key = str(text).strip().lower()
+    if key not in allowed:
+        raise InputError(f"unknown exchange {str(text)[:20]!r}; choose one of {', '.join(allowed)}")
+    return key
+
+
+def _parse_id(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value >= 2**63:
+        raise InputError(f"{what} must be a positive Discord id, not {str(value)[:24]!r}")
+    return value
+
+
+def _aware(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    if now.tzinfo is None:
+        raise ValueError("datetimes passed to the store must be timezone-aware")
+    return now.astimezone(UTC)
+
+
+# -- scheduling helpers -----------------------------------------------------------------------------
+
+def local_occurrence(day: date, local_time: str, tz_name: str) -> datetime:
+    """The UTC instant of ``local_time`` on local ``day`` in ``tz_name``.
+
+    DST policy (PEP 495, ``fold=0``): a nonexistent local time (spring forward, e.g. 02:30 on the
+    US change day) is read with the offset in force before the jump, so it lands the same amount
+    *after* the jump (02:30 -> 03:30 local). An ambiguous local time (fall back, e.g. 01:30 on the
+    US change day) means its first occurrence (still daylight time). Either way: one post that day.
+    """
+    hh, mm = (int(x) for x in local_time.split(":"))
+    tz = zoneinfo.ZoneInfo(tz_name)
+    return datetime.combine(day, dtime(hh, mm), tzinfo=tz).replace(fold=0).astimezone(UTC)
+
+
+def next_occurrence(local_time: str, tz_name: str, after: datetime) -> datetime:
+    """The first UTC instant strictly after ``after`` at which the local clock reads ``local_time``."""
+    after = _aware(after)
+    day = after.astimezone(zoneinfo.ZoneInfo(tz_name)).date() - timedelta(days=1)
+    for _ in range(4):
+        at = local_occurrence(day, local_time, tz_name)
+        if at > after:
+            return at
+        day += timedelta(days=1)
+    raise AssertionError("no occurrence within three days")  # pragma: no cover
+
+
+def local_date_of(at: datetime, tz_name: str) -> date:
+    """The local calendar date of a UTC instant in ``tz_name``."""
+    return at.astimezone(zoneinfo.ZoneInfo(tz_name)).date()
+
+
+def delivery_marker(schedule_id: int, local_day: date, symbol: str) -> tuple[str, str]:
+    """The deterministic ``(marker, nonce)`` of one daily post.
+
+    The marker goes in the message (embed footer) so a restarted dispatcher can find a post it
+    made but did not record; the nonce (25 chars, Discord's maximum) lets Discord itself drop a
+    duplicate send within its nonce window.
+    """
+    marker = f"liqmap-d{schedule_id}-{local_day.isoformat()}-{symbol}"
+    nonce = "lq" + hashlib.sha256(marker.encode()).hexdigest()[:23]
+    return marker, nonce
+
+
+# -- tables -----------------------------------------------------------------------------------------
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes in, aware UTC datetimes out (SQLite keeps naive UTC text)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class DailyRow(Base):
+    __tablename__ = "daily_schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    channel_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    symbols: Mapped[str] = mapped_column(String(200))
+    window: Mapped[str] = mapped_column(String(8))
+    exchange: Mapped[str] = mapped_column(String(32))
+    local_time: Mapped[str] = mapped_column(String(5))
+    timezone: Mapped[str] = mapped_column(String(64))
+    next_run_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    paused_reason: Mapped[str | None] = mapped_column(String(300))
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_by: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class WatchRow(Base):
+    __tablename__ = "skew_watches"
+    __table_args__ = (UniqueConstraint("channel_id", "symbol", "window", "exchange", name="uq_skew_watch"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    guild_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    channel_id: Mapped[int] = mapped_column(BigInteger, index=True)
+    symbol: Mapped[str] = mapped_column(String(32))
+    window: Mapped[str] = mapped_column(String(8))
+    exchange: Mapped[str] = mapped_column(String(32))
+    mild: Mapped[float | None] = mapped_column(Float)
+    heavy: Mapped[float | None] = mapped_column(Float)
+    exit_mild: Mapped[float | None] = mapped_column(Float)
+    exit_heavy: Mapped[float | None] = mapped_column(Float)
+    cooldown_s: Mapped[int] = mapped_column(Integer)
+    last_class: Mapped[str | None] = mapped_column(String(20))
+    last_ratio: Mapped[float | None] = mapped_column(Float)
+    last_announced_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    paused_reason: Mapped[str | None] = mapped_column(String(300))
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_by: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class DeliveryRow(Base):
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("schedule_id", "local_date", "symbol", name="uq_delivery_once"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    schedule_id: Mapped[int] = mapped_column(Integer, ForeignKey("daily_schedules.id", ondelete="CASCADE"), index=True)
+    local_date: Mapped[date] = mapped_column(Date)
+    symbol: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(10))
+    marker: Mapped[str] = mapped_column(String(100))
+    nonce: Mapped[str] = mapped_column(String(25))
+    message_id: Mapped[int | None] = mapped_column(BigInteger)
+    attempts: Mapped[int] = mapped_column(Integer)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    detail: Mapped[str | None] = mapped_column(String(300))
+
+
+# -- public records ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DailySchedule:
+    """A daily report: ``symbols`` posted to ``channel_id`` at ``local_time`` in ``timezone``."""
+
+    id: int
+    guild_id: int
+    channel_id: int
+    symbols: tuple[str, ...]
+    window: str
+    exchange: str
+    local_time: str
+    timezone: str
+    next_run_at: datetime
+    paused_reason: str | None
+    paused_at: datetime | None
+    created_by: int
+    created_at: datetime
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_reason is not None
+
+    @classmethod
+    def _of(cls, r: DailyRow) -> "DailySchedule":
+        return cls(r.id, r.guild_id, r.channel_id, tuple(r.symbols.split(",")), r.window, r.exchange,
+                   r.local_time, r.timezone, r.next_run_at, r.paused_reason, r.paused_at, r.created_by, r.created_at)
+
+
+@dataclass(frozen=True)
+class SkewWatch:
+    """A skew-change subscription of ``channel_id`` to one (symbol, window, exchange).
+
+    ``mild``/``heavy``/``exit_*`` are None when the defaults apply; ``params`` resolves them.
+    ``last_class`` is the last class announced (or recorded as the baseline), None before the first
+    observation.
+    """
+
+    id: int
+    guild_id: int
+    channel_id: int
+    symbol: str
+    window: str
+    exchange: str
+    mild: float | None
+    heavy: float | None
+    exit_mild: float | None
+    exit_heavy: float | None
+    cooldown_s: int
+    last_class: str | None
+    last_ratio: float | None
+    last_announced_at: datetime | None
+    paused_reason: str | None
+    paused_at: datetime | None
+    created_by: int
+    created_at: datetime
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_reason is not None
+
+    @property
+    def params(self) -> HysteresisParams:
+        return _hysteresis(self.mild, self.heavy, self.exit_mild, self.exit_heavy)
+
+    @classmethod
+    def _of(cls, r: WatchRow) -> "SkewWatch":
+        return cls(r.id, r.guild_id, r.channel_id, r.symbol, r.window, r.exchange, r.mild, r.heavy, r.exit_mild,
+                   r.exit_heavy, r.cooldown_s, r.last_class, r.last_ratio, r.last_announced_at, r.paused_reason,
+                   r.paused_at, r.created_by, r.created_at)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One daily post (schedule x local date x symbol) and where it stands.
+
+    ``state``: ``claimed`` (a dispatcher is sending, or crashed while sending), ``failed`` (the send
+    raised; outcome unknown until verified), ``sent`` (``message_id`` known), ``skipped`` (``detail``
+    says why). Only ``sent`` and ``skipped`` are final.
+    """
+
+    id: int
+    schedule_id: int
+    local_date: date
+    symbol: str
+    channel_id: int
+    state: str
+    marker: str
+    nonce: str
+    message_id: int | None
+    attempts: int
+    due_at: datetime
+    claimed_at: datetime | None
+    finished_at: datetime | None
+    detail: str | None
+
+    @property
+    def final(self) -> bool:
+        return self.state in ("sent", "skipped")
+
+    @classmethod
+    def _of(cls, r: DeliveryRow) -> "Delivery":
+        return cls(r.id, r.schedule_id, r.local_date, r.symbol, r.channel_id, r.state, r.marker, r.nonce,
+                   r.message_id, r.attempts, r.due_at, r.claimed_at, r.finished_at, r.detail)
+
+
+def _hysteresis(mild: float | None, heavy: float | None, exit_mild: float | None, exit_heavy: float | None) -> HysteresisParams:
+    kw: dict[str, float] = {}
+    if mild is not None:
+        kw["mild"] = mild
+    if heavy is not None:
+        kw["heavy"] = heavy
+    return HysteresisParams(exit_mild=exit_mild, exit_heavy=exit_heavy, **kw)
+
+
+# -- migrations -------------------------------------------------------------------------------------
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+def alembic_config(url: str | None = None) -> Any:
+    """An Alembic Config built in code (no alembic.ini, independent of the working directory)."""
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    if url:
+        cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def _upgrade(sync_conn: Any) -> None:
+    from alembic import command
+
+    cfg = alembic_config()
+    cfg.attributes["connection"] = sync_conn
+    command.upgrade(cfg, "head")
+
+
+# -- the store --------------------------------------------------------------------------------------
+
+class Store:
+    """Async access to the bot's tables. Create with :meth:`Store.open`; one per process."""
+
+    def __init__(self, engine: AsyncEngine, *, max_per_guild: int = 25, exchanges: Sequence[str] = EXCHANGES) -> None:
+        self.engine = engine
+        self.max_per_guild = max_per_guild
+        self.exchanges = tuple(e.lower() for e in exchanges)
+        self._session = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    async def open(
+        cls,
+        url: str | None = None,
+        *,
+        max_per_guild: int = 25,
+        exchanges: Sequence[str] = EXCHANGES,
+        migrate: bool = True,
+        echo: bool = False,
+    ) -> "Store":
+        """Connect to ``url`` (default :data:`DEFAULT_URL`) and bring the schema to the latest migration."""
+        url = url or DEFAULT_URL
+        if max_per_guild < 1:
+            raise InputError("the per-server subscription cap must be at least 1")
+        engine = create_async_engine(url, echo=echo)
+        if engine.dialect.name == "sqlite":
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        store = cls(engine, max_per_guild=max_per_guild, exchanges=exchanges)
+        if migrate:
+            try:
+                async with engine.begin() as conn:
+                    await conn.run_sync(_upgrade)
+            except BaseException:
+                await engine.dispose()
+                raise
+        return store
+
+    async def close(self) -> None:
+        """Dispose of the connection pool."""
+        await self.engine.dispose()
+
+    # -- daily schedules ----------------------------------------------------------------------------
+
+    async def add_daily(
+        self,
+        guild_id: int,
+        channel_id: int,
+        *,
+        symbols: str | Iterable[str],
+        window: str,
+        exchange: str,
+        time: str,
+        timezone: str,
+        created_by: int,
+        now: datetime | None = None,
+    ) -> DailySchedule:
+        """Validate and store a daily report; its first run is the next ``time`` in ``timezone``."""
+        guild_id, channel_id = _parse_id(guild_id, "server id"), _parse_id(channel_id, "channel id")
+        created_by = _parse_id(created_by, "user id")
+        syms = parse_symbols(symbols)
+        win = parse_window(window).label
+        exch = _parse_exchange(exchange, self.exchanges)
+        hhmm = parse_time(time)
+        tz = parse_timezone(timezone)
+        now = _aware(now)
+        async with self._session() as s, s.begin():
+            await self._check_cap(s, guild_id)
+            dup = await s.scalar(
+                select(DailyRow.id).where(
+                    DailyRow.channel_id == channel_id, DailyRow.local_time == hhmm, DailyRow.timezone == tz,
+                    DailyRow.window == win, DailyRow.exchange == exch, DailyRow.symbols == ",".join(syms),
+                )
+            )
+            if dup is not None:
+                raise InputError(f"that daily report already exists in this channel (id {dup})")
+            row = DailyRow(
+                guild_id=guild_id, channel_id=channel_id, symbols=",".join(syms), window=win, exchange=exch,
+                local_time=hhmm, timezone=tz, next_run_at=next_occurrence(hhmm, tz, now),
+                created_by=created_by, created_at=now,
+            )
+            s.add(row)
+            await s.flush()
+            return DailySchedule._of(row)
+
+    async def list_daily(self, guild_id: int) -> list[DailySchedule]:
+        """Every daily report of a server (paused ones too), oldest first."""
+        async with self._session() as s:
+            rows = await s.scalars(select(DailyRow).where(DailyRow.guild_id == guild_id).order_by(DailyRow.id))
+            return [DailySchedule._of(r) for r in rows]
+
+    async def get_daily(self, schedule_id: int) -> DailySchedule | None:
+        async with self._session() as s:
+            row = await s.get(DailyRow, schedule_id)
+            return DailySchedule._of(row) if row else None
+
+    async def remove_daily(self, guild_id: int, schedule_id: int) -> DailySchedule:
+        """Delete a server's daily report (and its delivery history); InputError if it has no such id."""
+        async with self._session() as s, s.begin():
+            row = await self._owned(s, DailyRow, guild_id, schedule_id, "daily report")
+            out = DailySchedule._of(row)
+            await s.execute(delete(DeliveryRow).where(DeliveryRow.schedule_id == schedule_id))
+            await s.delete(row)
+            return out
+
+    async def resume_daily(self, guild_id: int, schedule_id: int, now: datetime | None = None) -> DailySchedule:
+        """Unpause; the next run is the next local time from now (missed days are not caught up)."""
+        now = _aware(now)
+        async with self._session() as s, s.begin():
+            row = await self._owned(s, DailyRow, guild_id, schedule_id, "daily report")
+            row.paused_reason = None
+            row.paused_at = None
+            row.next_run_at = next_occurrence(row.local_time, row.timezone, now)
+            await s.flush()
+            return DailySchedule._of(row)
+
+    # -- skew watches -------------------------------------------------------------------------------
+
+    async def add_watch(
+        self,
+        guild_id: int,
+        channel_id: int,
+        *,
+        symbol: str,
+        window: str,
+        exchange: str,
+        created_by: int,
+        mild: float | None = None,
+        heavy: float | None = None,
+        exit_mild: float | None = None,
+        exit_heavy: float | None = None,
+        cooldown_s: int | None = None,
+        now: datetime | None = None,
+    ) -> SkewWatch:
+        """Validate and store a skew-notice subscription (thresholds default to the metrics' mild/heavy)."""
+        guild_id, channel_id = _parse_id(guild_id, "server id"), _parse_id(channel_id, "channel id")
+        created_by = _parse_id(created_by, "user id")
+        sym = parse_symbol(symbol).symbol
+        win = parse_window(window).label
+        exch = _parse_exchange(exchange, self.exchanges)
+        _hysteresis(mild, heavy, exit_mild, exit_heavy)  # validates
+        cd = DEFAULT_COOLDOWN_S if cooldown_s is None else cooldown_s
+        if isinstance(cd, bool) or not isinstance(cd, int) or not (MIN_COOLDOWN_S <= cd <= MAX_COOLDOWN_S):
+            raise InputError(
+                f"cooldown must be {MIN_COOLDOWN_S // 60} minute(s) to {MAX_COOLDOWN_S // 86400} days, in seconds (got {cd!r})"
+            )
+        now = _aware(now)
+        try:
+            async with self._session() as s, s.begin():
+                await self._check_cap(s, guild_id)
+                row = WatchRow(
+                    guild_id=guild_id, channel_id=channel_id, symbol=sym, window=win, exchange=exch,
+                    mild=_f(mild), heavy=_f(heavy), exit_mild=_f(exit_mild), exit_heavy=_f(exit_heavy),
+                    cooldown_s=cd, created_by=created_by, created_at=now,
+                )
+                s.add(row)
+                await s.flush()
+                return SkewWatch._of(row)
+        except IntegrityError:
+            raise InputError(f"this channel already gets skew notices for {sym} {win} on {exch}") from None
+
+    async def list_watches(self, guild_id: int) -> list[SkewWatch]:
+        """Every skew subscription of a server (paused ones too), oldest first."""
+        async with self._session() as s:
+            rows = await s.scalars(select(WatchRow).where(WatchRow.guild_id == guild_id).order_by(WatchRow.id))
+            return [SkewWatch._of(r) for r in rows]
+
+    async def get_watch(self, watch_id: int) -> SkewWatch | None:
+        async with self._session() as s:
+            row = await s.get(WatchRow, watch_id)
+            return SkewWatch._of(row) if row else None
+
+    async def remove_watch(self, guild_id: int, watch_id: int) -> SkewWatch:
+        """Delete a server's skew subscription; InputError if it has no such id."""
+        async with self._session() as s, s.begin():
+            row = await self._owned(s, WatchRow, guild_id, watch_id, "skew notice")
+            out = SkewWatch._of(row)
+            await s.delete(row)
+            return out
+
+    async def resume_watch(self, guild_id: int, watch_id: int) -> SkewWatch:
+        """Unpause; the next check records a fresh baseline (no notice for what changed while paused)."""
+        async with self._session() as s, s.begin():
+            row = await self._owned(s, WatchRow, guild_id, watch_id, "skew notice")
+            row.paused_reason = None
+            row.paused_at = None
+            row.last_class = None
+            row.last_ratio = None
+            await s.flush()
+            return SkewWatch._of(row)
+
+    # -- pausing ------------------------------------------------------------------------------------
+
+    async def pause(self, kind: Kind, item_id: int, reason: str, now: datetime | None = None) -> bool:
+        """Pause one daily report or skew notice with a reason; False if it does not exist."""
+        table = {"daily": DailyRow, "watch": WatchRow}.get(kind)
+        if table is None:
+            raise InputError(f"unknown subscription kind {kind!r}; daily or watch")
+        async with self._session() as s, s.begin():
+            res = await s.execute(
+                update(table).where(table.id == item_id).values(paused_reason=_reason(reason), paused_at=_aware(now))
+            )
+            return bool(res.rowcount)
+
+    async def pause_channel(self, channel_id: int, reason: str, now: datetime | None = None) -> int:
+        """Pause every active subscription posting to a channel; returns how many were paused."""
+        now = _aware(now)
+        n = 0
+        async with self._session() as s, s.begin():
+            for table in (DailyRow, WatchRow):
+                res = await s.execute(
+                    update(table)
+                    .where(table.channel_id == channel_id, table.paused_reason.is_(None))
+                    .values(paused_reason=_reason(reason), paused_at=now)
+                )
+                n += res.rowcount or 0
+        return n
+
+    # -- for the dispatcher -------------------------------------------------------------------------
+
+    async def due_daily(self, now: datetime) -> list[DailySchedule]:
+        """Active schedules whose ``next_run_at`` is at or before ``now``, earliest first."""
+        async with self._session() as s:
+            rows = await s.scalars(
+                select(DailyRow)
+                .where(DailyRow.paused_reason.is_(None), DailyRow.next_run_at <= _aware(now))
+                .order_by(DailyRow.next_run_at, DailyRow.id)
+            )
+            return [DailySchedule._of(r) for r in rows]
+
+    async def next_due_at(self) -> datetime | None:
+        """The earliest ``next_run_at`` of an active schedule (None when there is none)."""
+        async with self._session() as s:
+            return await s.scalar(select(func.min(DailyRow.next_run_at)).where(DailyRow.paused_reason.is_(None)))
+
+    async def deliveries(self, schedule_id: int, local_day: date | None = None) -> list[Delivery]:
+        """The delivery records of a schedule (of one local date when given)."""
+        q = select(DeliveryRow).where(DeliveryRow.schedule_id == schedule_id)
+        if local_day is not None:
+            q = q.where(DeliveryRow.local_date == local_day)
+        async with self._session() as s:
+            return [Delivery._of(r) for r in await s.scalars(q.order_by(DeliveryRow.id))]
+
+    async def claim_delivery(
+        self,
+        sched: DailySchedule,
+        local_day: date,
+        symbol: str,
+        *,
+        due_at: datetime,
+        now: datetime,
+        lease: timedelta,
+    ) -> tuple[Delivery | None, bool]:
+        """Take the right to send one daily post. Returns ``(delivery, recovering)``.
+
+        * no record yet: insert it as ``claimed`` (the unique key makes this exactly one winner
+          across processes) -> ``(d, False)``;
+        * a ``failed`` record, or a ``claimed`` one older than ``lease`` (its sender crashed):
+          take it over with a compare-and-set -> ``(d, True)``: the caller must check the channel
+          for the marker before sending again;
+        * a final record, a fresh claim by someone else, or a lost race -> ``(None, False)``.
+        """
+        now = _aware(now)
+        marker, nonce = delivery_marker(sched.id, local_day, symbol)
+        try:
+            async with self._session() as s, s.begin():
+                row = DeliveryRow(
+                    schedule_id=sched.id, local_date=local_day, symbol=symbol, channel_id=sched.channel_id,
+                    state="claimed", marker=marker, nonce=nonce, attempts=1, due_at=due_at, claimed_at=now,
+                )
+                s.add(row)
+                await s.flush()
+                return Delivery._of(row), False
+        except IntegrityError:
+            pass
+        async with self._session() as s, s.begin():
+            row = await s.scalar(
+                select(DeliveryRow).where(
+                    DeliveryRow.schedule_id == sched.id, DeliveryRow.local_date == local_day, DeliveryRow.symbol == symbol
+                )
+            )
+            if row is None or row.state in ("sent", "skipped"):
+                return None, False
+            if row.state == "claimed" and row.claimed_at is not None and now - row.claimed_at < lease:
+                return None, False
+            res = await s.execute(
+                update(DeliveryRow)
+                .where(DeliveryRow.id == row.id, DeliveryRow.state == row.state, DeliveryRow.attempts == row.attempts)
+                .values(state="claimed", claimed_at=now, attempts=row.attempts + 1)
+                .execution_options(synchronize_session=False)
+            )
+            if not res.rowcount:
+                return None, False
+            await s.refresh(row)
+            return Delivery._of(row), True
+
+    async def finish_delivery(
+        self,
+        delivery_id: int,
+        state: DeliveryState,
+        *,
+        now: datetime,
+        message_id: int | None = None,
+        detail: str | None = None,
+    ) -> None:
+        """Record the outcome of a claimed delivery (``sent``, ``failed`` or ``skipped``)."""
+        if state not in ("sent", "failed", "skipped"):
+            raise ValueError(f"bad delivery state {state!r}")
+        async with self._session() as s, s.begin():
+            await s.execute(
+                update(DeliveryRow)
+                .where(DeliveryRow.id == delivery_id)
+                .values(state=state, message_id=message_id, finished_at=_aware(now),
+                        detail=_reason(detail) if detail else None)
+            )
+
+    async def skip_delivery(
+        self, sched: DailySchedule, local_day: date, symbol: str, *, due_at: datetime, now: datetime, detail: str
+    ) -> bool:
+        """Record a post that will not be made (missed beyond the grace window, or no data).
+
+        Never overrides a record that is ``sent``; a non-final record is turned into ``skipped`` only
+        by its claimer (use :meth:`finish_delivery`). Returns True when a skip was recorded.
+        """
+        marker, nonce = delivery_marker(sched.id, local_day, symbol)
+        now = _aware(now)
+        try:
+            async with self._session() as s, s.begin():
+                s.add(DeliveryRow(
+                    schedule_id=sched.id, local_date=local_day, symbol=symbol, channel_id=sched.channel_id,
+                    state="skipped", marker=marker, nonce=nonce, attempts=0, due_at=due_at, finished_at=now,
+                    detail=_reason(detail),
+                ))
+            return True
+        except IntegrityError:
+            return False
+
+    async def advance(self, schedule_id: int, expected: datetime, new_next: datetime) -> bool:
+        """Move ``next_run_at`` from ``expected`` to ``new_next`` (compare-and-set; False if it moved already)."""
+        async with self._session() as s, s.begin():
+            res = await s.execute(
+                update(DailyRow)
+                .where(DailyRow.id == schedule_id, DailyRow.next_run_at == _aware(expected))
+                .values(next_run_at=_aware(new_next))
+            )
+            return bool(res.rowcount)
+
+    async def active_watches(self) -> list[SkewWatch]:
+        """Every unpaused skew subscription."""
+        async with self._session() as s:
+            rows = await s.scalars(select(WatchRow).where(WatchRow.paused_reason.is_(None)).order_by(WatchRow.id))
+            return [SkewWatch._of(r) for r in rows]
+
+    async def set_watch_class(
+        self,
+        watch_id: int,
+        *,
+        expected: str | None,
+        new: str | None,
+        ratio: float | None,
+        announced_at: datetime | None,
+        previous_announced_at: datetime | None = None,
+        restore: bool = False,
+    ) -> bool:
+        """Compare-and-set the last announced class (so two dispatchers cannot both announce).
+
+        ``announced_at`` is written as ``last_announced_at`` (None leaves it unchanged unless
+        ``restore`` is set, which writes ``previous_announced_at`` back: used to undo a claim
+        whose notice could not be sent).
+        """
+        values: dict[str, Any] = {"last_class": new, "last_ratio": _finite(ratio)}
+        if restore:
+            values["last_announced_at"] = None if previous_announced_at is None else _aware(previous_announced_at)
+        elif announced_at is not None:
+            values["last_announced_at"] = _aware(announced_at)
+        cond = WatchRow.last_class.is_(None) if expected is None else WatchRow.last_class == expected
+        async with self._session() as s, s.begin():
+            res = await s.execute(update(WatchRow).where(WatchRow.id == watch_id, cond).values(**values))
+            return bool(res.rowcount)
+
+    # -- helpers ------------------------------------------------------------------------------------
+
+    async def count_subscriptions(self, guild_id: int) -> int:
+        """Daily reports plus skew notices of a server (paused ones count)."""
+        async with self._session() as s:
+            return await self._count(s, guild_id)
+
+    async def _count(self, s: AsyncSession, guild_id: int) -> int:
+        n_daily = await s.scalar(select(func.count()).select_from(DailyRow).where(DailyRow.guild_id == guild_id))
+        n_watch = await s.scalar(select(func.count()).select_from(WatchRow).where(WatchRow.guild_id == guild_id))
+        return int(n_daily or 0) + int(n_watch or 0)
+
+    async def _check_cap(self, s: AsyncSession, guild_id: int) -> None:
+        n = await self._count(s, guild_id)
+        if n >= self.max_per_guild:
+            raise InputError(
+                f"this server already has {n} subscriptions (daily reports and skew notices together; "
+                f"the limit is {self.max_per_guild}); remove one first"
+            )
+
+    @staticmethod
+    async def _owned(s: AsyncSession, table: type, guild_id: int, item_id: int, what: str) -> Any:
+        row = await s.get(table, item_id) if isinstance(item_id, int) and not isinstance(item_id, bool) else None
+        if row is None or row.guild_id != guild_id:
+            raise InputError(f"this server has no {what} with id {str(item_id)[:20]}; the list command shows the ids")
+        return row
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA busy_timeout=5000")
+        cur.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cur.close()
+
+
+def _reason(text: str | None) -> str:
+    text = " ".join(str(text or "no reason given").split())
+    return text[:300]
+
+
+def _f(x: float | None) -> float | None:
+    return None if x is None else float(x)
+
+
+def _finite(x: float | None) -> float | None:
+    import math
+
+    return float(x) if x is not None and math.isfinite(x) else None

@@ -1,0 +1,302 @@
+"""bot.store on a real SQLite file: validation, cap, restart, migrations, delivery claims."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import text
+
+from analysis.errors import InputError
+from bot.store import (
+    Store,
+    delivery_marker,
+    next_occurrence,
+    parse_symbols,
+    parse_time,
+    parse_timezone,
+)
+
+UTC = timezone.utc
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+G, C, U = 111, 222, 333
+
+
+@pytest.fixture
+def url(tmp_path):
+    return f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"
+
+
+@pytest.fixture
+async def store(url):
+    s = await Store.open(url, max_per_guild=4)
+    yield s
+    await s.close()
+
+
+async def add_daily(store, **kw):
+    args = dict(symbols="BTC", window="1d", exchange="all", time="09:30", timezone="Europe/London", created_by=U, now=NOW)
+    args.update(kw)
+    guild = args.pop("guild", G)
+    channel = args.pop("channel", C)
+    return await store.add_daily(guild, channel, **args)
+
+
+# -- validators -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw,want", [("09:30", "09:30"), ("9:30", "09:30"), (" 00:00 ", "00:00"), ("23:59", "23:59")])
+def test_parse_time_accepts(raw, want):
+    assert parse_time(raw) == want
+
+
+@pytest.mark.parametrize("raw", ["24:00", "12:60", "9", "0930", "-1:00", "", "12:3", "12:30pm", "１２:30"])
+def test_parse_time_refuses_with_valid_range(raw):
+    with pytest.raises(InputError, match="HH:MM from 00:00 to 23:59"):
+        parse_time(raw)
+
+
+def test_parse_timezone_canonicalises_and_suggests():
+    assert parse_timezone("europe/london") == "Europe/London"
+    assert parse_timezone(" America/New_York ") == "America/New_York"
+    with pytest.raises(InputError) as e:
+        parse_timezone("Europe/Londn")
+    assert "did you mean Europe/London" in str(e.value) and "IANA" in str(e.value)
+    for bad in ("../../etc/passwd", "", "EST5EDT; DROP TABLE", "localtime", "x" * 200):
+        with pytest.raises(InputError, match="unknown timezone"):
+            parse_timezone(bad)
+
+
+def test_parse_symbols():
+    assert parse_symbols("btc, ETH;btcusdt") == ("BTCUSDT", "ETHUSDT")
+    assert parse_symbols(["SOL/USDT"]) == ("SOLUSDT",)
+    with pytest.raises(InputError, match="no symbol"):
+        parse_symbols(" , ")
+    with pytest.raises(InputError, match="at most 5"):
+        parse_symbols("A1 B1 C1 D1 E1 F1")
+    with pytest.raises(InputError, match="not a symbol"):
+        parse_symbols("BTC'; drop table x;--")
+
+
+# -- daily schedules --------------------------------------------------------------------------------
+
+async def test_add_and_list_daily_computes_next_run(store):
+    d = await add_daily(store, symbols="btc eth", time="9:30", timezone="europe/london")
+    assert d.symbols == ("BTCUSDT", "ETHUSDT")
+    assert (d.local_time, d.timezone, d.window, d.exchange) == ("09:30", "Europe/London", "1d", "all")
+    # 1 March is GMT: 09:30 local is 09:30 UTC, and 12:00 has passed -> tomorrow
+    assert d.next_run_at == datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+    assert [x.id for x in await store.list_daily(G)] == [d.id]
+    assert await store.list_daily(999) == []
+
+
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"time": "25:00"}, "HH:MM"),
+        ({"timezone": "Mars/Olympus"}, "unknown timezone"),
+        ({"symbols": "BT C$"}, "not a symbol"),
+        ({"window": "2d"}, "unknown window"),
+        ({"exchange": "kraken"}, "unknown exchange"),
+        ({"channel": 0}, "channel id"),
+        ({"guild": -5}, "server id"),
+    ],
+)
+async def test_add_daily_refuses_bad_input_and_stores_nothing(store, kw, msg):
+    with pytest.raises(InputError, match=msg):
+        await add_daily(store, **kw)
+    assert await store.list_daily(G) == []
+
+
+async def test_duplicate_daily_refused(store):
+    d = await add_daily(store)
+    with pytest.raises(InputError, match=f"already exists.*id {d.id}"):
+        await add_daily(store, symbols="BTCUSDT")
+    await add_daily(store, time="10:00")  # a different time is a different schedule
+
+
+async def test_cap_counts_both_kinds_and_says_so(store):
+    await add_daily(store, time="01:00")
+    await add_daily(store, time="02:00")
+    await store.add_watch(G, C, symbol="BTC", window="1d", exchange="all", created_by=U)
+    await store.add_watch(G, C, symbol="ETH", window="1d", exchange="all", created_by=U)
+    with pytest.raises(InputError, match="already has 4 subscriptions.*limit is 4"):
+        await add_daily(store, time="03:00")
+    with pytest.raises(InputError, match="limit is 4"):
+        await store.add_watch(G, C, symbol="SOL", window="1d", exchange="all", created_by=U)
+    assert await store.count_subscriptions(G) == 4
+    await add_daily(store, guild=555, channel=999, time="03:00")  # other servers are not affected
+    d = (await store.list_daily(G))[0]
+    await store.remove_daily(G, d.id)
+    await add_daily(store, time="03:00")
+
+
+async def test_remove_and_resume_only_within_own_guild(store):
+    d = await add_daily(store)
+    with pytest.raises(InputError, match="no daily report with id"):
+        await store.remove_daily(999, d.id)
+    with pytest.raises(InputError, match="no daily report with id"):
+        await store.resume_daily(G, 12345)
+    assert await store.pause("daily", d.id, "channel deleted", now=NOW)
+    listed = (await store.list_daily(G))[0]
+    assert listed.paused and listed.paused_reason == "channel deleted" and listed.paused_at == NOW
+    assert await store.due_daily(NOW + timedelta(days=5)) == []  # paused: never due
+    later = NOW + timedelta(days=3)
+    resumed = await store.resume_daily(G, d.id, now=later)
+    assert not resumed.paused
+    assert resumed.next_run_at == next_occurrence("09:30", "Europe/London", later)
+    removed = await store.remove_daily(G, d.id)
+    assert removed.id == d.id and await store.list_daily(G) == []
+
+
+async def test_pause_channel_pauses_every_kind_there(store):
+    await add_daily(store)
+    await add_daily(store, channel=999, time="10:00")
+    w = await store.add_watch(G, C, symbol="BTC", window="7d", exchange="all", created_by=U)
+    assert await store.pause_channel(C, "missing access: Send Messages", now=NOW) == 2
+    assert await store.pause_channel(C, "again", now=NOW) == 0  # already paused ones keep their first reason
+    daily = {d.channel_id: d for d in await store.list_daily(G)}
+    assert daily[C].paused_reason == "missing access: Send Messages" and not daily[999].paused
+    assert (await store.list_watches(G))[0].paused
+    assert await store.active_watches() == []
+    await store.set_watch_class(w.id, expected=None, new="short", ratio=2.0, announced_at=None)
+    resumed = await store.resume_watch(G, w.id)
+    assert not resumed.paused and resumed.last_class is None  # fresh baseline after a pause
+
+
+# -- skew watches -----------------------------------------------------------------------------------
+
+async def test_add_watch_defaults_and_validation(store):
+    w = await store.add_watch(G, C, symbol="eth-usdt-swap", window="7D", exchange="OKX", created_by=U)
+    assert (w.symbol, w.window, w.exchange, w.cooldown_s, w.last_class) == ("ETHUSDT", "7d", "okx", 3600, None)
+    assert (w.params.mild, w.params.heavy) == (1.5, 3.0)
+    with pytest.raises(InputError, match="already gets skew notices"):
+        await store.add_watch(G, C, symbol="ETHUSDT", window="7d", exchange="okx", created_by=U)
+    with pytest.raises(InputError, match="1 < mild < heavy"):
+        await store.add_watch(G, C, symbol="BTC", window="7d", exchange="okx", mild=4, heavy=3, created_by=U)
+    with pytest.raises(InputError, match="finite"):
+        await store.add_watch(G, C, symbol="BTC", window="7d", exchange="okx", mild=float("nan"), created_by=U)
+    with pytest.raises(InputError, match="cooldown"):
+        await store.add_watch(G, C, symbol="BTC", window="7d", exchange="okx", cooldown_s=5, created_by=U)
+    custom = await store.add_watch(G, C, symbol="BTC", window="7d", exchange="okx", mild=2, heavy=4, created_by=U)
+    assert (custom.params.mild, custom.params.heavy) == (2.0, 4.0)
+    assert [x.id for x in await store.list_watches(G)] == [w.id, custom.id]
+    await store.remove_watch(G, w.id)
+    with pytest.raises(InputError, match="no skew notice"):
+        await store.remove_watch(G, w.id)
+
+
+async def test_set_watch_class_is_compare_and_set(store):
+    w = await store.add_watch(G, C, symbol="BTC", window="7d", exchange="all", created_by=U)
+    assert await store.set_watch_class(w.id, expected=None, new="balanced", ratio=1.0, announced_at=None)
+    assert not await store.set_watch_class(w.id, expected=None, new="short", ratio=2.0, announced_at=NOW)
+    assert await store.set_watch_class(w.id, expected="balanced", new="short", ratio=2.0, announced_at=NOW)
+    got = await store.get_watch(w.id)
+    assert (got.last_class, got.last_ratio, got.last_announced_at) == ("short", 2.0, NOW)
+    assert await store.set_watch_class(w.id, expected="short", new="balanced", ratio=float("inf"),
+                                       announced_at=None, previous_announced_at=None, restore=True)
+    got = await store.get_watch(w.id)
+    assert (got.last_class, got.last_ratio, got.last_announced_at) == ("balanced", None, None)
+
+
+# -- restart and migrations -------------------------------------------------------------------------
+
+async def test_everything_survives_a_restart(url):
+    s = await Store.open(url)
+    d = await add_daily(s, symbols="BTC,ETH")
+    w = await s.add_watch(G, C, symbol="SOL", window="30d", exchange="bybit", mild=2.0, heavy=5.0, created_by=U)
+    await s.pause("watch", w.id, "missing access", now=NOW)
+    claimed, _ = await s.claim_delivery(d, date(2026, 3, 2), "BTCUSDT", due_at=d.next_run_at, now=NOW,
+                                        lease=timedelta(minutes=5))
+    await s.close()
+
+    s2 = await Store.open(url)  # the migrations run again: a no-op
+    try:
+        assert await s2.list_daily(G) == [d]
+        (w2,) = await s2.list_watches(G)
+        assert (w2.mild, w2.heavy, w2.paused_reason) == (2.0, 5.0, "missing access")
+        (dv,) = await s2.deliveries(d.id)
+        assert dv == claimed and dv.state == "claimed"
+    finally:
+        await s2.close()
+
+
+async def test_migrations_idempotent_and_match_models(url):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from bot.store import Base
+
+    for _ in range(2):
+        s = await Store.open(url)
+        async with s.engine.connect() as conn:
+            assert (await conn.execute(text("select version_num from alembic_version"))).scalar_one() == "0001_initial"
+            assert (await conn.execute(text("pragma journal_mode"))).scalar_one() == "wal"
+            assert (await conn.execute(text("pragma busy_timeout"))).scalar_one() == 5000
+
+            def diff(sync_conn):
+                return compare_metadata(MigrationContext.configure(sync_conn), Base.metadata)
+
+            assert await conn.run_sync(diff) == []
+        await s.close()
+
+
+async def test_open_from_another_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no alembic.ini anywhere near
+    s = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'elsewhere.sqlite3'}")
+    await s.close()
+    assert (tmp_path / "elsewhere.sqlite3").exists()
+
+
+async def test_failed_write_leaves_previous_state(store, monkeypatch):
+    d = await add_daily(store)
+    import bot.store as store_mod
+
+    def boom(*a, **k):
+        raise RuntimeError("crash mid-write")
+
+    monkeypatch.setattr(store_mod, "next_occurrence", boom)
+    with pytest.raises(RuntimeError):
+        await store.resume_daily(G, d.id, now=NOW)
+    assert await store.list_daily(G) == [d]
+
+
+# -- deliveries -------------------------------------------------------------------------------------
+
+async def test_claim_is_exactly_once_and_recoverable(store):
+    d = await add_daily(store)
+    day, lease = date(2026, 3, 2), timedelta(minutes=5)
+    first, rec = await store.claim_delivery(d, day, "BTCUSDT", due_at=d.next_run_at, now=NOW, lease=lease)
+    assert first is not None and not rec and first.attempts == 1
+    assert (first.marker, first.nonce) == delivery_marker(d.id, day, "BTCUSDT")
+    assert len(first.nonce) <= 25
+    # a second claimer inside the lease gets nothing
+    assert await store.claim_delivery(d, day, "BTCUSDT", due_at=d.next_run_at, now=NOW, lease=lease) == (None, False)
+    # after the lease the stale claim is taken over, flagged as a recovery
+    again, rec = await store.claim_delivery(d, day, "BTCUSDT", due_at=d.next_run_at, now=NOW + lease, lease=lease)
+    assert rec and again.id == first.id and again.attempts == 2
+    await store.finish_delivery(again.id, "failed", now=NOW, detail="HTTP 503")
+    # a failed send may be retried at once, again as a recovery
+    third, rec = await store.claim_delivery(d, day, "BTCUSDT", due_at=d.next_run_at, now=NOW, lease=lease)
+    assert rec and third.attempts == 3
+    await store.finish_delivery(third.id, "sent", now=NOW, message_id=42)
+    assert await store.claim_delivery(d, day, "BTCUSDT", due_at=d.next_run_at, now=NOW + lease * 10,
+                                      lease=lease) == (None, False)
+    assert not await store.skip_delivery(d, day, "BTCUSDT", due_at=d.next_run_at, now=NOW, detail="late")
+    (final,) = await store.deliveries(d.id, day)
+    assert (final.state, final.message_id, final.final) == ("sent", 42, True)
+
+
+async def test_advance_is_compare_and_set(store):
+    d = await add_daily(store)
+    nxt = d.next_run_at + timedelta(days=1)
+    assert await store.advance(d.id, d.next_run_at, nxt)
+    assert not await store.advance(d.id, d.next_run_at, nxt + timedelta(days=1))
+    assert (await store.get_daily(d.id)).next_run_at == nxt
+    assert [x.id for x in await store.due_daily(nxt)] == [d.id]
+    assert await store.due_daily(nxt - timedelta(seconds=1)) == []
+    assert await store.next_due_at() == nxt
+
+
+async def test_naive_datetimes_refused(store):
+    with pytest.raises(ValueError, match="timezone-aware"):
+        await store.due_daily(datetime(2026, 1, 1))
