@@ -1,0 +1,436 @@
+"""Bybit v5 USDT/USDC perpetuals (``category=linear``): klines + open interest -> :class:`Bars`.
+
+Endpoints and the documented limits this module follows (bybit-exchange.github.io/docs/v5):
+
+``/v5/market/kline``
+    ``interval`` 1,3,5,15,30,60,120,240,360,720,D,W,M; ``start``/``end`` in ms; ``limit`` 1..1000.
+    ``list`` rows are strings ``[startTime, open, high, low, close, volume, turnover]``, newest
+    first; for linear contracts ``volume`` is in the base coin and ``turnover`` in the quote coin.
+    Bybit publishes no taker split, so the model's side model falls back (``auto`` -> neutral).
+    The newest row is the candle still forming; it is dropped.
+``/v5/market/open-interest``
+    ``intervalTime`` 5min,15min,30min,1h,4h,1d; ``startTime``/``endTime``; ``limit`` 1..200;
+    ``cursor`` from ``nextPageCursor``. ``openInterest`` is in the base coin (single side); it
+    becomes USD as ``openInterest x close`` of the bar with the same open time. History reaches
+    back to the symbol's launch (no 30-day limit).
+``/v5/market/instruments-info``
+    ``status=Trading`` by default, ``limit`` 1..1000, ``cursor`` pagination (there are more than
+    500 linear symbols). Only ``LinearPerpetual`` contracts are kept.
+``/v5/market/tickers``
+    the mark price of one symbol.
+
+Rate limits: public market data is limited per IP to 600 requests per 5 s; Bybit asks not to run
+near the edge, so this source sends at most 20 requests/s. ``HTTP 403 "access too frequent"``
+means the IP is blocked for at least 10 minutes: the source stops sending for 10 minutes and says
+so. ``retCode 10006`` ("Too many visits!") pauses the source until ``X-Bapi-Limit-Reset-Timestamp``
+(or 1 s) and retries twice before giving up. Any other ``retCode != 0`` is a SourceError quoting
+``retMsg``.
+
+Pages of a window are fetched concurrently (chunks sized to one page each), merged, de-duplicated
+and sorted; bars are cached per (venue, symbol, interval) in the shared :class:`BarCache` and
+refreshed incrementally (only bars after the newest cached one are fetched).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from ..bars import INTERVAL_MS, Bars, iso
+from ..errors import InputError, SourceError
+from ..symbols import parse_symbol, suggest
+from ..windows import Window
+from .cache import BarCache
+from .http import RateLimiter, SingleFlight, VenueClient
+from .validate import expect_dict, expect_list, field, numeric_columns, to_float, to_int
+
+__all__ = [
+    "BybitSource", "BASE_URL", "INTERVALS", "KLINE_LIMIT", "OI_LIMIT", "INSTRUMENTS_LIMIT",
+    "result_of", "parse_klines", "parse_open_interest", "parse_instruments", "parse_ticker",
+    "Instrument", "chunk_ranges", "join_bars", "missing_ranges", "coverage_notes",
+]
+
+VENUE = "bybit"
+BASE_URL = "https://api.bybit.com"
+KLINE_LIMIT = 1000
+OI_LIMIT = 200
+INSTRUMENTS_LIMIT = 1000
+REQUESTS_PER_S = 20.0  # documented IP limit: 600 per 5 s; we keep well below it
+BLOCK_403_S = 600.0  # "403, access too frequent": wait at least 10 minutes
+SYMBOLS_TTL_S = 3600.0
+#: our interval -> (kline ``interval``, open-interest ``intervalTime``)
+INTERVALS: dict[str, tuple[str, str]] = {
+    "5m": ("5", "5min"), "15m": ("15", "15min"), "30m": ("30", "30min"),
+    "1h": ("60", "1h"), "4h": ("240", "4h"), "1d": ("D", "1d"),
+}
+_KLINE = "/v5/market/kline"
+_OI = "/v5/market/open-interest"
+_INSTRUMENTS = "/v5/market/instruments-info"
+_TICKERS = "/v5/market/tickers"
+
+
+class _RateLimited(Exception):
+    def __init__(self, wait_s: float, message: str) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s
+        self.message = message
+
+
+# -- parsers (pure: payload -> validated rows) ------------------------------------------------------
+
+def result_of(payload: Any, endpoint: str) -> dict[str, Any]:
+    """The ``result`` object of a v5 response; SourceError when ``retCode != 0`` or the shape is wrong.
+
+    ``retCode`` 10006 raises an internal rate-limit signal that :class:`BybitSource` retries.
+    """
+    body = expect_dict(payload, VENUE, endpoint)
+    code = to_int(field(body, "retCode", VENUE, endpoint), VENUE, endpoint, what="retCode")
+    if code != 0:
+        msg = " ".join(str(body.get("retMsg") or "no message").split())[:160]
+        if code == 10006:
+            raise _RateLimited(1.0, f"rate limited (retCode 10006: {msg})")
+        raise SourceError(VENUE, endpoint, f"retCode {code}: {msg}")
+    return expect_dict(field(body, "result", VENUE, endpoint), VENUE, endpoint, what="result")
+
+
+def parse_klines(payload: Any, endpoint: str = _KLINE) -> pd.DataFrame:
+    """Kline rows as a frame ``time, open, high, low, close, volume, quote_volume``, oldest first.
+
+    Duplicate open times keep their last occurrence; unsorted pages are sorted.
+    """
+    rows = expect_list(field(result_of(payload, endpoint), "list", VENUE, endpoint), VENUE, endpoint, what="list")
+    arr = numeric_columns(rows, range(7), VENUE, endpoint,
+                          names=("startTime", "open", "high", "low", "close", "volume", "turnover"))
+    frame = pd.DataFrame(arr, columns=["time", "open", "high", "low", "close", "volume", "quote_volume"])
+    return _tidy(frame)
+
+
+def parse_open_interest(payload: Any, endpoint: str = _OI) -> tuple[pd.DataFrame, str | None]:
+    """``(frame[time, oi_coin], next_cursor)``; the cursor is None when Bybit sent none."""
+    result = result_of(payload, endpoint)
+    rows = expect_list(field(result, "list", VENUE, endpoint), VENUE, endpoint, what="list")
+    t = np.empty(len(rows))
+    oi = np.empty(len(rows))
+    for i, row in enumerate(rows):
+        t[i] = to_int(field(row, "timestamp", VENUE, endpoint, where=f"row {i}"), VENUE, endpoint, what=f"timestamp in row {i}")
+        oi[i] = to_float(field(row, "openInterest", VENUE, endpoint, where=f"row {i}"), VENUE, endpoint,
+                         what=f"openInterest in row {i}")
+    cursor = result.get("nextPageCursor")
+    cursor = cursor if isinstance(cursor, str) and cursor else None
+    return _tidy(pd.DataFrame({"time": t, "oi_coin": oi})), cursor
+
+
+@dataclass(frozen=True)
+class Instrument:
+    """One tradable perpetual: canonical ``BASEQUOTE`` name and the venue's own id."""
+
+    canonical: str
+    venue_id: str
+    base: str
+    quote: str
+    status: str
+    contract_value: float = 1.0  # coin per contract (OKX ctVal); 1 where sizes are in coin
+
+
+def parse_instruments(payload: Any, endpoint: str = _INSTRUMENTS) -> tuple[list[Instrument], str | None]:
+    """USDT/USDC ``LinearPerpetual`` instruments of one page, and the next page's cursor."""
+    result = result_of(payload, endpoint)
+    rows = expect_list(field(result, "list", VENUE, endpoint), VENUE, endpoint, what="list")
+    out = []
+    for i, row in enumerate(rows):
+        where = f"instrument {i}"
+        ctype = field(row, "contractType", VENUE, endpoint, where=where)
+        base = field(row, "baseCoin", VENUE, endpoint, where=where)
+        quote = field(row, "quoteCoin", VENUE, endpoint, where=where)
+        sym = field(row, "symbol", VENUE, endpoint, where=where)
+        status = field(row, "status", VENUE, endpoint, where=where)
+        if not all(isinstance(v, str) for v in (ctype, base, quote, sym, status)):
+            raise SourceError(VENUE, endpoint, f"{where}: symbol, baseCoin, quoteCoin, contractType and status must be strings")
+        if ctype != "LinearPerpetual" or quote not in ("USDT", "USDC"):
+            continue
+        out.append(Instrument(f"{base}{quote}".upper(), sym, base.upper(), quote.upper(), status))
+    cursor = result.get("nextPageCursor")
+    return out, cursor if isinstance(cursor, str) and cursor else None
+
+
+def parse_ticker(payload: Any, symbol: str, endpoint: str = _TICKERS) -> float:
+    """The mark price (else last price) of ``symbol`` from a tickers response."""
+    rows = expect_list(field(result_of(payload, endpoint), "list", VENUE, endpoint), VENUE, endpoint, what="list")
+    for i, row in enumerate(rows):
+        if isinstance(row, dict) and row.get("symbol") == symbol:
+            raw = row.get("markPrice") or row.get("lastPrice")
+            price = to_float(raw, VENUE, endpoint, what=f"markPrice of {symbol}")
+            if price <= 0:
+                raise SourceError(VENUE, endpoint, f"markPrice of {symbol} is not positive ({raw!r})")
+            return price
+    raise SourceError(VENUE, endpoint, f"no ticker for {symbol} in the response")
+
+
+def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
+    """Sort by time, drop duplicate times (keep the last one seen), integer times."""
+    frame = frame.astype({"time": np.int64})
+    return frame.drop_duplicates("time", keep="last").sort_values("time", kind="stable").reset_index(drop=True)
+
+
+# -- shared bar assembly (used by the OKX source as well) -----------------------------------------
+
+def chunk_ranges(start_ms: int, end_ms: int, step_ms: int, per_page: int) -> list[tuple[int, int]]:
+    """Split bar opens ``start_ms..end_ms`` (inclusive) into ranges of at most ``per_page`` bars."""
+    if end_ms < start_ms:
+        return []
+    out = []
+    s = start_ms
+    while s <= end_ms:
+        e = min(end_ms, s + (per_page - 1) * step_ms)
+        out.append((s, e))
+        s = e + step_ms
+    return out
+
+
+def join_bars(klines: pd.DataFrame, oi_coin: pd.DataFrame) -> pd.DataFrame:
+    """Bars where both a candle and an OI point exist at the same open time; ``oi_usd = oi x close``.
+
+    Bars without an OI point are left out (a gap the model reports), never interpolated.
+    """
+    merged = klines.merge(oi_coin, on="time", how="inner", sort=True)
+    merged["oi_usd"] = merged.pop("oi_coin") * merged["close"]
+    cols = ["time", "open", "high", "low", "close", "oi_usd"] + [c for c in ("volume", "quote_volume") if c in merged]
+    merged = merged[cols]
+    good = np.isfinite(merged[cols[1:]].to_numpy()).all(axis=1) & (merged["oi_usd"].to_numpy() > 0)
+    return merged[good].reset_index(drop=True)
+
+
+def missing_ranges(cached: pd.DataFrame, start_ms: int, end_ms: int, step_ms: int) -> list[tuple[int, int]]:
+    """Bar-open ranges of ``start_ms..end_ms`` the cache does not cover (before its first, after its last bar)."""
+    if len(cached) == 0:
+        return [(start_ms, end_ms)]
+    first, last = int(cached["time"].iloc[0]), int(cached["time"].iloc[-1])
+    out = []
+    if first - start_ms >= 2 * step_ms:
+        out.append((start_ms, first - step_ms))
+    if last + step_ms <= end_ms:
+        out.append((last + step_ms, end_ms))
+    return out
+
+
+def coverage_notes(bars: Bars, window: Window, what: str) -> list[str]:
+    """Provenance and, when the data is short of the window, how much of it is covered."""
+    notes = [f"data: {what}, {bars.interval} bars ending {iso(bars.end_ms)}"]
+    covered = bars.end_ms - bars.start_ms if len(bars) else 0
+    if covered < 0.97 * window.duration_ms:
+        notes.append(f"the data covers {covered / 86_400_000:.1f} of the {window.label} window's days; the map uses all of it")
+    return notes
+
+
+def last_closed_open(now_ms: int, step_ms: int) -> int:
+    """Open time of the newest bar that has closed by ``now_ms``."""
+    return (now_ms // step_ms) * step_ms - step_ms
+
+
+class SymbolBook:
+    """A venue's instrument list with a TTL; resolves user spellings with 'did you mean' suggestions."""
+
+    def __init__(self, venue: str, ttl_s: float, clock: Callable[[], float]) -> None:
+        self.venue = venue
+        self.ttl_s = ttl_s
+        self._clock = clock
+        self._by_name: dict[str, Instrument] = {}
+        self._stamp = -math.inf
+        self._flight = SingleFlight()
+
+    def fresh(self) -> bool:
+        return bool(self._by_name) and self._clock() - self._stamp < self.ttl_s
+
+    def set(self, instruments: Sequence[Instrument]) -> None:
+        self._by_name = {i.canonical: i for i in instruments}
+        self._stamp = self._clock()
+
+    async def get(self, load: Callable[[], Awaitable[list[Instrument]]]) -> dict[str, Instrument]:
+        if not self.fresh():
+            self.set(await self._flight.do("symbols", load))
+        return self._by_name
+
+    def resolve(self, symbol: str) -> Instrument:
+        pair = parse_symbol(symbol)
+        inst = self._by_name.get(pair.symbol)
+        if inst is None:
+            hints = suggest(pair.symbol, self._by_name)
+            hint = f"; did you mean {', '.join(hints)}?" if hints else ""
+            raise InputError(f"{self.venue} has no trading {pair.symbol} perpetual{hint}")
+        return inst
+
+
+# -- the source -------------------------------------------------------------------------------------
+
+class BybitSource:
+    """Bybit linear perpetuals as :class:`Bars` (klines + open interest), cached and rate-limited.
+
+    ``client`` (a :class:`VenueClient`) is built on demand; tests pass ``transport``, ``sleep``
+    and ``clock`` so nothing touches the network or waits. ``cache`` is the shared on-disk
+    :class:`BarCache` (None: no caching). ``now_ms`` stamps "now" for the window's end.
+    """
+
+    name = VENUE
+
+    def __init__(
+        self,
+        *,
+        client: VenueClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        cache: BarCache | None = None,
+        recorder: Any = None,
+        base_url: str = BASE_URL,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        now_ms: Callable[[], int] | None = None,
+        symbols_ttl_s: float = SYMBOLS_TTL_S,
+        budget_s: float = 30.0,
+    ) -> None:
+        self._sleep = sleep
+        self._clock = clock
+        self._now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self.limiter = RateLimiter(REQUESTS_PER_S, int(REQUESTS_PER_S), clock=clock, sleep=sleep)
+        self.client = client or VenueClient(
+            VENUE, base_url, transport=transport, limiter=self.limiter, sleep=sleep, clock=clock,
+            on_response=self._on_response, recorder=recorder, budget_s=budget_s,
+        )
+        self.cache = cache
+        self.book = SymbolBook(VENUE, symbols_ttl_s, clock)
+        self._flight = SingleFlight()
+        self._blocked_until = 0.0
+        self._reset_ms: int | None = None
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    # -- HTTP ------------------------------------------------------------------------------------
+    def _on_response(self, resp: httpx.Response) -> None:
+        reset = resp.headers.get("X-Bapi-Limit-Reset-Timestamp")
+        self._reset_ms = int(reset) if reset and reset.isdigit() else None
+        if resp.status_code == 403:
+            self._blocked_until = self._clock() + BLOCK_403_S
+            raise SourceError(
+                VENUE, resp.request.url.path,
+                "access too frequent (HTTP 403): Bybit blocks this IP for at least 10 minutes; "
+                "liqmap sends nothing to Bybit until then (try --exchange binance or okx)",
+                status=403, retry_after=BLOCK_403_S,
+            )
+
+    async def _get(self, path: str, params: dict[str, Any]) -> Any:
+        """GET with the 403 block and the retCode 10006 retry; returns the checked raw payload."""
+        for attempt in range(3):
+            wait = self._blocked_until - self._clock()
+            if wait > 0:
+                raise SourceError(VENUE, path, f"not sending: Bybit blocked this IP (HTTP 403); {wait:.0f}s left of the 10-minute wait",
+                                  status=403, retry_after=wait)
+            payload = await self.client.get_json(path, params)
+            try:
+                result_of(payload, path)
+                return payload
+            except _RateLimited as exc:
+                delay = exc.wait_s
+                if self._reset_ms is not None:
+                    delay = min(10.0, max(0.0, self._reset_ms / 1000 - time.time())) or exc.wait_s
+                if attempt == 2:
+                    raise SourceError(VENUE, path, f"{exc.message}; gave up after 3 attempts", retry_after=delay) from None
+                self.limiter.pause(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- symbols ---------------------------------------------------------------------------------
+    async def _load_instruments(self) -> list[Instrument]:
+        out: list[Instrument] = []
+        cursor: str | None = None
+        for _ in range(50):  # > 50,000 symbols would be a broken cursor, not a real list
+            params = {"category": "linear", "limit": INSTRUMENTS_LIMIT, "cursor": cursor}
+            page, cursor = parse_instruments(await self._get(_INSTRUMENTS, params))
+            out.extend(page)
+            if not cursor or not page:
+                break
+        if not out:
+            raise SourceError(VENUE, _INSTRUMENTS, "the instrument list is empty")
+        return [i for i in out if i.status == "Trading"]
+
+    async def symbols(self) -> list[str]:
+        """Canonical names (``BTCUSDT``) of Bybit's trading USDT/USDC perpetuals, cached for an hour."""
+        return sorted(await self.book.get(self._load_instruments))
+
+    async def resolve(self, symbol: str) -> Instrument:
+        """The instrument for a user spelling; InputError with suggestions when Bybit has none."""
+        await self.book.get(self._load_instruments)
+        return self.book.resolve(symbol)
+
+    async def price(self, symbol: str) -> float:
+        """Bybit's current mark price of ``symbol``."""
+        inst = await self.resolve(symbol)
+        return parse_ticker(await self._get(_TICKERS, {"category": "linear", "symbol": inst.venue_id}), inst.venue_id)
+
+    # -- bars ------------------------------------------------------------------------------------
+    def interval_for(self, window: Window) -> str:
+        """Bybit serves every window at its own interval (open interest reaches back to launch)."""
+        if window.interval not in INTERVALS:
+            raise InputError(f"bybit has no {window.interval} open-interest history; intervals: {', '.join(INTERVALS)}")
+        return window.interval
+
+    async def bars(self, symbol: str, window: Window) -> Bars:
+        """The window's bars: cached ones plus only the missing ones fetched (concurrent pages)."""
+        inst = await self.resolve(symbol)
+        interval = self.interval_for(window)
+        step = INTERVAL_MS[interval]
+        end = last_closed_open(self._now_ms(), step)
+        start = end - (window.duration_ms // step - 1) * step
+        frame = await self._flight.do((inst.venue_id, interval, start, end),
+                                      lambda: self._series(inst, interval, start, end))
+        if len(frame) == 0:
+            raise SourceError(VENUE, _KLINE, f"no bars with open interest for {inst.venue_id} between {iso(start)} and {iso(end)}")
+        bars = Bars.from_frame(frame, venue=VENUE, symbol=inst.canonical, interval=interval)
+        return bars.with_notes(*coverage_notes(bars, window, f"Bybit {inst.venue_id} klines x open interest (coin x close)"))
+
+    async def _series(self, inst: Instrument, interval: str, start: int, end: int) -> pd.DataFrame:
+        step = INTERVAL_MS[interval]
+        cached = self.cache.load(VENUE, inst.venue_id, interval, start, end + step) if self.cache else pd.DataFrame()
+        fetched = [await self._fetch(inst, interval, s, e) for s, e in missing_ranges(cached, start, end, step)]
+        new = pd.concat(fetched, ignore_index=True) if fetched else pd.DataFrame()
+        if self.cache is not None and len(new):
+            self.cache.store(VENUE, inst.venue_id, interval, new)
+        parts = [f for f in (cached, new) if len(f)]
+        if not parts:
+            return pd.DataFrame(columns=["time", "open", "high", "low", "close", "oi_usd"])
+        out = _tidy(pd.concat(parts, ignore_index=True))
+        return out[(out["time"] >= start) & (out["time"] <= end)].reset_index(drop=True)
+
+    async def _fetch(self, inst: Instrument, interval: str, start: int, end: int) -> pd.DataFrame:
+        """Klines and OI for bar opens ``start..end``, every page requested concurrently."""
+        step = INTERVAL_MS[interval]
+        k_int, oi_int = INTERVALS[interval]
+        k_pages = [self._kline_page(inst.venue_id, k_int, s, e) for s, e in chunk_ranges(start, end, step, KLINE_LIMIT)]
+        oi_pages = [self._oi_pages(inst.venue_id, oi_int, s, e) for s, e in chunk_ranges(start, end, step, OI_LIMIT)]
+        results = await asyncio.gather(*k_pages, *oi_pages)
+        klines = _tidy(pd.concat(results[: len(k_pages)], ignore_index=True))
+        oi = _tidy(pd.concat(results[len(k_pages):], ignore_index=True))
+        klines = klines[(klines["time"] >= start) & (klines["time"] <= end)]
+        return join_bars(klines, oi)
+
+    async def _kline_page(self, sym: str, k_int: str, s: int, e: int) -> pd.DataFrame:
+        params = {"category": "linear", "symbol": sym, "interval": k_int, "start": s, "end": e, "limit": KLINE_LIMIT}
+        return parse_klines(await self._get(_KLINE, params))
+
+    async def _oi_pages(self, sym: str, oi_int: str, s: int, e: int) -> pd.DataFrame:
+        """One chunk of OI; follows ``nextPageCursor`` while pages come back full."""
+        frames = []
+        cursor: str | None = None
+        for _ in range(20):
+            params = {"category": "linear", "symbol": sym, "intervalTime": oi_int, "startTime": s, "endTime": e,
+                      "limit": OI_LIMIT, "cursor": cursor}
+            frame, cursor = parse_open_interest(await self._get(_OI, params))
+            frames.append(frame)
+            if not cursor or len(frame) < OI_LIMIT:
+                break
+        return pd.concat(frames, ignore_index=True)
