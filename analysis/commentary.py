@@ -1,0 +1,433 @@
+"""Written commentary: a map's reading as Discord-markdown text, via Jinja2 templates in ``templates/``.
+
+``summary()`` is the /liqmap embed description, ``daily()`` the daily report, ``notice()`` the
+skew-change message and ``footer()`` a one-line provenance for an embed footer. All logic lives
+here: each function builds a view model of ready-to-print strings and the templates only lay it
+out. Every string that can come from outside (symbol, venue names, notes, tier labels) passes
+through :func:`_md_safe` before it reaches a template, and every output is cut to Discord's limits
+at a line boundary.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from .errors import DataError, InputError, LiqmapError
+from .liqmap import LiquidationMap
+from .metrics import Cluster, Reading, SkewClass, Threshold
+from .symbols import parse_symbol
+
+__all__ = [
+    "summary", "daily", "notice", "footer", "usd", "price_str",
+    "EMBED_LIMIT", "MESSAGE_LIMIT", "TEMPLATES",
+]
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+EMBED_LIMIT = 4096  # Discord embed description
+MESSAGE_LIMIT = 2000  # Discord message content
+
+MINUS = "\u2212"
+TRUNCATED = "… (truncated)"
+
+_VENUE_NAMES = {"binance": "Binance", "bybit": "Bybit", "okx": "OKX", "coinglass": "CoinGlass"}
+_SUMMARY_LEVELS = 2  # threshold sentences per side in the summary
+_DAILY_LEVELS = 4
+_MAX_NOTES = 5
+_MAX_TABLE_ROWS = 8
+
+_env = Environment(
+    loader=FileSystemLoader(str(TEMPLATES)),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,  # output is Discord markdown; inputs are escaped by _md_safe instead
+    keep_trailing_newline=False,
+)
+
+
+# -- numbers ------------------------------------------------------------------------------------
+
+def usd(x: float) -> str:
+    """Compact dollars: ``$2.1B``, ``$350M``, ``$12.4K``, ``$850``; ``n/a`` when not finite.
+
+    One decimal below 100 units, none from 100 up; a value that would print as 1000 of a unit
+    moves to the next unit (``$1.0B``, not ``$1000M``).
+    """
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return "n/a"
+    if not math.isfinite(v):
+        return "n/a"
+    sign = "-" if v < 0 else ""
+    v = abs(v)
+    units = ((1.0, ""), (1e3, "K"), (1e6, "M"), (1e9, "B"), (1e12, "T"))
+    for i, (scale, unit) in enumerate(units):
+        n = v / scale
+        text = f"{n:.0f}" if (not unit or n >= 99.95) else f"{n:.1f}"
+        if float(text) < 1000 or i == len(units) - 1:  # 999.96M would print as 1000M: use 1B
+            break
+    return f"{sign}${text}{unit}"
+
+
+def price_str(p: float) -> str:
+    """A price as a trader writes it: ``$64,592``, ``$145.23``, ``$2.345``, ``$0.0812``."""
+    try:
+        v = float(p)
+    except (TypeError, ValueError):
+        return "n/a"
+    if not math.isfinite(v) or v <= 0:
+        return "n/a"
+    if v >= 999.5:
+        return f"${v:,.0f}"
+    # four significant digits, at least two decimals, no trailing zeros beyond those two
+    decimals = max(2, 3 - math.floor(math.log10(v)))
+    text = f"{v:.{decimals}f}"
+    if "." in text:
+        whole, frac = text.split(".")
+        frac = frac.rstrip("0").ljust(2, "0")
+        text = f"{whole}.{frac}"
+    return f"${text}"
+
+
+def _pct(x: float, decimals: int = 1) -> str:
+    """Signed percent with a real minus sign: ``+3.0%``, ``−4.5%``."""
+    if not math.isfinite(x):
+        return "n/a"
+    text = f"{x:+.{decimals}f}%"
+    return text.replace("-", MINUS)
+
+
+def _band(b: float) -> str:
+    return f"{b * 100:g}%"
+
+
+def _times(x: float) -> str:
+    """A ratio >= 1 as ``5.3×``, rounded *down* so it never crosses a skew threshold it did not reach."""
+    if not math.isfinite(x) or x >= 1000:
+        return "over 1,000×"
+    if x >= 10:
+        return f"{math.floor(x + 1e-9):,}×"
+    return f"{math.floor(x * 10 + 1e-9) / 10:.1f}×"
+
+
+def _fmt_time(ms: int) -> str:
+    return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _fmt_date(ms: int) -> str:
+    return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+# -- sanitising ---------------------------------------------------------------------------------
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]+")
+_MENTION = re.compile(r"<(?:@[!&]?\d*|#\d*|/[^<>\s]{0,64}:\d*|t:[^<>\s]{0,32})>")
+_EVERYWHERE = re.compile(r"([\\*_~`|\[\]<>])")
+_LINE_START = re.compile(r"^(\s*)([#>\-+])")
+_NUMBERED = re.compile(r"^(\s*\d+)\.(?=\s)")
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
+
+
+def _plain_safe(value: object, limit: int = 200) -> str:
+    """One line of text with no control characters and no working mentions (no markdown escaping)."""
+    text = _CONTROL.sub(" ", str(value))
+    text = " ".join(text.split())
+    text = _clip(text, limit)
+    text = _MENTION.sub("", text)
+    # a zero-width space after every @ stops @everyone, @here and any <@id> left by the clip
+    return text.replace("@", "@\u200b").strip()
+
+
+def _md_safe(value: object, limit: int = 200) -> str:
+    """``value`` as inert Discord markdown: one line, markdown escaped, mentions neutralised."""
+    text = _plain_safe(value, limit)
+    text = _EVERYWHERE.sub(r"\\\1", text)
+    text = _LINE_START.sub(r"\1\\\2", text)
+    return _NUMBERED.sub(r"\1\\.", text)
+
+
+def _base(symbol: str) -> str:
+    """``BTCUSDT`` -> ``BTC``; a symbol that does not parse is shown as it is (sanitised)."""
+    try:
+        return _md_safe(parse_symbol(symbol).base, 24)
+    except LiqmapError:
+        return _md_safe(symbol, 24)
+
+
+def _label(k: SkewClass) -> str:
+    return _md_safe(k.label, 40)
+
+
+def _venue(name: str) -> str:
+    return _VENUE_NAMES.get(str(name).lower(), str(name))
+
+
+# -- view models --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SideView:
+    """One side of the book: a title and its ready-to-print sentences."""
+
+    title: str
+    lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class BodyView:
+    """What the summary and the daily report share."""
+
+    skew: str
+    sides: tuple[SideView, ...]
+    table_title: str
+    table: tuple[str, ...]
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ChangeView:
+    """Change since the previous reading, ready to print."""
+
+    lines: tuple[str, ...]
+
+
+def _check(r: Reading, what: str = "reading") -> None:
+    """Refuse a reading whose headline numbers are not real amounts (a NaN must not read as zero)."""
+    for name in ("price", "long_in_band", "short_in_band"):
+        v = getattr(r, name)
+        try:
+            ok = math.isfinite(float(v)) and float(v) >= 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok or (name == "price" and float(v) == 0):
+            raise DataError(f"cannot describe the {what} of {_plain_safe(r.symbol, 24)}: {name} is {v!r}")
+
+
+def _finite(x: float) -> float:
+    x = float(x)
+    return x if math.isfinite(x) and x > 0 else 0.0
+
+
+def skew_sentence(r: Reading) -> str:
+    """The skew in plain words with the band totals and the imbalance a trader would quote."""
+    band = _band(r.band)
+    s, lo = _finite(r.short_in_band), _finite(r.long_in_band)
+    what = "CoinGlass" if r.kind == "coinglass" else "estimated"
+    if s <= 0 and lo <= 0:
+        return f"No {what} liquidation levels within ±{band} of {price_str(r.price)}."
+    S, L = usd(s), usd(lo)
+    if lo <= 0:
+        return f"Only shorts near price: {S} of shorts within +{band}, no long levels within {MINUS}{band}."
+    if s <= 0:
+        return f"Only longs near price: {L} of longs within {MINUS}{band}, no short levels within +{band}."
+    if s >= lo:
+        ratio = f"{_times(s / lo)} more shorts" if s / lo >= 1.1 else "roughly even"
+    else:
+        ratio = f"{_times(lo / s)} more longs" if lo / s >= 1.1 else "roughly even"
+    key = r.skew.key
+    if key == "heavily_short":
+        return (f"Shorts heavily stacked above price ({S} within +{band}), thin long exposure below "
+                f"({L} within {MINUS}{band}): {ratio}.")
+    if key == "short":
+        return f"Shorts outweigh longs: {S} of shorts within +{band} vs {L} of longs within {MINUS}{band} ({ratio})."
+    if key == "long":
+        return f"Longs outweigh shorts: {L} of longs within {MINUS}{band} vs {S} of shorts within +{band} ({ratio})."
+    if key == "heavily_long":
+        return (f"Longs heavily stacked below price ({L} within {MINUS}{band}), thin short exposure above "
+                f"({S} within +{band}): {ratio}.")
+    if key == "balanced":
+        return f"Balanced: {S} of shorts within +{band} vs {L} of longs within {MINUS}{band} ({ratio})."
+    return (f"Skew {_label(r.skew)}: {S} of shorts within +{band} vs {L} of longs "
+            f"within {MINUS}{band} ({ratio}).")
+
+
+def _usable(x: Cluster | Threshold) -> bool:
+    return all(math.isfinite(v) for v in (x.price, x.distance_pct, x.notional)) and x.notional > 0 and x.price > 0
+
+
+def _cluster_line(c: Cluster, tiers: tuple[str, ...], label: str = "Nearest major cluster") -> str:
+    led = f", led by {_md_safe(c.dominant_tier, 16)}" if len(tiers) > 1 and c.dominant_tier else ""
+    return f"{label}: ~{usd(c.notional)} around {price_str(c.price)} ({_pct(c.distance_pct)}){led}."
+
+
+def _threshold_line(t: Threshold, base: str) -> str:
+    if t.side == "short":
+        return f"If {base} breaks {price_str(t.price)} ({_pct(t.distance_pct)}), about {usd(t.notional)} of shorts sit in between."
+    return f"A drop below {price_str(t.price)} ({_pct(t.distance_pct)}) would run through about {usd(t.notional)} of longs."
+
+
+def _side(r: Reading, m: LiquidationMap, side: str, levels: int) -> SideView | None:
+    base = _base(r.symbol)
+    nearest = r.nearest_short if side == "short" else r.nearest_long
+    lines = [_cluster_line(nearest, m.tiers)] if nearest is not None and _usable(nearest) else []
+    picked = [t for t in r.thresholds if t.side == side and _usable(t)]
+    picked.sort(key=lambda t: abs(t.distance_pct))
+    lines += [_threshold_line(t, base) for t in picked[:levels]]
+    if not lines:
+        return None
+    title = "Shorts above price" if side == "short" else "Longs below price"
+    return SideView(title, tuple(lines))
+
+
+def _table(r: Reading) -> tuple[str, ...]:
+    rows = list(zip(r.distances, r.cum_long, r.cum_short))[:_MAX_TABLE_ROWS]
+    if not any(_finite(lv) > 0 or _finite(sv) > 0 for _, lv, sv in rows):
+        return ()
+    out = [f"{'within':<7}{'longs below':>12}{'shorts above':>14}"]
+    for d, lv, sv in rows:
+        out.append(f"{'±' + _band(d):<7}{usd(lv):>12}{usd(sv):>14}")
+    return tuple(out)
+
+
+def _notes(notes: Iterable[str], limit: int = _MAX_NOTES) -> tuple[str, ...]:
+    notes = [str(n) for n in notes if str(n).strip()]
+    # missing venues first: they change what the numbers mean most
+    notes.sort(key=lambda n: 0 if " missing: " in n else 1)
+    out = [("ℹ️ " if n.startswith("data:") else "⚠️ ") + _md_safe(n, 180) for n in notes[:limit]]
+    if len(notes) > limit:
+        out.append(f"… and {len(notes) - limit} more note(s) in the JSON output.")
+    return tuple(out)
+
+
+def _body(r: Reading, m: LiquidationMap, levels: int) -> BodyView:
+    sides = tuple(s for s in (_side(r, m, "short", levels), _side(r, m, "long", levels)) if s is not None)
+    title = "Cumulative liquidations (CoinGlass)" if r.kind == "coinglass" else "Cumulative estimated liquidations"
+    return BodyView(skew_sentence(r), sides, title, _table(r), _notes(r.notes))
+
+
+def _headline(r: Reading) -> str:
+    return f"**{_md_safe(r.symbol, 24)}** {price_str(r.price)} · {_md_safe(r.window, 8)} map · **{_label(r.skew)}**"
+
+
+def _footer_text(m: LiquidationMap, safe) -> str:
+    what = "CoinGlass" if m.kind == "coinglass" else "Estimated from OI flow"
+    venues = [v for v in m.venues if not (m.kind == "coinglass" and str(v).lower() == "coinglass")]
+    parts = [what]
+    if venues:
+        parts.append(" + ".join(safe(_venue(v), 20) for v in venues[:8]) + (" + more" if len(venues) > 8 else ""))
+    parts.append(f"{safe(m.window, 8)} window")
+    if m.end_ms and m.end_ms > 0:
+        parts.append(f"data to {_fmt_time(m.end_ms)}")
+    return " · ".join(parts)
+
+
+def footer(m: LiquidationMap) -> str:
+    """One plain-text line for an embed footer (which renders no markdown): kind, venues, data time."""
+    return _footer_text(m, _plain_safe)
+
+
+def _change(prev: Reading, r: Reading) -> ChangeView:
+    lines = []
+    if prev.skew.key == r.skew.key:
+        lines.append(f"Skew: unchanged ({_label(r.skew)})")
+    else:
+        lines.append(f"Skew: {_label(prev.skew)} → {_label(r.skew)}")
+    if _finite(prev.price) > 0 and _finite(r.price) > 0:
+        lines.append(f"Price: {price_str(prev.price)} → {price_str(r.price)} ({_pct((r.price / prev.price - 1) * 100)})")
+    if not math.isclose(prev.band, r.band):
+        lines.append(f"Band totals not compared: the band changed from ±{_band(prev.band)} to ±{_band(r.band)}.")
+        return ChangeView(tuple(lines))
+    band = _band(r.band)
+    for name, before, after in (
+        (f"Shorts within +{band}", prev.short_in_band, r.short_in_band),
+        (f"Longs within {MINUS}{band}", prev.long_in_band, r.long_in_band),
+    ):
+        b, a = _finite(before), _finite(after)
+        if b > 0:
+            delta = f" ({_pct((a / b - 1) * 100, 0)})"
+        else:
+            delta = " (new)" if a > 0 else ""
+        lines.append(f"{name}: {usd(b)} → {usd(a)}{delta}")
+    return ChangeView(tuple(lines))
+
+
+# -- output -------------------------------------------------------------------------------------
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters at a line boundary, closing an open code block."""
+    text = text.strip("\n")
+    if len(text) <= limit:
+        return text
+    budget = limit - len(TRUNCATED) - len("\n```\n")
+    cut = text[:budget]
+    nl = cut.rfind("\n")
+    if nl > 0:
+        cut = cut[:nl]
+    else:
+        # a single huge line: cut hard, but never split an escape pair (an odd run of trailing backslashes)
+        if (len(cut) - len(cut.rstrip("\\"))) % 2:
+            cut = cut[:-1]
+    cut = cut.rstrip()
+    if cut.count("```") % 2:
+        cut += "\n```"
+    return f"{cut}\n{TRUNCATED}"
+
+
+def _render(name: str, limit: int, **view: object) -> str:
+    return _fit(_env.get_template(name).render(**view), limit)
+
+
+def summary(reading: Reading, m: LiquidationMap) -> str:
+    """The /liqmap embed description (≤ 4096 chars); it ends with the :func:`footer` line in italics."""
+    _check(reading)
+    return _render(
+        "summary.md.j2", EMBED_LIMIT,
+        headline=_headline(reading), body=_body(reading, m, _SUMMARY_LEVELS), footer=_footer_text(m, _md_safe),
+    )
+
+
+def daily(reading: Reading, m: LiquidationMap, *, previous: Reading | None = None) -> str:
+    """The daily report (≤ 4096 chars): headline, the summary content, and the change since ``previous``.
+
+    ``previous`` is yesterday's reading of the same symbol; another symbol is an :class:`InputError`.
+    """
+    _check(reading)
+    if previous is not None:
+        _check(previous, "previous reading")
+    if previous is not None and previous.symbol != reading.symbol:
+        raise InputError(
+            f"previous reading is for {_plain_safe(previous.symbol, 24)}, not {_plain_safe(reading.symbol, 24)}"
+        )
+    date = _fmt_date(m.end_ms) if m.end_ms and m.end_ms > 0 else "date unknown"
+    headline = f"**{_md_safe(reading.symbol, 24)} daily liquidation map · {date} (UTC)**"
+    sub = f"{price_str(reading.price)} · {_md_safe(reading.window, 8)} map · **{_label(reading.skew)}**"
+    return _render(
+        "daily.md.j2", EMBED_LIMIT,
+        headline=headline, sub=sub, body=_body(reading, m, _DAILY_LEVELS),
+        change=_change(previous, reading) if previous is not None else None,
+        footer=_footer_text(m, _md_safe),
+    )
+
+
+def notice(old: SkewClass, reading: Reading, m: LiquidationMap) -> str:
+    """The skew-change message (≤ 2000 chars): ``BTCUSDT skew changed: balanced → heavily short-skewed``."""
+    _check(reading)
+    sym = _md_safe(reading.symbol, 24)
+    if old.key == reading.skew.key:
+        headline = f"**{sym} skew unchanged: {_label(reading.skew)}**"
+    else:
+        headline = f"**{sym} skew changed: {_label(old)} → {_label(reading.skew)}**"
+    base = _base(reading.symbol)
+    lines = []
+    for side, nearest in (("short", reading.nearest_short), ("long", reading.nearest_long)):
+        first = next((t for t in sorted(reading.thresholds, key=lambda t: abs(t.distance_pct))
+                      if t.side == side and _usable(t)), None)
+        if first is not None:
+            lines.append(_threshold_line(first, base))
+        elif nearest is not None and _usable(nearest):
+            lines.append(_cluster_line(nearest, m.tiers, f"Nearest major {side} cluster"))
+    return _render(
+        "notice.md.j2", MESSAGE_LIMIT,
+        headline=headline, price=price_str(reading.price), skew=skew_sentence(reading), lines=tuple(lines),
+        notes=_notes(reading.notes, 3), footer=_footer_text(m, _md_safe),
+    )
