@@ -1,7 +1,7 @@
 """Written commentary: a map's reading as Discord-markdown text, via Jinja2 templates in ``templates/``.
 
 ``summary()`` is the /liqmap embed description, ``daily()`` the daily report, ``notice()`` the
-skew-change message and ``footer()`` a one-line provenance for an embed footer. All logic lives
+skew-change message and ``footer()`` the one-line provenance for an embed footer. All logic lives
 here: each function builds a view model of ready-to-print strings and the templates only lay it
 out. Every string that can come from outside (symbol, venue names, notes, tier labels) passes
 through :func:`_md_safe` before it reaches a template, and every output is cut to Discord's limits
@@ -25,7 +25,7 @@ from .metrics import Cluster, Reading, SkewClass, Threshold
 from .symbols import parse_symbol
 
 __all__ = [
-    "summary", "daily", "notice", "footer", "usd", "price_str",
+    "summary", "daily", "notice", "footer", "usd", "price_str", "skew_sentence", "near_sentence",
     "EMBED_LIMIT", "MESSAGE_LIMIT", "TEMPLATES",
 ]
 
@@ -141,10 +141,8 @@ def _clip(text: str, n: int) -> str:
 
 def _plain_safe(value: object, limit: int = 200) -> str:
     """One line of text with no control characters and no working mentions (no markdown escaping)."""
-    text = _CONTROL.sub(" ", str(value))
-    text = " ".join(text.split())
-    text = _clip(text, limit)
-    text = _MENTION.sub("", text)
+    text = _MENTION.sub(" ", _CONTROL.sub(" ", str(value)))
+    text = _clip(" ".join(text.split()), limit)
     # a zero-width space after every @ stops @everyone, @here and any <@id> left by the clip
     return text.replace("@", "@\u200b").strip()
 
@@ -188,6 +186,7 @@ class BodyView:
     """What the summary and the daily report share."""
 
     skew: str
+    near: str
     sides: tuple[SideView, ...]
     table_title: str
     table: tuple[str, ...]
@@ -251,6 +250,31 @@ def skew_sentence(r: Reading) -> str:
             f"within {MINUS}{band} ({ratio}).")
 
 
+def near_sentence(r: Reading, heavy: float = 3.0) -> str | None:
+    """A line for when the closest distance is lopsided (>= ``heavy``) in a way the band's class does not say.
+
+    E.g. a balanced ±5% book with $53M of shorts but only $2.9M of longs within ±1%.
+    """
+    near = [(d, lv, sv) for d, lv, sv in zip(r.distances, r.cum_long, r.cum_short) if d < r.band]
+    if not near:
+        return None
+    d, lv, sv = min(near)
+    lv, sv = _finite(lv), _finite(sv)
+    if lv <= 0 and sv <= 0:
+        return None
+    side, big, small = ("short", sv, lv) if sv > lv else ("long", lv, sv)
+    if r.skew.key == f"heavily_{side}" or (small > 0 and big / small < heavy):
+        return None
+    dist = _band(d)
+    up, down = f"+{dist}", f"{MINUS}{dist}"
+    here, there = (up, down) if side == "short" else (down, up)
+    other = "long" if side == "short" else "short"
+    if small <= 0:
+        return f"Closest to price, only {side}s: {usd(big)} within {here}, no {other}s within {there}."
+    return (f"Closest to price, {side}s dominate: {usd(big)} within {here} vs {usd(small)} of {other}s "
+            f"within {there} ({_times(big / small)} more {side}s).")
+
+
 def _usable(x: Cluster | Threshold) -> bool:
     return all(math.isfinite(v) for v in (x.price, x.distance_pct, x.notional)) and x.notional > 0 and x.price > 0
 
@@ -302,7 +326,7 @@ def _notes(notes: Iterable[str], limit: int = _MAX_NOTES) -> tuple[str, ...]:
 def _body(r: Reading, m: LiquidationMap, levels: int) -> BodyView:
     sides = tuple(s for s in (_side(r, m, "short", levels), _side(r, m, "long", levels)) if s is not None)
     title = "Cumulative liquidations (CoinGlass)" if r.kind == "coinglass" else "Cumulative estimated liquidations"
-    return BodyView(skew_sentence(r), sides, title, _table(r), _notes(r.notes))
+    return BodyView(skew_sentence(r), near_sentence(r) or "", sides, title, _table(r), _notes(r.notes))
 
 
 def _headline(r: Reading) -> str:
@@ -336,6 +360,10 @@ def _change(prev: Reading, r: Reading) -> ChangeView:
         lines.append(f"Price: {price_str(prev.price)} → {price_str(r.price)} ({_pct((r.price / prev.price - 1) * 100)})")
     if not math.isclose(prev.band, r.band):
         lines.append(f"Band totals not compared: the band changed from ±{_band(prev.band)} to ±{_band(r.band)}.")
+        return ChangeView(tuple(lines))
+    if prev.window != r.window:
+        lines.append(f"Band totals not compared: the map window changed from {_md_safe(prev.window, 8)} "
+                     f"to {_md_safe(r.window, 8)}.")
         return ChangeView(tuple(lines))
     band = _band(r.band)
     for name, before, after in (
@@ -377,19 +405,25 @@ def _render(name: str, limit: int, **view: object) -> str:
     return _fit(_env.get_template(name).render(**view), limit)
 
 
-def summary(reading: Reading, m: LiquidationMap) -> str:
-    """The /liqmap embed description (≤ 4096 chars); it ends with the :func:`footer` line in italics."""
+def summary(reading: Reading, m: LiquidationMap, *, with_footer: bool = False) -> str:
+    """The /liqmap embed description (≤ 4096 chars).
+
+    The embed's own footer carries :func:`footer`; ``with_footer=True`` appends that line in
+    italics instead, for places without an embed footer (a file, a plain message).
+    """
     _check(reading)
     return _render(
         "summary.md.j2", EMBED_LIMIT,
-        headline=_headline(reading), body=_body(reading, m, _SUMMARY_LEVELS), footer=_footer_text(m, _md_safe),
+        headline=_headline(reading), body=_body(reading, m, _SUMMARY_LEVELS),
+        footer=_footer_text(m, _md_safe) if with_footer else "",
     )
 
 
-def daily(reading: Reading, m: LiquidationMap, *, previous: Reading | None = None) -> str:
+def daily(reading: Reading, m: LiquidationMap, *, previous: Reading | None = None, with_footer: bool = False) -> str:
     """The daily report (≤ 4096 chars): headline, the summary content, and the change since ``previous``.
 
     ``previous`` is yesterday's reading of the same symbol; another symbol is an :class:`InputError`.
+    ``with_footer`` as in :func:`summary`.
     """
     _check(reading)
     if previous is not None:
@@ -405,12 +439,15 @@ def daily(reading: Reading, m: LiquidationMap, *, previous: Reading | None = Non
         "daily.md.j2", EMBED_LIMIT,
         headline=headline, sub=sub, body=_body(reading, m, _DAILY_LEVELS),
         change=_change(previous, reading) if previous is not None else None,
-        footer=_footer_text(m, _md_safe),
+        footer=_footer_text(m, _md_safe) if with_footer else "",
     )
 
 
 def notice(old: SkewClass, reading: Reading, m: LiquidationMap) -> str:
-    """The skew-change message (≤ 2000 chars): ``BTCUSDT skew changed: balanced → heavily short-skewed``."""
+    """The skew-change message (≤ 2000 chars): ``BTCUSDT skew changed: balanced → heavily short-skewed``.
+
+    It is message content, so it ends with the :func:`footer` line itself.
+    """
     _check(reading)
     sym = _md_safe(reading.symbol, 24)
     if old.key == reading.skew.key:
@@ -429,5 +466,7 @@ def notice(old: SkewClass, reading: Reading, m: LiquidationMap) -> str:
     return _render(
         "notice.md.j2", MESSAGE_LIMIT,
         headline=headline, price=price_str(reading.price), skew=skew_sentence(reading), lines=tuple(lines),
-        notes=_notes(reading.notes, 3), footer=_footer_text(m, _md_safe),
+        # provenance ("data: ...") is in the footer already; a notice keeps only the warnings
+        notes=_notes([n for n in reading.notes if not str(n).startswith("data:")], 3),
+        footer=_footer_text(m, _md_safe),
     )

@@ -13,7 +13,7 @@ from jinja2 import UndefinedError
 
 from analysis import commentary
 from analysis.commentary import (
-    EMBED_LIMIT, MESSAGE_LIMIT, TRUNCATED, _env, _fit, _md_safe, daily, footer, notice, price_str, skew_sentence,
+    EMBED_LIMIT, MESSAGE_LIMIT, TRUNCATED, _env, _fit, _md_safe, daily, footer, near_sentence, notice, price_str, skew_sentence,
     summary, usd,
 )
 from analysis.errors import DataError, InputError
@@ -143,9 +143,10 @@ def test_user_strings_are_sanitised_in_every_output():
     evil = "@everyone <@123456789012345678> **x**"
     r = make_reading(2e8, 1e8, symbol="EVIL_COIN", notes=(f"okx missing: {evil}",))
     m = make_map(venues=("bin_ance", "<@&42>"), notes=r.notes)
-    for text in (summary(r, m), daily(r, m), notice(SKEW_CLASSES["balanced"], r, m), footer(m)):
+    for text in (summary(r, m, with_footer=True), daily(r, m, with_footer=True), notice(SKEW_CLASSES["balanced"], r, m),
+                 footer(m)):
         assert "@everyone" not in text and "<@" not in text
-    s = summary(r, m)
+    s = summary(r, m, with_footer=True)
     assert r"EVIL\_COIN" in s and r"\*\*x\*\*" in s and r"bin\_ance" in s
     assert "bin_ance" in footer(m)  # embed footers render no markdown: no backslashes there
 
@@ -205,6 +206,25 @@ def test_extreme_ratio_is_capped_not_overflowed():
     assert skew_sentence(make_reading(11_723.0, 6.5e-305)).endswith("over 1,000× more shorts.")
     assert skew_sentence(make_reading(3e8, 2e5)).endswith("over 1,000× more shorts.")
     assert skew_sentence(make_reading(2.5e8, 1e7)).endswith("25× more shorts.")
+
+
+def test_near_price_line_only_when_lopsided_and_not_already_said():
+    r = replace(make_reading(1.9e8, 2.36e8), cum_short=(53.2e6, 8e7, 1.9e8, 3e8), cum_long=(2.9e6, 2.6e7, 2.36e8, 3e8))
+    assert r.skew.key == "balanced"
+    assert near_sentence(r) == ("Closest to price, shorts dominate: $53.2M within +1% vs $2.9M of longs within −1% "
+                                "(18× more shorts).")
+    assert near_sentence(r).splitlines()[0] in summary(r, make_map())
+    # the headline already says "heavily short": no second line saying the same
+    assert near_sentence(replace(r, skew=SKEW_CLASSES["heavily_short"])) is None
+    # lopsided the other way than a heavily short headline: worth saying
+    flipped = replace(r, cum_short=(1e6,) + r.cum_short[1:], cum_long=(5e6,) + r.cum_long[1:],
+                      skew=SKEW_CLASSES["heavily_short"])
+    assert near_sentence(flipped).startswith("Closest to price, longs dominate: $5.0M within −1% vs $1.0M of shorts")
+    assert near_sentence(replace(r, cum_short=(5e6,) + r.cum_short[1:])) is None  # under 3x
+    assert near_sentence(replace(r, cum_long=(0.0,) + r.cum_long[1:])) == (
+        "Closest to price, only shorts: $53.2M within +1%, no longs within −1%.")
+    assert near_sentence(make_reading(0, 0)) is None
+    assert "Closest to price" not in summary(make_reading(1e8, 1e8), make_map())
 
 
 def test_empty_reading():
@@ -290,16 +310,21 @@ def test_notes_missing_venue_first_and_capped():
     lines = s.splitlines()
     first = next(i for i, ln in enumerate(lines) if "missing" in ln)
     assert lines[first] == "⚠️ okx missing: HTTP 503 from /api/v5/rubik"
+    assert lines[first - 1] == ""
     assert lines[first + 1] == "ℹ️ data: bundled sample, ending 2026-06-22T11:45Z"
     assert "… and 4 more note(s) in the JSON output." in s
 
 
 def test_estimated_and_coinglass_are_labelled():
-    est = summary(levels_reading(), make_map())
-    assert "*Estimated from OI flow · Binance · 7d window · data to 2026-06-22 11:45 UTC*" in est
+    est = summary(levels_reading(), make_map(), with_footer=True)
+    assert est.endswith("\n\n*Estimated from OI flow · Binance · 7d window · data to 2026-06-22 11:45 UTC*")
     assert "Cumulative estimated liquidations" in est
+    # by default the embed footer carries the provenance, so the description does not repeat it
+    assert summary(levels_reading(), make_map()).endswith("```")
+    assert "Estimated from OI flow" not in daily(levels_reading(), make_map())
+    assert daily(levels_reading(), make_map(), with_footer=True).endswith("11:45 UTC*")
     cg_map = make_map(kind="coinglass", venues=("coinglass",))
-    cg = summary(levels_reading(kind="coinglass"), cg_map)
+    cg = summary(levels_reading(kind="coinglass"), cg_map, with_footer=True)
     assert "Estimated" not in cg and "estimated" not in cg
     assert "Cumulative liquidations (CoinGlass)" in cg
     assert footer(cg_map) == "CoinGlass · 7d window · data to 2026-06-22 11:45 UTC"
@@ -320,6 +345,9 @@ def test_daily_headline_and_change_since_yesterday():
     assert "• Shorts within +5%: $100M → $500M (+400%)" in d
     assert "• Longs within −5%: $100M → $120M (+20%)" in d
     assert "Since yesterday" not in daily(today, make_map())
+    notes = ("okx missing: timeout",)
+    d = daily(replace(today, notes=notes), make_map(notes=notes), previous=prev, with_footer=True)
+    assert d.index("**Since yesterday**") < d.index("⚠️ okx missing: timeout") < d.index("*Estimated from OI flow")
 
 
 def test_daily_change_edge_cases():
@@ -329,6 +357,8 @@ def test_daily_change_edge_cases():
     d = daily(today, make_map(), previous=replace(make_reading(2e8, 1e8), band=0.03))
     assert "Band totals not compared" in d and "Shorts within" not in d
     assert "• Skew: unchanged (short-skewed)" in daily(today, make_map(), previous=today)
+    d = daily(today, make_map(), previous=replace(make_reading(2e8, 1e8), window="1d"))
+    assert "the map window changed from 1d to 7d" in d and "Shorts within" not in d
     with pytest.raises(InputError, match="ETHUSDT"):
         daily(today, make_map(), previous=make_reading(1e8, 1e8, symbol="ETHUSDT"))
 
@@ -345,6 +375,13 @@ def test_notice_names_the_change_with_numbers():
     assert lines[-1].startswith("*Estimated from OI flow")
     assert len(n) <= MESSAGE_LIMIT
     assert notice(r.skew, r, make_map()).startswith("**BTCUSDT skew unchanged: heavily short-skewed**")
+
+
+def test_notice_keeps_warnings_not_provenance():
+    notes = ("data: bundled sample, ending 2026-06-22T11:45Z", "okx missing: timeout", "2 gap(s) in the binance data")
+    n = notice(SKEW_CLASSES["short"], levels_reading(notes=notes), make_map(notes=notes))
+    assert "⚠️ okx missing: timeout" in n and "⚠️ 2 gap(s) in the binance data" in n
+    assert "bundled sample" not in n
 
 
 def test_notice_falls_back_to_the_cluster_without_thresholds():
@@ -434,5 +471,6 @@ def test_real_sample_summary_states_the_reading(sample_bars, window, days):
             or f"{price_str(t.price)} ({commentary._pct(t.distance_pct)}) would run through about {usd(t.notional)}" in s
     for c in (r.nearest_long, r.nearest_short):
         assert f"~{usd(c.notional)} around {price_str(c.price)}" in s
+    assert (near_sentence(r) or "") in s
     assert not bad_numbers(s)
     assert len(s) <= EMBED_LIMIT
