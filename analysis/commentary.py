@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -333,7 +333,7 @@ def _headline(r: Reading) -> str:
     return f"**{_md_safe(r.symbol, 24)}** {price_str(r.price)} · {_md_safe(r.window, 8)} map · **{_label(r.skew)}**"
 
 
-def _footer_text(m: LiquidationMap, safe) -> str:
+def _footer_text(m: LiquidationMap, safe: Callable[[object, int], str]) -> str:
     what = "CoinGlass" if m.kind == "coinglass" else "Estimated from OI flow"
     venues = [v for v in m.venues if not (m.kind == "coinglass" and str(v).lower() == "coinglass")]
     parts = [what]
@@ -358,13 +358,17 @@ def _change(prev: Reading, r: Reading) -> ChangeView:
         lines.append(f"Skew: {_label(prev.skew)} → {_label(r.skew)}")
     if _finite(prev.price) > 0 and _finite(r.price) > 0:
         lines.append(f"Price: {price_str(prev.price)} → {price_str(r.price)} ({_pct((r.price / prev.price - 1) * 100)})")
-    if not math.isclose(prev.band, r.band):
-        lines.append(f"Band totals not compared: the band changed from ±{_band(prev.band)} to ±{_band(r.band)}.")
-        return ChangeView(tuple(lines))
-    if prev.window != r.window:
-        lines.append(f"Band totals not compared: the map window changed from {_md_safe(prev.window, 8)} "
-                     f"to {_md_safe(r.window, 8)}.")
-        return ChangeView(tuple(lines))
+    # totals are only comparable between maps built the same way from the same venues
+    venues = lambda x: " + ".join(_md_safe(_venue(v), 20) for v in x.venues[:8]) or "none"  # noqa: E731
+    for what, before, after in (
+        ("band", f"±{_band(prev.band)}", f"±{_band(r.band)}"),
+        ("map window", _md_safe(prev.window, 8), _md_safe(r.window, 8)),
+        ("map kind", _md_safe(prev.kind, 12), _md_safe(r.kind, 12)),
+        ("venues", venues(prev), venues(r)),
+    ):
+        if before != after:
+            lines.append(f"Band totals not compared: the {what} changed from {before} to {after}.")
+            return ChangeView(tuple(lines))
     band = _band(r.band)
     for name, before, after in (
         (f"Shorts within +{band}", prev.short_in_band, r.short_in_band),
@@ -465,7 +469,8 @@ def notice(old: SkewClass, reading: Reading, m: LiquidationMap) -> str:
             lines.append(_cluster_line(nearest, m.tiers, f"Nearest major {side} cluster"))
     return _render(
         "notice.md.j2", MESSAGE_LIMIT,
-        headline=headline, price=price_str(reading.price), skew=skew_sentence(reading), lines=tuple(lines),
+        headline=headline, sub=f"{price_str(reading.price)} · {_md_safe(reading.window, 8)} map",
+        skew=skew_sentence(reading), lines=tuple(lines),
         # provenance ("data: ...") is in the footer already; a notice keeps only the warnings
         notes=_notes([n for n in reading.notes if not str(n).startswith("data:")], 3),
         footer=_footer_text(m, _md_safe),

@@ -355,10 +355,16 @@ def test_daily_change_edge_cases():
     d = daily(today, make_map(), previous=make_reading(0, 1e8))
     assert "• Shorts within +5%: $0 → $200M (new)" in d and not bad_numbers(d)
     d = daily(today, make_map(), previous=replace(make_reading(2e8, 1e8), band=0.03))
-    assert "Band totals not compared" in d and "Shorts within" not in d
+    assert "Band totals not compared: the band changed from ±3% to ±5%." in d and "Shorts within" not in d
     assert "• Skew: unchanged (short-skewed)" in daily(today, make_map(), previous=today)
     d = daily(today, make_map(), previous=replace(make_reading(2e8, 1e8), window="1d"))
     assert "the map window changed from 1d to 7d" in d and "Shorts within" not in d
+    # a venue missing today would shrink the totals: say so instead of reporting a drop
+    d = daily(today, make_map(), previous=replace(make_reading(2e8, 1e8), venues=("binance", "okx")))
+    assert "Band totals not compared: the venues changed from Binance + OKX to Binance." in d
+    assert "Shorts within" not in d
+    d = daily(today, make_map(), previous=replace(make_reading(2e8, 1e8), kind="coinglass"))
+    assert "the map kind changed from coinglass to estimated" in d
     with pytest.raises(InputError, match="ETHUSDT"):
         daily(today, make_map(), previous=make_reading(1e8, 1e8, symbol="ETHUSDT"))
 
@@ -369,7 +375,8 @@ def test_notice_names_the_change_with_numbers():
     n = notice(SKEW_CLASSES["balanced"], r, make_map())
     lines = n.splitlines()
     assert lines[0] == "**BTCUSDT skew changed: balanced → heavily short-skewed**"
-    assert lines[1].endswith("5.2× more shorts.")
+    assert lines[1] == "$64,592 · 7d map"
+    assert lines[2].endswith("5.2× more shorts.")
     assert "• If BTC breaks $66,550 (+3.0%), about $120M of shorts sit in between." in lines
     assert "• A drop below $61,700 (−4.5%) would run through about $150M of longs." in lines
     assert lines[-1].startswith("*Estimated from OI flow")
