@@ -285,9 +285,10 @@ def _cluster_line(c: Cluster, tiers: tuple[str, ...], label: str = "Nearest majo
 
 
 def _threshold_line(t: Threshold, base: str) -> str:
+    where = f"{price_str(t.price)} ({_pct(t.distance_pct)})"
     if t.side == "short":
-        return f"If {base} breaks {price_str(t.price)} ({_pct(t.distance_pct)}), about {usd(t.notional)} of shorts sit in between."
-    return f"A drop below {price_str(t.price)} ({_pct(t.distance_pct)}) would run through about {usd(t.notional)} of longs."
+        return f"If {base} breaks {where}, about {usd(t.notional)} of shorts sit in between."
+    return f"A drop below {where} would run through about {usd(t.notional)} of longs."
 
 
 def _side(r: Reading, m: LiquidationMap, side: str, levels: int) -> SideView | None:
@@ -357,7 +358,8 @@ def _change(prev: Reading, r: Reading) -> ChangeView:
     else:
         lines.append(f"Skew: {_label(prev.skew)} → {_label(r.skew)}")
     if _finite(prev.price) > 0 and _finite(r.price) > 0:
-        lines.append(f"Price: {price_str(prev.price)} → {price_str(r.price)} ({_pct((r.price / prev.price - 1) * 100)})")
+        move = _pct((r.price / prev.price - 1) * 100)
+        lines.append(f"Price: {price_str(prev.price)} → {price_str(r.price)} ({move})")
     # totals are only comparable between maps built the same way from the same venues
     venues = lambda x: " + ".join(_md_safe(_venue(v), 20) for v in x.venues[:8]) or "none"  # noqa: E731
     for what, before, after in (

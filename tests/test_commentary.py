@@ -13,8 +13,8 @@ from jinja2 import UndefinedError
 
 from analysis import commentary
 from analysis.commentary import (
-    EMBED_LIMIT, MESSAGE_LIMIT, TRUNCATED, _env, _fit, _md_safe, daily, footer, near_sentence, notice, price_str, skew_sentence,
-    summary, usd,
+    EMBED_LIMIT, MESSAGE_LIMIT, TRUNCATED, _env, _fit, _md_safe, daily, footer, near_sentence, notice, price_str,
+    skew_sentence, summary, usd,
 )
 from analysis.errors import DataError, InputError
 from analysis.liqmap import LiquidationMap
@@ -169,10 +169,14 @@ def test_heavily_long_reads_as_more_longs_not_a_fraction():
 
 
 @pytest.mark.parametrize("short, long, key, expected", [
-    (180e6, 100e6, "short", "Shorts outweigh longs: $180M of shorts within +5% vs $100M of longs within −5% (1.8× more shorts)."),
-    (100e6, 180e6, "long", "Longs outweigh shorts: $180M of longs within −5% vs $100M of shorts within +5% (1.8× more longs)."),
-    (100e6, 125e6, "balanced", "Balanced: $100M of shorts within +5% vs $125M of longs within −5% (1.2× more longs)."),
-    (125e6, 100e6, "balanced", "Balanced: $125M of shorts within +5% vs $100M of longs within −5% (1.2× more shorts)."),
+    (180e6, 100e6, "short",
+     "Shorts outweigh longs: $180M of shorts within +5% vs $100M of longs within −5% (1.8× more shorts)."),
+    (100e6, 180e6, "long",
+     "Longs outweigh shorts: $180M of longs within −5% vs $100M of shorts within +5% (1.8× more longs)."),
+    (100e6, 125e6, "balanced",
+     "Balanced: $100M of shorts within +5% vs $125M of longs within −5% (1.2× more longs)."),
+    (125e6, 100e6, "balanced",
+     "Balanced: $125M of shorts within +5% vs $100M of longs within −5% (1.2× more shorts)."),
     (103e6, 100e6, "balanced", "Balanced: $103M of shorts within +5% vs $100M of longs within −5% (roughly even)."),
 ])
 def test_mild_and_balanced_wording(short, long, key, expected):
@@ -338,7 +342,8 @@ def test_daily_headline_and_change_since_yesterday():
     prev = make_reading(1e8, 1e8, price=63_100.0)
     today = make_reading(5e8, 1.2e8)
     d = daily(today, make_map(), previous=prev)
-    assert d.startswith("**BTCUSDT daily liquidation map · 2026-06-22 (UTC)**\n$64,592 · 7d map · **heavily short-skewed**")
+    assert d.startswith("**BTCUSDT daily liquidation map · 2026-06-22 (UTC)**\n"
+                        "$64,592 · 7d map · **heavily short-skewed**")
     assert "Shorts heavily stacked above price ($500M within +5%)" in d
     assert "• Skew: balanced → heavily short-skewed" in d
     assert "• Price: $63,100 → $64,592 (+2.4%)" in d
@@ -473,9 +478,11 @@ def test_real_sample_summary_states_the_reading(sample_bars, window, days):
     s = summary(r, m)
     assert s.startswith(f"**BTCUSDT** {price_str(r.price)} · {window} map · **{r.skew.label}**")
     assert usd(r.short_in_band) in s and usd(r.long_in_band) in s
-    for t in [t for t in r.thresholds if t.side == "short"][:2] + [t for t in r.thresholds if t.side == "long"][:2]:
-        assert f"{price_str(t.price)} ({commentary._pct(t.distance_pct)}), about {usd(t.notional)}" in s \
-            or f"{price_str(t.price)} ({commentary._pct(t.distance_pct)}) would run through about {usd(t.notional)}" in s
+    pct = commentary._pct
+    for t in [t for t in r.thresholds if t.side == "short"][:2]:
+        assert f"breaks {price_str(t.price)} ({pct(t.distance_pct)}), about {usd(t.notional)} of shorts" in s
+    for t in [t for t in r.thresholds if t.side == "long"][:2]:
+        assert f"below {price_str(t.price)} ({pct(t.distance_pct)}) would run through about {usd(t.notional)}" in s
     for c in (r.nearest_long, r.nearest_short):
         assert f"~{usd(c.notional)} around {price_str(c.price)}" in s
     assert (near_sentence(r) or "") in s
