@@ -22,9 +22,11 @@ from typing import Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LinearSegmentedColormap
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from .errors import DataError, InputError
@@ -348,10 +350,8 @@ def _group_colors(stack: str, groups: Sequence[str], th: Theme) -> list[str]:
             # keep the hottest colour for the highest tier whatever the count
             pick = np.round(np.linspace(0, len(th.tiers) - 1, n)).astype(int) if n > 1 else [len(th.tiers) - 1]
             return [th.tiers[i] for i in pick]
-        from matplotlib import colormaps  # registry lookup only; no pyplot
-
-        cmap = colormaps["plasma"]
-        return [cmap(0.15 + 0.8 * i / (n - 1)) for i in range(n)]
+        cmap = LinearSegmentedColormap.from_list("tiers", th.tiers)
+        return [cmap(i / (n - 1)) for i in range(n)]
     out, used = [], set()
     for v in groups:
         if v == "others":
@@ -366,9 +366,21 @@ def _group_colors(stack: str, groups: Sequence[str], th: Theme) -> list[str]:
     return out
 
 
+def _fit_row(left: Text, right: Text, gap_px: float = 12.0) -> None:
+    """Shrink two texts sharing a row (left- and right-aligned) until they no longer touch."""
+    fig = left.get_figure()
+    renderer = fig.canvas.get_renderer()
+    for _ in range(30):
+        lb, rb = left.get_window_extent(renderer), right.get_window_extent(renderer)
+        if lb.x1 + gap_px <= rb.x0 or left.get_fontsize() <= 6:
+            return
+        for t in (left, right):
+            t.set_fontsize(t.get_fontsize() * 0.94)
+
+
 def _legend(fig: Figure, handles: list, y: float, th: Theme) -> None:
     """One legend row above the plot, its font shrunk until it fits the figure's width."""
-    size = 9.0
+    size = 10.0
     while True:
         leg = fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, y), ncol=len(handles),
                          frameon=False, fontsize=size, labelcolor=th.text, handlelength=1.1, handleheight=0.8,
@@ -594,14 +606,18 @@ def build_figure(m: LiquidationMap, reading: Reading, *, theme: str = "dark", st
 
     # header, legend and footer
     venues = _title_venues(m.venues)
-    fig.text(0.012, 1 - 0.12 / h_in, f"{m.symbol} liquidation map", ha="left", va="top", fontsize=15,
-             fontweight="bold", color=th.text, gid="title")
-    fig.text(0.988, 1 - 0.12 / h_in, f"{venues} · {m.window}", ha="right", va="top", fontsize=11,
-             fontweight="bold", color=th.text, gid="title")
-    fig.text(0.012, 1 - 0.45 / h_in, _subtitle(m, reading), ha="left", va="top", fontsize=9.5, color=th.muted,
-             parse_math=False, gid="subtitle")
-    fig.text(0.988, 1 - 0.45 / h_in, _when(m.end_ms), ha="right", va="top", fontsize=9.5, color=th.muted,
-             gid="subtitle")
+    _fit_row(
+        fig.text(0.012, 1 - 0.12 / h_in, f"{m.symbol} liquidation map", ha="left", va="top", fontsize=15,
+                 fontweight="bold", color=th.text, gid="title", parse_math=False),
+        fig.text(0.988, 1 - 0.12 / h_in, f"{venues} · {m.window}", ha="right", va="top", fontsize=11,
+                 fontweight="bold", color=th.text, gid="title", parse_math=False),
+    )
+    _fit_row(
+        fig.text(0.012, 1 - 0.45 / h_in, _subtitle(m, reading), ha="left", va="top", fontsize=9.5,
+                 color=th.muted, parse_math=False, gid="subtitle"),
+        fig.text(0.988, 1 - 0.45 / h_in, _when(m.end_ms), ha="right", va="top", fontsize=9.5, color=th.muted,
+                 gid="subtitle"),
+    )
     handles: list = [Patch(color=c, label=(g if stack == "tier" else _venue_label(g)))
                      for c, g in zip(colors, rb.groups)]
     handles += [Line2D([], [], color=th.long_curve, lw=2.2, label="Cum. longs"),

@@ -77,7 +77,7 @@ def test_themes_differ(btc):
     assert render(btc, r, theme="dark") != render(btc, r, theme="light")
 
 
-@pytest.mark.parametrize("size", [(1200, 675), (520, 293), (1920, 1080)])
+@pytest.mark.parametrize("size", [(1200, 675), (520, 293), (1920, 1080), (320, 180), (720, 960)])
 def test_exact_pixel_size(btc, size):
     assert png_size(render(btc, read(btc), size_px=size)) == size
 
@@ -91,6 +91,28 @@ def test_render_is_fast(btc):
 
 
 # -- content ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tiers", [("all",), ("10x", "25x", "50x", "100x"), tuple(f"{k}x" for k in range(1, 9))])
+def test_any_tier_count(btc, tiers):
+    n = len(tiers)
+    long = np.repeat(btc.long.sum(axis=2, keepdims=True) / n, n, axis=2)
+    short = np.repeat(btc.short.sum(axis=2, keepdims=True) / n, n, axis=2)
+    m = replace(btc, tiers=tiers, long=long, short=short)
+    fig = build_figure(m, read(m))
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[:n] == list(tiers)
+    colors = [h.get_facecolor() for h in fig.legends[0].legend_handles[:n]]
+    assert len({tuple(c) for c in colors}) == n
+
+
+def test_long_header_texts_shrink_instead_of_overlapping(btc):
+    m = replace(btc, symbol="1000000BABYDOGECOINUSDT", venues=("hyperliquid-testnet-perps",))
+    fig = build_figure(m, read(m), size_px=(640, 360))
+    renderer = fig.canvas.get_renderer()
+    for gid in ("title", "subtitle"):
+        left, right = fig.findobj(lambda a: getattr(a, "get_gid", lambda: None)() == gid)
+        assert left.get_window_extent(renderer).x1 < right.get_window_extent(renderer).x0
+
 
 def test_title_subtitle_footer(multi):
     r = read(multi)
