@@ -1,0 +1,323 @@
+"""The Discord bot: the ``commands.Bot`` subclass, its command tree, error handling and command sync.
+
+``LiqmapBot.setup_hook`` opens the store (running migrations), builds the report service, loads
+the cogs (``bot.cogs.*``, each with ``async def setup(bot)``) and, in ``run`` mode, starts the one
+dispatcher loop and syncs commands *explicitly*:
+
+- ``DEV_GUILD_ID`` set: the commands are copied to that guild and synced there (instant);
+  global commands are left alone.
+- otherwise: a global sync happens only when the SHA-256 of the command definitions differs
+  from the one recorded after the last global sync (``liqmap sync-commands`` forces one).
+
+Never in ``on_ready``. The bot asks for no privileged intent: only ``guilds``, which keeps the
+guild/channel/role cache needed to check the bot's own permissions in a target channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import uuid
+from pathlib import Path
+from typing import Any, Literal
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from analysis.errors import LiqmapError, SourceError
+
+from .settings import Settings
+
+__all__ = [
+    "LiqmapBot",
+    "LiqmapTree",
+    "COGS",
+    "NO_MENTIONS",
+    "command_definitions",
+    "definitions_hash",
+    "build_service",
+    "send_error",
+    "error_message",
+]
+
+log = logging.getLogger(__name__)
+
+COGS = ("bot.cogs.liqmap", "bot.cogs.daily", "bot.cogs.notices")
+NO_MENTIONS = discord.AllowedMentions.none()
+Mode = Literal["run", "dry-run", "sync"]
+
+
+def bot_intents() -> discord.Intents:
+    """No privileged intents: app commands need none; ``guilds`` keeps channels and roles cached."""
+    intents = discord.Intents.none()
+    intents.guilds = True
+    return intents
+
+
+def command_definitions(tree: app_commands.CommandTree) -> list[dict[str, Any]]:
+    """The JSON Discord receives for the tree's global commands, sorted by name."""
+    defs = [cmd.to_dict(tree) for cmd in tree.get_commands()]
+    return sorted(defs, key=lambda d: (d.get("type", 1), d["name"]))
+
+
+def definitions_hash(defs: list[dict[str, Any]]) -> str:
+    """A stable SHA-256 over the definitions (key order does not matter)."""
+    blob = json.dumps(defs, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def build_service(settings: Settings):
+    """The report service over the configured sources (``LIQMAP_SOURCE``: live, sample or a CSV)."""
+    import inspect
+
+    from analysis.report import ReportService
+    from analysis.sources import registry
+
+    src = settings.sources
+    wanted: dict[str, Any] = {
+        "coinglass_api_key": src.coinglass_api_key.get_secret_value() if src.has_coinglass else None,
+        "coinglass_key": src.coinglass_api_key.get_secret_value() if src.has_coinglass else None,
+        "cache_dir": src.cache_dir,
+    }
+    accepted = inspect.signature(registry.make_sources).parameters
+    kwargs = {k: v for k, v in wanted.items() if k in accepted}
+    sources = registry.make_sources(src.source, **kwargs)
+    return ReportService(sources, ttl=settings.schedule.report_ttl_seconds)
+
+
+# -- errors --------------------------------------------------------------------------------------
+
+def error_message(error: BaseException) -> tuple[str, bool]:
+    """The short text a user sees for ``error`` and whether it is a bug (to be logged with an id)."""
+    if isinstance(error, app_commands.CommandInvokeError):
+        error = error.original
+    if isinstance(error, app_commands.TransformerError) and isinstance(error.__cause__, LiqmapError):
+        error = error.__cause__
+    if isinstance(error, SourceError):
+        hint = f" (the venue asks us to wait {error.retry_after:.0f} s)" if error.retry_after else ""
+        return f"Market data is unavailable right now: {error}{hint}. Please try again shortly.", False
+    if isinstance(error, LiqmapError):
+        return str(error), False
+    if isinstance(error, app_commands.CommandOnCooldown):
+        when = discord.utils.utcnow().timestamp() + error.retry_after
+        return (
+            f"Easy there: you can ask for another map in {error.retry_after:.0f} s (<t:{int(when) + 1}:R>). "
+            "Maps are cached, so the same request is instant for everyone meanwhile.",
+            False,
+        )
+    if isinstance(error, app_commands.MissingPermissions):
+        names = ", ".join(p.replace("_", " ").replace("guild", "server").title() for p in error.missing_permissions)
+        return f"You need the {names} permission to use this command.", False
+    if isinstance(error, app_commands.BotMissingPermissions):
+        names = ", ".join(p.replace("_", " ").title() for p in error.missing_permissions)
+        return f"I am missing the {names} permission here.", False
+    if isinstance(error, app_commands.NoPrivateMessage):
+        return "This command works in servers only.", False
+    if isinstance(error, app_commands.CheckFailure):
+        return "You can't use this command here.", False
+    if isinstance(error, (app_commands.CommandNotFound, app_commands.CommandSignatureMismatch)):
+        return "This command is out of date on Discord's side; please try again in a minute.", False
+    return "", True
+
+
+async def send_error(interaction: discord.Interaction, error: BaseException) -> str | None:
+    """Answer ``error`` with a short ephemeral message; log bugs with a traceback and an error id.
+
+    Returns the error id for a bug, else None. Never raises (the interaction may have expired).
+    """
+    text, is_bug = error_message(error)
+    error_id = None
+    if is_bug:
+        error_id = uuid.uuid4().hex[:8]
+        cmd = interaction.command.qualified_name if interaction.command else "?"
+        original = getattr(error, "original", error)
+        log.error(
+            "unexpected error %s in /%s (guild %s, user %s)", error_id, cmd, interaction.guild_id,
+            interaction.user.id if interaction.user else "?", exc_info=(type(original), original, original.__traceback__),
+        )
+        text = f"Sorry, something went wrong on our side (error id `{error_id}`). It has been logged."
+    else:
+        log.info("refused /%s: %s", interaction.command.qualified_name if interaction.command else "?", text)
+    try:
+        if not interaction.response.is_done():
+            await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        elif interaction.extras.get("public_defer"):
+            # The first followup after a public defer replaces the "thinking" message and cannot be
+            # ephemeral; delete that message so the error stays private.
+            interaction.extras["public_defer"] = False
+            try:
+                await interaction.delete_original_response()
+            except discord.HTTPException:
+                pass
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+        else:
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+    except discord.HTTPException as exc:
+        log.warning("could not deliver an error message for interaction %s: %s", interaction.id, exc)
+    return error_id
+
+
+class LiqmapTree(app_commands.CommandTree):
+    """The command tree: every command error becomes one short ephemeral reply."""
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError, /) -> None:
+        await send_error(interaction, error)
+
+
+# -- the bot -------------------------------------------------------------------------------------
+
+class LiqmapBot(commands.Bot):
+    """liqmap's Discord bot.
+
+    ``mode``: ``"run"`` (start the dispatcher, sync commands), ``"dry-run"`` (everything but the
+    gateway and Discord HTTP), ``"sync"`` (load commands only, for ``liqmap sync-commands``).
+    ``service`` and ``store`` may be injected (tests); otherwise they are built from ``settings``.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        mode: Mode = "run",
+        service: Any = None,
+        store: Any = None,
+        cogs: tuple[str, ...] = COGS,
+        sync_state_path: Path | None = None,
+    ) -> None:
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            help_command=None,
+            intents=bot_intents(),
+            allowed_mentions=NO_MENTIONS,
+            tree_cls=LiqmapTree,
+        )
+        self.settings = settings
+        self.mode: Mode = mode
+        self.service = service
+        self.store = store
+        self.scheduler: Any = None
+        self.symbols: Any = None
+        self.cog_modules = cogs
+        self._owns_store = store is None
+        self.sync_state_path = sync_state_path or settings.sources.cache_dir / "command-sync.json"
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def setup_hook(self) -> None:
+        from .cogs import SymbolIndex
+
+        if self.service is None:
+            self.service = build_service(self.settings)
+        self.symbols = SymbolIndex(self.service.sources)
+        if self.store is None:
+            self.store = await self._open_store()
+        for module in self.cog_modules:
+            await self.load_extension(module)
+        if self.mode == "sync":
+            return
+        self.scheduler = self._make_scheduler()
+        if self.mode == "run":
+            if self.scheduler is not None:
+                self.scheduler.start()
+            await self.sync_commands()
+
+    async def _open_store(self) -> Any:
+        """Open the database and run its migrations (exchanges limited to the configured venues)."""
+        from .store import Store
+
+        return await Store.open(
+            self.settings.database.url,
+            max_per_guild=self.settings.schedule.guild_subscription_cap,
+            exchanges=("all", *self.service.venues),
+        )
+
+    def _make_scheduler(self) -> Any:
+        if self.store is None:
+            return None
+        try:
+            from . import scheduler as sched_mod
+            from .poster import DiscordPoster
+        except ImportError:
+            log.warning("bot.scheduler is not available; daily posts and notices are disabled")
+            return None
+        return sched_mod.make_dispatcher(self.store, self.service, DiscordPoster(self), self.settings)
+
+    async def close(self) -> None:
+        if self.symbols is not None:
+            self.symbols.stop()
+        if self.scheduler is not None:
+            try:
+                await self.scheduler.stop()
+            except Exception:
+                log.exception("stopping the dispatcher failed")
+        if self.store is not None and self._owns_store:
+            try:
+                await self.store.close()
+            except Exception:
+                log.exception("closing the store failed")
+        await _close_sources(self.service)
+        await super().close()
+
+    # -- command sync ----------------------------------------------------------------------------
+    def definitions(self) -> list[dict[str, Any]]:
+        return command_definitions(self.tree)
+
+    def _recorded_hash(self) -> str | None:
+        try:
+            data = json.loads(self.sync_state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        return data.get(str(self.application_id or 0))
+
+    def _record_hash(self, digest: str) -> None:
+        try:
+            data = json.loads(self.sync_state_path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                data = {}
+        except (OSError, ValueError):
+            data = {}
+        data[str(self.application_id or 0)] = digest
+        try:
+            self.sync_state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.sync_state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+            tmp.replace(self.sync_state_path)
+        except OSError as exc:
+            log.warning("could not record the command hash in %s: %s", self.sync_state_path, exc)
+
+    async def sync_commands(self, *, force_global: bool = False, guild_id: int | None = None) -> list[str]:
+        """Sync as described in the module docstring; returns what was done, one line each."""
+        done: list[str] = []
+        gid = guild_id if guild_id is not None else self.settings.discord.dev_guild_id
+        if gid:
+            guild = discord.Object(id=gid)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            done.append(f"synced {len(synced)} command(s) to guild {gid}")
+        digest = definitions_hash(self.definitions())
+        if force_global or (not gid and self._recorded_hash() != digest):
+            synced = await self.tree.sync()
+            self._record_hash(digest)
+            done.append(f"synced {len(synced)} global command(s) (definitions {digest[:12]})")
+        elif not gid:
+            done.append(f"global commands unchanged (definitions {digest[:12]}); not synced")
+        for line in done:
+            log.info(line)
+        return done
+
+
+async def _close_sources(service: Any) -> None:
+    for src in getattr(service, "sources", {}).values():
+        closer = getattr(src, "aclose", None) or getattr(src, "close", None)
+        if closer is None:
+            continue
+        try:
+            res = closer()
+            if asyncio.iscoroutine(res):
+                await res
+        except Exception:
+            log.exception("closing source %s failed", getattr(src, "name", "?"))

@@ -1,0 +1,247 @@
+"""The bot's cogs, one per feature, each a module with ``async def setup(bot)``.
+
+Shared here: option choices (windows, exchanges), the symbol index behind symbol autocomplete,
+timezone autocomplete, the Manage Server command group with its runtime check, and the check of
+the bot's own permissions in a target channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zoneinfo
+from typing import Any, Callable, Iterable
+
+import discord
+from discord import app_commands
+
+from analysis.errors import InputError, LiqmapError
+from analysis.symbols import parse_symbol
+from analysis.windows import WINDOWS
+
+__all__ = [
+    "WINDOW_CHOICES",
+    "exchange_choices",
+    "SymbolIndex",
+    "symbol_choices",
+    "timezone_choices",
+    "ManagerGroup",
+    "REQUIRED_CHANNEL_PERMISSIONS",
+    "missing_channel_permissions",
+    "require_manage_guild",
+    "check_target_channel",
+]
+
+log = logging.getLogger(__name__)
+
+WINDOW_CHOICES = [
+    app_commands.Choice(name="1 day", value="1d"),
+    app_commands.Choice(name="7 days", value="7d"),
+    app_commands.Choice(name="30 days", value="30d"),
+]
+assert [c.value for c in WINDOW_CHOICES] == list(WINDOWS)
+
+_EXCHANGE_LABELS = {"all": "All exchanges", "binance": "Binance", "bybit": "Bybit", "okx": "OKX", "coinglass": "CoinGlass"}
+# Shown first when present in the venues' lists (the most asked-for perpetuals), then A-Z.
+_MAJORS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "BNBUSDT", "ADAUSDT", "AVAXUSDT", "LINKUSDT")
+_MAJOR_RANK = {s: i for i, s in enumerate(_MAJORS)}
+
+
+def exchange_choices(venues: Iterable[str]) -> list[app_commands.Choice[str]]:
+    """``all`` plus each venue the report service has (CoinGlass appears only with a key)."""
+    out = [app_commands.Choice(name=_EXCHANGE_LABELS["all"], value="all")]
+    out += [app_commands.Choice(name=_EXCHANGE_LABELS.get(v, v.title()), value=v) for v in venues]
+    return out
+
+
+class SymbolIndex:
+    """The venues' symbol lists for autocomplete, refreshed in the background, read instantly.
+
+    ``suggest()`` never awaits: when the lists are stale it schedules a refresh and answers with
+    what it has. A venue whose ``symbols()`` fails keeps its previous list.
+    """
+
+    def __init__(self, sources: dict[str, Any], *, ttl: float = 3600.0, timeout: float = 20.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.sources = sources
+        self.ttl = ttl
+        self.timeout = timeout
+        self._clock = clock
+        self._lists: dict[str, frozenset[str]] = {}
+        self._loaded_at: float | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._loaded_at is not None
+
+    def venues_of(self, symbol: str) -> list[str]:
+        return [v for v, syms in self._lists.items() if symbol in syms]
+
+    def known(self, venues: Iterable[str]) -> frozenset[str] | None:
+        """Symbols listed on any of ``venues``; None when none of their lists is loaded."""
+        lists = [self._lists[v] for v in venues if v in self._lists]
+        return frozenset().union(*lists) if lists else None
+
+    async def refresh(self) -> None:
+        """Fetch every venue's list (bounded by ``timeout``); keep old lists on failure."""
+
+        async def one(venue: str, src: Any) -> None:
+            try:
+                syms = await asyncio.wait_for(src.symbols(), self.timeout)
+            except (LiqmapError, asyncio.TimeoutError) as exc:
+                log.warning("symbol list of %s unavailable: %s", venue, exc or type(exc).__name__)
+                return
+            except Exception:
+                log.exception("symbol list of %s failed", venue)
+                return
+            self._lists[venue] = frozenset(str(s).upper() for s in syms)
+
+        await asyncio.gather(*(one(v, s) for v, s in self.sources.items()))
+        self._loaded_at = self._clock()
+
+    def ensure_fresh(self) -> None:
+        """Start a background refresh when the lists are stale and none is running."""
+        stale = self._loaded_at is None or self._clock() - self._loaded_at > self.ttl
+        if stale and (self._task is None or self._task.done()):
+            self._task = asyncio.get_running_loop().create_task(self.refresh(), name="liqmap-symbol-refresh")
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
+    def suggest(self, current: str, venues: Iterable[str], limit: int = 25) -> list[tuple[str, list[str]]]:
+        """Up to ``limit`` (symbol, venues listing it) for what the user typed so far."""
+        self.ensure_fresh()
+        venues = [v for v in venues if v in self._lists] or list(self._lists)
+        pool: dict[str, list[str]] = {}
+        for v in venues:
+            for s in self._lists[v]:
+                pool.setdefault(s, []).append(v)
+        typed = current.strip().upper().replace("/", "").replace("-", "").replace("_", "")
+        typed = typed.removesuffix("SWAP").removesuffix("PERP").removesuffix(".P")
+        try:
+            canonical: str | None = parse_symbol(current).symbol if typed else None
+        except InputError:
+            canonical = None
+        if not pool:  # lists not loaded yet: offer the canonical spelling of what they typed
+            return [(canonical, [])] if canonical else []
+        hits = [s for s in pool if typed in s or s == canonical] if typed else list(pool)
+
+        def rank(s: str) -> tuple[int, int, str]:
+            tier = 0 if s in (canonical, typed) else 1 if s.startswith(typed) else 2
+            return (tier, _MAJOR_RANK.get(s, len(_MAJORS)), s)
+
+        return [(s, sorted(pool[s])) for s in sorted(hits, key=rank)[:limit]]
+
+
+# What the bot needs in a channel it posts reports to, in the order shown to users.
+REQUIRED_CHANNEL_PERMISSIONS: tuple[tuple[str, str], ...] = (
+    ("view_channel", "View Channel"),
+    ("send_messages", "Send Messages"),
+    ("embed_links", "Embed Links"),
+    ("attach_files", "Attach Files"),
+)
+
+
+def missing_channel_permissions(perms: discord.Permissions, *, thread: bool = False) -> list[str]:
+    """Human names of the required permissions ``perms`` lacks (threads need Send Messages in Threads)."""
+    needed = list(REQUIRED_CHANNEL_PERMISSIONS)
+    if thread:
+        needed[1] = ("send_messages_in_threads", "Send Messages in Threads")
+    return [label for attr, label in needed if not getattr(perms, attr)]
+
+
+def require_manage_guild(interaction: discord.Interaction) -> None:
+    """Raise the library's own errors unless the member may manage the server (runtime check).
+
+    ``default_permissions`` only hides a command; server admins can override it per role or
+    channel, so the callback checks again.
+    """
+    if interaction.guild is None:
+        raise app_commands.NoPrivateMessage()
+    if not interaction.permissions.manage_guild:
+        raise app_commands.MissingPermissions(["manage_guild"])
+
+
+def check_target_channel(interaction: discord.Interaction, channel: discord.abc.GuildChannel | discord.Thread) -> None:
+    """Refuse (InputError) a channel the bot cannot post reports to, naming what is missing."""
+    guild = interaction.guild
+    if guild is None:
+        raise app_commands.NoPrivateMessage()
+    real = guild.get_channel_or_thread(channel.id)
+    if real is None:
+        raise InputError(f"I can't see <#{channel.id}>; give me View Channel there or pick another channel.")
+    if not isinstance(real, (discord.TextChannel, discord.Thread)):
+        raise InputError(f"<#{real.id}> is not a text channel or thread; pick a text channel.")
+    me = guild.me
+    if me is None:
+        raise InputError("I can't check my permissions in this server yet; please try again in a minute.")
+    missing = missing_channel_permissions(real.permissions_for(me), thread=isinstance(real, discord.Thread))
+    if missing:
+        raise InputError(
+            f"I can't post reports in <#{real.id}>: I'm missing {', '.join(missing)} there. "
+            "Grant them to my role (or in the channel's settings) and try again."
+        )
+
+
+def symbol_choices(index: SymbolIndex, service: Any, current: str, exchange: str | None) -> list[app_commands.Choice[str]]:
+    """Autocomplete choices for a symbol option, limited to the chosen exchange when there is one."""
+    try:
+        venues = service.resolve_venues(exchange or "all")
+    except InputError:
+        venues = service.venues
+    out = []
+    for sym, listed in index.suggest(current, venues):
+        label = f"{sym} · {', '.join(listed)}" if listed else sym
+        out.append(app_commands.Choice(name=label[:100], value=sym))
+    return out
+
+
+# Offered first in timezone autocomplete; any IANA name can be typed.
+COMMON_TIMEZONES = (
+    "UTC", "Europe/London", "Europe/Berlin", "Europe/Paris", "Europe/Istanbul", "Europe/Moscow",
+    "America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles", "America/Sao_Paulo",
+    "America/Toronto", "Asia/Dubai", "Asia/Kolkata", "Asia/Singapore", "Asia/Hong_Kong", "Asia/Shanghai",
+    "Asia/Seoul", "Asia/Tokyo", "Asia/Ho_Chi_Minh", "Asia/Jakarta", "Australia/Sydney", "Africa/Lagos",
+    "Africa/Johannesburg", "Pacific/Auckland",
+)
+_ALL_TZ: tuple[str, ...] | None = None
+
+
+def timezone_choices(current: str, limit: int = 25) -> list[app_commands.Choice[str]]:
+    """IANA timezones matching what was typed (common ones first; all of them searchable)."""
+    global _ALL_TZ
+    if _ALL_TZ is None:
+        _ALL_TZ = tuple(sorted(n for n in zoneinfo.available_timezones() if "/" in n or n == "UTC"))
+    typed = current.strip().lower().replace(" ", "_")
+    if not typed:
+        names = list(COMMON_TIMEZONES)
+    else:
+        common = [n for n in COMMON_TIMEZONES if typed in n.lower()]
+        starts = [n for n in _ALL_TZ if n.lower().split("/")[-1].startswith(typed) and n not in common]
+        contains = [n for n in _ALL_TZ if typed in n.lower() and n not in common and n not in starts]
+        names = common + starts + contains
+    return [app_commands.Choice(name=n.replace("_", " "), value=n) for n in names[:limit]]
+
+
+class ManagerGroup(app_commands.Group):
+    """A server-only command group for people with Manage Server.
+
+    ``default_permissions`` hides it from everyone else in the picker; ``interaction_check``
+    enforces it at runtime, because server admins can override the default per role or channel.
+    """
+
+    def __init__(self, *, name: str, description: str) -> None:
+        super().__init__(name=name, description=description, guild_only=True,
+                         default_permissions=discord.Permissions(manage_guild=True))
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        if interaction.type is discord.InteractionType.application_command:
+            require_manage_guild(interaction)
+        return True

@@ -1,0 +1,96 @@
+"""``/liqmap``: an estimated liquidation map for one perpetual, as an embed with the chart.
+
+The command validates its options (pure, microseconds), defers at once, asks the report service
+for the report (cached for ``LIQMAP_REPORT_TTL_SECONDS``, shared by concurrent requests) and sends
+one followup with the embed and the PNG. Validation runs before the defer on purpose: a refusal
+must be ephemeral, and after a public defer Discord cannot make the first followup ephemeral.
+
+Symbol autocomplete reads :class:`SymbolIndex`, which holds the venues' symbol lists in memory and
+refreshes them in the background: an autocomplete answer never waits for the network.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from analysis.errors import InputError
+from analysis.symbols import parse_symbol, suggest
+from analysis.windows import parse_window
+
+from ..app import NO_MENTIONS
+from ..poster import png_file, report_embed
+from . import WINDOW_CHOICES, SymbolIndex, exchange_choices, symbol_choices
+
+__all__ = ["LiqmapCog", "setup"]
+
+log = logging.getLogger(__name__)
+
+class LiqmapCog(commands.Cog):
+    """The ``/liqmap`` command and its symbol autocomplete."""
+
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        self.service = bot.service  # type: ignore[attr-defined]
+        self.index: SymbolIndex = bot.symbols  # type: ignore[attr-defined]
+        sched = bot.settings.schedule  # type: ignore[attr-defined]
+        self.command = self._build_command(sched.cooldown_uses, sched.cooldown_seconds)
+
+    def _build_command(self, uses: int, per: float) -> app_commands.Command:
+        cog = self
+
+        @app_commands.command(name="liqmap", description="Liquidation map of a perpetual: chart, skew and key levels")
+        @app_commands.describe(
+            symbol="Perpetual to map, e.g. BTC, ETHUSDT or SOL-USDT-SWAP",
+            window="How far back open-interest flow is read (default 7 days)",
+            exchange="Which exchange's data to use (default: all exchanges combined)",
+            private="Only you see the answer (default: everyone in the channel)",
+        )
+        @app_commands.choices(window=WINDOW_CHOICES, exchange=exchange_choices(self.service.venues))
+        @app_commands.checks.cooldown(uses, per, key=lambda i: i.user.id)
+        async def liqmap(interaction: discord.Interaction, symbol: str, window: str = "7d",
+                         exchange: str = "all", private: bool = False) -> None:
+            await cog.answer(interaction, symbol, window, exchange, private)
+
+        @liqmap.autocomplete("symbol")
+        async def symbol_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+            return symbol_choices(cog.index, cog.service, current, getattr(interaction.namespace, "exchange", None))
+
+        return liqmap
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.command)
+        self.index.ensure_fresh()
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.command.name)
+
+    def validate(self, symbol: str, window: str, exchange: str) -> tuple[str, str, tuple[str, ...]]:
+        """Check the options without I/O; InputError says what would be valid."""
+        pair = parse_symbol(symbol)
+        win = parse_window(window)
+        venues = self.service.resolve_venues(exchange)
+        known = self.index.known(venues)
+        if known is not None and pair.symbol not in known:
+            where = exchange if exchange != "all" else "any of " + ", ".join(venues)
+            close = suggest(pair.symbol, known)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise InputError(f"{pair.symbol} is not listed on {where}.{hint}")
+        return pair.symbol, win.label, venues
+
+    async def answer(self, interaction: discord.Interaction, symbol: str, window: str, exchange: str, private: bool) -> None:
+        sym, win, _ = self.validate(symbol, window, exchange)
+        await interaction.response.defer(ephemeral=private, thinking=True)
+        interaction.extras["public_defer"] = not private
+        report = await self.service.report(sym, win, exchange)
+        await interaction.followup.send(
+            embed=report_embed(report), file=png_file(report.png), ephemeral=private, allowed_mentions=NO_MENTIONS
+        )
+        interaction.extras["public_defer"] = False
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(LiqmapCog(bot))

@@ -1,0 +1,160 @@
+"""Bot settings from the environment and an optional ``.env`` file, in sections.
+
+Each section is a pydantic-settings class that reads flat, documented variable names (see
+``.env.example``); :func:`load_settings` builds all of them into one frozen :class:`Settings`.
+Secrets (``DISCORD_TOKEN``, ``COINGLASS_API_KEY``) are :class:`~pydantic.SecretStr`: their repr,
+str and JSON dump show ``**********``, and validation errors never echo input values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from analysis.errors import InputError
+
+__all__ = [
+    "DiscordSettings",
+    "DatabaseSettings",
+    "SourceSettings",
+    "ScheduleSettings",
+    "Settings",
+    "load_settings",
+    "DEFAULT_DATABASE_URL",
+]
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///liqmap.sqlite3"
+
+
+def _config(env_file: str | Path | None) -> SettingsConfigDict:
+    return SettingsConfigDict(
+        env_file=env_file,
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        frozen=True,
+        hide_input_in_errors=True,
+        populate_by_name=True,
+        env_ignore_empty=True,
+    )
+
+
+class DiscordSettings(BaseSettings):
+    """Discord connection: the bot token and an optional development guild for instant sync."""
+
+    model_config = _config(".env")
+
+    token: SecretStr | None = Field(None, validation_alias="DISCORD_TOKEN")
+    dev_guild_id: int | None = Field(None, validation_alias="DEV_GUILD_ID", gt=0)
+
+    @property
+    def has_token(self) -> bool:
+        return self.token is not None and bool(self.token.get_secret_value().strip())
+
+
+class DatabaseSettings(BaseSettings):
+    """Where subscriptions live: SQLite (default, one process) or PostgreSQL via asyncpg."""
+
+    model_config = _config(".env")
+
+    url: str = Field(DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL", min_length=1)
+
+    def __repr_args__(self):  # a password in the URL must not reach logs or tracebacks
+        yield "url", redact_url(self.url)
+
+
+class SourceSettings(BaseSettings):
+    """Market data: which sources the report service uses, the CoinGlass key and the cache dir."""
+
+    model_config = _config(".env")
+
+    source: str = Field("live", validation_alias="LIQMAP_SOURCE", min_length=1)
+    coinglass_api_key: SecretStr | None = Field(None, validation_alias="COINGLASS_API_KEY")
+    cache_dir: Path = Field(Path(".liqmap-cache"), validation_alias="LIQMAP_CACHE_DIR")
+
+    @property
+    def has_coinglass(self) -> bool:
+        return self.coinglass_api_key is not None and bool(self.coinglass_api_key.get_secret_value().strip())
+
+
+class ScheduleSettings(BaseSettings):
+    """Timing and limits: daily grace window, skew-watch interval, caps, /liqmap cache and cooldown."""
+
+    model_config = _config(".env")
+
+    daily_grace_minutes: float = Field(90.0, validation_alias="LIQMAP_DAILY_GRACE_MINUTES", ge=0, le=24 * 60)
+    watch_interval_minutes: float = Field(15.0, validation_alias="LIQMAP_WATCH_INTERVAL_MINUTES", ge=1, le=24 * 60)
+    guild_subscription_cap: int = Field(25, validation_alias="LIQMAP_GUILD_SUBSCRIPTION_CAP", ge=1, le=1000)
+    report_ttl_seconds: float = Field(120.0, validation_alias="LIQMAP_REPORT_TTL_SECONDS", ge=0, le=3600)
+    cooldown_uses: int = Field(2, validation_alias="LIQMAP_COOLDOWN_USES", ge=1, le=100)
+    cooldown_seconds: float = Field(30.0, validation_alias="LIQMAP_COOLDOWN_SECONDS", ge=0, le=3600)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All sections together."""
+
+    discord: DiscordSettings
+    database: DatabaseSettings
+    sources: SourceSettings
+    schedule: ScheduleSettings
+
+    def safe_dict(self) -> dict[str, Any]:
+        """Every setting, with secrets shown only as set/unset (safe to print or log)."""
+        out: dict[str, Any] = {}
+        for name in ("discord", "database", "sources", "schedule"):
+            section: BaseSettings = getattr(self, name)
+            values = {}
+            for key, value in section.model_dump().items():
+                if isinstance(value, SecretStr) or key in ("token", "coinglass_api_key"):
+                    values[key] = "set" if value is not None and str(value) else "unset"
+                else:
+                    values[key] = str(value) if isinstance(value, Path) else value
+            out[name] = values
+        out["database"]["url"] = redact_url(out["database"]["url"])
+        return out
+
+
+def redact_url(url: str) -> str:
+    """``postgresql+asyncpg://user:secret@host/db`` -> ``postgresql+asyncpg://user:***@host/db``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    cred, _, host = rest.rpartition("@")
+    user = cred.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in cred else url
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Read every section from the environment and ``env_file`` (missing file is fine).
+
+    ``overrides`` are keyword values by section field, e.g. ``load_settings(None, source="sample")``.
+    Raises :class:`InputError` naming the bad variable(s), never echoing their values.
+    """
+    sections = {
+        "discord": DiscordSettings,
+        "database": DatabaseSettings,
+        "sources": SourceSettings,
+        "schedule": ScheduleSettings,
+    }
+    built: dict[str, BaseSettings] = {}
+    problems: list[str] = []
+    for name, cls in sections.items():
+        mine = {k: v for k, v in overrides.items() if k in cls.model_fields}
+        try:
+            built[name] = cls(_env_file=env_file, **mine)  # type: ignore[call-arg]
+        except ValidationError as exc:
+            for err in exc.errors(include_input=False, include_url=False):
+                field = str(err["loc"][0]) if err["loc"] else name
+                alias = cls.model_fields[field].validation_alias if field in cls.model_fields else field
+                problems.append(f"{alias}: {err['msg']}")
+    unknown = set(overrides) - {f for cls in sections.values() for f in cls.model_fields}
+    if unknown:
+        problems.append(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    if problems:
+        raise InputError("invalid settings: " + "; ".join(problems))
+    return Settings(**built)  # type: ignore[arg-type]

@@ -1,0 +1,171 @@
+"""Dispatch-level tests of /liqmap: gateway-shaped interactions through discord.py's real CommandTree.
+
+The HTTP calls the bot makes are captured (see ``bot_harness``); data comes from the bundled real
+Binance sample, so everything is offline.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+import pytest
+
+from analysis.errors import SourceError
+from analysis.sources.registry import make_sources
+
+from bot_harness import DISCORD_OK, PINNED, StubSource, interaction_payload, make_harness
+
+pytestmark = pytest.mark.skipif(not DISCORD_OK, reason=f"harness uses discord.py internals pinned to {PINNED}")
+
+CALLBACK_DEFER = 5
+CALLBACK_MESSAGE = 4
+CALLBACK_AUTOCOMPLETE = 8
+EPHEMERAL = 64
+
+
+@pytest.fixture
+async def h(tmp_path):
+    harness = await make_harness(tmp_path / "bot.db", cogs=("bot.cogs.liqmap",), cooldown_uses=5)
+    yield harness
+    await harness.stop()
+
+
+def _callback(calls):
+    cb = [c for c in calls if c.path.endswith("/callback")]
+    assert len(cb) == 1, [c.path for c in calls]
+    return cb[0].body
+
+
+async def test_defer_then_followup_with_embed_and_png(h):
+    calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "btc", "window": "7d", "exchange": "all"}))
+    assert [c.method for c in calls] == ["POST", "POST"]
+    defer, followup = calls
+    assert defer.path.endswith("/callback") and defer.body == {"type": CALLBACK_DEFER}  # public "thinking"
+    assert followup.path == f"/webhooks/{h.bot.application_id}/" + followup.path.split("/")[-1]
+    body = followup.body
+    assert body["allowed_mentions"] == {"parse": []}
+    assert not (body.get("flags", 0) & EPHEMERAL)
+    (embed,) = body["embeds"]
+    assert embed["image"]["url"] == "attachment://liqmap.png"
+    assert embed["title"] == "BTCUSDT liquidation map · 7d"
+    assert "BTCUSDT" in embed["description"]
+    footer = embed["footer"]["text"]
+    assert "binance" in footer and "Estimated" in footer and "data to 2026-06-22" in footer
+    assert body["attachments"][0]["filename"] == "liqmap.png"
+    ((name, png),) = followup.files
+    assert name == "liqmap.png" and png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
+
+
+async def test_private_defers_and_answers_ephemerally(h):
+    calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTCUSDT", "private": True}))
+    defer, followup = calls
+    assert defer.body == {"type": CALLBACK_DEFER, "data": {"flags": EPHEMERAL}}
+    assert followup.body["flags"] & EPHEMERAL
+    assert followup.body["embeds"][0]["title"].endswith("· 7d")  # default window
+
+
+async def test_same_request_is_served_from_the_cache(h):
+    for _ in range(2):
+        calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "window": "1d"}))
+        assert calls[1].files
+    assert h.bot.service.computations == 1
+    await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "window": "30d"}))
+    assert h.bot.service.computations == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"symbol": "BTC", "window": "2d"}, "choose one of 1d, 7d, 30d"),
+        ({"symbol": "BTC$%"}, "is not a symbol"),
+        ({"symbol": "BTC", "exchange": "kraken"}, "unknown exchange"),
+        ({"symbol": "ETH"}, "ETHUSDT is not listed on any of binance"),
+    ],
+)
+async def test_bad_input_gets_an_ephemeral_refusal_without_deferring(h, options, needle):
+    calls = await h.dispatch(interaction_payload("liqmap", options))
+    body = _callback(calls)
+    assert body["type"] == CALLBACK_MESSAGE
+    assert body["data"]["flags"] == EPHEMERAL
+    assert needle in body["data"]["content"]
+    assert body["data"]["allowed_mentions"] == {"parse": []}
+    assert len(calls) == 1 and h.bot.service.computations == 0
+
+
+async def test_symbol_autocomplete_offers_listed_symbols(h):
+    calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "bt"}, focused="symbol"))
+    body = _callback(calls)
+    assert body["type"] == CALLBACK_AUTOCOMPLETE
+    assert body["data"]["choices"] == [{"name": "BTCUSDT · binance", "value": "BTCUSDT"}]
+    calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "doge"}, focused="symbol"))
+    assert _callback(calls)["data"]["choices"] == []
+    assert h.bot.service.computations == 0
+
+
+async def test_cooldown_answers_with_when_to_retry(tmp_path):
+    h = await make_harness(tmp_path / "bot.db", cogs=("bot.cogs.liqmap",), cooldown_uses=1, cooldown_seconds=60)
+    try:
+        first = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC"}))
+        assert first[0].body["type"] == CALLBACK_DEFER
+        second = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC"}))
+        body = _callback(second)
+        assert body["type"] == CALLBACK_MESSAGE and body["data"]["flags"] == EPHEMERAL
+        text = body["data"]["content"]
+        assert "another map in" in text and "<t:" in text
+        seconds = int(text.split("another map in ")[1].split(" s")[0])
+        assert 55 <= seconds <= 60
+        other_user = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC"}, user_id=930000000000000099))
+        assert other_user[0].body["type"] == CALLBACK_DEFER  # the cooldown is per user
+    finally:
+        await h.stop()
+
+
+async def test_missing_venue_gives_a_degraded_map_naming_it(tmp_path):
+    sources = dict(make_sources("sample"))
+    sources["okx"] = StubSource("okx", ("BTCUSDT",), SourceError("okx", "/api/v5/rubik/stat/contracts/open-interest-history",
+                                                                  "HTTP 503 Service Unavailable", status=503))
+    h = await make_harness(tmp_path / "bot.db", sources=sources, cogs=("bot.cogs.liqmap",))
+    try:
+        calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC"}))
+        (embed,) = calls[1].body["embeds"]
+        (field,) = embed["fields"]
+        assert "Missing" in field["name"] and "**okx**" in field["value"] and "503" in field["value"]
+        assert "Sources: binance ·" in embed["footer"]["text"]
+        assert calls[1].files
+        # Only the broken venue asked for: a clear, private message. The public "thinking" message
+        # is deleted first because the first followup after a public defer cannot be ephemeral.
+        calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "exchange": "okx"}))
+        assert [c.method for c in calls] == ["POST", "DELETE", "POST"]
+        assert calls[1].path.endswith("/messages/@original")
+        body = calls[2].body
+        assert body["flags"] & EPHEMERAL
+        assert body["content"].startswith("Market data is unavailable right now: okx")
+        assert "503" in body["content"]
+    finally:
+        await h.stop()
+
+
+async def test_unexpected_error_apologises_with_an_id_and_logs_the_traceback(h, caplog, monkeypatch):
+    async def broken(*args, **kwargs):
+        raise ZeroDivisionError("boom in the report")
+
+    monkeypatch.setattr(h.bot.service, "report", broken)
+    with caplog.at_level(logging.ERROR, logger="bot.app"):
+        calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "private": True}))
+    assert [c.method for c in calls] == ["POST", "POST"]  # ephemeral defer: the followup stays private
+    text = calls[1].body["content"]
+    assert calls[1].body["flags"] & EPHEMERAL
+    assert text.startswith("Sorry, something went wrong") and "boom" not in text
+    error_id = text.split("error id `")[1].split("`")[0]
+    (record,) = [r for r in caplog.records if error_id in r.getMessage()]
+    assert record.exc_info and record.exc_info[0] is ZeroDivisionError
+    assert "/liqmap" in record.getMessage()
+
+
+async def test_bot_sends_no_pings_and_uses_no_privileged_intents(h):
+    bot = h.bot
+    assert bot.allowed_mentions.to_dict() == {"parse": []}
+    privileged = discord.Intents(members=True, presences=True, message_content=True)
+    assert not (bot.intents.value & privileged.value)
+    assert bot.intents == discord.Intents(guilds=True)
