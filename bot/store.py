@@ -55,6 +55,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    bindparam,
     delete,
     event,
     func,
@@ -78,6 +79,8 @@ __all__ = [
     "DailySchedule",
     "SkewWatch",
     "Delivery",
+    "Claim",
+    "Outcome",
     "parse_time",
     "parse_timezone",
     "parse_symbols",
@@ -412,6 +415,26 @@ class Delivery:
                    r.message_id, r.attempts, r.due_at, r.claimed_at, r.finished_at, r.detail)
 
 
+@dataclass(frozen=True)
+class Claim:
+    """One post a dispatcher wants to make (or skip): a schedule's run on a local date, for one symbol."""
+
+    schedule: DailySchedule
+    local_date: date
+    symbol: str
+    due_at: datetime
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a claimed delivery ended: ``sent`` (with ``message_id``), ``failed`` or ``skipped``."""
+
+    delivery_id: int
+    state: DeliveryState
+    message_id: int | None = None
+    detail: str | None = None
+
+
 def _hysteresis(mild: float | None, heavy: float | None, exit_mild: float | None, exit_heavy: float | None) -> HysteresisParams:
     kw: dict[str, float] = {}
     if mild is not None:
@@ -726,9 +749,7 @@ class Store:
                     DeliveryRow.schedule_id == sched.id, DeliveryRow.local_date == local_day, DeliveryRow.symbol == symbol
                 )
             )
-            if row is None or row.state in ("sent", "skipped"):
-                return None, False
-            if row.state == "claimed" and row.claimed_at is not None and now - row.claimed_at < lease:
+            if row is None or not _reclaimable(row, now, lease):
                 return None, False
             res = await s.execute(
                 update(DeliveryRow)
@@ -792,6 +813,143 @@ class Store:
             )
             return bool(res.rowcount)
 
+    # batch forms: one transaction per tick instead of one per channel
+
+    async def deliveries_for(self, runs: Iterable[tuple[int, date]]) -> dict[tuple[int, date, str], Delivery]:
+        """Delivery records of several (schedule id, local date) runs, keyed by (id, date, symbol)."""
+        wanted = set(runs)
+        if not wanted:
+            return {}
+        ids = sorted({sid for sid, _ in wanted})
+        days = sorted({d for _, d in wanted})
+        out: dict[tuple[int, date, str], Delivery] = {}
+        async with self._session() as s:
+            for chunk in _chunks(ids, 500):
+                rows = await s.scalars(
+                    select(DeliveryRow).where(DeliveryRow.schedule_id.in_(chunk), DeliveryRow.local_date.in_(days))
+                )
+                for r in rows:
+                    if (r.schedule_id, r.local_date) in wanted:
+                        out[(r.schedule_id, r.local_date, r.symbol)] = Delivery._of(r)
+        return out
+
+    async def claim_many(self, claims: Sequence[Claim], *, now: datetime, lease: timedelta) -> list[tuple[Delivery, bool]]:
+        """:meth:`claim_delivery` for many posts in one transaction; returns only the claims won.
+
+        If another process inserted one of the records meanwhile, the batch is rolled back and the
+        claims are retried one by one (each still exactly-once through the unique key).
+        """
+        if not claims:
+            return []
+        now = _aware(now)
+        keys = {(c.schedule.id, c.local_date, c.symbol) for c in claims}
+        try:
+            async with self._session() as s, s.begin():
+                existing: dict[tuple[int, date, str], DeliveryRow] = {}
+                ids = sorted({c.schedule.id for c in claims})
+                days = sorted({c.local_date for c in claims})
+                for chunk in _chunks(ids, 500):
+                    for r in await s.scalars(
+                        select(DeliveryRow).where(DeliveryRow.schedule_id.in_(chunk), DeliveryRow.local_date.in_(days))
+                    ):
+                        if (r.schedule_id, r.local_date, r.symbol) in keys:
+                            existing[(r.schedule_id, r.local_date, r.symbol)] = r
+                won: list[tuple[DeliveryRow, bool]] = []
+                for c in claims:
+                    r = existing.get((c.schedule.id, c.local_date, c.symbol))
+                    if r is None:
+                        marker, nonce = delivery_marker(c.schedule.id, c.local_date, c.symbol)
+                        r = DeliveryRow(
+                            schedule_id=c.schedule.id, local_date=c.local_date, symbol=c.symbol,
+                            channel_id=c.schedule.channel_id, state="claimed", marker=marker, nonce=nonce,
+                            attempts=1, due_at=c.due_at, claimed_at=now,
+                        )
+                        s.add(r)
+                        won.append((r, False))
+                    elif _reclaimable(r, now, lease):
+                        res = await s.execute(
+                            update(DeliveryRow)
+                            .where(DeliveryRow.id == r.id, DeliveryRow.state == r.state, DeliveryRow.attempts == r.attempts)
+                            .values(state="claimed", claimed_at=now, attempts=r.attempts + 1)
+                            .execution_options(synchronize_session=False)
+                        )
+                        if res.rowcount:
+                            r.state, r.claimed_at, r.attempts = "claimed", now, r.attempts + 1
+                            won.append((r, True))
+                await s.flush()
+                return [(Delivery._of(r), rec) for r, rec in won]
+        except IntegrityError:
+            out = []
+            for c in claims:
+                d, rec = await self.claim_delivery(c.schedule, c.local_date, c.symbol, due_at=c.due_at, now=now, lease=lease)
+                if d is not None:
+                    out.append((d, rec))
+            return out
+
+    async def finish_many(self, outcomes: Sequence[Outcome], *, now: datetime) -> None:
+        """Record the outcomes of many claimed deliveries in one transaction."""
+        if not outcomes:
+            return
+        now = _aware(now)
+        rows = []
+        for o in outcomes:
+            if o.state not in ("sent", "failed", "skipped"):
+                raise ValueError(f"bad delivery state {o.state!r}")
+            rows.append({"id": o.delivery_id, "state": o.state, "message_id": o.message_id, "finished_at": now,
+                         "detail": _reason(o.detail) if o.detail else None})
+        async with self._session() as s, s.begin():
+            await s.execute(update(DeliveryRow), rows)
+
+    async def skip_many(self, skips: Sequence[Claim], *, now: datetime, detail: str | Sequence[str]) -> int:
+        """Record ``skipped`` for posts that have no record yet (others are left alone); returns how many."""
+        if not skips:
+            return 0
+        now = _aware(now)
+        details = [detail] * len(skips) if isinstance(detail, str) else list(detail)
+        existing = await self.deliveries_for((c.schedule.id, c.local_date) for c in skips)
+        todo = [(c, why) for c, why in zip(skips, details) if (c.schedule.id, c.local_date, c.symbol) not in existing]
+        try:
+            async with self._session() as s, s.begin():
+                for c, why in todo:
+                    marker, nonce = delivery_marker(c.schedule.id, c.local_date, c.symbol)
+                    s.add(DeliveryRow(
+                        schedule_id=c.schedule.id, local_date=c.local_date, symbol=c.symbol,
+                        channel_id=c.schedule.channel_id, state="skipped", marker=marker, nonce=nonce, attempts=0,
+                        due_at=c.due_at, finished_at=now, detail=_reason(why),
+                    ))
+            return len(todo)
+        except IntegrityError:
+            n = 0
+            for c, why in todo:
+                n += await self.skip_delivery(c.schedule, c.local_date, c.symbol, due_at=c.due_at, now=now, detail=why)
+            return n
+
+    async def advance_many(self, moves: Sequence[tuple[int, datetime, datetime]]) -> None:
+        """:meth:`advance` for many ``(schedule id, expected, new)`` moves in one transaction."""
+        if not moves:
+            return
+        stmt = (
+            update(DailyRow.__table__)
+            .where(DailyRow.__table__.c.id == bindparam("b_id"),
+                   DailyRow.__table__.c.next_run_at == bindparam("b_expected", type_=UTCDateTime()))
+            .values(next_run_at=bindparam("b_new", type_=UTCDateTime()))
+        )
+        async with self._session() as s, s.begin():
+            await s.execute(stmt, [{"b_id": i, "b_expected": _aware(e), "b_new": _aware(n)} for i, e, n in moves])
+
+    async def record_baselines(self, items: Sequence[tuple[int, str, float | None]]) -> None:
+        """Set the first observed class of watches that have none yet: ``(watch id, class key, ratio)``."""
+        if not items:
+            return
+        t = WatchRow.__table__
+        stmt = (
+            update(t)
+            .where(t.c.id == bindparam("b_id"), t.c.last_class.is_(None))
+            .values(last_class=bindparam("b_class"), last_ratio=bindparam("b_ratio"))
+        )
+        async with self._session() as s, s.begin():
+            await s.execute(stmt, [{"b_id": i, "b_class": k, "b_ratio": _finite(r)} for i, k, r in items])
+
     async def active_watches(self) -> list[SkewWatch]:
         """Every unpaused skew subscription."""
         async with self._session() as s:
@@ -851,6 +1009,18 @@ class Store:
         if row is None or row.guild_id != guild_id:
             raise InputError(f"this server has no {what} with id {str(item_id)[:20]}; the list command shows the ids")
         return row
+
+
+def _reclaimable(row: DeliveryRow, now: datetime, lease: timedelta) -> bool:
+    """A record may be taken over when its send failed, or its claimer has held it longer than ``lease``."""
+    if row.state == "failed":
+        return True
+    return row.state == "claimed" and (row.claimed_at is None or now - row.claimed_at >= lease)
+
+
+def _chunks(items: Sequence[Any], n: int) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -1,0 +1,574 @@
+"""The one dispatcher: daily reports (each exactly once per schedule and local day) and skew notices.
+
+One loop serves every guild (:meth:`Dispatcher.run`): every ``tick_s`` it posts the daily reports
+that are due, and every ``skew_interval_s`` it re-reads the watched symbols. Clock, sleep, poster
+and report function are injected, so tests drive it with a fake clock and a fake Discord.
+
+Rendering: within a tick each distinct (symbol, window, exchange) is rendered once and the same
+PNG bytes are fanned out to every channel (the poster wraps a fresh ``discord.File`` per send).
+
+Exactly-once order for a daily post (schedule x local date x symbol):
+
+1. **claim** - insert a ``deliveries`` row (unique on schedule, local date, symbol) in state
+   ``claimed``, with a deterministic marker and nonce, and commit. Only the inserter proceeds.
+2. **send** - ``poster.post(..., nonce=...)``; the marker is in the embed footer. discord.py 2.7
+   sends ``nonce`` with ``enforce_nonce``, so Discord itself drops a repeat within its nonce window.
+3. **record** - mark the row ``sent`` with the message id (batched per tick), then advance
+   ``next_run_at`` once every symbol of the run is final (``sent`` or ``skipped``).
+
+A crash between 2 and 3 leaves a ``claimed`` row. Once its lease (``claim_lease``) has expired,
+the next dispatcher takes it over and asks ``poster.find_marker(channel, marker)`` first: if the
+message is there it is recorded as sent, and only if not is it sent again (same nonce). A send
+that raised (timeout, 5xx after discord.py's own retries) is recorded ``failed`` and goes through
+the same check on the next tick. So a post is never made twice, and a claim is never lost.
+
+Downtime: a run whose time is more than ``grace`` in the past is not posted; it is recorded
+``skipped`` (detail "missed ...") with a log line, and the next run is computed. A run that is
+late but within ``grace`` is posted once, late. Several missed days are each recorded skipped.
+
+Exchange down: if some venues fail, the report names them (a degraded map) and is posted. If the
+report cannot be built at all, nothing is claimed and the run is retried on every tick until
+``grace`` runs out; then it is recorded ``skipped`` with the reason.
+
+Channel deleted or permissions lost (:class:`ChannelGone` / :class:`MissingAccess` from the poster):
+every subscription posting to that channel is paused with the reason (never deleted), and the
+delivery is recorded ``skipped``. Any other error is confined to its own post.
+
+DST (see :func:`bot.store.local_occurrence`): a local time that does not exist on a spring-forward
+day is posted the same amount after the jump (02:30 -> 03:30 in New York); an ambiguous local time
+on a fall-back day is posted at its first occurrence. Either way exactly once that local day.
+
+Skew watcher: one report per distinct (symbol, window, exchange), then per subscription the class
+is advanced with hysteresis (:mod:`analysis.hysteresis`, the subscription's own thresholds). The
+first observation after subscribing (or resuming) records a baseline and announces nothing. A
+change is announced unless the subscription announced within its cooldown; during the cooldown
+the last announced class is kept, so a change that persists is announced when the cooldown ends.
+The new class is written (compare-and-set) *before* the notice is sent, so a restart never
+re-announces; if the send fails the class is put back and the next check retries. A crash between
+the write and the send loses that one notice (at most once, by design).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Any, Awaitable, Callable, Iterable, Protocol
+
+from analysis.errors import LiqmapError
+from analysis.hysteresis import step
+from analysis.metrics import SKEW_CLASSES
+
+from .store import Claim, DailySchedule, Outcome, SkewWatch, Store, local_date_of, next_occurrence
+
+__all__ = [
+    "Poster",
+    "ChannelGone",
+    "MissingAccess",
+    "DispatcherParams",
+    "TickStats",
+    "Dispatcher",
+    "make_dispatcher",
+    "ATTACHMENT",
+]
+
+log = logging.getLogger(__name__)
+
+UTC = timezone.utc
+ATTACHMENT = "liqmap.png"
+Key = tuple[str, str, str]  # (symbol, window, exchange)
+
+
+class ChannelGone(Exception):
+    """The channel no longer exists (or the bot can no longer see it at all)."""
+
+
+class MissingAccess(Exception):
+    """The bot lost a permission it needs in the channel (View Channel, Send Messages, Embed Links, Attach Files)."""
+
+
+class Poster(Protocol):
+    """What the dispatcher needs from Discord (``bot/poster.py`` implements it with discord.py)."""
+
+    async def post(self, channel_id: int, *, content: str | None, embed: dict | None, png: bytes,
+                   filename: str, nonce: str) -> int:
+        """Send one message with ``png`` attached as ``filename``; return its id.
+
+        Raises :class:`ChannelGone` / :class:`MissingAccess` when the channel is gone / not allowed.
+        """
+        ...
+
+    async def find_marker(self, channel_id: int, marker: str) -> int | None:
+        """Id of a recent message of the bot's in the channel whose embed footer contains ``marker``."""
+        ...
+
+
+ReportFn = Callable[[str, str, str], Awaitable[Any]]  # ReportService.report(symbol, window, exchange)
+EmbedFn = Callable[[Any, str, str, str], dict]  # (report, title, description, marker) -> embed dict
+
+
+@dataclass(frozen=True)
+class DispatcherParams:
+    """Timing of the dispatcher.
+
+    tick_s
+        How often due daily reports are looked for (seconds).
+    skew_interval_s
+        How often watched symbols are re-read (default 15 minutes).
+    grace
+        How late a daily report may still be posted after downtime (default 2 h).
+    claim_lease
+        How long a claim made by a dispatcher that may still be sending is left alone before
+        another dispatcher verifies it with ``find_marker`` (default 10 minutes).
+    render_timeout_s, post_timeout_s
+        A report or a send that takes longer is abandoned for this tick (a send then counts as
+        ``failed``: verified before any retry).
+    render_concurrency, post_concurrency
+        How many reports are built, and messages sent, at once.
+    """
+
+    tick_s: float = 30.0
+    skew_interval_s: float = 900.0
+    grace: timedelta = timedelta(hours=2)
+    claim_lease: timedelta = timedelta(minutes=10)
+    render_timeout_s: float = 180.0
+    post_timeout_s: float = 120.0
+    render_concurrency: int = 4
+    post_concurrency: int = 8
+
+    def __post_init__(self) -> None:
+        if self.tick_s <= 0 or self.skew_interval_s <= 0:
+            raise ValueError("tick_s and skew_interval_s must be positive")
+        if self.grace < timedelta(0) or self.claim_lease <= timedelta(0):
+            raise ValueError("grace must be >= 0 and claim_lease > 0")
+        if self.render_concurrency < 1 or self.post_concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+
+
+@dataclass
+class TickStats:
+    """What one tick did (for logs, tests and the benchmark)."""
+
+    due: int = 0
+    renders: int = 0
+    render_failures: int = 0
+    posted: int = 0
+    recovered: int = 0
+    skipped: int = 0
+    deferred: int = 0
+    failed: int = 0
+    paused: int = 0
+    baselines: int = 0
+    unchanged: int = 0
+    cooldown: int = 0
+    announced: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_embed(report: Any, title: str, description: str, marker: str) -> dict:
+    """A Discord embed as a dict: text, the chart via ``attachment://``, missing venues, footer + marker."""
+    m = report.map
+    kind = "Estimated from open-interest flow" if getattr(m, "kind", "estimated") == "estimated" else "CoinGlass"
+    when = datetime.fromtimestamp(m.end_ms / 1000, tz=UTC)
+    footer = f"Sources: {', '.join(m.venues)} · data to {when:%Y-%m-%d %H:%M} UTC · {kind} · {marker}"
+    embed: dict[str, Any] = {
+        "type": "rich",
+        "title": _clip(title, 256),
+        "description": _clip(description, 4096),
+        "timestamp": when.isoformat(),
+        "image": {"url": f"attachment://{ATTACHMENT}"},
+        "footer": {"text": _clip(footer, 2048)},
+    }
+    missing = dict(getattr(report, "missing", {}) or {})
+    if missing:
+        lines = "\n".join(f"**{v}**: {why}" for v, why in missing.items())
+        embed["fields"] = [{"name": "Missing venues (map built without them)", "value": _clip(lines, 1024), "inline": False}]
+    return embed
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1].rstrip() + "…"
+
+
+def _daily_text(report: Any) -> str:
+    from analysis import commentary
+
+    return commentary.daily(report.reading, report.map)
+
+
+def _notice_text(old: Any, reading: Any, m: Any) -> str:
+    from analysis import commentary
+
+    return commentary.notice(old, reading, m)
+
+
+@dataclass
+class _Run:
+    occ: datetime  # the scheduled instant (UTC)
+    day: date  # its local date
+    symbols: list[str]  # symbols with no final record yet
+
+
+@dataclass
+class _Plan:
+    sched: DailySchedule
+    late: _Run | None = None  # the first run beyond the grace window (verify or skip, never send)
+    current: _Run | None = None  # the run due now, within the grace window
+    upcoming: datetime | None = None  # the first run not beyond the grace window
+
+    def runs(self) -> list[_Run]:
+        return [r for r in (self.late, self.current) if r is not None]
+
+
+def _final(d: Any) -> bool:
+    return d is not None and d.final
+
+
+def _missed(occ: datetime, grace: timedelta) -> str:
+    return f"missed: not posted within the {_td(grace)} grace window after {occ:%Y-%m-%d %H:%M} UTC"
+
+
+class Dispatcher:
+    """Posts due daily reports and skew notices for every guild from one loop."""
+
+    def __init__(
+        self,
+        store: Store,
+        poster: Poster,
+        report: ReportFn,
+        *,
+        params: DispatcherParams | None = None,
+        now: Callable[[], datetime] = _utcnow,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        embed: EmbedFn = default_embed,
+        daily_text: Callable[[Any], str] = _daily_text,
+        notice_text: Callable[[Any, Any, Any], str] = _notice_text,
+    ) -> None:
+        self.store = store
+        self.poster = poster
+        self.report = report
+        self.params = params or DispatcherParams()
+        self.now = now
+        self.sleep = sleep
+        self.embed = embed
+        self.daily_text = daily_text
+        self.notice_text = notice_text
+        self._task: asyncio.Task | None = None
+        self._stop = asyncio.Event()
+        self._next_skew: datetime | None = None
+        self.last_daily: TickStats | None = None
+        self.last_skew: TickStats | None = None
+
+    # -- the loop -----------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Tick until ``stop`` (or :meth:`stop`) is set. A failing tick is logged, never fatal."""
+        stop = stop or self._stop
+        while not stop.is_set():
+            await self.tick()
+            if stop.is_set():
+                break
+            await self.sleep(self.params.tick_s)
+
+    async def tick(self) -> None:
+        """One pass: daily reports, then the skew check when its interval has elapsed."""
+        try:
+            self.last_daily = await self.run_daily()
+        except Exception:
+            log.exception("daily dispatch tick failed")
+        now = self.now()
+        if self._next_skew is None or now >= self._next_skew:
+            self._next_skew = now + timedelta(seconds=self.params.skew_interval_s)
+            try:
+                self.last_skew = await self.run_skew()
+            except Exception:
+                log.exception("skew check failed")
+
+    def start(self) -> asyncio.Task:
+        """Run the loop as a background task (idempotent)."""
+        if self._task is None or self._task.done():
+            self._stop.clear()
+            self._task = asyncio.create_task(self.run(self._stop), name="liqmap-dispatcher")
+        return self._task
+
+    async def stop(self) -> None:
+        """Stop the background loop and wait for it (an in-flight send is cancelled; its claim is verified later)."""
+        self._stop.set()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._task = None
+
+    # -- rendering ----------------------------------------------------------------------------------
+
+    async def _render_all(self, keys: Iterable[Key], stats: TickStats) -> dict[Key, Any]:
+        """Each distinct key rendered once; value is the report or the LiqmapError that stopped it."""
+        sem = asyncio.Semaphore(self.params.render_concurrency)
+        keys = sorted(set(keys))
+
+        async def one(key: Key) -> Any:
+            async with sem:
+                stats.renders += 1
+                try:
+                    return await asyncio.wait_for(self.report(*key), self.params.render_timeout_s)
+                except LiqmapError as exc:
+                    stats.render_failures += 1
+                    log.warning("report %s %s %s unavailable: %s", *key, exc)
+                    return exc
+                except asyncio.TimeoutError:
+                    stats.render_failures += 1
+                    log.warning("report %s %s %s timed out", *key)
+                    return LiqmapError(f"building the report took over {self.params.render_timeout_s:g} s")
+                except Exception as exc:  # a bug in the report path: keep the traceback, spare the others
+                    stats.render_failures += 1
+                    log.exception("report %s %s %s failed unexpectedly", *key)
+                    return LiqmapError(f"internal error ({type(exc).__name__})")
+
+        results = await asyncio.gather(*(one(k) for k in keys))
+        return dict(zip(keys, results))
+
+    # -- daily reports ------------------------------------------------------------------------------
+
+    async def run_daily(self) -> TickStats:
+        """Post every due daily report once; record skips, pauses and failures. Returns what it did."""
+        now = self.now()
+        stats = TickStats()
+        due = await self.store.due_daily(now)
+        stats.due = len(due)
+        if not due:
+            return stats
+        grace = self.params.grace
+        plans: list[_Plan] = []
+        missed: list[Claim] = []
+        for sched in due:
+            plan = _Plan(sched)
+            occ = sched.next_run_at
+            # Runs more than `grace` ago are never sent. Only the first can have a record (a crash
+            # mid-send: verified below); the ones after it never started and are recorded skipped.
+            while now - occ > grace:
+                day = local_date_of(occ, sched.timezone)
+                if plan.late is None:
+                    plan.late = _Run(occ, day, list(sched.symbols))
+                else:
+                    missed += [Claim(sched, day, s, occ) for s in sched.symbols]
+                occ = next_occurrence(sched.local_time, sched.timezone, occ)
+            plan.upcoming = occ
+            if occ <= now:
+                plan.current = _Run(occ, local_date_of(occ, sched.timezone), list(sched.symbols))
+            plans.append(plan)
+
+        existing = await self.store.deliveries_for((p.sched.id, r.day) for p in plans for r in p.runs())
+        for p in plans:
+            for r in p.runs():
+                r.symbols = [s for s in r.symbols if not _final(existing.get((p.sched.id, r.day, s)))]
+
+        keys = {(s, p.sched.window, p.sched.exchange) for p in plans if p.current for s in p.current.symbols}
+        reports = await self._render_all(keys, stats)
+
+        claims: list[Claim] = []
+        skips: list[tuple[Claim, str]] = list((c, _missed(c.due_at, grace)) for c in missed)
+        for p in plans:
+            if p.late:
+                for s in p.late.symbols:
+                    c = Claim(p.sched, p.late.day, s, p.late.occ)
+                    if (p.sched.id, p.late.day, s) in existing:
+                        claims.append(c)  # a crash left it unfinished: verify with find_marker, never resend
+                    else:
+                        skips.append((c, _missed(p.late.occ, grace)))
+            if p.current:
+                for s in p.current.symbols:
+                    c = Claim(p.sched, p.current.day, s, p.current.occ)
+                    rep = reports[(s, p.sched.window, p.sched.exchange)]
+                    if not isinstance(rep, BaseException):
+                        claims.append(c)
+                    elif now + timedelta(seconds=self.params.tick_s) - p.current.occ > grace:
+                        skips.append((c, f"no report within the grace window: {rep}"))
+                    else:
+                        stats.deferred += 1  # retried next tick
+        if skips:
+            n = await self.store.skip_many([c for c, _ in skips], now=now, detail=[w for _, w in skips])
+            stats.skipped += n
+            for c, why in skips[:20]:
+                log.warning("daily %s %s %s skipped: %s", c.schedule.id, c.local_date, c.symbol, why)
+            if len(skips) > 20:
+                log.warning("... and %d more daily posts skipped", len(skips) - 20)
+
+        won = await self.store.claim_many(claims, now=now, lease=self.params.claim_lease)
+        late_days = {(p.sched.id, p.late.day) for p in plans if p.late}
+        scheds = {p.sched.id: p.sched for p in plans}
+        texts: dict[Key, str] = {}
+        sem = asyncio.Semaphore(self.params.post_concurrency)
+        gone: dict[int, str] = {}
+
+        async def deliver(d: Any, recovering: bool) -> Outcome:
+            sched = scheds[d.schedule_id]
+            async with sem:
+                if d.channel_id in gone:
+                    return Outcome(d.id, "skipped", detail=f"subscription paused: {gone[d.channel_id]}")
+                try:
+                    if recovering:
+                        found = await asyncio.wait_for(self.poster.find_marker(d.channel_id, d.marker),
+                                                       self.params.post_timeout_s)
+                        if found is not None:
+                            stats.recovered += 1
+                            log.info("daily %s %s %s was sent before a crash (message %s); recorded",
+                                     sched.id, d.local_date, d.symbol, found)
+                            return Outcome(d.id, "sent", message_id=int(found), detail="recovered: found in channel")
+                    if (sched.id, d.local_date) in late_days:
+                        stats.skipped += 1
+                        return Outcome(d.id, "skipped", detail=_missed(d.due_at, self.params.grace))
+                    key = (d.symbol, sched.window, sched.exchange)
+                    rep = reports[key]
+                    if key not in texts:
+                        texts[key] = self.daily_text(rep)
+                    embed = self.embed(rep, f"Daily {d.symbol} liquidation map · {sched.window}", texts[key], d.marker)
+                    msg_id = await asyncio.wait_for(
+                        self.poster.post(d.channel_id, content=None, embed=embed, png=rep.png, filename=ATTACHMENT,
+                                         nonce=d.nonce),
+                        self.params.post_timeout_s,
+                    )
+                    stats.posted += 1
+                    return Outcome(d.id, "sent", message_id=int(msg_id))
+                except (ChannelGone, MissingAccess) as exc:
+                    reason = _pause_reason(exc)
+                    gone[d.channel_id] = reason
+                    n_paused = await self.store.pause_channel(d.channel_id, reason, now=now)
+                    stats.paused += n_paused
+                    log.warning("channel %s: %s; its subscriptions are paused", d.channel_id, reason)
+                    return Outcome(d.id, "skipped", detail=f"subscription paused: {reason}")
+                except Exception as exc:  # includes TimeoutError: outcome unknown, verified before a retry
+                    stats.failed += 1
+                    stats.errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                    log.warning("daily %s %s %s to channel %s failed (%s); will verify and retry", sched.id,
+                                d.local_date, d.symbol, d.channel_id, type(exc).__name__, exc_info=True)
+                    return Outcome(d.id, "failed", detail=f"{type(exc).__name__}: {exc}")
+
+        outcomes = await asyncio.gather(*(deliver(d, rec) for d, rec in won))
+        await self.store.finish_many(outcomes, now=self.now())
+
+        # move next_run_at: hold it on a run that is not final yet, else past the current run
+        final = await self.store.deliveries_for((p.sched.id, r.day) for p in plans for r in p.runs())
+        moves = []
+        for p in plans:
+            def done(r: _Run) -> bool:
+                return all(_final(final.get((p.sched.id, r.day, s))) for s in p.sched.symbols)
+
+            if p.late and not done(p.late):
+                target = p.late.occ
+            elif p.current and not done(p.current):
+                target = p.current.occ
+            elif p.current:
+                target = next_occurrence(p.sched.local_time, p.sched.timezone, p.current.occ)
+            else:
+                target = p.upcoming
+            if target != p.sched.next_run_at:
+                moves.append((p.sched.id, p.sched.next_run_at, target))
+        await self.store.advance_many(moves)
+        return stats
+
+    # -- skew notices -------------------------------------------------------------------------------
+
+    async def run_skew(self) -> TickStats:
+        """Re-read every watched symbol once and announce class changes (see the module docstring)."""
+        now = self.now()
+        stats = TickStats()
+        watches = await self.store.active_watches()
+        stats.due = len(watches)
+        if not watches:
+            return stats
+        reports = await self._render_all({(w.symbol, w.window, w.exchange) for w in watches}, stats)
+        baselines: list[tuple[int, str, float | None]] = []
+        changes: list[tuple[SkewWatch, Any, Any]] = []
+        for w in watches:
+            rep = reports[(w.symbol, w.window, w.exchange)]
+            if isinstance(rep, BaseException):
+                continue
+            ratio = rep.reading.imbalance
+            new = step(w.last_class, ratio, w.params)
+            if w.last_class is None:
+                baselines.append((w.id, new.key, ratio))
+            elif new.key == w.last_class:
+                stats.unchanged += 1
+            elif w.last_announced_at is not None and now - w.last_announced_at < timedelta(seconds=w.cooldown_s):
+                stats.cooldown += 1
+            else:
+                changes.append((w, new, rep))
+        await self.store.record_baselines(baselines)
+        stats.baselines = len(baselines)
+
+        sem = asyncio.Semaphore(self.params.post_concurrency)
+        gone: dict[int, str] = {}
+
+        async def announce(w: SkewWatch, new: Any, rep: Any) -> None:
+            async with sem:
+                if w.channel_id in gone:
+                    return
+                ratio = rep.reading.imbalance
+                if not await self.store.set_watch_class(w.id, expected=w.last_class, new=new.key, ratio=ratio,
+                                                        announced_at=now):
+                    return  # another dispatcher got there first
+                try:
+                    old = SKEW_CLASSES[w.last_class]  # type: ignore[index]
+                    reading = dataclasses.replace(rep.reading, skew=new)
+                    text = self.notice_text(old, reading, rep.map)
+                    marker = f"liqmap-w{w.id}-{now:%Y%m%dT%H%M%S}"
+                    nonce = "lq" + hashlib.sha256(marker.encode()).hexdigest()[:23]
+                    title = f"{w.symbol} skew: {old.label} → {new.label}"
+                    await asyncio.wait_for(
+                        self.poster.post(w.channel_id, content=None, embed=self.embed(rep, title, text, marker),
+                                         png=rep.png, filename=ATTACHMENT, nonce=nonce),
+                        self.params.post_timeout_s,
+                    )
+                    stats.announced += 1
+                except (ChannelGone, MissingAccess) as exc:
+                    reason = _pause_reason(exc)
+                    gone[w.channel_id] = reason
+                    n_paused = await self.store.pause_channel(w.channel_id, reason, now=now)
+                    stats.paused += n_paused
+                    log.warning("channel %s: %s; its subscriptions are paused", w.channel_id, reason)
+                except (Exception, asyncio.TimeoutError) as exc:
+                    stats.failed += 1
+                    stats.errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                    log.warning("skew notice %s to channel %s failed; will retry", w.id, w.channel_id, exc_info=True)
+                    await self.store.set_watch_class(w.id, expected=new.key, new=w.last_class, ratio=w.last_ratio,
+                                                     announced_at=None, previous_announced_at=w.last_announced_at,
+                                                     restore=True)
+
+        await asyncio.gather(*(announce(w, new, rep) for w, new, rep in changes))
+        return stats
+
+
+def _pause_reason(exc: BaseException) -> str:
+    base = "channel deleted or not visible" if isinstance(exc, ChannelGone) else "missing permissions"
+    detail = str(exc).strip()
+    return f"{base}: {detail}"[:300] if detail else base
+
+
+def _td(d: timedelta) -> str:
+    minutes = int(d.total_seconds() // 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def make_dispatcher(store: Store, service: Any, poster: Poster, settings: Any = None, **kw: Any) -> Dispatcher:
+    """The dispatcher the bot runs: reports from ``service.report``, timing from ``settings.schedule``."""
+    sched = getattr(settings, "schedule", None)
+    params = DispatcherParams(
+        grace=timedelta(minutes=float(getattr(sched, "daily_grace_minutes", 120.0))),
+        skew_interval_s=60.0 * float(getattr(sched, "watch_interval_minutes", 15.0)),
+    )
+
+    async def report(symbol: str, window: str, exchange: str) -> Any:
+        return await service.report(symbol, window, exchange)
+
+    return Dispatcher(store, poster, report, params=params, **kw)

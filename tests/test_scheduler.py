@@ -1,0 +1,636 @@
+"""bot.scheduler with an injected clock, a fake Discord and a fake report function, on a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from types import SimpleNamespace
+
+import pytest
+
+from analysis.errors import SourceError
+from analysis.metrics import SKEW_CLASSES, classify
+from bot.scheduler import (
+    ChannelGone,
+    Dispatcher,
+    DispatcherParams,
+    MissingAccess,
+    default_embed,
+    make_dispatcher,
+)
+from bot.store import Store
+
+UTC = timezone.utc
+G, U = 1000, 7
+
+
+class Crash(BaseException):
+    """Stands for the process dying: not an Exception, so nothing in the dispatcher catches it."""
+
+
+class Clock:
+    def __init__(self, start: datetime) -> None:
+        self.t = start
+
+    def __call__(self) -> datetime:
+        return self.t
+
+    async def sleep(self, seconds: float) -> None:
+        self.t += timedelta(seconds=seconds)
+
+
+@dataclass
+class FakePoster:
+    """Discord as far as the dispatcher can tell: messages per channel, footers searchable."""
+
+    gone: set[int] = field(default_factory=set)
+    no_access: set[int] = field(default_factory=set)
+    fail: dict[int, int] = field(default_factory=dict)  # channel -> how many sends raise before one works
+    crash_after_send: bool = False
+    messages: dict[int, list[dict]] = field(default_factory=dict)
+    finds: int = 0
+    next_id: int = 5000
+
+    async def post(self, channel_id, *, content, embed, png, filename, nonce):
+        assert isinstance(png, bytes) and filename == "liqmap.png" and len(nonce) <= 25
+        if channel_id in self.gone:
+            raise ChannelGone("Unknown Channel (10003)")
+        if channel_id in self.no_access:
+            raise MissingAccess("Missing Access (50001)")
+        if self.fail.get(channel_id, 0) > 0:
+            self.fail[channel_id] -= 1
+            raise RuntimeError("503 Service Unavailable")
+        self.next_id += 1
+        self.messages.setdefault(channel_id, []).append(
+            {"id": self.next_id, "embed": embed, "png": png, "nonce": nonce, "content": content})
+        if self.crash_after_send:
+            raise Crash()
+        return self.next_id
+
+    async def find_marker(self, channel_id, marker):
+        self.finds += 1
+        if channel_id in self.gone:
+            raise ChannelGone("Unknown Channel (10003)")
+        for m in reversed(self.messages.get(channel_id, [])):
+            if marker in m["embed"]["footer"]["text"]:
+                return m["id"]
+        return None
+
+    def count(self, channel_id=None) -> int:
+        if channel_id is None:
+            return sum(len(v) for v in self.messages.values())
+        return len(self.messages.get(channel_id, []))
+
+
+@dataclass(frozen=True)
+class FakeReading:
+    symbol: str
+    imbalance: float
+    skew: object
+
+
+class FakeReports:
+    """report(symbol, window, exchange): distinct PNG bytes per key, a settable skew ratio per symbol."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.down: dict[str, str] = {}  # symbol -> reason
+        self.ratio: dict[str, float] = {}
+        self.missing: dict[str, str] = {}
+
+    async def __call__(self, symbol, window, exchange):
+        self.calls.append((symbol, window, exchange))
+        await asyncio.sleep(0)
+        if symbol in self.down:
+            raise SourceError("all", "report", f"every venue failed ({self.down[symbol]})")
+        r = self.ratio.get(symbol, 1.0)
+        reading = FakeReading(symbol, r, classify(r))
+        m = SimpleNamespace(venues=("binance", "bybit"), kind="estimated", end_ms=1_780_000_000_000)
+        return SimpleNamespace(symbol=symbol, png=f"PNG {symbol} {window} {exchange}".encode(), reading=reading,
+                               map=m, missing=dict(self.missing), summary=f"summary {symbol}")
+
+
+@pytest.fixture
+def url(tmp_path):
+    return f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"
+
+
+@pytest.fixture
+async def store(url):
+    s = await Store.open(url, max_per_guild=10_000)
+    yield s
+    await s.close()
+
+
+def dispatcher(store, poster, reports, clock, **params) -> Dispatcher:
+    return Dispatcher(
+        store, poster, reports, params=DispatcherParams(**params), now=clock, sleep=clock.sleep,
+        daily_text=lambda rep: f"daily {rep.symbol} ratio {rep.reading.imbalance}",
+        notice_text=lambda old, reading, m: f"{reading.symbol}: {old.key} -> {reading.skew.key}",
+    )
+
+
+async def daily(store, clock, channel=1, **kw):
+    args = dict(symbols="BTC", window="1d", exchange="all", time="09:00", timezone="UTC", created_by=U)
+    args.update(kw)
+    return await store.add_daily(G, channel, now=clock(), **args)
+
+
+def post_times(poster: FakePoster, channel: int) -> list:
+    return [m["at"] for m in poster.messages.get(channel, [])]
+
+
+class TimedPoster(FakePoster):
+    """Stamps each message with the clock time it was sent."""
+
+    def __init__(self, clock, **kw):
+        super().__init__(**kw)
+        self.clock = clock
+
+    async def post(self, channel_id, **kw):
+        mid = await super().post(channel_id, **kw)
+        self.messages[channel_id][-1]["at"] = self.clock()
+        return mid
+
+
+async def run_ticks(d: Dispatcher, clock: Clock, until: datetime, step: timedelta) -> None:
+    while clock() <= until:
+        await d.run_daily()
+        clock.t += step
+
+
+# -- the basic cycle --------------------------------------------------------------------------------
+
+async def test_posts_once_at_local_time_then_next_day(store):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster, reports = TimedPoster(clock), FakeReports()
+    s = await daily(store, clock, time="10:30", timezone="Europe/Berlin")  # CEST: 08:30 UTC
+    assert s.next_run_at == datetime(2026, 6, 1, 8, 30, tzinfo=UTC)
+    d = dispatcher(store, poster, reports, clock)
+    await run_ticks(d, clock, datetime(2026, 6, 3, 0, 0, tzinfo=UTC), timedelta(minutes=30))
+    assert post_times(poster, 1) == [datetime(2026, 6, 1, 8, 30, tzinfo=UTC), datetime(2026, 6, 2, 8, 30, tzinfo=UTC)]
+    msg = poster.messages[1][0]
+    assert msg["png"] == b"PNG BTCUSDT 1d all"
+    assert msg["embed"]["image"]["url"] == "attachment://liqmap.png"
+    assert f"liqmap-d{s.id}-2026-06-01-BTCUSDT" in msg["embed"]["footer"]["text"]
+    assert msg["embed"]["description"] == "daily BTCUSDT ratio 1.0"
+    sent = await store.deliveries(s.id)
+    assert [(x.local_date, x.state, x.message_id) for x in sent] == [
+        (date(2026, 6, 1), "sent", poster.messages[1][0]["id"]), (date(2026, 6, 2), "sent", poster.messages[1][1]["id"])]
+    assert (await store.get_daily(s.id)).next_run_at == datetime(2026, 6, 3, 8, 30, tzinfo=UTC)
+
+
+async def test_fan_out_renders_each_key_once_and_shares_the_bytes(store):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster, reports = FakePoster(), FakeReports()
+    for ch in range(1, 41):
+        await daily(store, clock, channel=ch, symbols="BTC, ETH")
+    for ch in range(41, 51):
+        await daily(store, clock, channel=ch, symbols="BTC", window="7d")
+    await daily(store, clock, channel=51, time="10:00")  # not due in this tick
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    stats = await dispatcher(store, poster, reports, clock).run_daily()
+    assert sorted(reports.calls) == [("BTCUSDT", "1d", "all"), ("BTCUSDT", "7d", "all"), ("ETHUSDT", "1d", "all")]
+    assert stats.renders == 3 and stats.posted == 90 and stats.due == 50
+    pngs = [m["png"] for ch in range(1, 41) for m in poster.messages[ch] if m["png"].startswith(b"PNG BTC")]
+    assert len(pngs) == 40 and all(p is pngs[0] for p in pngs)  # the very same bytes object
+    assert poster.count(51) == 0
+
+
+async def test_two_dispatchers_on_one_database_post_once(url):
+    # two processes sharing the database (the PostgreSQL deployment): the unique claim decides
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    a, b = await Store.open(url), await Store.open(url)
+    try:
+        for ch in range(1, 21):
+            await daily(a, clock, channel=ch)
+        clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+        poster = FakePoster()
+        s1, s2 = await asyncio.gather(dispatcher(a, poster, FakeReports(), clock).run_daily(),
+                                      dispatcher(b, poster, FakeReports(), clock).run_daily())
+        assert s1.posted + s2.posted == 20
+        assert all(poster.count(ch) == 1 for ch in range(1, 21))
+    finally:
+        await a.close()
+        await b.close()
+
+
+# -- DST --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "tz,local,start,expected",
+    [
+        # New York spring forward 2026-03-08: 02:30 does not exist -> posted at 03:30 EDT (07:30Z)
+        ("America/New_York", "02:30", datetime(2026, 3, 7, 0, 0, tzinfo=UTC),
+         ["2026-03-07T07:30", "2026-03-08T07:30", "2026-03-09T06:30"]),
+        # New York fall back 2026-11-01: 01:30 happens twice -> the first (EDT, 05:30Z) only
+        ("America/New_York", "01:30", datetime(2026, 10, 31, 0, 0, tzinfo=UTC),
+         ["2026-10-31T05:30", "2026-11-01T05:30", "2026-11-02T06:30"]),
+        # London spring forward 2026-03-29: 01:30 does not exist -> 02:30 BST (01:30Z)
+        ("Europe/London", "01:30", datetime(2026, 3, 28, 0, 0, tzinfo=UTC),
+         ["2026-03-28T01:30", "2026-03-29T01:30", "2026-03-30T00:30"]),
+        # London fall back 2026-10-25: 01:30 twice -> first (BST, 00:30Z)
+        ("Europe/London", "01:30", datetime(2026, 10, 24, 0, 0, tzinfo=UTC),
+         ["2026-10-24T00:30", "2026-10-25T00:30", "2026-10-26T01:30"]),
+        # an ordinary time on the London change days keeps its local clock time
+        ("Europe/London", "09:00", datetime(2026, 3, 28, 0, 0, tzinfo=UTC),
+         ["2026-03-28T09:00", "2026-03-29T08:00", "2026-03-30T08:00"]),
+    ],
+)
+async def test_dst_transitions_post_once_per_local_day(store, tz, local, start, expected):
+    clock = Clock(start)
+    poster = TimedPoster(clock)
+    await daily(store, clock, time=local, timezone=tz)
+    d = dispatcher(store, poster, FakeReports(), clock)
+    await run_ticks(d, clock, start + timedelta(days=3) - timedelta(minutes=1), timedelta(minutes=30))
+    assert [t.strftime("%Y-%m-%dT%H:%M") for t in post_times(poster, 1)] == expected
+
+
+# -- downtime ---------------------------------------------------------------------------------------
+
+async def test_missed_report_inside_grace_is_posted_once_late(store):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster = TimedPoster(clock)
+    s = await daily(store, clock)
+    clock.t = datetime(2026, 6, 1, 10, 45, tzinfo=UTC)  # back after downtime, 1 h 45 late
+    d = dispatcher(store, poster, FakeReports(), clock)
+    await d.run_daily()
+    await d.run_daily()
+    assert post_times(poster, 1) == [datetime(2026, 6, 1, 10, 45, tzinfo=UTC)]
+    assert (await store.get_daily(s.id)).next_run_at == datetime(2026, 6, 2, 9, 0, tzinfo=UTC)
+
+
+async def test_missed_report_beyond_grace_is_skipped_and_recorded(store, caplog):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster = FakePoster()
+    s = await daily(store, clock, symbols="BTC ETH")
+    clock.t = datetime(2026, 6, 1, 11, 1, tzinfo=UTC)  # 2 h 01 late
+    stats = await dispatcher(store, poster, FakeReports(), clock).run_daily()
+    assert poster.count() == 0 and stats.skipped == 2 and stats.renders == 0
+    recs = await store.deliveries(s.id)
+    assert [(r.symbol, r.state) for r in recs] == [("BTCUSDT", "skipped"), ("ETHUSDT", "skipped")]
+    assert "grace window" in recs[0].detail
+    assert "skipped" in caplog.text and "grace" in caplog.text
+    assert (await store.get_daily(s.id)).next_run_at == datetime(2026, 6, 2, 9, 0, tzinfo=UTC)
+
+
+async def test_days_of_downtime_skip_each_missed_day_and_post_today_within_grace(store):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster = FakePoster()
+    s = await daily(store, clock)
+    clock.t = datetime(2026, 6, 4, 10, 0, tzinfo=UTC)  # offline for three days; today's 09:00 is 1 h ago
+    await dispatcher(store, poster, FakeReports(), clock).run_daily()
+    recs = {r.local_date.day: r.state for r in await store.deliveries(s.id)}
+    assert recs == {1: "skipped", 2: "skipped", 3: "skipped", 4: "sent"}
+    assert poster.count(1) == 1
+    assert (await store.get_daily(s.id)).next_run_at == datetime(2026, 6, 5, 9, 0, tzinfo=UTC)
+
+
+# -- the crash between send and record --------------------------------------------------------------
+
+async def test_crash_after_send_before_record_never_posts_twice(url):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster = FakePoster(crash_after_send=True)
+    st = await Store.open(url)
+    s = await daily(st, clock, symbols="BTC")
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    with pytest.raises(Crash):
+        await dispatcher(st, poster, FakeReports(), clock).run_daily()
+    await st.close()
+    assert poster.count(1) == 1  # the message went out, the record did not
+
+    poster.crash_after_send = False
+    st = await Store.open(url)  # restart on the same database
+    try:
+        d = dispatcher(st, poster, FakeReports(), clock)
+        clock.t += timedelta(minutes=1)  # still inside the lease: left alone, not resent
+        stats = await d.run_daily()
+        assert poster.count(1) == 1 and stats.posted == 0 and poster.finds == 0
+        assert (await st.get_daily(s.id)).next_run_at == datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+        clock.t += timedelta(minutes=10)  # lease over: verified through the marker, recorded, not resent
+        stats = await d.run_daily()
+        assert poster.count(1) == 1 and stats.recovered == 1 and poster.finds == 1
+        (rec,) = await st.deliveries(s.id)
+        assert rec.state == "sent" and rec.message_id == poster.messages[1][0]["id"] and rec.attempts == 2
+        assert (await st.get_daily(s.id)).next_run_at == datetime(2026, 6, 2, 9, 0, tzinfo=UTC)
+        await d.run_daily()
+        assert poster.count(1) == 1
+    finally:
+        await st.close()
+
+
+async def test_crash_after_claim_before_send_sends_once_on_restart(url, monkeypatch):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster = FakePoster()
+    st = await Store.open(url)
+    await daily(st, clock)
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+
+    async def die(*a, **k):
+        raise Crash()
+
+    d = dispatcher(st, poster, FakeReports(), clock)
+    monkeypatch.setattr(d.poster, "post", die)
+    with pytest.raises(Crash):
+        await d.run_daily()
+    await st.close()
+    monkeypatch.undo()
+
+    st = await Store.open(url)
+    try:
+        clock.t += timedelta(minutes=15)
+        d2 = dispatcher(st, poster, FakeReports(), clock)
+        stats = await d2.run_daily()
+        assert poster.finds == 1 and stats.posted == 1 and poster.count(1) == 1
+        (m,) = poster.messages[1]
+        (rec,) = await st.deliveries(1)
+        assert m["nonce"] == rec.nonce  # the resend reuses the claim's nonce (Discord dedups it too)
+    finally:
+        await st.close()
+
+
+async def test_crash_left_unverified_past_grace_is_checked_but_never_resent(url):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster = FakePoster()
+    st = await Store.open(url)
+    s = await daily(st, clock)
+    d = await st.get_daily(s.id)
+    await st.claim_delivery(d, date(2026, 6, 1), "BTCUSDT", due_at=d.next_run_at,
+                            now=datetime(2026, 6, 1, 9, 0, tzinfo=UTC), lease=timedelta(minutes=10))
+    await st.close()
+    st = await Store.open(url)
+    try:
+        clock.t = datetime(2026, 6, 1, 14, 0, tzinfo=UTC)
+        await dispatcher(st, poster, FakeReports(), clock).run_daily()
+        (rec,) = await st.deliveries(s.id)
+        assert poster.finds == 1 and poster.count() == 0
+        assert rec.state == "skipped" and "grace" in rec.detail
+        assert (await st.get_daily(s.id)).next_run_at == datetime(2026, 6, 2, 9, 0, tzinfo=UTC)
+    finally:
+        await st.close()
+
+
+async def test_send_error_is_verified_then_retried_once(store):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster = FakePoster(fail={2: 1})
+    for ch in (1, 2, 3):
+        await daily(store, clock, channel=ch)
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    d = dispatcher(store, poster, FakeReports(), clock)
+    stats = await d.run_daily()
+    assert (poster.count(1), poster.count(2), poster.count(3)) == (1, 0, 1)  # one channel failing blocks nobody
+    assert stats.failed == 1 and "503" in stats.errors[0]
+    clock.t += timedelta(seconds=30)
+    stats = await d.run_daily()
+    assert poster.finds == 1 and stats.posted == 1 and poster.count(2) == 1
+    await d.run_daily()
+    assert poster.count() == 3
+
+
+# -- channel gone / permissions ---------------------------------------------------------------------
+
+async def test_channel_gone_or_access_lost_pauses_not_deletes(store):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster = FakePoster(gone={1}, no_access={2})
+    for ch in (1, 2, 3):
+        await daily(store, clock, channel=ch)
+    await daily(store, clock, channel=1, time="12:00")  # same deleted channel, later schedule
+    w = await store.add_watch(G, 2, symbol="BTC", window="7d", exchange="all", created_by=U)
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    stats = await dispatcher(store, poster, FakeReports(), clock).run_daily()
+    assert stats.paused == 4 and poster.count(3) == 1
+    listed = {(x.channel_id, x.local_time): x for x in await store.list_daily(G)}
+    assert len(listed) == 4
+    assert listed[(1, "09:00")].paused_reason.startswith("channel deleted") and listed[(1, "12:00")].paused
+    assert listed[(2, "09:00")].paused_reason == "missing permissions: Missing Access (50001)"
+    assert (await store.get_watch(w.id)).paused
+    recs = await store.deliveries(listed[(1, "09:00")].id)
+    assert recs[0].state == "skipped" and "paused" in recs[0].detail
+    # resuming is one call; the next run is tomorrow's
+    poster.no_access.clear()
+    r = await store.resume_daily(G, listed[(2, "09:00")].id, now=clock())
+    assert r.next_run_at == datetime(2026, 6, 2, 9, 0, tzinfo=UTC)
+    clock.t = r.next_run_at
+    await dispatcher(store, poster, FakeReports(), clock).run_daily()
+    assert poster.count(2) == 1 and poster.count(1) == 0
+
+
+# -- exchange down ----------------------------------------------------------------------------------
+
+async def test_exchange_down_retries_within_grace_then_skips(store):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster, reports = FakePoster(), FakeReports()
+    s = await daily(store, clock, symbols="BTC ETH")
+    reports.down["ETHUSDT"] = "binance: HTTP 503"
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    d = dispatcher(store, poster, reports, clock, tick_s=300)
+    stats = await d.run_daily()
+    assert stats.posted == 1 and stats.deferred == 1 and stats.render_failures == 1
+    assert (await store.get_daily(s.id)).next_run_at == datetime(2026, 6, 1, 9, 0, tzinfo=UTC)  # held
+    clock.t += timedelta(minutes=30)
+    stats = await d.run_daily()
+    assert stats.posted == 0 and stats.deferred == 1 and reports.calls.count(("BTCUSDT", "1d", "all")) == 1
+    del reports.down["ETHUSDT"]  # back up inside the grace window: posted once, late
+    clock.t += timedelta(minutes=30)
+    assert (await d.run_daily()).posted == 1
+    assert [m["png"] for m in poster.messages[1]] == [b"PNG BTCUSDT 1d all", b"PNG ETHUSDT 1d all"]
+    # the next day ETH stays down past the grace window: recorded skipped with the reason
+    reports.down["ETHUSDT"] = "binance: HTTP 503"
+    clock.t = datetime(2026, 6, 2, 9, 0, tzinfo=UTC)
+    while clock() < datetime(2026, 6, 2, 11, 30, tzinfo=UTC):
+        await d.run_daily()
+        clock.t += timedelta(minutes=5)
+    recs = {r.symbol: r for r in await store.deliveries(s.id, date(2026, 6, 2))}
+    assert recs["BTCUSDT"].state == "sent" and recs["ETHUSDT"].state == "skipped"
+    assert "no report within the grace window" in recs["ETHUSDT"].detail and "503" in recs["ETHUSDT"].detail
+    assert (await store.get_daily(s.id)).next_run_at == datetime(2026, 6, 3, 9, 0, tzinfo=UTC)
+    assert poster.count(1) == 3
+
+
+async def test_degraded_map_names_the_missing_venue():
+    reports = FakeReports()
+    reports.missing = {"okx": "HTTP 429 rate limited"}
+    rep = await reports("BTCUSDT", "1d", "all")
+    e = default_embed(rep, "t", "d", "liqmap-d1-2026-06-01-BTCUSDT")
+    assert e["fields"][0]["value"] == "**okx**: HTTP 429 rate limited"
+    assert e["footer"]["text"].endswith("liqmap-d1-2026-06-01-BTCUSDT")
+    assert "binance, bybit" in e["footer"]["text"] and "Estimated" in e["footer"]["text"]
+
+
+# -- skew notices -----------------------------------------------------------------------------------
+
+async def watch(store, channel, symbol="BTC", **kw):
+    return await store.add_watch(G, channel, symbol=symbol, window="7d", exchange="all", created_by=U, **kw)
+
+
+async def test_skew_baseline_then_announce_with_hysteresis_and_cooldown(store):
+    clock = Clock(datetime(2026, 6, 1, 0, 0, tzinfo=UTC))
+    poster, reports = FakePoster(), FakeReports()
+    w = await watch(store, 1, cooldown_s=3600)
+    d = dispatcher(store, poster, reports, clock)
+    reports.ratio["BTCUSDT"] = 1.0
+    st = await d.run_skew()
+    assert st.baselines == 1 and poster.count() == 0  # first observation: recorded, not announced
+    assert (await store.get_watch(w.id)).last_class == "balanced"
+
+    def at(minutes):
+        clock.t = datetime(2026, 6, 1, 0, 0, tzinfo=UTC) + timedelta(minutes=minutes)
+
+    at(15); reports.ratio["BTCUSDT"] = 1.6
+    assert (await d.run_skew()).announced == 1
+    msg = poster.messages[1][-1]
+    assert msg["embed"]["description"] == "BTCUSDT: balanced -> short"
+    assert msg["embed"]["title"] == "BTCUSDT skew: balanced → short-skewed"
+    for minute, r in [(20, 1.45), (25, 1.52), (30, 1.40), (35, 1.5)]:  # hovering inside the exit band: no flap
+        at(minute); reports.ratio["BTCUSDT"] = r
+        assert (await d.run_skew()).unchanged == 1
+    assert poster.count(1) == 1
+    at(60); reports.ratio["BTCUSDT"] = 1.2  # a real change, but within the hour's cooldown (announced at 15)
+    st = await d.run_skew()
+    assert st.cooldown == 1 and poster.count(1) == 1
+    assert (await store.get_watch(w.id)).last_class == "short"
+    at(74)
+    assert (await d.run_skew()).cooldown == 1
+    at(75)  # cooldown over and the change persisted: announced now
+    assert (await d.run_skew()).announced == 1
+    assert poster.messages[1][-1]["embed"]["description"] == "BTCUSDT: short -> balanced"
+
+
+async def test_no_reannounce_after_restart(url):
+    clock = Clock(datetime(2026, 6, 1, 0, 0, tzinfo=UTC))
+    poster, reports = FakePoster(), FakeReports()
+    st = await Store.open(url)
+    await watch(st, 1, cooldown_s=60)
+    reports.ratio["BTCUSDT"] = 1.0
+    await dispatcher(st, poster, reports, clock).run_skew()
+    clock.t += timedelta(minutes=15)
+    reports.ratio["BTCUSDT"] = 3.5
+    assert (await dispatcher(st, poster, reports, clock).run_skew()).announced == 1
+    await st.close()
+    st = await Store.open(url)
+    try:
+        clock.t += timedelta(hours=2)  # well past the cooldown
+        stats = await dispatcher(st, poster, reports, clock).run_skew()
+        assert stats.unchanged == 1 and stats.announced == 0 and poster.count() == 1
+    finally:
+        await st.close()
+
+
+async def test_skew_renders_once_per_key_and_baselines_in_bulk(store):
+    clock = Clock(datetime(2026, 6, 1, 0, 0, tzinfo=UTC))
+    poster, reports = FakePoster(), FakeReports()
+    for ch in range(1, 61):
+        await watch(store, ch, symbol=("BTC", "ETH", "SOL")[ch % 3])
+    d = dispatcher(store, poster, reports, clock)
+    assert (await d.run_skew()).baselines == 60
+    assert len(reports.calls) == 3
+    reports.ratio["ETHUSDT"] = 0.2
+    clock.t += timedelta(minutes=15)
+    stats = await d.run_skew()
+    assert len(reports.calls) == 6 and stats.announced == 20 and stats.unchanged == 40
+    eth = [m["png"] for ch in range(1, 61) for m in poster.messages.get(ch, [])]
+    assert all(p is eth[0] for p in eth)
+
+
+async def test_skew_send_failure_restores_class_and_channel_gone_pauses(store):
+    clock = Clock(datetime(2026, 6, 1, 0, 0, tzinfo=UTC))
+    poster, reports = FakePoster(fail={1: 1}, gone={2}), FakeReports()
+    w1, w2 = await watch(store, 1), await watch(store, 2)
+    d = dispatcher(store, poster, reports, clock)
+    await d.run_skew()
+    reports.ratio["BTCUSDT"] = 4.0
+    clock.t += timedelta(minutes=15)
+    stats = await d.run_skew()
+    assert stats.failed == 1 and stats.paused == 1 and poster.count() == 0
+    got1, got2 = await store.get_watch(w1.id), await store.get_watch(w2.id)
+    assert got1.last_class == "balanced" and got1.last_announced_at is None  # put back: retried next check
+    assert got2.paused and "channel deleted" in got2.paused_reason
+    clock.t += timedelta(minutes=15)
+    assert (await d.run_skew()).announced == 1
+    assert poster.messages[1][0]["embed"]["description"] == "BTCUSDT: balanced -> heavily_short"
+
+
+async def test_skew_nan_ratio_and_report_failure_change_nothing(store):
+    clock = Clock(datetime(2026, 6, 1, 0, 0, tzinfo=UTC))
+    poster, reports = FakePoster(), FakeReports()
+    w = await watch(store, 1)
+    d = dispatcher(store, poster, reports, clock)
+    reports.ratio["BTCUSDT"] = 2.0
+    await d.run_skew()
+    reports.ratio["BTCUSDT"] = math.nan
+    assert (await d.run_skew()).unchanged == 1
+    reports.down["BTCUSDT"] = "every venue down"
+    assert (await d.run_skew()).render_failures == 1
+    assert (await store.get_watch(w.id)).last_class == "short" and poster.count() == 0
+
+
+# -- the loop ---------------------------------------------------------------------------------------
+
+async def test_one_loop_ticks_daily_and_skew_on_their_own_intervals(store):
+    clock = Clock(datetime(2026, 6, 1, 8, 50, tzinfo=UTC))
+    poster, reports = FakePoster(), FakeReports()
+    await daily(store, clock)
+    await watch(store, 9)
+    d = dispatcher(store, poster, reports, clock, tick_s=60, skew_interval_s=900)
+    stop = asyncio.Event()
+    ticks = 0
+
+    async def sleep(seconds):
+        nonlocal ticks
+        ticks += 1
+        clock.t += timedelta(seconds=seconds)
+        if ticks >= 60:
+            stop.set()
+
+    d.sleep = sleep
+    await d.run(stop)
+    assert poster.count(1) == 1
+    skew_calls = [c for c in reports.calls if c[1] == "7d"]
+    assert len(skew_calls) == 4  # minutes 0, 15, 30, 45 of the hour simulated
+
+
+async def test_a_failing_tick_does_not_stop_the_loop(store, monkeypatch, caplog):
+    clock = Clock(datetime(2026, 6, 1, 9, 0, tzinfo=UTC))
+    d = dispatcher(store, FakePoster(), FakeReports(), clock)
+    calls = 0
+
+    async def broken(now):
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(store, "due_daily", broken)
+    stop = asyncio.Event()
+
+    async def sleep(seconds):
+        clock.t += timedelta(seconds=seconds)
+        if calls >= 3:
+            stop.set()
+
+    d.sleep = sleep
+    await d.run(stop)
+    assert calls == 3 and "daily dispatch tick failed" in caplog.text
+
+
+async def test_start_and_stop_background_task(store):
+    d = make_dispatcher(store, SimpleNamespace(report=FakeReports()), FakePoster(),
+                        SimpleNamespace(schedule=SimpleNamespace(daily_grace_minutes=90, watch_interval_minutes=5)))
+    assert d.params.grace == timedelta(minutes=90) and d.params.skew_interval_s == 300
+    task = d.start()
+    assert d.start() is task
+    await asyncio.sleep(0.05)
+    await d.stop()
+    assert task.done()
+
+
+def test_params_validation():
+    with pytest.raises(ValueError):
+        DispatcherParams(tick_s=0)
+    with pytest.raises(ValueError):
+        DispatcherParams(grace=timedelta(minutes=-1))
+
+
+def test_skew_classes_used_by_notices_exist():
+    assert set(SKEW_CLASSES) == {"heavily_short", "short", "balanced", "long", "heavily_long"}
