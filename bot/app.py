@@ -114,6 +114,10 @@ def error_message(error: BaseException) -> tuple[str, bool]:
     if isinstance(error, app_commands.BotMissingPermissions):
         names = ", ".join(p.replace("_", " ").title() for p in error.missing_permissions)
         return f"I am missing the {names} permission here.", False
+    if isinstance(error, app_commands.TransformerError):
+        if error.type is discord.AppCommandOptionType.channel:
+            return "I can't use that channel: I need to see it (View Channel), and it must be a text channel.", False
+        return f"{str(error.value)[:40]!r} is not a valid {error.type.name} here.", False
     if isinstance(error, app_commands.NoPrivateMessage):
         return "This command works in servers only.", False
     if isinstance(error, app_commands.CheckFailure):
@@ -219,9 +223,15 @@ class LiqmapBot(commands.Bot):
             return
         self.scheduler = self._make_scheduler()
         if self.mode == "run":
-            if self.scheduler is not None:
-                self.scheduler.start()
             await self.sync_commands()
+            if self.scheduler is not None:
+                self.loop.create_task(self._start_dispatcher(), name="liqmap-start-dispatcher")
+
+    async def _start_dispatcher(self) -> None:
+        # After READY the channel cache is complete, so the poster can check permissions first.
+        await self.wait_until_ready()
+        self.scheduler.start()
+        log.info("dispatcher started")
 
     async def _open_store(self) -> Any:
         """Open the database and run its migrations (exchanges limited to the configured venues)."""
@@ -234,15 +244,10 @@ class LiqmapBot(commands.Bot):
         )
 
     def _make_scheduler(self) -> Any:
-        if self.store is None:
-            return None
-        try:
-            from . import scheduler as sched_mod
-            from .poster import DiscordPoster
-        except ImportError:
-            log.warning("bot.scheduler is not available; daily posts and notices are disabled")
-            return None
-        return sched_mod.make_dispatcher(self.store, self.service, DiscordPoster(self), self.settings)
+        from .poster import DiscordPoster
+        from .scheduler import make_dispatcher
+
+        return make_dispatcher(self.store, self.service, DiscordPoster(self), self.settings)
 
     async def close(self) -> None:
         if self.symbols is not None:

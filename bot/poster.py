@@ -1,19 +1,39 @@
 """How a finished report becomes a Discord message: the embed, the PNG attachment, the sender.
 
-:func:`report_embed` is shared by ``/liqmap``, daily posts and skew notices. The PNG is always
-attached as ``liqmap.png`` and shown in the embed through ``attachment://liqmap.png``; every send
-gets a fresh :class:`discord.File` over the same bytes (a File is consumed by one send).
+:func:`report_embed` builds the ``/liqmap`` embed. :class:`DiscordPoster` is the discord.py
+implementation of the dispatcher's :class:`~bot.scheduler.Poster`: it sends daily reports and
+skew notices to channels. The PNG is attached as ``liqmap.png`` and shown in the embed through
+``attachment://liqmap.png``; every send gets a fresh :class:`discord.File` over the same bytes (a
+File is consumed by one send). Messages never ping anyone.
+
+Failures the dispatcher acts on: a deleted or invisible channel raises
+:class:`~bot.scheduler.ChannelGone`; a missing permission raises
+:class:`~bot.scheduler.MissingAccess` naming it. Both pause the subscriptions of that channel. The
+permissions are checked from the cache *before* sending, because without Embed Links Discord
+would accept the message and silently drop its embed.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from datetime import datetime, timezone
 from typing import Any
 
 import discord
 
-__all__ = ["ATTACHMENT", "report_embed", "png_file", "footer_text", "SKEW_COLOURS"]
+__all__ = [
+    "ATTACHMENT",
+    "report_embed",
+    "png_file",
+    "footer_text",
+    "SKEW_COLOURS",
+    "REQUIRED_CHANNEL_PERMISSIONS",
+    "missing_channel_permissions",
+    "DiscordPoster",
+]
+
+log = logging.getLogger(__name__)
 
 ATTACHMENT = "liqmap.png"
 EMBED_DESCRIPTION_MAX = 4096
@@ -62,3 +82,98 @@ def report_embed(report: Any, *, title: str | None = None, description: str | No
         embed.add_field(name="Missing venues (map built without them)", value=_clip(lines, EMBED_FIELD_MAX), inline=False)
     embed.set_footer(text=_clip(footer_text(report), 2048))
     return embed
+
+
+# What the bot needs in a channel it posts reports to, in the order shown to users.
+REQUIRED_CHANNEL_PERMISSIONS: tuple[tuple[str, str], ...] = (
+    ("view_channel", "View Channel"),
+    ("send_messages", "Send Messages"),
+    ("embed_links", "Embed Links"),
+    ("attach_files", "Attach Files"),
+)
+
+# Discord JSON error codes (https://discord.com/developers/docs/topics/opcodes-and-status-codes)
+UNKNOWN_CHANNEL = 10003
+MISSING_ACCESS = 50001
+
+
+def missing_channel_permissions(perms: discord.Permissions, *, thread: bool = False) -> list[str]:
+    """Human names of the required permissions ``perms`` lacks (threads need Send Messages in Threads)."""
+    needed = list(REQUIRED_CHANNEL_PERMISSIONS)
+    if thread:
+        needed[1] = ("send_messages_in_threads", "Send Messages in Threads")
+    return [label for attr, label in needed if not getattr(perms, attr)]
+
+
+class DiscordPoster:
+    """Sends the dispatcher's posts with discord.py (implements :class:`bot.scheduler.Poster`).
+
+    ``history_limit`` is how many recent messages :meth:`find_marker` reads; reading them needs
+    Read Message History, without which an interrupted post cannot be verified and the
+    subscription is paused with that reason instead of risking a duplicate.
+    """
+
+    def __init__(self, client: discord.Client, *, history_limit: int = 100) -> None:
+        self.client = client
+        self.history_limit = history_limit
+
+    def _target(self, channel_id: int, *, history: bool = False) -> Any:
+        from .scheduler import ChannelGone, MissingAccess
+
+        channel = self.client.get_channel(channel_id)
+        if channel is None:
+            # Not cached (deleted, hidden, or its guild is unavailable right now): let Discord
+            # answer, and act only on its 404/403, never on an empty cache.
+            return self.client.get_partial_messageable(channel_id)
+        guild = getattr(channel, "guild", None)
+        if guild is not None and guild.me is not None:
+            perms = channel.permissions_for(guild.me)
+            if not perms.view_channel:
+                raise ChannelGone(f"I can no longer see #{channel.name}")
+            missing = missing_channel_permissions(perms, thread=isinstance(channel, discord.Thread))
+            if history and not perms.read_message_history:
+                missing.append("Read Message History (needed to check an interrupted post)")
+            if missing:
+                raise MissingAccess(f"missing {', '.join(missing)} in #{channel.name}")
+        return channel
+
+    @staticmethod
+    def _translate(exc: discord.HTTPException, channel_id: int) -> Exception:
+        from .scheduler import ChannelGone, MissingAccess
+
+        if isinstance(exc, discord.NotFound):
+            return ChannelGone(f"channel {channel_id} not found (Discord {exc.code or 404})")
+        if exc.code == MISSING_ACCESS:
+            return ChannelGone(f"no access to channel {channel_id} (Discord {MISSING_ACCESS})")
+        return MissingAccess(f"Discord refused the post in channel {channel_id}: {exc.text or exc.status}"[:200])
+
+    async def post(self, channel_id: int, *, content: str | None, embed: dict | None, png: bytes,
+                   filename: str = ATTACHMENT, nonce: str) -> int:
+        """Send one message (fresh attachment over ``png``) and return its id."""
+        channel = self._target(channel_id)
+        try:
+            message = await channel.send(
+                content=content,
+                embed=discord.Embed.from_dict(embed) if embed else None,
+                file=discord.File(io.BytesIO(png), filename=filename),
+                nonce=nonce,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+        except (discord.NotFound, discord.Forbidden) as exc:
+            raise self._translate(exc, channel_id) from exc
+        return message.id
+
+    async def find_marker(self, channel_id: int, marker: str) -> int | None:
+        """Id of a recent message of ours whose embed footer (or content) contains ``marker``."""
+        channel = self._target(channel_id, history=True)
+        me = self.client.user.id if self.client.user else None
+        try:
+            async for message in channel.history(limit=self.history_limit):
+                if me is not None and message.author.id != me:
+                    continue
+                texts = [message.content or ""] + [(e.footer.text or "") for e in message.embeds]
+                if any(marker in t for t in texts):
+                    return message.id
+        except (discord.NotFound, discord.Forbidden) as exc:
+            raise self._translate(exc, channel_id) from exc
+        return None

@@ -129,11 +129,15 @@ class _Blank(dict):
 
 
 class RestRecorder:
-    """Stands in for ``HTTPClient.request``: records the route and body, returns a created message."""
+    """Stands in for ``HTTPClient.request``: records the route and body, returns a created message.
+
+    ``fail(call)`` may return an exception to raise; ``respond(call)`` may return a JSON answer.
+    """
 
     def __init__(self) -> None:
         self.calls: list[Call] = []
         self.fail: Callable[[Call], BaseException | None] | None = None
+        self.respond: Callable[[Call], Any] | None = None
 
     async def __call__(self, route: Any, *, files: Any = None, form: Any = None, **kwargs: Any) -> Any:
         body = kwargs.get("json")
@@ -152,6 +156,10 @@ class RestRecorder:
             exc = self.fail(call)
             if exc is not None:
                 raise exc
+        if self.respond is not None:
+            answer = self.respond(call)
+            if answer is not None:
+                return answer
         if route.method == "POST" and "/messages" in call.path:
             return message_payload(body or {}, channel_id=int(route.channel_id))
         return {}
@@ -170,7 +178,7 @@ def http_error(cls: type[discord.HTTPException], status: int, code: int, message
 
 def guild_create_payload(*, bot_perms: discord.Permissions = BOT_PERMS) -> dict[str, Any]:
     """A GUILD_CREATE as the gateway sends it to a bot without the members intent."""
-    deny_locked = P(send_messages=True, attach_files=True)
+    deny_locked = P(embed_links=True, attach_files=True)
     return {
         "id": str(GUILD_ID), "name": "Traders", "owner_id": "1", "icon": None, "splash": None,
         "discovery_splash": None, "afk_channel_id": None, "afk_timeout": 300, "verification_level": 0,
@@ -281,8 +289,9 @@ def interaction_payload(
 class Harness:
     """A set-up bot plus recorders; ``await h.dispatch(payload)`` runs one interaction to completion."""
 
-    def __init__(self, bot: Any) -> None:
+    def __init__(self, bot: Any, *, bot_perms: discord.Permissions = BOT_PERMS) -> None:
         self.bot = bot
+        self.bot_perms = bot_perms
         self.web = WebhookRecorder()
         self.rest = RestRecorder()
 
@@ -299,7 +308,7 @@ class Harness:
         bot.http.request = self.rest  # type: ignore[method-assign]
         self._token = async_context.set(self.web)
         await bot.setup_hook()
-        state.parse_guild_create(guild_create_payload())
+        state.parse_guild_create(guild_create_payload(bot_perms=self.bot_perms))
         return self
 
     async def stop(self) -> None:
@@ -335,7 +344,7 @@ class StubSource:
 
 
 async def make_harness(db_path: Any, *, sources: dict[str, Any] | None = None, cogs: tuple[str, ...] | None = None,
-                       **overrides: Any) -> Harness:
+                       bot_perms: discord.Permissions = BOT_PERMS, **overrides: Any) -> Harness:
     """A started :class:`Harness` over the bundled sample (or ``sources``) and a SQLite file."""
     from analysis.report import ReportService
     from analysis.sources.registry import make_sources
@@ -347,7 +356,7 @@ async def make_harness(db_path: Any, *, sources: dict[str, Any] | None = None, c
     service = ReportService(sources or make_sources("sample"), ttl=settings.schedule.report_ttl_seconds)
     bot = LiqmapBot(settings, mode="dry-run", service=service, cogs=cogs or COGS,
                     sync_state_path=Path(str(db_path)).with_suffix(".sync.json"))
-    harness = Harness(bot)
+    harness = Harness(bot, bot_perms=bot_perms)
     await harness.start()
     await bot.symbols.wait()
     return harness

@@ -20,6 +20,8 @@ from analysis.errors import InputError, LiqmapError
 from analysis.symbols import parse_symbol
 from analysis.windows import WINDOWS
 
+from ..poster import REQUIRED_CHANNEL_PERMISSIONS, missing_channel_permissions
+
 __all__ = [
     "WINDOW_CHOICES",
     "exchange_choices",
@@ -138,23 +140,6 @@ class SymbolIndex:
             return (tier, _MAJOR_RANK.get(s, len(_MAJORS)), s)
 
         return [(s, sorted(pool[s])) for s in sorted(hits, key=rank)[:limit]]
-
-
-# What the bot needs in a channel it posts reports to, in the order shown to users.
-REQUIRED_CHANNEL_PERMISSIONS: tuple[tuple[str, str], ...] = (
-    ("view_channel", "View Channel"),
-    ("send_messages", "Send Messages"),
-    ("embed_links", "Embed Links"),
-    ("attach_files", "Attach Files"),
-)
-
-
-def missing_channel_permissions(perms: discord.Permissions, *, thread: bool = False) -> list[str]:
-    """Human names of the required permissions ``perms`` lacks (threads need Send Messages in Threads)."""
-    needed = list(REQUIRED_CHANNEL_PERMISSIONS)
-    if thread:
-        needed[1] = ("send_messages_in_threads", "Send Messages in Threads")
-    return [label for attr, label in needed if not getattr(perms, attr)]
 
 
 def require_manage_guild(interaction: discord.Interaction) -> None:

@@ -1,0 +1,191 @@
+"""``/daily set|list|remove|resume``: daily liquidation-map reports posted to a channel.
+
+For people with Manage Server (hidden from others by ``default_permissions`` and checked again at
+runtime). Options are validated before anything is stored, and refusals say what would be valid.
+Creating a schedule also checks the bot's own permissions in the target channel. The dispatcher
+(``bot/scheduler.py``) posts each report once per local day; a schedule whose channel vanished or
+whose permissions were removed is paused with the reason, shown by ``/daily list`` and undone by
+``/daily resume``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from analysis.errors import InputError
+from analysis.windows import parse_window
+
+from ..app import NO_MENTIONS
+from . import WINDOW_CHOICES, ManagerGroup, check_target_channel, exchange_choices, timezone_choices
+
+__all__ = ["DailyCog", "describe_schedule", "setup"]
+
+log = logging.getLogger(__name__)
+
+AUTOCOMPLETE_TIMEOUT = 2.0  # Discord drops autocomplete answers after 3 s
+
+
+def _ts(at: datetime | None, style: str = "f") -> str:
+    if at is None:
+        return "?"
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=timezone.utc)
+    return f"<t:{int(at.timestamp())}:{style}>"
+
+
+def describe_schedule(s: Any) -> str:
+    """One list line: id, symbols, window, exchange, local time and zone, channel, next run or pause."""
+    head = (f"`#{s.id}` **{', '.join(s.symbols)}** · {s.window} · {s.exchange} · "
+            f"{s.local_time} {s.timezone} → <#{s.channel_id}>")
+    if s.paused:
+        return f"{head}\n  ⏸ paused since {_ts(s.paused_at, 'R')}: {s.paused_reason} — `/daily resume id:{s.id}`"
+    return f"{head}\n  next: {_ts(s.next_run_at)} ({_ts(s.next_run_at, 'R')})"
+
+
+async def _reply(interaction: discord.Interaction, text: str) -> None:
+    await interaction.followup.send(text[:2000], ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
+class DailyCog(commands.Cog):
+    """The ``/daily`` command group."""
+
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        self.group = self._build_group()
+
+    @property
+    def store(self) -> Any:
+        store = getattr(self.bot, "store", None)
+        if store is None:
+            raise InputError("daily reports are not available: the bot has no database configured")
+        return store
+
+    def _build_group(self) -> app_commands.Group:
+        cog = self
+        service = self.bot.service  # type: ignore[attr-defined]
+        group = ManagerGroup(name="daily", description="Daily liquidation-map reports posted to a channel")
+
+        @group.command(name="set", description="Post a daily liquidation-map report to a channel at a local time")
+        @app_commands.describe(
+            channel="Channel to post the report in",
+            time="Local time of day, 24-hour HH:MM, e.g. 09:30",
+            timezone="Your timezone (IANA name), e.g. Europe/London; start typing to search",
+            symbols="Up to 5 perpetuals, comma-separated, e.g. BTC, ETH, SOL (default BTC)",
+            window="How far back open-interest flow is read (default 1 day)",
+            exchange="Which exchange's data to use (default: all exchanges combined)",
+        )
+        @app_commands.choices(window=WINDOW_CHOICES, exchange=exchange_choices(service.venues))
+        async def daily_set(interaction: discord.Interaction, channel: discord.TextChannel, time: str,
+                            timezone: str, symbols: str = "BTC", window: str = "1d", exchange: str = "all") -> None:
+            await cog.do_set(interaction, channel, time, timezone, symbols, window, exchange)
+
+        @daily_set.autocomplete("timezone")
+        async def tz_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+            return timezone_choices(current)
+
+        @group.command(name="list", description="Show this server's daily reports, including paused ones")
+        async def daily_list(interaction: discord.Interaction) -> None:
+            await cog.do_list(interaction)
+
+        @group.command(name="remove", description="Stop and delete a daily report")
+        @app_commands.describe(id="The report's number, as shown by /daily list")
+        async def daily_remove(interaction: discord.Interaction, id: app_commands.Range[int, 1, None]) -> None:
+            await cog.do_remove(interaction, id)
+
+        @group.command(name="resume", description="Resume a paused daily report (after fixing the channel or permissions)")
+        @app_commands.describe(id="The report's number, as shown by /daily list")
+        async def daily_resume(interaction: discord.Interaction, id: app_commands.Range[int, 1, None]) -> None:
+            await cog.do_resume(interaction, id)
+
+        daily_remove.autocomplete("id")(cog.id_autocomplete)
+        daily_resume.autocomplete("id")(cog.id_autocomplete)
+        return group
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.group)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.group.name)
+
+    async def id_autocomplete(self, interaction: discord.Interaction, current: int | str) -> list[app_commands.Choice[int]]:
+        if interaction.guild_id is None or getattr(self.bot, "store", None) is None:
+            return []
+        try:
+            items = await asyncio.wait_for(self.store.list_daily(interaction.guild_id), AUTOCOMPLETE_TIMEOUT)
+        except Exception as exc:  # an autocomplete answer is best effort
+            log.warning("daily id autocomplete failed: %s", exc)
+            return []
+        typed = str(current or "").strip()
+        out = []
+        for s in items:
+            if typed and not str(s.id).startswith(typed):
+                continue
+            state = "paused" if s.paused else f"{s.local_time} {s.timezone}"
+            out.append(app_commands.Choice(name=f"#{s.id} {', '.join(s.symbols)} {s.window} · {state}"[:100], value=s.id))
+        return out[:25]
+
+    async def do_set(self, interaction: discord.Interaction, channel: discord.TextChannel, time: str, tz: str,
+                  symbols: str, window: str, exchange: str) -> None:
+        from ..store import parse_symbols, parse_time, parse_timezone
+
+        store = self.store
+        hhmm, zone, syms = parse_time(time), parse_timezone(tz), parse_symbols(symbols)
+        win = parse_window(window).label
+        self.bot.service.resolve_venues(exchange)  # type: ignore[attr-defined]
+        check_target_channel(interaction, channel)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        s = await store.add_daily(
+            interaction.guild_id, channel.id, symbols=syms, window=win, exchange=exchange, time=hhmm,
+            timezone=zone, created_by=interaction.user.id,
+        )
+        log.info("guild %s added daily report %s", interaction.guild_id, s.id)
+        await _reply(interaction, f"Daily report set.\n{describe_schedule(s)}")
+
+    async def do_list(self, interaction: discord.Interaction) -> None:
+        store = self.store
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        items = await store.list_daily(interaction.guild_id)
+        if not items:
+            await _reply(interaction, "No daily reports yet. Create one with `/daily set`.")
+            return
+        cap = store.max_per_guild
+        used = await store.count_subscriptions(interaction.guild_id)
+        lines = [describe_schedule(s) for s in items]
+        text = f"**Daily reports** ({used}/{cap} subscriptions used in this server)\n" + "\n".join(lines)
+        await _reply(interaction, text if len(text) <= 2000 else text[:1990] + "\n…")
+
+    async def do_remove(self, interaction: discord.Interaction, schedule_id: int) -> None:
+        store = self.store
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        s = await store.remove_daily(interaction.guild_id, schedule_id)
+        log.info("guild %s removed daily report %s", interaction.guild_id, s.id)
+        await _reply(interaction, f"Removed daily report `#{s.id}` ({', '.join(s.symbols)} → <#{s.channel_id}>).")
+
+    async def do_resume(self, interaction: discord.Interaction, schedule_id: int) -> None:
+        store = self.store
+        current = await store.get_daily(schedule_id)
+        if current is None or current.guild_id != interaction.guild_id:
+            raise InputError(f"this server has no daily report with id {schedule_id}; /daily list shows the ids")
+        channel = interaction.guild.get_channel_or_thread(current.channel_id) if interaction.guild else None
+        if channel is None:
+            raise InputError(f"the channel of report #{schedule_id} no longer exists or I can't see it; "
+                             "remove the report and set it again for another channel")
+        check_target_channel(interaction, channel)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if not current.paused:
+            await _reply(interaction, f"Daily report `#{schedule_id}` is not paused.\n{describe_schedule(current)}")
+            return
+        s = await store.resume_daily(interaction.guild_id, schedule_id)
+        log.info("guild %s resumed daily report %s", interaction.guild_id, s.id)
+        await _reply(interaction, f"Resumed.\n{describe_schedule(s)}")
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(DailyCog(bot))

@@ -1,0 +1,212 @@
+"""``/skew-alerts subscribe|list|unsubscribe|resume``: notices when a symbol's skew class changes.
+
+For people with Manage Server. The dispatcher recomputes subscribed symbols every
+``LIQMAP_WATCH_INTERVAL_MINUTES`` and classifies the skew (short/long notional near price) with
+hysteresis: a class is entered at the ``mild``/``heavy`` ratios and left only past the lower exit
+ratios, with a cooldown per (channel, symbol). The last announced class is stored, so a restart
+does not announce again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from analysis.errors import InputError
+from analysis.hysteresis import HysteresisParams
+from analysis.metrics import SKEW_CLASSES
+from analysis.symbols import parse_symbol
+from analysis.windows import parse_window
+
+from ..app import NO_MENTIONS
+from . import WINDOW_CHOICES, ManagerGroup, SymbolIndex, check_target_channel, exchange_choices, symbol_choices
+
+__all__ = ["NoticesCog", "describe_watch", "setup"]
+
+log = logging.getLogger(__name__)
+
+AUTOCOMPLETE_TIMEOUT = 2.0
+
+
+def describe_watch(w: Any) -> str:
+    """One list line: id, symbol, window, exchange, channel, thresholds, last class or pause."""
+    p = w.params
+    head = f"`#{w.id}` **{w.symbol}** · {w.window} · {w.exchange} → <#{w.channel_id}>"
+    detail = (f"mild {p.mild:g}× (exit {p.exit_mild:.3g}×) · heavy {p.heavy:g}× (exit {p.exit_heavy:.3g}×) · "
+              f"cooldown {w.cooldown_s // 60} min")
+    if w.paused:
+        when = f"<t:{int(w.paused_at.timestamp())}:R>" if w.paused_at else "?"
+        return f"{head}\n  ⏸ paused since {when}: {w.paused_reason} — `/skew-alerts resume id:{w.id}`\n  {detail}"
+    last = SKEW_CLASSES[w.last_class].label if w.last_class in SKEW_CLASSES else "not measured yet"
+    ratio = f" (ratio {w.last_ratio:.2f})" if w.last_ratio is not None else ""
+    return f"{head}\n  now: {last}{ratio} · {detail}"
+
+
+async def _reply(interaction: discord.Interaction, text: str) -> None:
+    await interaction.followup.send(text[:2000], ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
+Ratio = app_commands.Range[float, 1.01, 100.0]
+
+
+class NoticesCog(commands.Cog):
+    """The ``/skew-alerts`` command group."""
+
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+        self.group = self._build_group()
+
+    @property
+    def store(self) -> Any:
+        store = getattr(self.bot, "store", None)
+        if store is None:
+            raise InputError("skew alerts are not available: the bot has no database configured")
+        return store
+
+    def _build_group(self) -> app_commands.Group:
+        cog = self
+        service = self.bot.service  # type: ignore[attr-defined]
+        index: SymbolIndex = self.bot.symbols  # type: ignore[attr-defined]
+        group = ManagerGroup(name="skew-alerts", description="Notices in a channel when a symbol's liquidation skew changes")
+
+        @group.command(name="subscribe", description="Post a notice in a channel whenever a symbol's skew class changes")
+        @app_commands.describe(
+            channel="Channel to post the notices in",
+            symbol="Perpetual to watch, e.g. BTC or ETHUSDT",
+            window="Map window the skew is read from (default 7 days)",
+            exchange="Which exchange's data to use (default: all exchanges combined)",
+            mild="Short/long ratio that counts as skewed (default 1.5: 1.5x more on one side)",
+            heavy="Ratio that counts as heavily skewed (default 3)",
+            mild_exit="Ratio below which 'skewed' ends again (default mild / 1.1)",
+            heavy_exit="Ratio below which 'heavily skewed' ends again (default heavy / 1.1)",
+            cooldown_minutes="Minimum minutes between two notices for this symbol here (default 60)",
+        )
+        @app_commands.choices(window=WINDOW_CHOICES, exchange=exchange_choices(service.venues))
+        async def subscribe(
+            interaction: discord.Interaction,
+            channel: discord.TextChannel,
+            symbol: str,
+            window: str = "7d",
+            exchange: str = "all",
+            mild: Ratio | None = None,
+            heavy: Ratio | None = None,
+            mild_exit: Ratio | None = None,
+            heavy_exit: Ratio | None = None,
+            cooldown_minutes: app_commands.Range[int, 1, 7 * 24 * 60] | None = None,
+        ) -> None:
+            await cog.do_subscribe(interaction, channel, symbol, window, exchange, mild, heavy, mild_exit,
+                                   heavy_exit, cooldown_minutes)
+
+        @subscribe.autocomplete("symbol")
+        async def symbol_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+            return symbol_choices(index, service, current, getattr(interaction.namespace, "exchange", None))
+
+        @group.command(name="list", description="Show this server's skew alerts, including paused ones")
+        async def alerts_list(interaction: discord.Interaction) -> None:
+            await cog.do_list(interaction)
+
+        @group.command(name="unsubscribe", description="Stop and delete a skew alert")
+        @app_commands.describe(id="The alert's number, as shown by /skew-alerts list")
+        async def unsubscribe(interaction: discord.Interaction, id: app_commands.Range[int, 1, None]) -> None:
+            await cog.do_unsubscribe(interaction, id)
+
+        @group.command(name="resume", description="Resume a paused skew alert (after fixing the channel or permissions)")
+        @app_commands.describe(id="The alert's number, as shown by /skew-alerts list")
+        async def resume(interaction: discord.Interaction, id: app_commands.Range[int, 1, None]) -> None:
+            await cog.do_resume(interaction, id)
+
+        unsubscribe.autocomplete("id")(cog.id_autocomplete)
+        resume.autocomplete("id")(cog.id_autocomplete)
+        return group
+
+    async def cog_load(self) -> None:
+        self.bot.tree.add_command(self.group)
+
+    async def cog_unload(self) -> None:
+        self.bot.tree.remove_command(self.group.name)
+
+    async def id_autocomplete(self, interaction: discord.Interaction, current: int | str) -> list[app_commands.Choice[int]]:
+        if interaction.guild_id is None or getattr(self.bot, "store", None) is None:
+            return []
+        try:
+            items = await asyncio.wait_for(self.store.list_watches(interaction.guild_id), AUTOCOMPLETE_TIMEOUT)
+        except Exception as exc:
+            log.warning("skew alert id autocomplete failed: %s", exc)
+            return []
+        typed = str(current or "").strip()
+        out = []
+        for w in items:
+            if typed and not str(w.id).startswith(typed):
+                continue
+            state = " · paused" if w.paused else ""
+            out.append(app_commands.Choice(name=f"#{w.id} {w.symbol} {w.window} {w.exchange}{state}"[:100], value=w.id))
+        return out[:25]
+
+    async def do_subscribe(self, interaction: discord.Interaction, channel: discord.TextChannel, symbol: str,
+                           window: str, exchange: str, mild: float | None, heavy: float | None,
+                           mild_exit: float | None, heavy_exit: float | None, cooldown_minutes: int | None) -> None:
+        store = self.store
+        sym = parse_symbol(symbol).symbol
+        win = parse_window(window).label
+        venues = self.bot.service.resolve_venues(exchange)  # type: ignore[attr-defined]
+        known = self.bot.symbols.known(venues)  # type: ignore[attr-defined]
+        if known is not None and sym not in known:
+            raise InputError(f"{sym} is not listed on {exchange if exchange != 'all' else ', '.join(venues)}")
+        kw: dict[str, float] = {k: v for k, v in (("mild", mild), ("heavy", heavy)) if v is not None}
+        HysteresisParams(exit_mild=mild_exit, exit_heavy=heavy_exit, **kw)  # says what is wrong, before storing
+        check_target_channel(interaction, channel)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        w = await store.add_watch(
+            interaction.guild_id, channel.id, symbol=sym, window=win, exchange=exchange, created_by=interaction.user.id,
+            mild=mild, heavy=heavy, exit_mild=mild_exit, exit_heavy=heavy_exit,
+            cooldown_s=None if cooldown_minutes is None else int(cooldown_minutes) * 60,
+        )
+        log.info("guild %s added skew alert %s", interaction.guild_id, w.id)
+        await _reply(interaction, "Skew alert set. The first check records the current class; "
+                                  f"a notice follows when it changes.\n{describe_watch(w)}")
+
+    async def do_list(self, interaction: discord.Interaction) -> None:
+        store = self.store
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        items = await store.list_watches(interaction.guild_id)
+        if not items:
+            await _reply(interaction, "No skew alerts yet. Create one with `/skew-alerts subscribe`.")
+            return
+        used = await store.count_subscriptions(interaction.guild_id)
+        text = (f"**Skew alerts** ({used}/{store.max_per_guild} subscriptions used in this server)\n"
+                + "\n".join(describe_watch(w) for w in items))
+        await _reply(interaction, text if len(text) <= 2000 else text[:1990] + "\n…")
+
+    async def do_unsubscribe(self, interaction: discord.Interaction, watch_id: int) -> None:
+        store = self.store
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        w = await store.remove_watch(interaction.guild_id, watch_id)
+        log.info("guild %s removed skew alert %s", interaction.guild_id, w.id)
+        await _reply(interaction, f"Removed skew alert `#{w.id}` ({w.symbol} → <#{w.channel_id}>).")
+
+    async def do_resume(self, interaction: discord.Interaction, watch_id: int) -> None:
+        store = self.store
+        current = await store.get_watch(watch_id)
+        if current is None or current.guild_id != interaction.guild_id:
+            raise InputError(f"this server has no skew alert with id {watch_id}; /skew-alerts list shows the ids")
+        channel = interaction.guild.get_channel_or_thread(current.channel_id) if interaction.guild else None
+        if channel is None:
+            raise InputError(f"the channel of alert #{watch_id} no longer exists or I can't see it; "
+                             "unsubscribe and subscribe again for another channel")
+        check_target_channel(interaction, channel)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        if not current.paused:
+            await _reply(interaction, f"Skew alert `#{watch_id}` is not paused.\n{describe_watch(current)}")
+            return
+        w = await store.resume_watch(interaction.guild_id, watch_id)
+        log.info("guild %s resumed skew alert %s", interaction.guild_id, w.id)
+        await _reply(interaction, f"Resumed. The next check records a fresh baseline.\n{describe_watch(w)}")
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(NoticesCog(bot))

@@ -1,0 +1,218 @@
+"""Dispatch-level tests of /daily and /skew-alerts: permissions, validation, caps, list/remove/resume.
+
+Gateway-shaped interactions go through discord.py's real CommandTree against a real SQLite store;
+the bot's HTTP calls are captured (see ``bot_harness``).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from bot_harness import (
+    DISCORD_OK,
+    GUILD_ID,
+    LOCKED_CHANNEL_ID,
+    MANAGER_PERMS,
+    MEMBER_PERMS,
+    OTHER_CHANNEL_ID,
+    PINNED,
+    Channel,
+    interaction_payload,
+    make_harness,
+)
+
+pytestmark = pytest.mark.skipif(not DISCORD_OK, reason=f"harness uses discord.py internals pinned to {PINNED}")
+
+EPHEMERAL = 64
+REPORTS = Channel(OTHER_CHANNEL_ID, "market-reports")
+LOCKED = Channel(LOCKED_CHANNEL_ID, "announcements")
+
+
+@pytest.fixture
+async def h(tmp_path):
+    harness = await make_harness(tmp_path / "bot.db", guild_subscription_cap=3)
+    yield harness
+    await harness.stop()
+
+
+def daily(sub: str, perms=MANAGER_PERMS, **options):
+    return interaction_payload("daily", options, sub=sub, perms=perms)
+
+
+def alerts(sub: str, perms=MANAGER_PERMS, **options):
+    return interaction_payload("skew-alerts", options, sub=sub, perms=perms)
+
+
+def refusal(calls) -> str:
+    """The text of an immediate ephemeral refusal (callback type 4, flags 64)."""
+    assert len(calls) == 1, [c.path for c in calls]
+    body = calls[0].body
+    assert body["type"] == 4 and body["data"]["flags"] == EPHEMERAL, body
+    assert body["data"]["allowed_mentions"] == {"parse": []}
+    return body["data"]["content"]
+
+
+def answer(calls) -> str:
+    """The text of an ephemeral defer + followup."""
+    assert [c.method for c in calls] == ["POST", "POST"], [c.path for c in calls]
+    assert calls[0].body == {"type": 5, "data": {"flags": EPHEMERAL}}
+    assert calls[1].body["flags"] & EPHEMERAL
+    return calls[1].body["content"]
+
+
+async def test_daily_set_stores_the_schedule_and_confirms(h):
+    text = answer(await h.dispatch(daily("set", channel=REPORTS, time="9:30", timezone="europe/london",
+                                         symbols="btc, ETHUSDT", window="7d")))
+    assert text.startswith("Daily report set.") and "BTCUSDT, ETHUSDT" in text and "09:30 Europe/London" in text
+    assert f"<#{OTHER_CHANNEL_ID}>" in text and "next: <t:" in text
+    (s,) = await h.bot.store.list_daily(GUILD_ID)
+    assert (s.channel_id, s.symbols, s.window, s.local_time, s.timezone) == (
+        OTHER_CHANNEL_ID, ("BTCUSDT", "ETHUSDT"), "7d", "09:30", "Europe/London")
+    assert s.created_by == 930000000000000001
+
+
+async def test_member_without_manage_server_is_refused(h):
+    text = refusal(await h.dispatch(daily("set", perms=MEMBER_PERMS, channel=REPORTS, time="09:30", timezone="UTC")))
+    assert text == "You need the Manage Server permission to use this command."
+    assert refusal(await h.dispatch(alerts("list", perms=MEMBER_PERMS))) == text
+    assert await h.bot.store.list_daily(GUILD_ID) == []
+
+
+async def test_groups_are_hidden_from_members_and_server_only(h):
+    defs = {d["name"]: d for d in h.bot.definitions()}
+    for name in ("daily", "skew-alerts"):
+        assert int(defs[name]["default_member_permissions"]) == 1 << 5  # MANAGE_GUILD
+        assert defs[name]["dm_permission"] is False
+    for d in defs.values():  # every option has a description
+        for opt in d.get("options", []):
+            assert opt["description"]
+            for sub in opt.get("options", []):
+                assert sub["description"] and sub["description"] != "…"
+
+
+async def test_commands_used_in_dms_are_refused(h):
+    payload = interaction_payload("daily", {}, sub="list", guild=False)
+    assert refusal(await h.dispatch(payload)) == "This command works in servers only."
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"time": "25:00", "timezone": "UTC"}, "use 24-hour HH:MM"),
+        ({"time": "noon", "timezone": "UTC"}, "use 24-hour HH:MM"),
+        ({"time": "09:30", "timezone": "Europe/Londn"}, "did you mean Europe/London"),
+        ({"time": "09:30", "timezone": "Mars/Olympus_Mons"}, "use an IANA name"),
+        ({"time": "09:30", "timezone": "UTC", "symbols": "BTC, ETH, SOL, XRP, DOGE, ADA"}, "at most 5 symbols"),
+        ({"time": "09:30", "timezone": "UTC", "symbols": "B$C"}, "is not a symbol"),
+        ({"time": "09:30", "timezone": "UTC", "window": "2d"}, "choose one of 1d, 7d, 30d"),
+    ],
+)
+async def test_daily_set_refuses_invalid_values_saying_what_is_valid(h, options, needle):
+    text = refusal(await h.dispatch(daily("set", channel=REPORTS, **options)))
+    assert needle in text
+    assert await h.bot.store.list_daily(GUILD_ID) == []
+
+
+async def test_refuses_a_channel_where_the_bot_cannot_post(h):
+    text = refusal(await h.dispatch(daily("set", channel=LOCKED, time="09:30", timezone="UTC")))
+    assert f"<#{LOCKED_CHANNEL_ID}>" in text and "missing Embed Links, Attach Files" in text
+    assert "View Channel" not in text and "Send Messages" not in text
+    text = refusal(await h.dispatch(alerts("subscribe", channel=LOCKED, symbol="BTC")))
+    assert "missing Embed Links, Attach Files" in text
+    assert await h.bot.store.count_subscriptions(GUILD_ID) == 0
+
+
+async def test_refuses_a_channel_the_bot_cannot_see(h):
+    text = refusal(await h.dispatch(daily("set", channel=Channel(920000000000000999, "secret"), time="09:30",
+                                          timezone="UTC")))
+    assert "View Channel" in text
+
+
+async def test_per_guild_cap_counts_daily_reports_and_alerts_together(h):
+    for t in ("08:00", "09:00"):
+        answer(await h.dispatch(daily("set", channel=REPORTS, time=t, timezone="UTC")))
+    answer(await h.dispatch(alerts("subscribe", channel=REPORTS, symbol="BTC")))
+    text = answer(await h.dispatch(daily("set", channel=REPORTS, time="10:00", timezone="UTC")))
+    assert "already has 3 subscriptions" in text and "the limit is 3" in text and "remove one first" in text
+    text = answer(await h.dispatch(alerts("subscribe", channel=REPORTS, symbol="BTC", window="1d")))
+    assert "the limit is 3" in text
+    assert await h.bot.store.count_subscriptions(GUILD_ID) == 3
+
+
+async def test_list_shows_paused_reason_and_resume_undoes_it(h):
+    assert "No daily reports yet" in answer(await h.dispatch(daily("list")))
+    answer(await h.dispatch(daily("set", channel=REPORTS, time="21:00", timezone="Asia/Singapore", symbols="BTC")))
+    (s,) = await h.bot.store.list_daily(GUILD_ID)
+    await h.bot.store.pause("daily", s.id, "missing permissions: missing Attach Files in #market-reports")
+    text = answer(await h.dispatch(daily("list")))
+    assert "(1/3 subscriptions used" in text
+    assert f"`#{s.id}`" in text and "paused since" in text and "missing Attach Files" in text
+    assert f"/daily resume id:{s.id}" in text
+    text = answer(await h.dispatch(daily("resume", id=s.id)))
+    assert text.startswith("Resumed.") and "paused" not in text
+    assert not (await h.bot.store.get_daily(s.id)).paused
+    assert "is not paused" in answer(await h.dispatch(daily("resume", id=s.id)))
+
+
+async def test_remove_and_unknown_ids(h):
+    answer(await h.dispatch(daily("set", channel=REPORTS, time="07:15", timezone="UTC")))
+    (s,) = await h.bot.store.list_daily(GUILD_ID)
+    text = answer(await h.dispatch(daily("remove", id=s.id + 100)))
+    assert "no daily report with id" in text and "list" in text
+    text = answer(await h.dispatch(daily("remove", id=s.id)))
+    assert text.startswith(f"Removed daily report `#{s.id}`")
+    assert await h.bot.store.list_daily(GUILD_ID) == []
+    assert "no daily report with id" in refusal(await h.dispatch(daily("resume", id=s.id)))
+
+
+async def test_timezone_and_id_autocomplete(h):
+    calls = await h.dispatch(interaction_payload("daily", {"channel": REPORTS, "time": "09:00", "timezone": "lond"},
+                                                 sub="set", focused="timezone", perms=MANAGER_PERMS))
+    body = calls[0].body
+    assert body["type"] == 8
+    assert {"name": "Europe/London", "value": "Europe/London"} in body["data"]["choices"]
+    calls = await h.dispatch(interaction_payload("daily", {"timezone": ""}, sub="set", focused="timezone",
+                                                 perms=MANAGER_PERMS))
+    names = [c["value"] for c in calls[0].body["data"]["choices"]]
+    assert names[0] == "UTC" and "America/New_York" in names and len(names) <= 25
+    answer(await h.dispatch(daily("set", channel=REPORTS, time="07:15", timezone="UTC", symbols="BTC")))
+    calls = await h.dispatch(interaction_payload("daily", {"id": ""}, sub="remove", focused="id", perms=MANAGER_PERMS))
+    (choice,) = calls[0].body["data"]["choices"]
+    assert choice["name"].startswith("#") and "BTCUSDT" in choice["name"] and isinstance(choice["value"], int)
+
+
+async def test_skew_alert_subscribe_with_thresholds_list_and_unsubscribe(h):
+    text = answer(await h.dispatch(alerts("subscribe", channel=REPORTS, symbol="btc", mild=1.8, heavy=4.0,
+                                          cooldown_minutes=30)))
+    assert text.startswith("Skew alert set.") and "**BTCUSDT**" in text
+    assert "mild 1.8×" in text and "heavy 4×" in text and "cooldown 30 min" in text
+    (w,) = await h.bot.store.list_watches(GUILD_ID)
+    assert (w.symbol, w.mild, w.heavy, w.cooldown_s, w.channel_id) == ("BTCUSDT", 1.8, 4.0, 1800, OTHER_CHANNEL_ID)
+    text = answer(await h.dispatch(alerts("list")))
+    assert "not measured yet" in text and f"`#{w.id}`" in text
+    text = answer(await h.dispatch(alerts("subscribe", channel=REPORTS, symbol="BTC")))
+    assert "already gets skew notices for BTCUSDT" in text
+    text = answer(await h.dispatch(alerts("unsubscribe", id=w.id)))
+    assert text.startswith(f"Removed skew alert `#{w.id}`")
+    assert await h.bot.store.list_watches(GUILD_ID) == []
+
+
+@pytest.mark.parametrize(
+    ("options", "needle"),
+    [
+        ({"mild": 3.0, "heavy": 2.0}, "1 < mild < heavy"),
+        ({"mild": 1.5, "mild_exit": 1.6}, "exit"),
+        ({"symbol": "ETH"}, "ETHUSDT is not listed on binance"),
+    ],
+)
+async def test_skew_alert_refuses_bad_thresholds_and_unlisted_symbols(h, options, needle):
+    opts = {"channel": REPORTS, "symbol": "BTC", **options}
+    text = refusal(await h.dispatch(alerts("subscribe", **opts)))
+    assert needle in text
+    assert await h.bot.store.list_watches(GUILD_ID) == []
+
+
+async def test_skew_alert_symbol_autocomplete(h):
+    calls = await h.dispatch(interaction_payload("skew-alerts", {"channel": REPORTS, "symbol": "b"}, sub="subscribe",
+                                                 focused="symbol", perms=MANAGER_PERMS))
+    assert calls[0].body["data"]["choices"] == [{"name": "BTCUSDT · binance", "value": "BTCUSDT"}]
