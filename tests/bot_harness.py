@@ -34,6 +34,7 @@ GUILD_ID = 910000000000000001
 CHANNEL_ID = 920000000000000001
 OTHER_CHANNEL_ID = 920000000000000002
 LOCKED_CHANNEL_ID = 920000000000000003
+NO_HISTORY_CHANNEL_ID = 920000000000000004
 USER_ID = 930000000000000001
 EVERYONE_ROLE = GUILD_ID
 BOT_ROLE = 940000000000000001
@@ -205,6 +206,10 @@ def guild_create_payload(*, bot_perms: discord.Permissions = BOT_PERMS) -> dict[
             {"id": str(LOCKED_CHANNEL_ID), "type": 0, "name": "announcements", "position": 2, "nsfw": False,
              "parent_id": None, "topic": None, "last_message_id": None, "rate_limit_per_user": 0,
              "permission_overwrites": [{"id": str(BOT_ROLE), "type": 0, "allow": "0", "deny": str(deny_locked.value)}]},
+            {"id": str(NO_HISTORY_CHANNEL_ID), "type": 0, "name": "alerts", "position": 3, "nsfw": False,
+             "parent_id": None, "topic": None, "last_message_id": None, "rate_limit_per_user": 0,
+             "permission_overwrites": [{"id": str(EVERYONE_ROLE), "type": 0, "allow": "0",
+                                        "deny": str(P(read_message_history=True).value)}]},
         ],
         "members": [
             {"user": {"id": str(BOT_ID), "username": "liqmap", "discriminator": "0", "avatar": None, "bot": True},

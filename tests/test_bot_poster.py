@@ -1,0 +1,162 @@
+"""DiscordPoster (the dispatcher's Poster over discord.py) and the dispatcher driving it end to end.
+
+HTTP goes through the recorder in place of ``HTTPClient.request`` (see ``bot_harness``), with
+Discord's real error shapes (``{"code", "message"}``) for 403/404.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import discord
+import pytest
+
+from bot.poster import DiscordPoster, png_file, report_embed
+from bot.scheduler import ChannelGone, MissingAccess, default_embed
+
+from bot_harness import (
+    BOT_ID,
+    DISCORD_OK,
+    GUILD_ID,
+    LOCKED_CHANNEL_ID,
+    MANAGER_PERMS,
+    NO_HISTORY_CHANNEL_ID,
+    OTHER_CHANNEL_ID,
+    PINNED,
+    Channel,
+    http_error,
+    interaction_payload,
+    make_harness,
+    message_payload,
+)
+
+pytestmark = pytest.mark.skipif(not DISCORD_OK, reason=f"harness uses discord.py internals pinned to {PINNED}")
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+
+
+@pytest.fixture
+async def h(tmp_path):
+    harness = await make_harness(tmp_path / "bot.db")
+    yield harness
+    await harness.stop()
+
+
+@pytest.fixture
+async def report(h):
+    return await h.bot.service.report("BTC", "1d")
+
+
+async def test_post_sends_embed_png_nonce_and_no_mentions(h, report):
+    poster = DiscordPoster(h.bot)
+    embed = default_embed(report, "Daily BTCUSDT liquidation map · 1d", "text", "liqmap-d1-2026-06-22-BTCUSDT")
+    msg_id = await poster.post(OTHER_CHANNEL_ID, content=None, embed=embed, png=report.png, filename="liqmap.png",
+                               nonce="lq0123456789abcdef0123456")
+    (call,) = h.rest.calls
+    assert call.method == "POST" and call.path == f"/channels/{OTHER_CHANNEL_ID}/messages"
+    body = call.json
+    assert body["nonce"] == "lq0123456789abcdef0123456" and body["enforce_nonce"] is True
+    assert body["allowed_mentions"] == {"parse": []}
+    assert body["embeds"][0]["image"]["url"] == "attachment://liqmap.png"
+    assert body["embeds"][0]["footer"]["text"].endswith("liqmap-d1-2026-06-22-BTCUSDT")
+    assert call.files == [("liqmap.png", report.png)]
+    assert isinstance(msg_id, int) and msg_id > 0
+
+
+async def test_every_send_gets_a_fresh_file_over_the_same_bytes(h):
+    poster = DiscordPoster(h.bot)
+    for channel in (OTHER_CHANNEL_ID, OTHER_CHANNEL_ID, 920000000000000001):
+        await poster.post(channel, content="x", embed=None, png=PNG, filename="liqmap.png", nonce="n")
+    assert [c.files for c in h.rest.calls] == [[("liqmap.png", PNG)]] * 3
+    a, b = png_file(PNG), png_file(PNG)
+    assert a.fp is not b.fp
+
+
+async def test_missing_permissions_are_refused_before_sending(h):
+    poster = DiscordPoster(h.bot)
+    with pytest.raises(MissingAccess, match="missing Embed Links, Attach Files in #announcements"):
+        await poster.post(LOCKED_CHANNEL_ID, content=None, embed=None, png=PNG, filename="liqmap.png", nonce="n")
+    assert h.rest.calls == []
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (http_error(discord.NotFound, 404, 10003, "Unknown Channel"), ChannelGone),
+        (http_error(discord.Forbidden, 403, 50001, "Missing Access"), ChannelGone),
+        (http_error(discord.Forbidden, 403, 50013, "Missing Permissions"), MissingAccess),
+    ],
+)
+async def test_discord_refusals_map_to_channel_gone_or_missing_access(h, error, expected):
+    poster = DiscordPoster(h.bot)
+    h.rest.fail = lambda call: error
+    with pytest.raises(expected):  # an uncached channel: Discord's answer decides
+        await poster.post(920000000000000777, content=None, embed=None, png=PNG, filename="liqmap.png", nonce="n")
+    with pytest.raises(expected):
+        await poster.find_marker(920000000000000777, "liqmap-d1")
+
+
+async def test_other_http_errors_propagate_for_the_dispatcher_to_retry(h):
+    poster = DiscordPoster(h.bot)
+    h.rest.fail = lambda call: http_error(discord.DiscordServerError, 503, 0, "upstream")
+    with pytest.raises(discord.DiscordServerError):
+        await poster.post(OTHER_CHANNEL_ID, content=None, embed=None, png=PNG, filename="liqmap.png", nonce="n")
+
+
+async def test_find_marker_reads_recent_messages_of_the_bot(h):
+    poster = DiscordPoster(h.bot)
+
+    def with_footer(text: str, author: int) -> dict:
+        msg = message_payload({"embeds": [{"type": "rich", "footer": {"text": text}}]}, channel_id=OTHER_CHANNEL_ID)
+        msg["author"] = {"id": str(author), "username": "u", "discriminator": "0", "avatar": None}
+        return msg
+
+    mine = with_footer("Sources: binance · liqmap-d7-2026-06-22-BTCUSDT", BOT_ID)
+    history = [with_footer("liqmap-d7-2026-06-22-BTCUSDT (quoted by someone)", 930000000000000001), mine,
+               with_footer("liqmap-d7-2026-06-21-BTCUSDT", BOT_ID)]
+    h.rest.respond = lambda call: history if call.method == "GET" else None
+    assert await poster.find_marker(OTHER_CHANNEL_ID, "liqmap-d7-2026-06-22-BTCUSDT") == int(mine["id"])
+    assert await poster.find_marker(OTHER_CHANNEL_ID, "liqmap-d7-2026-06-23-BTCUSDT") is None
+    assert h.rest.calls[0].path == f"/channels/{OTHER_CHANNEL_ID}/messages"
+    assert h.rest.calls[0].params["limit"] == 100
+
+
+async def test_find_marker_without_read_message_history_pauses_instead_of_guessing(h):
+    with pytest.raises(MissingAccess, match="Read Message History"):
+        await DiscordPoster(h.bot).find_marker(NO_HISTORY_CHANNEL_ID, "liqmap-d1")
+    assert h.rest.calls == []
+
+
+async def test_report_embed_for_liqmap(report):
+    e = report_embed(report)
+    assert e.image.url == "attachment://liqmap.png"
+    assert e.title == "BTCUSDT liquidation map · 1d"
+    assert e.description == report.summary[:4096]
+    assert e.footer.text.startswith("Sources: binance · data to ") and "Estimated" in e.footer.text
+    assert e.timestamp is not None and not e.fields
+
+
+async def test_dispatcher_posts_a_daily_report_once_and_pauses_a_broken_channel(h):
+    """/daily set through the real tree, then the dispatcher posts via DiscordPoster."""
+    bot = h.bot
+    await h.dispatch(interaction_payload("daily", {"channel": Channel(OTHER_CHANNEL_ID), "time": "09:30",
+                                                   "timezone": "UTC", "symbols": "BTC"}, sub="set", perms=MANAGER_PERMS))
+    (s,) = await bot.store.list_daily(GUILD_ID)
+    # a schedule in a channel whose permissions were removed after it was created
+    broken = await bot.store.add_daily(GUILD_ID, LOCKED_CHANNEL_ID, symbols="BTC", window="1d", exchange="all",
+                                       time="09:30", timezone="UTC", created_by=1)
+    dispatcher = bot.scheduler
+    dispatcher.now = lambda: s.next_run_at + timedelta(minutes=1)
+    stats = await dispatcher.run_daily()
+    assert (stats.due, stats.renders, stats.posted, stats.paused) == (2, 1, 1, 1)
+    (post,) = [c for c in h.rest.calls if c.method == "POST"]
+    assert post.path == f"/channels/{OTHER_CHANNEL_ID}/messages"
+    assert post.files and post.files[0][1].startswith(b"\x89PNG")
+    assert f"liqmap-d{s.id}-" in post.json["embeds"][0]["footer"]["text"]
+    assert post.json["allowed_mentions"] == {"parse": []} and post.json["enforce_nonce"] is True
+    again = await dispatcher.run_daily()
+    assert again.posted == 0 and len([c for c in h.rest.calls if c.method == "POST"]) == 1
+    paused = await bot.store.get_daily(broken.id)
+    assert paused.paused and "Embed Links, Attach Files" in paused.paused_reason
+    listing = await h.dispatch(interaction_payload("daily", {}, sub="list", perms=MANAGER_PERMS))
+    assert "Embed Links, Attach Files" in listing[1].body["content"] and "paused since" in listing[1].body["content"]
