@@ -81,6 +81,7 @@ log = logging.getLogger(__name__)
 UTC = timezone.utc
 ATTACHMENT = "liqmap.png"
 Key = tuple[str, str, str]  # (symbol, window, exchange)
+MAX_MISSED_RECORDED = 31  # after a longer outage the older missed days are not recorded one by one
 
 
 class ChannelGone(Exception):
@@ -356,12 +357,18 @@ class Dispatcher:
             occ = sched.next_run_at
             # Runs more than `grace` ago are never sent. Only the first can have a record (a crash
             # mid-send: verified below); the ones after it never started and are recorded skipped.
+            n_missed = 0
             while now - occ > grace:
                 day = local_date_of(occ, sched.timezone)
                 if plan.late is None:
                     plan.late = _Run(occ, day, list(sched.symbols))
                 else:
                     missed += [Claim(sched, day, s, occ) for s in sched.symbols]
+                n_missed += 1
+                if n_missed >= MAX_MISSED_RECORDED:  # a long outage: jump, record only the first days
+                    log.warning("daily %s: more than %d runs missed; resuming at the next run", sched.id, n_missed)
+                    occ = next_occurrence(sched.local_time, sched.timezone, now - grace)
+                    break
                 occ = next_occurrence(sched.local_time, sched.timezone, occ)
             plan.upcoming = occ
             if occ <= now:

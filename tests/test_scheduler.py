@@ -634,3 +634,35 @@ def test_params_validation():
 
 def test_skew_classes_used_by_notices_exist():
     assert set(SKEW_CLASSES) == {"heavily_short", "short", "balanced", "long", "heavily_long"}
+
+
+# -- with the real report service -------------------------------------------------------------------
+
+async def test_real_report_service_over_the_bundled_sample(store):
+    from analysis.report import ReportService
+    from analysis.sources.registry import make_sources
+
+    service = ReportService(make_sources("sample"))
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster = FakePoster()
+    s = await store.add_daily(G, 1, symbols="BTC", window="1d", exchange="all", time="09:00", timezone="UTC",
+                              created_by=U, now=clock())
+    await store.add_watch(G, 2, symbol="BTC", window="1d", exchange="all", created_by=U)
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    d = make_dispatcher(store, service, poster, None, now=clock)
+    await d.tick()
+    assert service.computations == 1  # the daily post and the skew check share one report
+    (msg,) = poster.messages[1]
+    assert msg["png"].startswith(b"\x89PNG") and "BTCUSDT daily liquidation map" in msg["embed"]["description"]
+    assert f"liqmap-d{s.id}-2026-06-01-BTCUSDT" in msg["embed"]["footer"]["text"]
+    assert d.last_skew.baselines == 1 and poster.count(2) == 0
+
+
+async def test_a_long_outage_records_a_bounded_number_of_skips(store):
+    clock = Clock(datetime(2026, 1, 1, 8, 0, tzinfo=UTC))
+    s = await daily(store, clock)
+    clock.t = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)  # five months later, past today's run
+    await dispatcher(store, FakePoster(), FakeReports(), clock).run_daily()
+    recs = await store.deliveries(s.id)
+    assert len(recs) == 31 and all(r.state == "skipped" for r in recs)
+    assert (await store.get_daily(s.id)).next_run_at == datetime(2026, 6, 2, 9, 0, tzinfo=UTC)

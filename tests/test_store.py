@@ -300,3 +300,51 @@ async def test_advance_is_compare_and_set(store):
 async def test_naive_datetimes_refused(store):
     with pytest.raises(ValueError, match="timezone-aware"):
         await store.due_daily(datetime(2026, 1, 1))
+
+
+async def test_batch_claims_skips_and_advances(store):
+    from bot.store import Claim, Outcome
+
+    a = await add_daily(store)
+    b = await add_daily(store, channel=999)
+    day, lease = date(2026, 3, 2), timedelta(minutes=5)
+    ca, cb = Claim(a, day, "BTCUSDT", a.next_run_at), Claim(b, day, "BTCUSDT", b.next_run_at)
+    won = await store.claim_many([ca, cb], now=NOW, lease=lease)
+    assert [(d.schedule_id, rec) for d, rec in won] == [(a.id, False), (b.id, False)]
+    assert await store.claim_many([ca, cb], now=NOW, lease=lease) == []  # both held
+    await store.finish_many([Outcome(won[0][0].id, "sent", message_id=7), Outcome(won[1][0].id, "failed", detail="x")],
+                            now=NOW)
+    again = await store.claim_many([ca, cb], now=NOW, lease=lease)
+    assert [(d.schedule_id, rec, d.attempts) for d, rec in again] == [(b.id, True, 2)]
+    # skips never override an existing record
+    c_next = Claim(a, date(2026, 3, 3), "BTCUSDT", a.next_run_at)
+    assert await store.skip_many([ca, c_next], now=NOW, detail="missed") == 1
+    got = await store.deliveries_for([(a.id, day), (a.id, date(2026, 3, 3)), (b.id, day)])
+    assert {k: v.state for k, v in got.items()} == {
+        (a.id, day, "BTCUSDT"): "sent", (a.id, date(2026, 3, 3), "BTCUSDT"): "skipped",
+        (b.id, day, "BTCUSDT"): "claimed"}
+    with pytest.raises(ValueError, match="bad delivery state"):
+        await store.finish_many([Outcome(1, "claimed")], now=NOW)
+    new = a.next_run_at + timedelta(days=1)
+    await store.advance_many([(a.id, a.next_run_at, new), (b.id, a.next_run_at - timedelta(days=9), new)])
+    assert (await store.get_daily(a.id)).next_run_at == new
+    assert (await store.get_daily(b.id)).next_run_at == b.next_run_at  # expected value did not match
+
+
+async def test_claim_many_falls_back_one_by_one_on_a_conflict(store):
+    from bot.store import Claim
+
+    a = await add_daily(store)
+    c = Claim(a, date(2026, 3, 2), "BTCUSDT", a.next_run_at)
+    # the same post twice in one batch: the bulk insert conflicts, the fallback lets exactly one win
+    won = await store.claim_many([c, c], now=NOW, lease=timedelta(minutes=5))
+    assert len(won) == 1 and len(await store.deliveries(a.id)) == 1
+
+
+async def test_record_baselines_only_fills_empty_classes(store):
+    w1 = await store.add_watch(G, C, symbol="BTC", window="7d", exchange="all", created_by=U)
+    w2 = await store.add_watch(G, C, symbol="ETH", window="7d", exchange="all", created_by=U)
+    await store.set_watch_class(w2.id, expected=None, new="short", ratio=2.0, announced_at=NOW)
+    await store.record_baselines([(w1.id, "long", 0.6), (w2.id, "balanced", 1.0)])
+    assert (await store.get_watch(w1.id)).last_class == "long"
+    assert (await store.get_watch(w2.id)).last_class == "short"
