@@ -348,3 +348,43 @@ async def test_record_baselines_only_fills_empty_classes(store):
     await store.record_baselines([(w1.id, "long", 0.6), (w2.id, "balanced", 1.0)])
     assert (await store.get_watch(w1.id)).last_class == "long"
     assert (await store.get_watch(w2.id)).last_class == "short"
+
+
+def test_migrations_render_for_postgresql_offline():
+    """The same migration as PostgreSQL DDL (alembic --sql mode: no server, no driver needed)."""
+    import io
+
+    from alembic import command
+
+    from bot.store import alembic_config
+
+    cfg = alembic_config("postgresql+asyncpg://bot:p%40ss@db.example/liqmap")
+    cfg.output_buffer = io.StringIO()
+    command.upgrade(cfg, "head", sql=True)
+    ddl = cfg.output_buffer.getvalue()
+    assert "next_run_at TIMESTAMP WITH TIME ZONE NOT NULL" in ddl
+    assert "guild_id BIGINT NOT NULL" in ddl and "message_id BIGINT" in ddl
+    assert "CONSTRAINT uq_delivery_once UNIQUE (schedule_id, local_date, symbol)" in ddl
+    assert "REFERENCES daily_schedules (id) ON DELETE CASCADE" in ddl
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("LIQMAP_TEST_DATABASE_URL"),
+                    reason="set LIQMAP_TEST_DATABASE_URL=postgresql+asyncpg://... to run against a real server")
+async def test_live_database_round_trip():
+    import os
+    import uuid
+
+    s = await Store.open(os.environ["LIQMAP_TEST_DATABASE_URL"])
+    guild = int(uuid.uuid4().int % 10**15) + 1
+    try:
+        d = await add_daily(s, guild=guild, channel=guild)
+        assert await s.list_daily(guild) == [d]
+        got, _ = await s.claim_delivery(d, date(2026, 3, 2), "BTCUSDT", due_at=d.next_run_at, now=NOW,
+                                        lease=timedelta(minutes=5))
+        assert got is not None
+        assert await s.claim_delivery(d, date(2026, 3, 2), "BTCUSDT", due_at=d.next_run_at, now=NOW,
+                                      lease=timedelta(minutes=5)) == (None, False)
+    finally:
+        for x in await s.list_daily(guild):
+            await s.remove_daily(guild, x.id)
+        await s.close()
