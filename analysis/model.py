@@ -5,12 +5,14 @@ For each bar, in time order (see docs/methodology.md for the why of every step):
 
 1. **Consume.** Long levels at or above the bar's low and short levels at or below its high are
    liquidated: removed, and their notional booked as *swept* in that bar.
-2. **Open.** If OI rose by dOI > 0, new positions of notional ``dOI * oi_scale`` open at the bar's
-   entry price(s), split between longs and shorts by the side model and spread over leverage
-   tiers. Each lands at its isolated-margin liquidation price
+2. **Close.** Positions already open shrink: by the OI decline (``q_t / q_{t-1}`` when OI fell,
+   ``q`` the OI in contracts by default) and by turnover (a share ``1 - exp(-dt/holding_days)``
+   of every position closes each bar).
+3. **Open.** The OI increase plus the turnover reopens, times ``oi_scale``, opens at the bar's
+   entry prices, split between longs and shorts by the side model and spread over a continuous
+   leverage distribution. Each lands at its isolated-margin liquidation price
    ``long: E(1-1/L)/(1-mmr)``, ``short: E(1+1/L)/(1+mmr)``. A level already beyond the bar's
    close is swept in the same bar (every entry of a bar happens before its close).
-3. **Close.** If OI fell, every active position shrinks by ``OI_t / OI_{t-1}``.
 
 The implementation is vectorized: a level opened at bar t0 is swept at the first later bar whose
 low (high) crosses it, found for all levels at once by binary lifting over a sparse table of
@@ -31,32 +33,61 @@ from .errors import DataError, InputError
 from .liqmap import LiquidationMap, SweptSeries, nice_width
 from .margin import MarginTable, table_for
 
-__all__ = ["ModelParams", "SideModel", "build_map", "Levels", "build_levels", "side_shares", "entry_prices"]
+__all__ = [
+    "ModelParams", "SideModel", "OiUnits", "OpenBarSweep", "build_map", "Levels", "build_levels", "side_shares",
+    "entry_prices", "oi_flow", "level_inputs", "mmr_of",
+]
 
 SideModel = Literal["auto", "taker", "neutral", "price_direction"]
+OiUnits = Literal["usd", "coin"]
+OpenBarSweep = Literal["close", "none", "range"]
 
 
 @dataclass(frozen=True)
 class ModelParams:
-    """Every assumption of the model, with its default. See docs/methodology.md.
+    """Every assumption of the model, with its default. See docs/methodology.md for the why.
+
+    The defaults are the settings the backtest against realized liquidations supports
+    (docs/methodology.md, "Backtest"); the live map uses them too.
 
     leverage / leverage_weights
         Leverage tiers and the share of new notional at each (normalised to sum to 1).
-    leverage_spread, leverage_nodes
-        0 keeps discrete tiers. Above 0 each tier L becomes a band of ``leverage_nodes`` leverages
-        spaced evenly in log-space over ``L*exp(+-leverage_spread)``: a continuous distribution
-        that fills the gaps between tiers. Levels keep their tier's label.
-    side_model
-        How dOI splits into longs and shorts: ``taker`` (aggressive flow decides), ``neutral``
-        (50/50), ``price_direction`` (the bar's body over its range), ``auto`` (taker when the bars
-        carry taker flow, else neutral).
-    taker_net_scale
-        Sensitivity of the taker model: long share = 0.5 + 0.5*tanh(scale * net_taker_usd / dOI).
+    leverage_spread
+        0 keeps discrete tiers. Above 0 each tier L becomes a band ``L*exp(+-leverage_spread)``
+        (log units), so the distribution is continuous; 0.4 makes neighbouring bands of the default
+        tiers meet (half the log-distance between them is 0.35..0.46). Levels keep their tier's label.
+    levels_per_hour
+        Lattice mode (> 0, the default): about this many levels per hour and side, at least one per
+        tier and bar (5m bars: 5 per bar; 1h bars: 60). Each bar's levels sit at stratified
+        positions within each tier's band and, with ``entry_points > 1``, over the bar's range,
+        shifted from bar to bar by a low-discrepancy sequence of the bar's open time, so the
+        continuous distribution is covered over time at a fixed cost per hour.
+        0 is grid mode: every bar gets the full grid of ``entry_points`` x ``leverage_nodes`` x tiers.
+    leverage_nodes
+        Grid mode only: leverages per tier, spaced evenly in log-space across the band.
     entry_points
         1: every position of a bar opens at its VWAP (typical price without volume). N > 1: entries
-        spread evenly over the bar's low..high range.
+        spread over the bar's low..high range (grid mode: N evenly spaced points; lattice mode:
+        continuously, N only switches the spread on).
+    side_model
+        How new notional splits into longs and shorts: ``taker`` (aggressive flow decides),
+        ``neutral`` (50/50), ``price_direction`` (the bar's body over its range), ``auto`` (taker
+        when the bars carry taker flow, else neutral).
+    taker_net_scale
+        Sensitivity of the taker model: long share = 0.5 + 0.5*tanh(scale * net_taker_usd / opened).
+    oi_units
+        ``coin``: OI flow is measured in contracts (OI in USD / close), so a price move alone opens
+        or closes nothing; opened contracts are valued at the close. ``usd``: raw USD OI changes,
+        which also move with price (mark-to-market).
+    holding_days
+        Mean holding time of a position. Each bar, the share ``1 - exp(-dt/holding_days)`` of every
+        active position closes and the same amount reopens at the bar's prices (turnover that net
+        OI does not show). 0 switches turnover off: positions live until OI falls or price hits them.
     oi_scale
-        Multiplies dOI, e.g. to scale one venue's OI to the whole market.
+        Multiplies opened notional, e.g. to scale one venue's OI to the whole market.
+    open_bar_sweep
+        Which levels are swept in the bar that opens them: ``close`` (levels beyond the bar's close:
+        every entry happens before the close), ``range`` (beyond the bar's low/high), ``none``.
     typical_position_usd, margin_table
         Which maintenance-margin bracket prices the levels; ``margin_table=None`` uses the shipped
         table for the symbol.
@@ -68,12 +99,16 @@ class ModelParams:
 
     leverage: tuple[float, ...] = (5.0, 10.0, 25.0, 50.0, 100.0)
     leverage_weights: tuple[float, ...] = (0.30, 0.30, 0.20, 0.12, 0.08)
-    leverage_spread: float = 0.0
-    leverage_nodes: int = 5
+    leverage_spread: float = 0.4
+    levels_per_hour: float = 60.0
+    leverage_nodes: int = 3
+    entry_points: int = 3
     side_model: SideModel = "auto"
     taker_net_scale: float = 1.0
-    entry_points: int = 1
+    oi_units: OiUnits = "coin"
+    holding_days: float = 14.0
     oi_scale: float = 1.0
+    open_bar_sweep: OpenBarSweep = "close"
     typical_position_usd: float = 100_000.0
     margin_table: MarginTable | None = None
     bin_pct: float = 0.001
@@ -96,6 +131,14 @@ class ModelParams:
             raise InputError("leverage_spread must be between 0 and 2 (log units)")
         if self.oi_scale <= 0 or self.bin_pct <= 0 or (self.bin_width is not None and self.bin_width <= 0):
             raise InputError("oi_scale, bin_pct and bin_width must be positive")
+        if self.oi_units not in ("coin", "usd"):
+            raise InputError(f"unknown oi_units {self.oi_units!r}; use coin or usd")
+        if self.open_bar_sweep not in ("close", "range", "none"):
+            raise InputError(f"unknown open_bar_sweep {self.open_bar_sweep!r}; use close, range or none")
+        if not (self.holding_days >= 0 and math.isfinite(self.holding_days)):
+            raise InputError("holding_days must be a finite number >= 0 (0 switches turnover off)")
+        if not (0 <= self.levels_per_hour <= 10_000):
+            raise InputError("levels_per_hour must be between 0 (grid mode) and 10000")
 
     @property
     def tier_labels(self) -> tuple[str, ...]:
@@ -166,6 +209,27 @@ def side_shares(bars: Bars, d_oi: np.ndarray, entry: np.ndarray, params: ModelPa
     return 0.5 + 0.5 * np.tanh(x), model
 
 
+def oi_flow(bars: Bars, params: ModelParams) -> tuple[np.ndarray, np.ndarray]:
+    """Per bar: USD notional of positions opened, and the factor by which older positions shrink.
+
+    With turnover share tau (see ``holding_days``) and OI quantity q (contracts or USD):
+    opened = max(dq, 0) + tau*q[t-1]; shrink = ((1-tau)*q[t-1] - max(-dq, 0)) / q[t-1].
+    Survivors plus opened equal q[t], so the model's book follows OI.
+    """
+    n = len(bars)
+    q = bars.oi_usd / bars.close if params.oi_units == "coin" else bars.oi_usd
+    dq = np.diff(q)
+    tau = 0.0
+    if params.holding_days > 0:  # per actual time step, so a gap counts all its missing bars
+        tau = -np.expm1(-np.diff(bars.time) / (params.holding_days * 86_400_000.0))
+    opened = np.zeros(n)
+    opened[1:] = np.maximum(dq, 0.0) + tau * q[:-1]
+    shrink = np.ones(n)
+    shrink[1:] = np.maximum(((1.0 - tau) * q[:-1] - np.maximum(-dq, 0.0)) / q[:-1], 1e-12)
+    usd = bars.close if params.oi_units == "coin" else 1.0
+    return opened * usd * params.oi_scale, shrink
+
+
 # -- levels ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True, eq=False)
@@ -178,43 +242,112 @@ class Levels:
     tier: np.ndarray
 
 
+# R2 low-discrepancy constants (1/phi2, 1/phi2^2, phi2 the plastic number): bar i's sample set is
+# shifted by frac(i*R2), so consecutive bars fill the (leverage, entry) square evenly.
+_R2 = (0.7548776662466927, 0.5698402909980532)
+
+
+def _lattice_multiplier(k: int) -> int:
+    """Generator of a rank-1 (Fibonacci-like) lattice of ``k`` points: near k/phi, coprime with k."""
+    if k <= 2:
+        return 1
+    a = max(1, int(round(k / 1.618033988749895)))
+    while math.gcd(a, k) != 1:
+        a += 1
+    return a
+
+
+def samples_per_bar(params: ModelParams, interval_ms_: int) -> int:
+    """Levels opened per bar and side in lattice mode (0 in grid mode)."""
+    if params.levels_per_hour <= 0:
+        return 0
+    return max(1, int(round(params.levels_per_hour * interval_ms_ / 3_600_000)))
+
+
+def level_inputs(bars: Bars, params: ModelParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Entry price, leverage and tier of every level slot, each (n_bars, K), and slot weights (K,).
+
+    Grid mode (``levels_per_hour == 0``): the product of :func:`entry_prices` and
+    :meth:`ModelParams.leverage_grid`, the same for every bar. Lattice mode: K slots per bar whose
+    (leverage quantile, entry quantile) points are a stratified lattice shifted per bar by a
+    low-discrepancy sequence of the bar's absolute index (its open time / interval), so the same
+    bar gets the same levels whatever the window, and over many bars the leverage distribution
+    and the spread of entries over each bar's range are covered continuously.
+    """
+    n = len(bars)
+    k_lat = samples_per_bar(params, bars.interval_ms)
+    if k_lat == 0:
+        entry, entry_w = entry_prices(bars, params.entry_points)
+        lev, lev_w, lev_tier = params.leverage_grid()
+        j, m = entry_w.size, lev.size
+        e = np.repeat(entry, m, axis=1)
+        lv = np.broadcast_to(np.tile(lev, j), (n, j * m))
+        tier = np.broadcast_to(np.tile(lev_tier, j), (n, j * m))
+        return e, lv, tier, (entry_w[:, None] * lev_w[None, :]).ravel()
+    tiers = np.asarray(params.leverage, dtype=float)
+    w = np.asarray(params.leverage_weights, dtype=float)
+    w = w / w.sum()
+    m = max(1, k_lat // tiers.size)  # positions per tier and bar
+    idx = (bars.time // bars.interval_ms).astype(np.float64)
+    shift_u = np.mod(idx * _R2[0], 1.0)[:, None]
+    shift_v = np.mod(idx * _R2[1], 1.0)[:, None]
+    j = np.arange(m, dtype=np.float64)
+    r = (j[None, :] + shift_u) / m  # (n, m): stratified positions within each tier's band
+    a = _lattice_multiplier(m)
+    v = np.mod(np.mod(j * a, m)[None, :] / m + shift_v, 1.0)  # (n, m): entry quantiles
+    lev = tiers[None, :, None] * np.exp(params.leverage_spread * (2.0 * r[:, None, :] - 1.0))  # (n, T, m)
+    lev = np.clip(lev, 1.0, 200.0).reshape(n, tiers.size * m)
+    tier = np.broadcast_to(np.repeat(np.arange(tiers.size), m), (n, tiers.size * m))
+    if params.entry_points == 1:
+        entry = np.broadcast_to(entry_prices(bars, 1)[0], (n, tiers.size * m))
+    else:
+        q = np.broadcast_to(v[:, None, :], (n, tiers.size, m)).reshape(n, tiers.size * m)
+        entry = bars.low[:, None] + q * (bars.high - bars.low)[:, None]
+    return entry, lev, tier, np.repeat(w / m, m)
+
+
+def mmr_of(table: MarginTable, leverage: np.ndarray, position_usd: float) -> np.ndarray:
+    """:meth:`MarginTable.mmr_for` over an array of leverages.
+
+    For a fixed position size the rate is a step function of leverage that can only change at
+    the brackets' maximum leverages, so it is evaluated once per step and looked up.
+    """
+    steps = np.unique([b.max_leverage for b in table.brackets])
+    values = np.array([table.mmr_for(float(x), position_usd) for x in steps] + [table.mmr_for(float(steps[-1]) * 2, position_usd)])
+    return values[np.searchsorted(steps, leverage, side="left")]
+
+
 def build_levels(bars: Bars, params: ModelParams) -> tuple[Levels, Levels, np.ndarray, dict]:
     """Open the levels of every bar. Returns (longs, shorts, log shrink cumsum, info)."""
-    oi = bars.oi_usd
-    d_oi = np.zeros(len(bars))
-    d_oi[1:] = np.diff(oi) * params.oi_scale
-    shrink = np.ones(len(bars))
-    shrink[1:] = np.where(oi[1:] < oi[:-1], oi[1:] / oi[:-1], 1.0)
+    d_oi, shrink = oi_flow(bars, params)
     log_c = np.cumsum(np.log(shrink))
 
-    entry, entry_w = entry_prices(bars, params.entry_points)
+    entry, lev, tier, slot_w = level_inputs(bars, params)
     long_share, side_used = side_shares(bars, d_oi, entry.mean(axis=1), params)
-    lev, lev_w, lev_tier = params.leverage_grid()
     table = params.margin_table or table_for(bars.symbol)
-    mmr = np.array([table.mmr_for(float(lv), params.typical_position_usd) for lv in lev])
 
     opening = np.nonzero(d_oi > 0)[0]
-    e = entry[opening]  # (m, J)
-    shape = (opening.size, entry_w.size, lev.size)
-    t0 = np.broadcast_to(opening[:, None, None], shape).ravel()
-    tier = np.broadcast_to(lev_tier[None, None, :], shape).ravel()
-    base_w = (entry_w[None, :, None] * lev_w[None, None, :])  # (1, J, K)
+    e, lv = entry[opening], lev[opening]  # (m, K)
+    mmr = mmr_of(table, lv, params.typical_position_usd)
+    t0 = np.repeat(opening, slot_w.size)
+    tr = tier[opening].ravel()
 
     def side(share: np.ndarray, factor: np.ndarray) -> Levels:
-        price = (e[:, :, None] * factor[None, None, :]).ravel()
-        weight = ((d_oi[opening] * share[opening])[:, None, None] * base_w).ravel()
-        return Levels(t0, price, weight, tier)
+        weight = ((d_oi[opening] * share[opening])[:, None] * slot_w[None, :]).ravel()
+        return Levels(t0, (e * factor).ravel(), weight, tr)
 
-    longs = side(long_share, (1.0 - 1.0 / lev) / (1.0 - mmr))
-    shorts = side(1.0 - long_share, (1.0 + 1.0 / lev) / (1.0 + mmr))
-    info = {"side_model": side_used, "margin_table": table.name, "mmr_by_node": mmr.tolist()}
+    longs = side(long_share, (1.0 - 1.0 / lv) / (1.0 - mmr))
+    shorts = side(1.0 - long_share, (1.0 + 1.0 / lv) / (1.0 + mmr))
+    info = {"side_model": side_used, "margin_table": table.name, "levels_per_bar": int(slot_w.size)}
     return longs, shorts, log_c, info
 
 
 def _first_at_or_below(series: np.ndarray, start: np.ndarray, thresh: np.ndarray) -> np.ndarray:
     """For each query, the first index t >= start with series[t] <= thresh; len(series) if none.
 
-    Binary lifting over a sparse table of range minima: O((n + q) log n), no loop over q.
+    Binary lifting over a sparse table of range minima: O((n + q) log n), no loop over q. Each
+    table is padded with -inf where its window would run past the end, so a jump is taken exactly
+    when the whole window it skips stays above the threshold.
     """
     n = series.size
     out = np.full(start.size, n, dtype=np.int64)
@@ -227,18 +360,16 @@ def _first_at_or_below(series: np.ndarray, start: np.ndarray, thresh: np.ndarray
         return out
     pos = start[live].astype(np.int64)
     th = thresh[live]
-    tables = [series]
-    while (1 << len(tables)) <= n:
-        half = 1 << (len(tables) - 1)
-        prev = tables[-1]
-        tables.append(np.minimum(prev[:-half], prev[half:]))
-    for k in range(len(tables) - 1, -1, -1):
-        step = 1 << k
-        tab = tables[k]
-        can = pos + step <= n
-        idx = np.minimum(pos, tab.size - 1)
-        move = can & (tab[idx] > th)
-        pos = np.where(move, pos + step, pos)
+    levels = max(1, n.bit_length())
+    tables = np.full((levels, n + 1), -np.inf)
+    tables[0, :n] = series
+    for k in range(1, levels):
+        half, m = 1 << (k - 1), n - (1 << k) + 1
+        np.minimum(tables[k - 1, :m], tables[k - 1, half : half + m], out=tables[k, :m])
+    move = np.empty(pos.size, dtype=bool)
+    for k in range(levels - 1, -1, -1):
+        np.greater(tables[k].take(pos), th, out=move)
+        np.add(pos, 1 << k, out=pos, where=move)
     out[live] = pos
     return out
 
@@ -262,12 +393,19 @@ def build_map(
 
     # Sweep bar: the opening bar itself when the level is beyond that bar's close, else the first
     # later bar whose low (longs) / high (shorts) reaches it. Shorts use -high so both are "<=".
-    def sweep_bar(lv: Levels, touch: np.ndarray, thresh: np.ndarray, beyond_close: np.ndarray) -> np.ndarray:
-        later = _first_at_or_below(touch, np.minimum(lv.t0 + 1, n), thresh)
-        return np.where(beyond_close, lv.t0, later)
+    def sweep_bar(lv: Levels, touch: np.ndarray, thresh: np.ndarray, now: np.ndarray) -> np.ndarray:
+        out = lv.t0.astype(np.int64, copy=True)
+        later = np.nonzero(~now)[0]
+        out[later] = _first_at_or_below(touch, np.minimum(lv.t0[later] + 1, n), thresh[later])
+        return out
 
-    t_long = sweep_bar(longs, bars.low, longs.price, longs.price >= bars.close[longs.t0])
-    t_short = sweep_bar(shorts, -bars.high, -shorts.price, shorts.price <= bars.close[shorts.t0])
+    rule = params.open_bar_sweep
+    ref_long = bars.low if rule == "range" else bars.close
+    ref_short = bars.high if rule == "range" else bars.close
+    now_long = (longs.price >= ref_long[longs.t0]) & (rule != "none")
+    now_short = (shorts.price <= ref_short[shorts.t0]) & (rule != "none")
+    t_long = sweep_bar(longs, bars.low, longs.price, now_long)
+    t_short = sweep_bar(shorts, -bars.high, -shorts.price, now_short)
 
     swept_series = []
     remaining = []

@@ -1,9 +1,10 @@
 """A plain, loop-by-loop reference implementation of the model, for checking the vectorized one.
 
 It walks the bars in time order with a list of active levels, exactly as the model's docstring
-describes: consume, open (sweeping at once what is beyond the bar's close), close. It is slow and
-obvious on purpose. It shares only the per-bar input formulas (entry prices, side shares, leverage
-grid, margin table) with the real model; the sweeping, shrinking and binning are independent.
+describes: consume, close (older positions shrink), open (sweeping at once what is beyond the
+bar's close). It is slow and obvious on purpose. It shares only the per-bar input formulas (level
+slots: entry prices, leverages and tiers; side shares; the margin table) with the real model; the
+OI flow, turnover, sweeping, shrinking and binning are independent.
 """
 
 from __future__ import annotations
@@ -14,20 +15,26 @@ import numpy as np
 
 from analysis.bars import Bars
 from analysis.margin import table_for
-from analysis.model import ModelParams, entry_prices, side_shares
+from analysis.model import ModelParams, level_inputs, side_shares
 
 
 def reference_levels(bars: Bars, params: ModelParams):
     """Return (active levels, swept_long, swept_short); levels are dicts with side/price/notional/tier/t0."""
     n = len(bars)
-    oi = bars.oi_usd
-    d_oi = np.zeros(n)
-    d_oi[1:] = np.diff(oi) * params.oi_scale
-    entry, entry_w = entry_prices(bars, params.entry_points)
-    long_share, _ = side_shares(bars, d_oi, entry.mean(axis=1), params)
-    lev, lev_w, lev_tier = params.leverage_grid()
+    coin = params.oi_units == "coin"
+    q = [bars.oi_usd[t] / bars.close[t] if coin else bars.oi_usd[t] for t in range(n)]
+    opened = np.zeros(n)  # USD notional opened in each bar
+    shrink = np.ones(n)  # factor on positions that were already open
+    for t in range(1, n):
+        tau = 0.0
+        if params.holding_days > 0:
+            tau = 1.0 - math.exp(-(bars.time[t] - bars.time[t - 1]) / (params.holding_days * 86_400_000.0))
+        dq = q[t] - q[t - 1]
+        opened[t] = (max(dq, 0.0) + tau * q[t - 1]) * (bars.close[t] if coin else 1.0) * params.oi_scale
+        shrink[t] = max(((1.0 - tau) * q[t - 1] - max(-dq, 0.0)) / q[t - 1], 1e-12)
+    entry, lev, lev_tier, slot_w = level_inputs(bars, params)
+    long_share, _ = side_shares(bars, opened, entry.mean(axis=1), params)
     table = params.margin_table or table_for(bars.symbol)
-    mmr = [table.mmr_for(float(x), params.typical_position_usd) for x in lev]
 
     active: list[dict] = []
     swept_long = [0.0] * n
@@ -43,27 +50,31 @@ def reference_levels(bars: Bars, params: ModelParams):
             else:
                 keep.append(lv)
         active = keep
-        # 2. open
-        if t > 0 and oi[t] > oi[t - 1]:
-            for j in range(entry_w.size):
-                e = entry[t, j]
-                for k in range(lev.size):
-                    for side, share in (("long", long_share[t]), ("short", 1.0 - long_share[t])):
-                        if side == "long":
-                            price = e * (1 - 1 / lev[k]) / (1 - mmr[k])
-                        else:
-                            price = e * (1 + 1 / lev[k]) / (1 + mmr[k])
-                        notional = d_oi[t] * share * entry_w[j] * lev_w[k]
-                        beyond = price >= bars.close[t] if side == "long" else price <= bars.close[t]
-                        if beyond:
-                            (swept_long if side == "long" else swept_short)[t] += notional
-                        else:
-                            active.append(dict(side=side, price=price, notional=notional, tier=int(lev_tier[k]), t0=t))
-        # 3. close
-        if t > 0 and oi[t] < oi[t - 1]:
-            f = oi[t] / oi[t - 1]
-            for lv in active:
-                lv["notional"] *= f
+        # 2. close: positions already open shrink (OI fell, and/or turnover)
+        for lv in active:
+            lv["notional"] *= shrink[t]
+        # 3. open
+        if opened[t] > 0:
+            for k in range(slot_w.size):
+                e, lv_k = entry[t, k], lev[t, k]
+                mmr = table.mmr_for(float(lv_k), params.typical_position_usd)
+                for side, share in (("long", long_share[t]), ("short", 1.0 - long_share[t])):
+                    if side == "long":
+                        price = e * (1 - 1 / lv_k) / (1 - mmr)
+                    else:
+                        price = e * (1 + 1 / lv_k) / (1 + mmr)
+                    notional = opened[t] * share * slot_w[k]
+                    rule = params.open_bar_sweep
+                    if side == "long":
+                        ref = bars.low[t] if rule == "range" else bars.close[t]
+                        beyond = rule != "none" and price >= ref
+                    else:
+                        ref = bars.high[t] if rule == "range" else bars.close[t]
+                        beyond = rule != "none" and price <= ref
+                    if beyond:
+                        (swept_long if side == "long" else swept_short)[t] += notional
+                    else:
+                        active.append(dict(side=side, price=price, notional=notional, tier=int(lev_tier[t, k]), t0=t))
     return active, np.array(swept_long), np.array(swept_short)
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from analysis.bars import Bars
 from analysis.errors import DataError, InputError
 from analysis.margin import Bracket, MarginTable
-from analysis.model import ModelParams, build_map
+from analysis.model import ModelParams, build_map, oi_flow
 
 from reference_model import reference_grid, reference_levels
 
@@ -39,7 +39,9 @@ HAND_ROWS = [
 
 def hand_params(**kw) -> ModelParams:
     base = dict(leverage=(10.0,), leverage_weights=(1.0,), side_model="neutral", margin_table=NO_MMR,
-                bin_width=1.0, min_bars=3)
+                bin_width=1.0, min_bars=3,
+                # the plain semantics the hand numbers follow: USD OI, no turnover, one entry, grid mode
+                oi_units="usd", holding_days=0.0, entry_points=1, leverage_spread=0.0, levels_per_hour=0.0)
     base.update(kw)
     return ModelParams(**base)
 
@@ -149,7 +151,7 @@ def test_no_long_above_and_no_short_below_price(real_map):
 
 
 def test_active_notional_never_exceeds_oi_added(sample_bars, real_map):
-    added = np.clip(np.diff(sample_bars.oi_usd), 0, None).sum()
+    added = oi_flow(sample_bars, ModelParams())[0].sum()  # OI added plus turnover reopened
     assert real_map.total_long + real_map.total_short <= added
     # and everything added is either still active, swept, or closed by OI declines
     assert real_map.total_long + real_map.total_short + real_map.swept.long.sum() + real_map.swept.short.sum() <= added * (1 + 1e-9)
@@ -161,9 +163,9 @@ def test_sharp_up_move_clears_the_shorts_below_its_high(sample_bars):
     assert ret[k] > 0.005
     bars = sample_bars.slice(0, k + 1)
     m = build_map(bars)
-    below = m.centers < bars.high[k]
+    below = m.edges[1:] <= bars.high[k]  # whole bins below the high (levels are continuous now)
     # only positions opened in the up-move bar itself may still sit below its high
-    opened_in_bar = max(0.0, bars.oi_usd[k] - bars.oi_usd[k - 1])
+    opened_in_bar = oi_flow(bars, ModelParams())[0][k]
     assert m.short_by_bin()[below].sum() <= opened_in_bar * (1 + 1e-9)
     # and before it (one bar earlier) there were shorts below that high to clear
     before = build_map(sample_bars.slice(0, k))
@@ -227,7 +229,7 @@ def test_properties_match_reference_and_invariants(bars, params):
     active, ref_long, ref_short = reference_levels(bars, params)
     assert all(lv["price"] < bars.price for lv in active if lv["side"] == "long")
     assert all(lv["price"] > bars.price for lv in active if lv["side"] == "short")
-    added = np.clip(np.diff(bars.oi_usd), 0, None).sum()
+    added = oi_flow(bars, params)[0].sum()
     assert m.total_long + m.total_short <= added * (1 + 1e-9)
     np.testing.assert_allclose(m.swept.long, ref_long, rtol=1e-9, atol=1e-6)
     np.testing.assert_allclose(m.swept.short, ref_short, rtol=1e-9, atol=1e-6)
