@@ -28,7 +28,9 @@ late but within ``grace`` is posted once, late. Several missed days are each rec
 
 Exchange down: if some venues fail, the report names them (a degraded map) and is posted. If the
 report cannot be built at all, nothing is claimed and the run is retried on every tick until
-``grace`` runs out; then it is recorded ``skipped`` with the reason.
+``grace`` runs out; then it is recorded ``skipped`` with the reason. A request the report service
+refuses outright (:class:`~analysis.errors.InputError`, e.g. an exchange that is no longer
+configured) will not fix itself: that subscription is paused with the reason instead.
 
 Channel deleted or permissions lost (:class:`ChannelGone` / :class:`MissingAccess` from the poster):
 every subscription posting to that channel is paused with the reason (never deleted), and the
@@ -59,7 +61,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Iterable, Protocol
 
-from analysis.errors import LiqmapError
+from analysis.errors import InputError, LiqmapError
 from analysis.hysteresis import step
 from analysis.metrics import SKEW_CLASSES
 
@@ -399,6 +401,12 @@ class Dispatcher:
                     rep = reports[(s, p.sched.window, p.sched.exchange)]
                     if not isinstance(rep, BaseException):
                         claims.append(c)
+                    elif isinstance(rep, InputError):  # will not fix itself (e.g. an exchange no longer configured)
+                        reason = f"cannot build {s}: {rep}"
+                        skips.append((c, reason))
+                        if await self.store.pause("daily", p.sched.id, reason, now=now):
+                            stats.paused += 1
+                            log.warning("daily %s paused: %s", p.sched.id, reason)
                     elif now + timedelta(seconds=self.params.tick_s) - p.current.occ > grace:
                         skips.append((c, f"no report within the grace window: {rep}"))
                     else:
@@ -499,6 +507,11 @@ class Dispatcher:
         changes: list[tuple[SkewWatch, Any, Any]] = []
         for w in watches:
             rep = reports[(w.symbol, w.window, w.exchange)]
+            if isinstance(rep, InputError):
+                if await self.store.pause("watch", w.id, f"cannot build {w.symbol}: {rep}", now=now):
+                    stats.paused += 1
+                    log.warning("skew notice %s paused: cannot build %s: %s", w.id, w.symbol, rep)
+                continue
             if isinstance(rep, BaseException):
                 continue
             ratio = rep.reading.imbalance

@@ -662,13 +662,15 @@ class Store:
     # -- pausing ------------------------------------------------------------------------------------
 
     async def pause(self, kind: Kind, item_id: int, reason: str, now: datetime | None = None) -> bool:
-        """Pause one daily report or skew notice with a reason; False if it does not exist."""
+        """Pause one daily report or skew notice with a reason; False if it does not exist or is already paused."""
         table = {"daily": DailyRow, "watch": WatchRow}.get(kind)
         if table is None:
             raise InputError(f"unknown subscription kind {kind!r}; daily or watch")
         async with self._session() as s, s.begin():
             res = await s.execute(
-                update(table).where(table.id == item_id).values(paused_reason=_reason(reason), paused_at=_aware(now))
+                update(table)
+                .where(table.id == item_id, table.paused_reason.is_(None))
+                .values(paused_reason=_reason(reason), paused_at=_aware(now))
             )
             return bool(res.rowcount)
 

@@ -666,3 +666,30 @@ async def test_a_long_outage_records_a_bounded_number_of_skips(store):
     recs = await store.deliveries(s.id)
     assert len(recs) == 31 and all(r.state == "skipped" for r in recs)
     assert (await store.get_daily(s.id)).next_run_at == datetime(2026, 6, 2, 9, 0, tzinfo=UTC)
+
+
+async def test_a_request_the_service_refuses_pauses_that_subscription_only(store):
+    from analysis.errors import InputError
+
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster, reports = FakePoster(), FakeReports()
+    inner = reports.__call__
+
+    async def refusing(symbol, window, exchange):
+        if exchange == "coinglass":
+            raise InputError("unknown exchange 'coinglass'; choose all or one of binance, bybit, okx")
+        return await inner(symbol, window, exchange)
+
+    bad = await daily(store, clock, channel=1, exchange="coinglass")
+    good = await daily(store, clock, channel=2)
+    w = await store.add_watch(G, 3, symbol="BTC", window="7d", exchange="coinglass", created_by=U)
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    d = dispatcher(store, poster, refusing, clock)
+    stats = await d.run_daily()
+    assert stats.paused == 1 and poster.count(2) == 1 and poster.count(1) == 0
+    got = await store.get_daily(bad.id)
+    assert got.paused and "unknown exchange 'coinglass'" in got.paused_reason
+    assert not (await store.get_daily(good.id)).paused
+    assert (await store.deliveries(bad.id))[0].state == "skipped"
+    assert (await d.run_skew()).paused == 1
+    assert "unknown exchange" in (await store.get_watch(w.id)).paused_reason

@@ -137,6 +137,10 @@ async def test_remove_and_resume_only_within_own_guild(store):
     with pytest.raises(InputError, match="no daily report with id"):
         await store.resume_daily(G, 12345)
     assert await store.pause("daily", d.id, "channel deleted", now=NOW)
+    assert not await store.pause("daily", d.id, "a second reason", now=NOW)  # the first reason stays
+    assert not await store.pause("daily", 9999, "no such id", now=NOW)
+    with pytest.raises(InputError, match="daily or watch"):
+        await store.pause("weekly", d.id, "x")
     listed = (await store.list_daily(G))[0]
     assert listed.paused and listed.paused_reason == "channel deleted" and listed.paused_at == NOW
     assert await store.due_daily(NOW + timedelta(days=5)) == []  # paused: never due
