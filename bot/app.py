@@ -27,9 +27,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from analysis.errors import LiqmapError, SourceError
+from analysis.errors import InputError, LiqmapError, SourceError
 
-from .settings import Settings
+from .settings import Settings, redact_url
 
 __all__ = [
     "LiqmapBot",
@@ -41,6 +41,9 @@ __all__ = [
     "build_service",
     "send_error",
     "error_message",
+    "dry_run",
+    "run",
+    "sync_commands",
 ]
 
 log = logging.getLogger(__name__)
@@ -215,7 +218,7 @@ class LiqmapBot(commands.Bot):
         if self.service is None:
             self.service = build_service(self.settings)
         self.symbols = SymbolIndex(self.service.sources)
-        if self.store is None:
+        if self.store is None and self.mode != "sync":
             self.store = await self._open_store()
         for module in self.cog_modules:
             await self.load_extension(module)
@@ -294,25 +297,86 @@ class LiqmapBot(commands.Bot):
         except OSError as exc:
             log.warning("could not record the command hash in %s: %s", self.sync_state_path, exc)
 
-    async def sync_commands(self, *, force_global: bool = False, guild_id: int | None = None) -> list[str]:
-        """Sync as described in the module docstring; returns what was done, one line each."""
-        done: list[str] = []
-        gid = guild_id if guild_id is not None else self.settings.discord.dev_guild_id
-        if gid:
-            guild = discord.Object(id=gid)
-            self.tree.copy_global_to(guild=guild)
-            synced = await self.tree.sync(guild=guild)
-            done.append(f"synced {len(synced)} command(s) to guild {gid}")
+    async def sync_guild(self, guild_id: int) -> str:
+        """Copy the global commands to one guild and sync them there (instant; for development)."""
+        guild = discord.Object(id=guild_id)
+        self.tree.copy_global_to(guild=guild)
+        synced = await self.tree.sync(guild=guild)
+        return f"synced {len(synced)} command(s) to guild {guild_id}"
+
+    async def sync_global(self, *, force: bool = False) -> str:
+        """Sync the global commands if their definitions changed since the last global sync (or ``force``)."""
         digest = definitions_hash(self.definitions())
-        if force_global or (not gid and self._recorded_hash() != digest):
-            synced = await self.tree.sync()
-            self._record_hash(digest)
-            done.append(f"synced {len(synced)} global command(s) (definitions {digest[:12]})")
-        elif not gid:
-            done.append(f"global commands unchanged (definitions {digest[:12]}); not synced")
+        if not force and self._recorded_hash() == digest:
+            return f"global commands unchanged (definitions {digest[:12]}); not synced"
+        synced = await self.tree.sync()
+        self._record_hash(digest)
+        return f"synced {len(synced)} global command(s) (definitions {digest[:12]})"
+
+    async def sync_commands(self) -> list[str]:
+        """The start-up policy from the module docstring; returns what was done, one line each."""
+        gid = self.settings.discord.dev_guild_id
+        done = [await self.sync_guild(gid)] if gid else [await self.sync_global()]
         for line in done:
             log.info(line)
         return done
+
+
+def _token(settings: Settings) -> str:
+    if not settings.discord.has_token:
+        raise InputError(
+            "DISCORD_TOKEN is not set; put it in .env or the environment (see .env.example), "
+            "or check a deployment without it using `liqmap bot --dry-run`"
+        )
+    return settings.discord.token.get_secret_value().strip()  # type: ignore[union-attr]
+
+
+async def dry_run(settings: Settings, **kw: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """Start everything but the gateway: settings, database + migrations, report service, cogs,
+    dispatcher and command tree. Returns the command definitions and a few status lines."""
+    bot = LiqmapBot(settings, mode="dry-run", **kw)
+    async with bot:
+        await bot.setup_hook()
+        defs = bot.definitions()
+        status = [
+            f"settings: {json.dumps(settings.safe_dict(), default=str)}",
+            f"database: {redact_url(settings.database.url)} migrated; "
+            f"{type(bot.store).__name__} with a cap of {bot.store.max_per_guild} subscriptions per server",
+            f"report service: venues {', '.join(bot.service.venues)}, cache {bot.service.ttl:g} s",
+            f"dispatcher: {type(bot.scheduler).__name__} ready (not started)",
+            f"commands: {len(defs)} ({', '.join('/' + d['name'] for d in defs)}), definitions {definitions_hash(defs)[:12]}",
+        ]
+    return defs, status
+
+
+async def run(settings: Settings) -> None:
+    """Run the bot until it is stopped."""
+    token = _token(settings)
+    bot = LiqmapBot(settings, mode="run")
+    async with bot:
+        try:
+            await bot.start(token)
+        except discord.LoginFailure:
+            raise InputError("Discord rejected DISCORD_TOKEN (invalid or reset); copy a fresh token from the "
+                             "Developer Portal (Bot -> Reset Token)") from None
+        except discord.PrivilegedIntentsRequired:  # pragma: no cover - we request none
+            raise InputError("Discord says a privileged intent is required; liqmap requests none") from None
+
+
+async def sync_commands(settings: Settings, *, guild_id: int | None = None) -> list[str]:
+    """``liqmap sync-commands``: log in over HTTP only (no gateway) and sync now.
+
+    Without ``guild_id`` the global commands are synced unconditionally; with it, only that guild.
+    """
+    token = _token(settings)
+    bot = LiqmapBot(settings, mode="sync")
+    async with bot:
+        try:
+            await bot.login(token)  # runs setup_hook in "sync" mode: store and cogs only
+        except discord.LoginFailure:
+            raise InputError("Discord rejected DISCORD_TOKEN (invalid or reset)") from None
+        line = await (bot.sync_guild(guild_id) if guild_id else bot.sync_global(force=True))
+    return [line]
 
 
 async def _close_sources(service: Any) -> None:

@@ -55,8 +55,55 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- bot / sync-commands ---------------------------------------------------------------------------
+
+def _add_bot(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bot", help="run the Discord bot (settings from the environment and .env; see .env.example)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="start everything except the Discord connection (settings, database and migrations, "
+                        "dispatcher, command tree), print the command definitions as JSON and exit; needs no token")
+    p.add_argument("--env-file", default=".env", help="settings file read besides the environment (default .env)")
+
+
+def _run_bot(args: argparse.Namespace) -> int:
+    from bot import app
+    from bot.settings import load_settings
+
+    settings = load_settings(args.env_file)
+    if args.dry_run:
+        defs, status = asyncio.run(app.dry_run(settings))
+        for line in status:
+            print(line, file=sys.stderr)
+        print(json.dumps(defs, indent=1, ensure_ascii=False))
+        return 0
+    if not args.verbose:
+        logging.getLogger().setLevel(logging.INFO)  # a long-running service: keep an INFO log
+    asyncio.run(app.run(settings))
+    return 0
+
+
+def _add_sync_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sync-commands", help="push the slash-command definitions to Discord now (HTTP only, no gateway)")
+    p.add_argument("--guild", type=int, default=None, metavar="ID",
+                   help="sync to this server only (instant) instead of globally")
+    p.add_argument("--env-file", default=".env", help="settings file read besides the environment (default .env)")
+
+
+def _run_sync_commands(args: argparse.Namespace) -> int:
+    from bot import app
+    from bot.settings import load_settings
+
+    if args.guild is not None and args.guild <= 0:
+        raise InputError(f"--guild must be a server id, not {args.guild}")
+    for line in asyncio.run(app.sync_commands(load_settings(args.env_file), guild_id=args.guild)):
+        print(line)
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
     "report": (_add_report, _run_report),
+    "bot": (_add_bot, _run_bot),
+    "sync-commands": (_add_sync_commands, _run_sync_commands),
 }
 
 

@@ -101,7 +101,7 @@ class WebhookRecorder(AsyncWebhookAdapter):
     async def request(self, route: Any, session: Any, *, payload: Any = None, multipart: Any = None,
                       files: Any = None, params: Any = None, **_: Any) -> Any:
         body, sent = _decode_multipart(multipart) if multipart else (payload, [])
-        call = Call(route.method, route.path.format_map(_Blank(route)), body, sent, params)
+        call = Call(route.method, _path(route), body, sent, params)
         self.calls.append(call)
         if self.fail is not None:
             exc = self.fail(call)
@@ -120,13 +120,9 @@ class WebhookRecorder(AsyncWebhookAdapter):
         return message_payload(body or {})
 
 
-class _Blank(dict):
-    def __init__(self, route: Any) -> None:
-        super().__init__()
-        self.route = route
-
-    def __missing__(self, key: str) -> str:
-        return str(getattr(self.route, key, None) or "{" + key + "}")
+def _path(route: Any) -> str:
+    """The request path with its parameters filled in, as sent (``Route.url`` minus the API base)."""
+    return route.url[len(route.BASE):] if route.url.startswith(route.BASE) else route.url
 
 
 class RestRecorder:
@@ -151,7 +147,7 @@ class RestRecorder:
                     fp = part["value"]
                     fp.seek(0)
                     sent.append((part.get("filename", ""), fp.read()))
-        call = Call(route.method, route.path.format_map(_Blank(route)), body, sent, kwargs.get("params"))
+        call = Call(route.method, _path(route), body, sent, kwargs.get("params"))
         self.calls.append(call)
         if self.fail is not None:
             exc = self.fail(call)

@@ -1,0 +1,159 @@
+"""Command definitions (committed snapshot), the explicit sync policy, and the bot CLI commands.
+
+The snapshot ``tests/fixtures/commands.json`` is what Discord receives for the production set-up
+(venues binance, bybit, okx; no CoinGlass key). When a change to the commands is intended,
+refresh it and commit it with the change:
+
+    LIQMAP_UPDATE_COMMANDS=1 .venv/bin/pytest -q tests/test_bot_commands.py
+
+(The bot re-syncs global commands by itself on its next start, because their hash changes.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from bot import cli
+from bot.app import definitions_hash
+
+from bot_harness import APP_ID, DISCORD_OK, PINNED, StubSource, make_harness, snowflake
+
+pytestmark = pytest.mark.skipif(not DISCORD_OK, reason=f"harness uses discord.py internals pinned to {PINNED}")
+
+SNAPSHOT = Path(__file__).resolve().parent / "fixtures" / "commands.json"
+LIVE_VENUES = ("binance", "bybit", "okx")
+
+
+def _stubs(*names: str) -> dict:
+    return {n: StubSource(n, ("BTCUSDT", "ETHUSDT")) for n in names}
+
+
+@pytest.fixture
+async def live_like(tmp_path):
+    h = await make_harness(tmp_path / "bot.db", sources=_stubs(*LIVE_VENUES))
+    yield h
+    await h.stop()
+
+
+async def test_command_definitions_match_the_committed_snapshot(live_like):
+    defs = live_like.bot.definitions()
+    if os.environ.get("LIQMAP_UPDATE_COMMANDS") == "1":
+        SNAPSHOT.parent.mkdir(parents=True, exist_ok=True)
+        SNAPSHOT.write_text(json.dumps(defs, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    committed = json.loads(SNAPSHOT.read_text(encoding="utf-8"))
+    assert defs == committed, (
+        "the slash-command definitions changed; if that is intended, refresh the snapshot with "
+        "`LIQMAP_UPDATE_COMMANDS=1 .venv/bin/pytest -q tests/test_bot_commands.py` and commit it"
+    )
+
+
+def test_snapshot_reads_naturally_in_the_picker():
+    defs = {d["name"]: d for d in json.loads(SNAPSHOT.read_text(encoding="utf-8"))}
+    assert set(defs) == {"liqmap", "daily", "skew-alerts"}
+    assert [o["name"] for o in defs["liqmap"]["options"]] == ["symbol", "window", "exchange", "private"]
+    exch = next(o for o in defs["liqmap"]["options"] if o["name"] == "exchange")
+    assert [c["value"] for c in exch["choices"]] == ["all", *LIVE_VENUES]
+    assert [o["name"] for o in defs["daily"]["options"]] == ["set", "list", "remove", "resume"]
+    assert [o["name"] for o in defs["skew-alerts"]["options"]] == ["subscribe", "list", "unsubscribe", "resume"]
+
+    def walk(options):
+        for o in options:
+            yield o
+            yield from walk(o.get("options", []))
+
+    for d in defs.values():
+        assert 1 <= len(d["description"]) <= 100
+        for o in walk(d.get("options", [])):
+            assert 1 <= len(o["description"]) <= 100, o["name"]
+            assert o["name"] == o["name"].lower() and " " not in o["name"]
+
+
+async def test_coinglass_is_offered_only_when_the_service_has_it(tmp_path):
+    h = await make_harness(tmp_path / "bot.db", sources=_stubs(*LIVE_VENUES, "coinglass"))
+    try:
+        defs = {d["name"]: d for d in h.bot.definitions()}
+        exch = next(o for o in defs["liqmap"]["options"] if o["name"] == "exchange")
+        assert exch["choices"][-1] == {"name": "CoinGlass", "value": "coinglass"}
+    finally:
+        await h.stop()
+
+
+def test_definitions_hash_ignores_key_order_but_not_content():
+    a = [{"name": "liqmap", "description": "x", "options": []}]
+    b = [{"options": [], "description": "x", "name": "liqmap"}]
+    assert definitions_hash(a) == definitions_hash(b)
+    assert definitions_hash(a) != definitions_hash([{**a[0], "description": "y"}])
+
+
+def _answer_sync(call):
+    if call.method == "PUT" and call.path.endswith("/commands"):
+        return [{**d, "id": snowflake(), "application_id": str(APP_ID), "version": snowflake()} for d in call.json]
+    return None
+
+
+async def test_global_sync_happens_only_when_definitions_change(live_like):
+    bot, rest = live_like.bot, live_like.rest
+    rest.respond = _answer_sync
+    puts = lambda: [c for c in rest.calls if c.method == "PUT"]  # noqa: E731
+    (line,) = await bot.sync_commands()
+    assert line.startswith("synced 3 global command(s)")
+    (put,) = puts()
+    assert put.path == f"/applications/{APP_ID}/commands"
+    assert sorted(put.json, key=lambda d: d["name"]) == json.loads(SNAPSHOT.read_text(encoding="utf-8"))
+    # a restart with the same definitions: no sync
+    (line,) = await bot.sync_commands()
+    assert "unchanged" in line and len(puts()) == 1
+    # the definitions change (e.g. a new option): the next start syncs again
+    bot.tree.get_command("liqmap")._params["private"].description = "changed"
+    (line,) = await bot.sync_commands()
+    assert line.startswith("synced") and len(puts()) == 2
+    # an explicit sync-commands always syncs
+    assert (await bot.sync_global(force=True)).startswith("synced") and len(puts()) == 3
+
+
+async def test_dev_guild_syncs_there_instantly_and_leaves_global_alone(tmp_path):
+    h = await make_harness(tmp_path / "bot.db", sources=_stubs(*LIVE_VENUES), dev_guild_id=123456789012345678)
+    try:
+        h.rest.respond = _answer_sync
+        (line,) = await h.bot.sync_commands()
+        assert line == "synced 3 command(s) to guild 123456789012345678"
+        (put,) = [c for c in h.rest.calls if c.method == "PUT"]
+        assert put.path == f"/applications/{APP_ID}/guilds/123456789012345678/commands"
+    finally:
+        await h.stop()
+
+
+def test_cli_dry_run_prints_definitions_without_a_token(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    monkeypatch.setenv("LIQMAP_SOURCE", "sample")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'dry.db'}")
+    assert cli.main(["bot", "--dry-run"]) == 0
+    out, err = capsys.readouterr()
+    defs = json.loads(out)
+    assert [d["name"] for d in defs] == ["daily", "liqmap", "skew-alerts"]
+    assert "migrated" in err and "dispatcher: Dispatcher ready" in err and '"token": "unset"' in err
+    assert (tmp_path / "dry.db").exists()  # the database was created and migrated
+
+
+@pytest.mark.parametrize("argv", [["bot"], ["sync-commands"], ["sync-commands", "--guild", "5"]])
+def test_cli_without_token_says_how_to_set_it(tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    monkeypatch.setenv("LIQMAP_SOURCE", "sample")
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "DISCORD_TOKEN is not set" in err and ".env" in err
+
+
+def test_cli_bad_settings_exit_cleanly(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DEV_GUILD_ID", "not-a-number")
+    monkeypatch.setenv("DISCORD_TOKEN", "secret-token-value")
+    assert cli.main(["bot", "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert "DEV_GUILD_ID" in err and "secret-token-value" not in err and "not-a-number" not in err
