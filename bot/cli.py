@@ -100,10 +100,50 @@ def _run_sync_commands(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- backtest ----------------------------------------------------------------------------------------
+
+def _add_backtest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "backtest",
+        help="score the model's swept notional per bar against realized liquidations (see docs/methodology.md)",
+    )
+    p.add_argument("--data", required=True, type=Path,
+                   help="CSV in the format of btc-realized-liquidations-1h-dev.csv (bars, OI, realized long/short)")
+    p.add_argument("--warmup", default="7d", help="leading span that only builds positions, e.g. 7d, 36h, 0 (default 7d)")
+    p.add_argument("--symbol", default="BTCUSDT", help="symbol of the file, picks the margin table (default BTCUSDT)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--png", type=Path, default=None, help="also draw realized vs model (time and scatter) to this PNG")
+    p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the intervals (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+
+
+def _run_backtest(args: argparse.Namespace) -> int:
+    from analysis.backtest import load_history, render_png, run_backtest
+    from analysis.symbols import parse_symbol
+
+    if not (1 <= args.boot <= 100_000):
+        raise InputError(f"--boot must be between 1 and 100000, not {args.boot}")
+    hist = load_history(args.data, symbol=parse_symbol(args.symbol).symbol)
+    result = run_backtest(hist, warmup=args.warmup, n_boot=args.boot, seed=args.seed)
+    if args.png is not None:
+        try:
+            args.png.write_bytes(render_png(result))
+        except OSError as exc:
+            raise InputError(f"cannot write {args.png}: {exc.strerror or exc}") from None
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(result.table())
+        if args.png is not None:
+            print(f"\nwrote {args.png}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
     "report": (_add_report, _run_report),
     "bot": (_add_bot, _run_bot),
     "sync-commands": (_add_sync_commands, _run_sync_commands),
+    "backtest": (_add_backtest, _run_backtest),
 }
 
 
