@@ -56,7 +56,6 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any, Awaitable, Callable, Iterable, Protocol

@@ -23,15 +23,24 @@ API for the Discord layer (all ``async``)::
                           mild=None, heavy=None, exit_mild=None, exit_heavy=None,
                           cooldown_s=None, created_by=user_id) -> SkewWatch
     await store.list_watches(guild_id) / remove_watch(guild_id, id) / resume_watch(guild_id, id)
-    await store.pause("daily" | "watch", id, reason)
-    await store.pause_channel(channel_id, reason) -> int   # every subscription posting there
+    await store.get_daily(id) / get_watch(id) -> record | None   # any guild: check guild_id yourself
+    await store.count_subscriptions(guild_id) -> int              # daily + watches, paused included
+    await store.pause("daily" | "watch", id, reason) -> bool      # False: no such id or already paused
+    await store.pause_channel(channel_id, reason) -> int          # every subscription posting there
+    await store.deliveries(schedule_id, local_date=None) -> list[Delivery]
+
+Every refusal is an ``InputError`` (bad time/timezone/symbol/window/exchange/threshold/cooldown,
+duplicate, cap reached, unknown id in this guild). The cap counts daily reports and skew notices
+together, paused ones included.
 
 Validators usable on their own (e.g. in autocomplete or a pre-check): :func:`parse_time`,
-:func:`parse_timezone`, :func:`parse_symbols`. Scheduling helpers: :func:`next_occurrence`.
+:func:`parse_timezone`, :func:`parse_symbols`. Scheduling helpers: :func:`next_occurrence`,
+:func:`local_occurrence` (the DST policy).
 
-The dispatcher (``bot/scheduler.py``) uses :meth:`Store.due_daily`, :meth:`Store.claim_delivery`,
-:meth:`Store.finish_delivery`, :meth:`Store.advance`, :meth:`Store.active_watches` and
-:meth:`Store.set_watch_class`.
+The dispatcher (``bot/scheduler.py``) uses :meth:`Store.due_daily`, :meth:`Store.deliveries_for`,
+:meth:`Store.claim_many`, :meth:`Store.finish_many`, :meth:`Store.skip_many`,
+:meth:`Store.advance_many`, :meth:`Store.active_watches`, :meth:`Store.record_baselines` and
+:meth:`Store.set_watch_class` (one transaction per step per tick, not per channel).
 """
 
 from __future__ import annotations
