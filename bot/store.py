@@ -472,6 +472,9 @@ def alembic_config(url: str | None = None) -> Any:
 def _upgrade(sync_conn: Any) -> None:
     from alembic import command
 
+    if sync_conn.dialect.name == "postgresql":
+        # several processes may start at once: one migrates, the others wait (lock ends with the transaction)
+        sync_conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7365001)")
     cfg = alembic_config()
     cfg.attributes["connection"] = sync_conn
     command.upgrade(cfg, "head")
