@@ -582,7 +582,7 @@ def build_figure(m: LiquidationMap, reading: Reading, *, theme: str = "dark", st
     if empty:
         ax.set_yticks([])
         ax2.set_yticks([])
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=10, steps=[1, 2, 5, 10]))
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=12, steps=[1, 2, 5, 10]))
     ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
     step = float(np.min(np.diff(ticks))) if len(ticks) > 1 else (hi - lo)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt_tick(v, step)))
