@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import signal
 import uuid
 from pathlib import Path
 from typing import Any, Literal
@@ -353,6 +354,12 @@ async def run(settings: Settings) -> None:
     """Run the bot until it is stopped."""
     token = _token(settings)
     bot = LiqmapBot(settings, mode="run")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:  # close cleanly on docker stop / Ctrl-C: dispatcher, store and sources
+            loop.add_signal_handler(sig, lambda: loop.create_task(bot.close()))
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
+            pass
     async with bot:
         try:
             await bot.start(token)

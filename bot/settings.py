@@ -86,7 +86,7 @@ class ScheduleSettings(BaseSettings):
 
     model_config = _config(".env")
 
-    daily_grace_minutes: float = Field(90.0, validation_alias="LIQMAP_DAILY_GRACE_MINUTES", ge=0, le=24 * 60)
+    daily_grace_minutes: float = Field(120.0, validation_alias="LIQMAP_DAILY_GRACE_MINUTES", ge=0, le=24 * 60)
     watch_interval_minutes: float = Field(15.0, validation_alias="LIQMAP_WATCH_INTERVAL_MINUTES", ge=1, le=24 * 60)
     guild_subscription_cap: int = Field(25, validation_alias="LIQMAP_GUILD_SUBSCRIPTION_CAP", ge=1, le=1000)
     report_ttl_seconds: float = Field(120.0, validation_alias="LIQMAP_REPORT_TTL_SECONDS", ge=0, le=3600)

@@ -345,7 +345,8 @@ class StubSource:
 
 
 async def make_harness(db_path: Any, *, sources: dict[str, Any] | None = None, cogs: tuple[str, ...] | None = None,
-                       bot_perms: discord.Permissions = BOT_PERMS, **overrides: Any) -> Harness:
+                       bot_perms: discord.Permissions = BOT_PERMS, wait_symbols: bool = True,
+                       **overrides: Any) -> Harness:
     """A started :class:`Harness` over the bundled sample (or ``sources``) and a SQLite file."""
     from analysis.report import ReportService
     from analysis.sources.registry import make_sources
@@ -359,5 +360,6 @@ async def make_harness(db_path: Any, *, sources: dict[str, Any] | None = None, c
                     sync_state_path=Path(str(db_path)).with_suffix(".sync.json"))
     harness = Harness(bot, bot_perms=bot_perms)
     await harness.start()
-    await bot.symbols.wait()
+    if wait_symbols:
+        await bot.symbols.wait()
     return harness

@@ -6,13 +6,16 @@ Binance sample, so everything is offline.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 import discord
 import pytest
 
 from analysis.errors import SourceError
 from analysis.sources.registry import make_sources
+from bot.cogs import SymbolIndex
 
 from bot_harness import DISCORD_OK, PINNED, StubSource, interaction_payload, make_harness
 
@@ -169,3 +172,69 @@ async def test_bot_sends_no_pings_and_uses_no_privileged_intents(h):
     privileged = discord.Intents(members=True, presences=True, message_content=True)
     assert not (bot.intents.value & privileged.value)
     assert bot.intents == discord.Intents(guilds=True)
+
+
+class SlowSymbols:
+    """A venue whose symbol list arrives only when ``release`` is set (or fails when ``fail``)."""
+
+    def __init__(self, name: str, symbols: list[str]) -> None:
+        self.name = name
+        self.symbols_list = symbols
+        self.release = asyncio.Event()
+        self.calls = 0
+        self.fail = False
+
+    async def symbols(self) -> list[str]:
+        self.calls += 1
+        await self.release.wait()
+        if self.fail:
+            raise SourceError(self.name, "/exchangeInfo", "HTTP 503")
+        return list(self.symbols_list)
+
+    async def bars(self, symbol, window):
+        raise SourceError(self.name, "/klines", "not in this test")
+
+
+async def test_symbol_index_answers_at_once_while_lists_load_and_keeps_them_on_failure():
+    now = [0.0]
+    src = SlowSymbols("binance", ["XRPUSDT", "BTCDOMUSDT", "ETHUSDT", "BTCUSDT", "WBTCUSDT"])
+    index = SymbolIndex({"binance": src}, ttl=60, clock=lambda: now[0])
+    t0 = time.perf_counter()
+    assert index.suggest("eth", ["binance"]) == [("ETHUSDT", [])]  # the canonical spelling, instantly
+    assert index.suggest("b$", ["binance"]) == []
+    assert time.perf_counter() - t0 < 0.05
+    for _ in range(5):
+        await asyncio.sleep(0)
+    index.suggest("e", ["binance"])
+    assert src.calls == 1 and not index.loaded  # one background refresh, not one per keystroke
+    src.release.set()
+    await index.wait()
+    assert [s for s, _ in index.suggest("", ["binance"])] == ["BTCUSDT", "ETHUSDT", "XRPUSDT", "BTCDOMUSDT", "WBTCUSDT"]
+    assert [s for s, _ in index.suggest("btc", ["binance"])] == ["BTCUSDT", "BTCDOMUSDT", "WBTCUSDT"]
+    assert index.suggest("BTC-USDT-SWAP", ["binance"])[0] == ("BTCUSDT", ["binance"])
+    assert index.known(["binance"]) >= {"BTCUSDT"} and index.known(["okx"]) is None
+    now[0] = 61.0  # stale: the next suggestion triggers a refresh, which fails
+    src.fail = True
+    index.suggest("", ["binance"])
+    await index.wait()
+    assert src.calls == 2 and "ETHUSDT" in index.known(["binance"])  # the previous list is kept
+
+
+async def test_autocomplete_never_waits_for_a_slow_venue(tmp_path):
+    slow = SlowSymbols("binance", ["BTCUSDT"])
+    h = await make_harness(tmp_path / "bot.db", sources={"binance": slow}, cogs=("bot.cogs.liqmap",),
+                           wait_symbols=False)
+    try:
+        t0 = time.perf_counter()
+        calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "eth"}, focused="symbol"))
+        assert time.perf_counter() - t0 < 1.0
+        assert _callback(calls)["data"]["choices"] == [{"name": "ETHUSDT", "value": "ETHUSDT"}]
+        slow.release.set()
+        await h.bot.symbols.wait()
+    finally:
+        await h.stop()
+
+
+async def test_liqmap_works_in_direct_messages(h):
+    calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "window": "1d"}, guild=False))
+    assert calls[0].body["type"] == CALLBACK_DEFER and calls[1].files

@@ -11,13 +11,14 @@ refreshes them in the background: an autocomplete answer never waits for the net
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from analysis.errors import InputError
+from analysis.errors import InputError, SourceError
 from analysis.symbols import parse_symbol, suggest
 from analysis.windows import parse_window
 
@@ -28,6 +29,8 @@ from . import WINDOW_CHOICES, SymbolIndex, exchange_choices, symbol_choices
 __all__ = ["LiqmapCog", "setup"]
 
 log = logging.getLogger(__name__)
+
+REPORT_TIMEOUT = 300.0  # well inside the 15 minutes an interaction token stays valid
 
 class LiqmapCog(commands.Cog):
     """The ``/liqmap`` command and its symbol autocomplete."""
@@ -85,7 +88,10 @@ class LiqmapCog(commands.Cog):
         sym, win, _ = self.validate(symbol, window, exchange)
         await interaction.response.defer(ephemeral=private, thinking=True)
         interaction.extras["public_defer"] = not private
-        report = await self.service.report(sym, win, exchange)
+        try:
+            report = await asyncio.wait_for(self.service.report(sym, win, exchange), REPORT_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise SourceError("liqmap", "report", f"no answer from the exchanges within {REPORT_TIMEOUT:.0f} s") from None
         await interaction.followup.send(
             embed=report_embed(report), file=png_file(report.png), ephemeral=private, allowed_mentions=NO_MENTIONS
         )
