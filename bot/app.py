@@ -42,6 +42,8 @@ __all__ = [
     "build_service",
     "send_error",
     "error_message",
+    "invite_permissions",
+    "invite_url",
     "dry_run",
     "run",
     "sync_commands",
@@ -59,6 +61,20 @@ def bot_intents() -> discord.Intents:
     intents = discord.Intents.none()
     intents.guilds = True
     return intents
+
+
+def invite_permissions(*, history: bool = True) -> discord.Permissions:
+    """View Channel, Send Messages, Embed Links, Attach Files (52224); with ``history`` also Read
+    Message History (117760), which lets the dispatcher verify a post interrupted by a crash."""
+    perms = discord.Permissions(view_channel=True, send_messages=True, embed_links=True, attach_files=True)
+    perms.read_message_history = history
+    return perms
+
+
+def invite_url(client_id: int, *, history: bool = True) -> str:
+    """The OAuth2 URL that adds the bot with scopes ``bot applications.commands``."""
+    return discord.utils.oauth_url(client_id, permissions=invite_permissions(history=history),
+                                   scopes=("bot", "applications.commands"))
 
 
 def command_definitions(tree: app_commands.CommandTree) -> list[dict[str, Any]]:
@@ -230,6 +246,11 @@ class LiqmapBot(commands.Bot):
             await self.sync_commands()
             if self.scheduler is not None:
                 self.loop.create_task(self._start_dispatcher(), name="liqmap-start-dispatcher")
+
+    async def on_ready(self) -> None:
+        # Logging only: command sync never happens here (see the module docstring).
+        log.info("connected as %s to %d server(s); invite: %s", self.user, len(self.guilds),
+                 invite_url(self.application_id or 0))
 
     async def _start_dispatcher(self) -> None:
         # After READY the channel cache is complete, so the poster can check permissions first.

@@ -157,3 +157,12 @@ def test_cli_bad_settings_exit_cleanly(tmp_path, monkeypatch, capsys):
     assert cli.main(["bot", "--dry-run"]) == 2
     err = capsys.readouterr().err
     assert "DEV_GUILD_ID" in err and "secret-token-value" not in err and "not-a-number" not in err
+
+
+def test_invite_url_scopes_and_minimal_permissions():
+    from bot.app import invite_permissions, invite_url
+
+    assert invite_permissions(history=False).value == 1024 + 2048 + 16384 + 32768 == 52224
+    assert invite_permissions().value == 52224 + 65536 == 117760
+    assert invite_url(123, history=False) == (
+        "https://discord.com/oauth2/authorize?client_id=123&scope=bot+applications.commands&permissions=52224")

@@ -216,3 +216,13 @@ async def test_skew_alert_symbol_autocomplete(h):
     calls = await h.dispatch(interaction_payload("skew-alerts", {"channel": REPORTS, "symbol": "b"}, sub="subscribe",
                                                  focused="symbol", perms=MANAGER_PERMS))
     assert calls[0].body["data"]["choices"] == [{"name": "BTCUSDT · binance", "value": "BTCUSDT"}]
+
+
+async def test_confirmation_suggests_read_message_history_only_where_it_is_missing(h):
+    from bot_harness import NO_HISTORY_CHANNEL_ID
+
+    text = answer(await h.dispatch(daily("set", channel=Channel(NO_HISTORY_CHANNEL_ID, "alerts"), time="09:30",
+                                         timezone="UTC")))
+    assert text.startswith("Daily report set.") and "Read Message History" in text
+    text = answer(await h.dispatch(daily("set", channel=REPORTS, time="09:30", timezone="UTC")))
+    assert "Read Message History" not in text

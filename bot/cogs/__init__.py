@@ -33,6 +33,7 @@ __all__ = [
     "missing_channel_permissions",
     "require_manage_guild",
     "check_target_channel",
+    "history_hint",
 ]
 
 log = logging.getLogger(__name__)
@@ -230,3 +231,13 @@ class ManagerGroup(app_commands.Group):
         if interaction.type is discord.InteractionType.application_command:
             require_manage_guild(interaction)
         return True
+
+
+def history_hint(interaction: discord.Interaction, channel: discord.abc.GuildChannel | discord.Thread) -> str:
+    """A tip when the bot cannot read history in ``channel`` (used to verify an interrupted post)."""
+    guild = interaction.guild
+    real = guild.get_channel_or_thread(channel.id) if guild else None
+    if real is None or guild is None or guild.me is None or real.permissions_for(guild.me).read_message_history:
+        return ""
+    return ("\nTip: also give me Read Message History there. If a post is ever interrupted by a restart, I use it "
+            "to check whether the post went out; without it the subscription pauses instead of risking a duplicate.")

@@ -23,7 +23,7 @@ from analysis.errors import InputError
 from analysis.windows import parse_window
 
 from ..app import NO_MENTIONS
-from . import WINDOW_CHOICES, ManagerGroup, check_target_channel, exchange_choices, timezone_choices
+from . import WINDOW_CHOICES, ManagerGroup, check_target_channel, exchange_choices, history_hint, timezone_choices
 
 __all__ = ["DailyCog", "describe_schedule", "setup"]
 
@@ -146,7 +146,7 @@ class DailyCog(commands.Cog):
             timezone=zone, created_by=interaction.user.id,
         )
         log.info("guild %s added daily report %s", interaction.guild_id, s.id)
-        await _reply(interaction, f"Daily report set.\n{describe_schedule(s)}")
+        await _reply(interaction, f"Daily report set.\n{describe_schedule(s)}{history_hint(interaction, channel)}")
 
     async def do_list(self, interaction: discord.Interaction) -> None:
         store = self.store

@@ -24,7 +24,15 @@ from analysis.symbols import parse_symbol
 from analysis.windows import parse_window
 
 from ..app import NO_MENTIONS
-from . import WINDOW_CHOICES, ManagerGroup, SymbolIndex, check_target_channel, exchange_choices, symbol_choices
+from . import (
+    WINDOW_CHOICES,
+    ManagerGroup,
+    SymbolIndex,
+    check_target_channel,
+    exchange_choices,
+    history_hint,
+    symbol_choices,
+)
 
 __all__ = ["NoticesCog", "describe_watch", "setup"]
 
@@ -168,7 +176,8 @@ class NoticesCog(commands.Cog):
         )
         log.info("guild %s added skew alert %s", interaction.guild_id, w.id)
         await _reply(interaction, "Skew alert set. The first check records the current class; "
-                                  f"a notice follows when it changes.\n{describe_watch(w)}")
+                                  f"a notice follows when it changes.\n{describe_watch(w)}"
+                                  f"{history_hint(interaction, channel)}")
 
     async def do_list(self, interaction: discord.Interaction) -> None:
         store = self.store
