@@ -23,6 +23,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LinearSegmentedColormap
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -366,6 +367,15 @@ def _group_colors(stack: str, groups: Sequence[str], th: Theme) -> list[str]:
     return out
 
 
+def _bars(ax: Axes, x: np.ndarray, h: np.ndarray, bottom: np.ndarray, width: float, color) -> None:
+    """Bars as one PolyCollection (``Axes.bar`` makes a patch per bar: several times slower)."""
+    x0, x1, y0, y1 = x - width / 2, x + width / 2, bottom, bottom + h
+    verts = np.stack([np.column_stack([x0, y0]), np.column_stack([x0, y1]),
+                      np.column_stack([x1, y1]), np.column_stack([x1, y0])], axis=1)
+    ax.add_collection(PolyCollection(verts, facecolors=color, edgecolors="none", linewidths=0, zorder=3),
+                      autolim=False)
+
+
 def _fit_row(left: Text, right: Text, gap_px: float = 12.0) -> None:
     """Shrink two texts sharing a row (left- and right-aligned) until they no longer touch."""
     fig = left.get_figure()
@@ -551,7 +561,7 @@ def build_figure(m: LiquidationMap, reading: Reading, *, theme: str = "dark", st
             h = side[g]
             nz = h > 0
             if np.any(nz):
-                ax.bar(x[nz], h[nz], width=bar_w, bottom=bottom_h[nz], color=colors[g], linewidth=0, zorder=3)
+                _bars(ax, x[nz], h[nz], bottom_h[nz], bar_w, colors[g])
             bottom_h = bottom_h + h
     per_bar = bottom_h
     ymax = float(per_bar.max()) if not empty else 1.0
