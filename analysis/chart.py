@@ -419,8 +419,7 @@ def _overlaps(box, placed) -> bool:
     return any(box.overlaps(p) for p in placed)
 
 
-def _label_clusters(fig: Figure, ax: Axes, m: LiquidationMap, reading: Reading, rb: Rebinned,
-                    th: Theme, placed: list) -> None:
+def _label_clusters(fig: Figure, ax: Axes, reading: Reading, rb: Rebinned, th: Theme, placed: list) -> None:
     """Label significant clusters (then the others, when room is left) without overlaps."""
     renderer = fig.canvas.get_renderer()
     lo, hi = rb.edges[0], rb.edges[-1]
@@ -649,5 +648,5 @@ def build_figure(m: LiquidationMap, reading: Reading, *, theme: str = "dark", st
     else:
         renderer = fig.canvas.get_renderer()
         placed = [t.get_window_extent(renderer).expanded(1.05, 1.2) for t in (pl, lt, st)]
-        _label_clusters(fig, ax, m, reading, rb, th, placed)
+        _label_clusters(fig, ax, reading, rb, th, placed)
     return fig
