@@ -1,8 +1,8 @@
 """The Discord bot: the ``commands.Bot`` subclass, its command tree, error handling and command sync.
 
-``LiqmapBot.setup_hook`` opens the store (running migrations), builds the report service, loads
-the cogs (``bot.cogs.*``, each with ``async def setup(bot)``) and, in ``run`` mode, starts the one
-dispatcher loop and syncs commands *explicitly*:
+``LiqmapBot.setup_hook`` builds the report service, opens the store (running migrations), loads
+the cogs (``bot.cogs.*``, each with ``async def setup(bot)``), creates the one dispatcher and, in
+``run`` mode, syncs commands *explicitly* and starts the dispatcher once the gateway is READY:
 
 - ``DEV_GUILD_ID`` set: the commands are copied to that guild and synced there (instant);
   global commands are left alone.
@@ -11,6 +11,7 @@ dispatcher loop and syncs commands *explicitly*:
 
 Never in ``on_ready``. The bot asks for no privileged intent: only ``guilds``, which keeps the
 guild/channel/role cache needed to check the bot's own permissions in a target channel.
+Every error of a command becomes one short ephemeral reply (:func:`send_error`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import signal
 import uuid
 from pathlib import Path
@@ -122,12 +124,9 @@ def error_message(error: BaseException) -> tuple[str, bool]:
     if isinstance(error, LiqmapError):
         return str(error), False
     if isinstance(error, app_commands.CommandOnCooldown):
-        when = discord.utils.utcnow().timestamp() + error.retry_after
-        return (
-            f"Easy there: you can ask for another map in {error.retry_after:.0f} s (<t:{int(when) + 1}:R>). "
-            "Maps are cached, so the same request is instant for everyone meanwhile.",
-            False,
-        )
+        wait = max(1, math.ceil(error.retry_after))
+        when = int(discord.utils.utcnow().timestamp()) + wait
+        return f"Easy there: you can ask for another map in {wait} s (<t:{when}:R>).", False
     if isinstance(error, app_commands.MissingPermissions):
         names = ", ".join(p.replace("_", " ").replace("guild", "server").title() for p in error.missing_permissions)
         return f"You need the {names} permission to use this command.", False
@@ -243,6 +242,7 @@ class LiqmapBot(commands.Bot):
             return
         self.scheduler = self._make_scheduler()
         if self.mode == "run":
+            self.symbols.ensure_fresh()  # symbol lists for autocomplete, loaded in the background
             await self.sync_commands()
             if self.scheduler is not None:
                 self.loop.create_task(self._start_dispatcher(), name="liqmap-start-dispatcher")

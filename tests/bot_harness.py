@@ -361,5 +361,6 @@ async def make_harness(db_path: Any, *, sources: dict[str, Any] | None = None, c
     harness = Harness(bot, bot_perms=bot_perms)
     await harness.start()
     if wait_symbols:
+        bot.symbols.ensure_fresh()
         await bot.symbols.wait()
     return harness

@@ -66,7 +66,6 @@ class LiqmapCog(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.command)
-        self.index.ensure_fresh()
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.command.name)
