@@ -160,3 +160,25 @@ async def test_dispatcher_posts_a_daily_report_once_and_pauses_a_broken_channel(
     assert paused.paused and "Embed Links, Attach Files" in paused.paused_reason
     listing = await h.dispatch(interaction_payload("daily", {}, sub="list", perms=MANAGER_PERMS))
     assert "Embed Links, Attach Files" in listing[1].body["content"] and "paused since" in listing[1].body["content"]
+
+
+async def test_dispatcher_announces_a_skew_change_through_the_poster(h):
+    """/skew-alerts subscribe through the real tree; first check = baseline, a change = one notice."""
+    bot = h.bot
+    await h.dispatch(interaction_payload("skew-alerts", {"channel": Channel(OTHER_CHANNEL_ID), "symbol": "BTC",
+                                                         "window": "1d"}, sub="subscribe", perms=MANAGER_PERMS))
+    (w,) = await bot.store.list_watches(GUILD_ID)
+    stats = await bot.scheduler.run_skew()
+    assert (stats.baselines, stats.announced) == (1, 0) and not [c for c in h.rest.calls if c.method == "POST"]
+    (w,) = await bot.store.list_watches(GUILD_ID)
+    current = w.last_class
+    other = "heavily_long" if current != "heavily_long" else "heavily_short"
+    assert await bot.store.set_watch_class(w.id, expected=current, new=other, ratio=None, announced_at=None)
+    stats = await bot.scheduler.run_skew()
+    assert stats.announced == 1
+    (post,) = [c for c in h.rest.calls if c.method == "POST"]
+    embed = post.json["embeds"][0]
+    assert post.path == f"/channels/{OTHER_CHANNEL_ID}/messages" and "BTCUSDT skew:" in embed["title"]
+    assert embed["image"]["url"] == "attachment://liqmap.png" and post.files[0][1].startswith(b"\x89PNG")
+    assert (await bot.store.get_watch(w.id)).last_class == current  # persisted, so a restart stays quiet
+    assert (await bot.scheduler.run_skew()).announced == 0
