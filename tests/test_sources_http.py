@@ -265,3 +265,24 @@ def test_validators_raise_sourceerror_only():
     with pytest.raises(SourceError, match="missing field 'b' in row 0"):
         dict_columns([{"a": "1"}], ["a", "b"], "v", "/e")
     assert json.dumps(dict_columns([{"a": "1", "b": 2}], ["a", "b"], "v", "/e").tolist()) == "[[1.0, 2.0]]"
+
+
+async def test_gather_or_cancel_cancels_the_rest_on_failure():
+    from analysis.sources.http import gather_or_cancel
+
+    finished = []
+
+    async def slow(i):
+        await asyncio.sleep(0.05)
+        finished.append(i)
+        return i
+
+    async def bad():
+        await asyncio.sleep(0)
+        raise SourceError("v", "/e", "down")
+
+    assert await gather_or_cancel(slow(1), slow(2)) == [1, 2]
+    with pytest.raises(SourceError):
+        await gather_or_cancel(slow(3), bad(), slow(4))
+    await asyncio.sleep(0.1)
+    assert finished == [1, 2]  # 3 and 4 were cancelled, not left running

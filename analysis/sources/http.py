@@ -34,7 +34,7 @@ from ..errors import SourceError
 if TYPE_CHECKING:  # pragma: no cover
     from .recorded import Recorder
 
-__all__ = ["RateLimiter", "VenueClient", "SingleFlight", "LIVE_VENUES", "USER_AGENT"]
+__all__ = ["RateLimiter", "VenueClient", "SingleFlight", "gather_or_cancel", "LIVE_VENUES", "USER_AGENT"]
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +143,18 @@ class SingleFlight:
             del self._tasks[key]
         if not task.cancelled():
             task.exception()  # retrieved here: every waiter re-raises it itself
+
+
+async def gather_or_cancel(*aws: Awaitable[T]) -> list[T]:
+    """Like ``asyncio.gather`` but, when one fails, the others are cancelled (no stray requests)."""
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _alternatives(venue: str) -> str:

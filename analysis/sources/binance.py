@@ -1,0 +1,406 @@
+"""Binance USDⓈ-M perpetuals: klines + open-interest history -> :class:`Bars` (no key needed).
+
+Endpoints and the documented limits this module follows (developers.binance.com, USDⓈ-M Futures,
+Market Data REST API):
+
+``GET /fapi/v1/klines``
+    ``symbol, interval, startTime, endTime, limit`` (default 500, max 1500). Weight by ``limit``:
+    [1,100) -> 1, [100,500) -> 2, [500,1000] -> 5, > 1000 -> 10. Rows are arrays: ``[0]`` open time,
+    ``[1..4]`` OHLC, ``[5]`` volume (base), ``[6]`` close time, ``[7]`` quote volume, ``[9]`` taker
+    buy base volume. The newest row may be the bar still forming: it is dropped.
+``GET /futures/data/openInterestHist``
+    ``symbol, period`` (5m,15m,30m,1h,2h,4h,6h,12h,1d), ``limit`` (default 30, max 500),
+    ``startTime, endTime``. Weight 0, but its own IP limit of 1000 requests per 5 minutes, and
+    **only the latest 30 days are served**: windows are clamped to that, with a note, and a
+    rejected request says so. ``sumOpenInterestValue`` (USD) becomes ``oi_usd``.
+``GET /fapi/v1/exchangeInfo`` (weight 1)
+    the symbol list: ``contractType == "PERPETUAL"`` and ``status == "TRADING"``; cached for
+    ``symbols_ttl_s`` (and in the bar cache's meta table, so a restart reuses it).
+``GET /fapi/v1/premiumIndex`` (weight 1 with a symbol)
+    the mark price (:meth:`BinanceSource.mark_price`).
+
+Rate limits: request weight is capped at 2400 per minute per IP. The source spends it through a
+token bucket (40 weight/s, burst 1200) and reads ``X-MBX-USED-WEIGHT-1M`` from every response:
+the bucket never believes more than 90% of the limit minus the reported usage is left, so it slows
+down before the limit, including when other processes share the IP. Open-interest requests go
+through a second bucket (1000 per 300 s). 429/418/451/5xx handling is the
+:class:`~analysis.sources.http.VenueClient` contract.
+
+Alignment: an open-interest point stamped ``T`` (floored to the interval grid) is joined to the
+kline that opens at ``T`` -- the convention of the bundled sample, so live and sample bars mean
+the same thing. Bars lacking either a kline or an OI point are left out (a gap the model
+reports), never interpolated.
+
+Cache: closed bars are stored per (binance, symbol, interval) in a :class:`BarCache`. A refresh
+fetches only bars after the newest cached one (from that bar itself, so a revised last bar is
+replaced) plus, when a longer window is asked for, the missing head. Every page of a refresh is
+fetched concurrently and validated before one transaction writes them; a failed page writes
+nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from ..bars import INTERVAL_MS, Bars, iso
+from ..errors import InputError, SourceError
+from ..symbols import parse_symbol, suggest
+from ..windows import DAY_MS, Window
+from .cache import BarCache
+from .http import RateLimiter, SingleFlight, VenueClient, gather_or_cancel
+from .validate import dict_columns, expect_dict, expect_list, field, numeric_columns, to_float
+
+__all__ = [
+    "BinanceSource", "SymbolInfo", "BASE_URL", "KLINES", "OI_HIST", "EXCHANGE_INFO", "PREMIUM_INDEX",
+    "KLINE_LIMIT", "OI_LIMIT", "OI_HISTORY_MS", "WEIGHT_LIMIT_1M", "kline_weight", "parse_klines",
+    "parse_open_interest", "parse_exchange_info", "parse_premium_index", "join", "page_ranges",
+]
+
+log = logging.getLogger(__name__)
+
+VENUE = "binance"
+BASE_URL = "https://fapi.binance.com"
+KLINES = "/fapi/v1/klines"
+OI_HIST = "/futures/data/openInterestHist"
+EXCHANGE_INFO = "/fapi/v1/exchangeInfo"
+PREMIUM_INDEX = "/fapi/v1/premiumIndex"
+KLINE_LIMIT = 1500
+OI_LIMIT = 500
+OI_HISTORY_MS = 30 * DAY_MS
+WEIGHT_LIMIT_1M = 2400
+OI_REQUESTS_PER_5M = 1000
+SYMBOLS_TTL_S = 3600.0
+OI_PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
+KLINE_COLUMNS = ("time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "taker_buy")
+_OI_NOTE = "Binance serves only the latest 30 days of open-interest history"
+
+
+def kline_weight(limit: int) -> int:
+    """Request weight of ``/fapi/v1/klines`` for ``limit`` rows (documented table)."""
+    if limit < 100:
+        return 1
+    if limit < 500:
+        return 2
+    if limit <= 1000:
+        return 5
+    return 10
+
+
+# -- parsers ---------------------------------------------------------------------------------------
+
+def parse_klines(payload: Any, endpoint: str = KLINES) -> pd.DataFrame:
+    """Kline rows -> frame with :data:`KLINE_COLUMNS` (times int64), validated."""
+    rows = expect_list(payload, VENUE, endpoint)
+    arr = numeric_columns(rows, [0, 1, 2, 3, 4, 5, 6, 7, 9], VENUE, endpoint,
+                          names=["open time", "open", "high", "low", "close", "volume", "close time",
+                                 "quote volume", "taker buy volume"])
+    frame = pd.DataFrame(arr, columns=list(KLINE_COLUMNS))
+    return frame.astype({"time": np.int64, "close_time": np.int64})
+
+
+def parse_open_interest(payload: Any, endpoint: str = OI_HIST) -> pd.DataFrame:
+    """openInterestHist points -> frame ``time, oi_usd, oi_coin`` (time as stamped), validated."""
+    rows = expect_list(payload, VENUE, endpoint)
+    arr = dict_columns(rows, ["timestamp", "sumOpenInterestValue", "sumOpenInterest"], VENUE, endpoint)
+    frame = pd.DataFrame(arr, columns=["time", "oi_usd", "oi_coin"])
+    return frame.astype({"time": np.int64})
+
+
+@dataclass(frozen=True)
+class SymbolInfo:
+    """One USDⓈ-M contract from exchangeInfo."""
+
+    symbol: str
+    base: str
+    quote: str
+    contract_type: str
+    status: str
+
+    @property
+    def tradable_perp(self) -> bool:
+        return self.contract_type == "PERPETUAL" and self.status == "TRADING"
+
+
+def parse_exchange_info(payload: Any, endpoint: str = EXCHANGE_INFO) -> dict[str, SymbolInfo]:
+    """Every contract in exchangeInfo by symbol (filter with :attr:`SymbolInfo.tradable_perp`)."""
+    body = expect_dict(payload, VENUE, endpoint)
+    symbols = expect_list(field(body, "symbols", VENUE, endpoint), VENUE, endpoint, what="symbols")
+    out: dict[str, SymbolInfo] = {}
+    for i, s in enumerate(symbols):
+        where = f"symbols[{i}]"
+        vals = [field(s, k, VENUE, endpoint, where=where) for k in ("symbol", "baseAsset", "quoteAsset", "contractType", "status")]
+        if not all(isinstance(v, str) for v in vals):
+            raise SourceError(VENUE, endpoint, f"{where}: symbol, baseAsset, quoteAsset, contractType and status must be strings")
+        out[vals[0]] = SymbolInfo(*vals)
+    if not out:
+        raise SourceError(VENUE, endpoint, "the symbol list is empty")
+    return out
+
+
+def parse_premium_index(payload: Any, endpoint: str = PREMIUM_INDEX) -> float:
+    """The ``markPrice`` of a single-symbol premiumIndex response."""
+    body = expect_dict(payload, VENUE, endpoint)
+    price = to_float(field(body, "markPrice", VENUE, endpoint), VENUE, endpoint, what="markPrice")
+    if price <= 0:
+        raise SourceError(VENUE, endpoint, f"markPrice must be positive, got {price:g}")
+    return price
+
+
+# -- assembly --------------------------------------------------------------------------------------
+
+def page_ranges(start_ms: int, end_ms: int, step_ms: int, per_page: int) -> list[tuple[int, int]]:
+    """Bar opens ``start_ms..end_ms`` (inclusive) split into ranges of at most ``per_page`` bars."""
+    out = []
+    s = start_ms
+    while s <= end_ms:
+        e = min(end_ms, s + (per_page - 1) * step_ms)
+        out.append((s, e))
+        s = e + step_ms
+    return out
+
+
+def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop_duplicates("time", keep="last").sort_values("time", kind="stable").reset_index(drop=True)
+
+
+def join(klines: pd.DataFrame, oi: pd.DataFrame, *, step_ms: int, now_ms: int, start_ms: int, end_ms: int) -> pd.DataFrame:
+    """Closed klines in ``start..end`` joined with OI on bar open time; columns of :class:`Bars`.
+
+    Duplicates keep the last copy, rows are sorted, the still-open kline (close time >= now) is
+    dropped, OI stamps are floored to the grid, bars missing either side are left out.
+    """
+    k = _tidy(klines)
+    if (k["time"] % step_ms != 0).any():
+        bad = int(k.loc[k["time"] % step_ms != 0, "time"].iloc[0])
+        raise SourceError(VENUE, KLINES, f"kline open time {bad} is not on the {step_ms // 60_000}-minute grid")
+    k = k[(k["close_time"] < now_ms) & (k["time"] >= start_ms) & (k["time"] <= end_ms)]
+    o = oi.assign(time=(oi["time"] // step_ms) * step_ms)
+    o = _tidy(o)[["time", "oi_usd"]]
+    merged = k.merge(o, on="time", how="inner", sort=True)
+    cols = ["time", "open", "high", "low", "close", "oi_usd", "volume", "quote_volume", "taker_buy"]
+    merged = merged[cols]
+    if len(merged):
+        bad_ohlc = (merged["high"] < merged["low"]) | (merged[["open", "high", "low", "close", "oi_usd"]] <= 0).any(axis=1)
+        if bad_ohlc.any():
+            t = int(merged.loc[bad_ohlc, "time"].iloc[0])
+            raise SourceError(VENUE, KLINES, f"inconsistent bar at {iso(t)} (non-positive price/OI or high < low)")
+    return merged.reset_index(drop=True)
+
+
+# -- the source ------------------------------------------------------------------------------------
+
+class BinanceSource:
+    """Binance USDⓈ-M perpetuals as a :class:`~analysis.sources.base.Source` (name ``binance``).
+
+    ``cache`` defaults to an in-memory :class:`BarCache`; pass a file-backed one to survive
+    restarts. ``transport``/``sleep``/``clock``/``now_ms`` are injectable for offline tests and
+    replays; ``recorder`` receives every raw response (``liqmap record``).
+    """
+
+    name = VENUE
+
+    def __init__(
+        self,
+        *,
+        client: VenueClient | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        cache: BarCache | None = None,
+        recorder: Any = None,
+        base_url: str = BASE_URL,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        now_ms: Callable[[], int] | None = None,
+        symbols_ttl_s: float = SYMBOLS_TTL_S,
+        budget_s: float = 30.0,
+        max_concurrency: int = 4,
+    ) -> None:
+        self._clock = clock
+        self._now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self.weight = RateLimiter(WEIGHT_LIMIT_1M / 60.0, WEIGHT_LIMIT_1M // 2, clock=clock, sleep=sleep)
+        self.oi_limiter = RateLimiter(OI_REQUESTS_PER_5M / 300.0, 20, clock=clock, sleep=sleep)
+        self.client = client or VenueClient(
+            VENUE, base_url, transport=transport, limiter=self.weight, sleep=sleep, clock=clock,
+            on_response=self._on_response, recorder=recorder, budget_s=budget_s,
+        )
+        self.cache = cache if cache is not None else BarCache(None)
+        self.symbols_ttl_s = symbols_ttl_s
+        self._symbols: dict[str, SymbolInfo] | None = None
+        self._symbols_at = -math.inf
+        self._flight = SingleFlight()
+        self._pages = asyncio.Semaphore(max(1, max_concurrency))
+        self.used_weight: int | None = None  # last X-MBX-USED-WEIGHT-1M seen
+
+    async def aclose(self) -> None:
+        """Close the HTTP client (the cache stays open for other users)."""
+        await self.client.aclose()
+
+    @property
+    def request_count(self) -> int:
+        return self.client.request_count
+
+    def _on_response(self, resp: httpx.Response) -> None:
+        raw = resp.headers.get("X-MBX-USED-WEIGHT-1M") or resp.headers.get("x-mbx-used-weight-1m")
+        if raw and raw.strip().isdigit():
+            self.used_weight = int(raw)
+            self.weight.observe(self.used_weight, WEIGHT_LIMIT_1M)
+
+    async def _get(self, path: str, params: dict[str, Any], *, weight: float) -> Any:
+        if path == OI_HIST:
+            await self.oi_limiter.acquire(1)
+        try:
+            return await self.client.get_json(path, params, cost=weight)
+        except SourceError as exc:
+            body = getattr(exc, "body", None) or ""
+            if exc.status == 400 and "-1121" in body:
+                raise InputError(f"binance has no contract {params.get('symbol')!r} (Invalid symbol)") from None
+            if exc.status == 400 and path == OI_HIST:
+                raise SourceError(VENUE, path, f"{exc.reason} ({_OI_NOTE}; requested from "
+                                  f"{iso(params.get('startTime') or 0)})", status=400) from None
+            raise
+
+    # -- symbols ---------------------------------------------------------------------------------
+    async def _load_symbols(self) -> dict[str, SymbolInfo]:
+        now = self._clock()
+        if self._symbols is not None and now - self._symbols_at < self.symbols_ttl_s:
+            return self._symbols
+        stored = self.cache.get_meta("symbols:binance")
+        if self._symbols is None and stored is not None and time.time() - stored[1] < self.symbols_ttl_s:
+            try:
+                self._symbols = {s[0]: SymbolInfo(*s) for s in stored[0]}
+                self._symbols_at = now - (time.time() - stored[1])
+                return self._symbols
+            except (TypeError, ValueError, IndexError):
+                pass  # an unreadable stored list is simply refetched
+        try:
+            info = await self._flight.do("exchangeInfo", self._fetch_symbols)
+        except SourceError as exc:
+            if self._symbols is not None:  # stale beats nothing: keep serving the last good list
+                log.warning("binance: symbol list refresh failed (%s); using the list from %.0fs ago", exc, now - self._symbols_at)
+                return self._symbols
+            raise
+        self._symbols, self._symbols_at = info, self._clock()
+        self.cache.put_meta("symbols:binance", [[i.symbol, i.base, i.quote, i.contract_type, i.status] for i in info.values()])
+        return info
+
+    async def _fetch_symbols(self) -> dict[str, SymbolInfo]:
+        return parse_exchange_info(await self._get(EXCHANGE_INFO, {}, weight=1))
+
+    async def symbols(self) -> list[str]:
+        """Binance's trading USDⓈ-M perpetuals (``BTCUSDT`` ...), sorted; cached with a TTL."""
+        info = await self._load_symbols()
+        return sorted(s for s, i in info.items() if i.tradable_perp)
+
+    async def resolve(self, symbol: str) -> str:
+        """Binance's symbol for a user spelling (``btc``, ``BTC/USDT`` ...); InputError if none trades."""
+        wanted = parse_symbol(symbol).symbol
+        info = await self._load_symbols()
+        hit = info.get(wanted)
+        if hit is not None and hit.tradable_perp:
+            return wanted
+        if hit is not None:
+            what = (f"not trading (status {hit.status}: delisted, suspended or not yet listed)" if hit.status != "TRADING"
+                    else f"not a perpetual ({hit.contract_type or 'no contract type'})")
+            raise InputError(f"{wanted} on binance is {what}")
+        tradable = [s for s, i in info.items() if i.tradable_perp]
+        close = suggest(wanted, tradable)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise InputError(f"binance has no {wanted} perpetual{hint}")
+
+    async def mark_price(self, symbol: str) -> float:
+        """Binance's current mark price of ``symbol`` (premiumIndex)."""
+        sym = await self.resolve(symbol)
+        return parse_premium_index(await self._get(PREMIUM_INDEX, {"symbol": sym}, weight=1))
+
+    # -- bars ------------------------------------------------------------------------------------
+    def interval_for(self, window: Window) -> str:
+        if window.interval not in OI_PERIODS:
+            raise InputError(f"binance has no {window.interval} open-interest history; periods: {', '.join(OI_PERIODS)}")
+        return window.interval
+
+    async def bars(self, symbol: str, window: Window) -> Bars:
+        """The window's closed bars (cache + only the missing ones fetched), with provenance notes."""
+        sym = await self.resolve(symbol)
+        interval = self.interval_for(window)
+        step = INTERVAL_MS[interval]
+        now = self._now_ms()
+        end = (now // step) * step - step  # open of the newest closed bar
+        start = end - (window.duration_ms // step - 1) * step
+        notes = []
+        oldest = -(-(now - OI_HISTORY_MS) // step) * step + step  # first stamp safely inside 30 days
+        if start < oldest:
+            start = oldest
+            notes.append(f"{_OI_NOTE}; the {window.label} window starts at {iso(start)}")
+        frame = await self._flight.do((sym, interval, start, end), lambda: self._series(sym, interval, start, end, now))
+        if len(frame) == 0:
+            raise SourceError(VENUE, KLINES, f"no bars with open interest for {sym} {interval} between {iso(start)} and {iso(end)}")
+        bars = Bars.from_frame(frame, venue=VENUE, symbol=sym, interval=interval)
+        covered = bars.end_ms - bars.start_ms
+        notes.insert(0, f"data: Binance USDⓈ-M {sym} klines x openInterestHist, {interval} bars ending {iso(bars.end_ms)}")
+        if covered < 0.97 * window.duration_ms and not notes[1:]:
+            notes.append(f"the data covers {covered / DAY_MS:.1f} of the {window.label} window's days; the map uses all of it")
+        return bars.with_notes(*notes)
+
+    async def _series(self, sym: str, interval: str, start: int, end: int, now: int) -> pd.DataFrame:
+        step = INTERVAL_MS[interval]
+        ranges = self._missing(sym, interval, start, end, step)
+        if ranges:
+            fetched = await gather_or_cancel(*(self._fetch(sym, interval, a, b, now) for a, b in ranges))
+            new = pd.concat(fetched, ignore_index=True)
+            if len(new):
+                self.cache.store(VENUE, sym, interval, new)  # one transaction; validated first
+            cover = self.cache.get_meta(_cover_key(sym, interval))
+            if cover is None or start < cover[0]:
+                self.cache.put_meta(_cover_key(sym, interval), start)
+            self.cache.prune(VENUE, sym, interval, now - OI_HISTORY_MS - 7 * DAY_MS)
+        return self.cache.load(VENUE, sym, interval, start, end + step)
+
+    def _missing(self, sym: str, interval: str, start: int, end: int, step: int) -> list[tuple[int, int]]:
+        """Bar-open ranges to fetch: the head the cache never covered, and the tail from its newest bar."""
+        last = self.cache.last_time(VENUE, sym, interval)
+        if last is None or last < start:
+            return [(start, end)]
+        out = []
+        cover = self.cache.get_meta(_cover_key(sym, interval))
+        covered_from = cover[0] if cover is not None else self.cache.first_time(VENUE, sym, interval)
+        if covered_from is not None and start < covered_from:
+            out.append((start, covered_from - step))
+        if last < end:
+            out.append((last, end))  # from the newest cached bar itself: a revised bar is replaced
+        return out
+
+    async def _fetch(self, sym: str, interval: str, a: int, b: int, now: int) -> pd.DataFrame:
+        """Klines and OI for bar opens ``a..b``, every page requested concurrently, joined."""
+        step = INTERVAL_MS[interval]
+        k_pages = page_ranges(a, b, step, KLINE_LIMIT)
+        o_pages = page_ranges(a, b, step, OI_LIMIT)
+        results = await gather_or_cancel(
+            *(self._page(KLINES, sym, interval, s, e, step) for s, e in k_pages),
+            *(self._page(OI_HIST, sym, interval, s, e, step) for s, e in o_pages),
+        )
+        klines = pd.concat(results[: len(k_pages)], ignore_index=True)
+        oi = pd.concat(results[len(k_pages):], ignore_index=True)
+        return join(klines, oi, step_ms=step, now_ms=now, start_ms=a, end_ms=b)
+
+    async def _page(self, path: str, sym: str, interval: str, s: int, e: int, step: int) -> pd.DataFrame:
+        n = (e - s) // step + 1
+        async with self._pages:
+            if path == KLINES:
+                params = {"symbol": sym, "interval": interval, "startTime": s, "endTime": e + step - 1, "limit": n}
+                return parse_klines(await self._get(KLINES, params, weight=kline_weight(n)))
+            params = {"symbol": sym, "period": interval, "startTime": s, "endTime": e + step - 1, "limit": n}
+            return parse_open_interest(await self._get(OI_HIST, params, weight=0))
+
+
+def _cover_key(sym: str, interval: str) -> str:
+    return f"cover:{VENUE}:{sym}:{interval}"
+
