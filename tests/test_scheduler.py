@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import asyncio
 import math
 from dataclasses import dataclass, field
@@ -112,9 +113,28 @@ class FakeReports:
                                map=m, missing=dict(self.missing), summary=f"summary {symbol}")
 
 
-@pytest.fixture
-def url(tmp_path):
-    return f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"
+BACKENDS = ["sqlite"] + (["server"] if os.environ.get("LIQMAP_TEST_DATABASE_URL") else [])
+
+
+async def _reset_server_database(url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TABLE IF EXISTS deliveries, skew_watches, daily_schedules, alembic_version CASCADE"))
+    await engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+async def url(request, tmp_path):
+    """A fresh database: a SQLite file, plus (when LIQMAP_TEST_DATABASE_URL names a PostgreSQL
+    server) the same tests against it, emptied first."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"
+    server = os.environ["LIQMAP_TEST_DATABASE_URL"]
+    await _reset_server_database(server)
+    return server
 
 
 @pytest.fixture

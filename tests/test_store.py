@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
@@ -22,9 +23,28 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 G, C, U = 111, 222, 333
 
 
-@pytest.fixture
-def url(tmp_path):
-    return f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"
+BACKENDS = ["sqlite"] + (["server"] if os.environ.get("LIQMAP_TEST_DATABASE_URL") else [])
+
+
+async def _reset_server_database(url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TABLE IF EXISTS deliveries, skew_watches, daily_schedules, alembic_version CASCADE"))
+    await engine.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+async def url(request, tmp_path):
+    """A fresh database: a SQLite file, plus (when LIQMAP_TEST_DATABASE_URL names a PostgreSQL
+    server) the same tests against it, emptied first."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"
+    server = os.environ["LIQMAP_TEST_DATABASE_URL"]
+    await _reset_server_database(server)
+    return server
 
 
 @pytest.fixture
@@ -224,12 +244,13 @@ async def test_everything_survives_a_restart(url):
         await s2.close()
 
 
-async def test_migrations_idempotent_and_match_models(url):
+async def test_migrations_idempotent_and_match_models(tmp_path):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
     from bot.store import Base
 
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"
     for _ in range(2):
         s = await Store.open(url)
         async with s.engine.connect() as conn:
