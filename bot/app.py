@@ -252,6 +252,18 @@ class LiqmapBot(commands.Bot):
         log.info("connected as %s to %d server(s); invite: %s", self.user, len(self.guilds),
                  invite_url(self.application_id or 0))
 
+    async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
+        # Pause (never delete) what posted there, so managers see why in the list commands.
+        if self.store is None:
+            return
+        try:
+            n = await self.store.pause_channel(channel.id, f"channel #{channel.name} was deleted")
+        except Exception:
+            log.exception("pausing the subscriptions of deleted channel %s failed", channel.id)
+            return
+        if n:
+            log.info("channel %s deleted in guild %s: %d subscription(s) paused", channel.id, channel.guild.id, n)
+
     async def _start_dispatcher(self) -> None:
         # After READY the channel cache is complete, so the poster can check permissions first.
         await self.wait_until_ready()

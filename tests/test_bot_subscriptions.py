@@ -226,3 +226,23 @@ async def test_confirmation_suggests_read_message_history_only_where_it_is_missi
     assert text.startswith("Daily report set.") and "Read Message History" in text
     text = answer(await h.dispatch(daily("set", channel=REPORTS, time="09:30", timezone="UTC")))
     assert "Read Message History" not in text
+
+
+async def test_deleting_a_channel_pauses_its_subscriptions(h):
+    import asyncio
+
+    answer(await h.dispatch(daily("set", channel=REPORTS, time="09:30", timezone="UTC")))
+    answer(await h.dispatch(alerts("subscribe", channel=REPORTS, symbol="BTC")))
+    answer(await h.dispatch(daily("set", channel=Channel(920000000000000001, "general"), time="09:30",
+                                  timezone="UTC")))
+    # the gateway's CHANNEL_DELETE, through discord.py's parser and event dispatch
+    h.bot._connection.parse_channel_delete({"id": str(OTHER_CHANNEL_ID), "type": 0, "guild_id": str(GUILD_ID),
+                                            "name": "market-reports", "position": 1, "permission_overwrites": []})
+    for _ in range(50):
+        if (await h.bot.store.list_watches(GUILD_ID))[0].paused:
+            break
+        await asyncio.sleep(0.02)
+    daily_items = await h.bot.store.list_daily(GUILD_ID)
+    assert [s.paused for s in daily_items] == [True, False]
+    assert daily_items[0].paused_reason == "channel #market-reports was deleted"
+    assert (await h.bot.store.list_watches(GUILD_ID))[0].paused
