@@ -307,10 +307,23 @@ async def test_symbol_list_ttl(sample_bars):
     assert server.count("/v5/market/instruments-info") == 2
 
 
+async def test_symbol_list_survives_a_restart_and_a_failed_refresh(sample_bars):
+    cache = BarCache(None)
+    server = FakeBybit(sample_bars)
+    ft = FakeTime()
+    await make_source(server, now_after(sample_bars), cache=cache, ft=ft).symbols()
+    restarted = make_source(server, now_after(sample_bars), cache=cache, ft=ft)
+    assert "BTCUSDT" in await restarted.symbols()
+    assert server.count("/v5/market/instruments-info") == 1  # the stored list was still fresh
+    ft.t += 3601
+    server.faults = [_once(httpx.Response(400, json={"retCode": 10001, "retMsg": "boom"}))]
+    assert "BTCUSDT" in await restarted.symbols()  # stale list beats no list
+
+
 async def test_price_from_tickers(sample_bars):
     server = FakeBybit(sample_bars)
     src = make_source(server, now_after(sample_bars))
-    assert await src.price("BTC") == 64000.5
+    assert await src.mark_price("BTC") == 64000.5
 
 
 # -- faults -------------------------------------------------------------------------------------------

@@ -34,10 +34,11 @@ refreshed incrementally (only bars after the newest cached one are fetched).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any
 
 import httpx
@@ -75,6 +76,8 @@ _KLINE = "/v5/market/kline"
 _OI = "/v5/market/open-interest"
 _INSTRUMENTS = "/v5/market/instruments-info"
 _TICKERS = "/v5/market/tickers"
+
+log = logging.getLogger(__name__)
 
 
 class _RateLimited(Exception):
@@ -236,26 +239,54 @@ def last_closed_open(now_ms: int, step_ms: int) -> int:
 
 
 class SymbolBook:
-    """A venue's instrument list with a TTL; resolves user spellings with 'did you mean' suggestions."""
+    """A venue's instrument list with a TTL; resolves user spellings with 'did you mean' suggestions.
 
-    def __init__(self, venue: str, ttl_s: float, clock: Callable[[], float]) -> None:
+    The list is kept in memory and, when a :class:`BarCache` is given, in its meta table (so a
+    restart within the TTL sends no request). If a refresh fails while an older list is known,
+    the older list keeps serving (logged); only with no list at all is the failure raised.
+    """
+
+    def __init__(self, venue: str, ttl_s: float, clock: Callable[[], float], cache: BarCache | None = None) -> None:
         self.venue = venue
         self.ttl_s = ttl_s
+        self.cache = cache
         self._clock = clock
         self._by_name: dict[str, Instrument] = {}
         self._stamp = -math.inf
         self._flight = SingleFlight()
 
+    @property
+    def _key(self) -> str:
+        return f"symbols:{self.venue}"
+
     def fresh(self) -> bool:
         return bool(self._by_name) and self._clock() - self._stamp < self.ttl_s
 
-    def set(self, instruments: Sequence[Instrument]) -> None:
+    def set(self, instruments: Sequence[Instrument], age_s: float = 0.0) -> None:
         self._by_name = {i.canonical: i for i in instruments}
-        self._stamp = self._clock()
+        self._stamp = self._clock() - age_s
 
     async def get(self, load: Callable[[], Awaitable[list[Instrument]]]) -> dict[str, Instrument]:
-        if not self.fresh():
-            self.set(await self._flight.do("symbols", load))
+        if self.fresh():
+            return self._by_name
+        if not self._by_name and self.cache is not None:
+            stored = self.cache.get_meta(self._key)
+            if stored is not None and time.time() - stored[1] < self.ttl_s:
+                try:
+                    self.set([Instrument(*row) for row in stored[0]], age_s=time.time() - stored[1])
+                    return self._by_name
+                except (TypeError, ValueError):
+                    pass  # an unreadable stored list is simply refetched
+        try:
+            insts = await self._flight.do("symbols", load)
+        except SourceError as exc:
+            if self._by_name:
+                log.warning("%s: symbol list refresh failed (%s); still using the previous list", self.venue, exc)
+                return self._by_name
+            raise
+        self.set(insts)
+        if self.cache is not None:
+            self.cache.put_meta(self._key, [list(astuple(i)) for i in insts])
         return self._by_name
 
     def resolve(self, symbol: str) -> Instrument:
@@ -303,7 +334,7 @@ class BybitSource:
             on_response=self._on_response, recorder=recorder, budget_s=budget_s,
         )
         self.cache = cache
-        self.book = SymbolBook(VENUE, symbols_ttl_s, clock)
+        self.book = SymbolBook(VENUE, symbols_ttl_s, clock, cache)
         self._flight = SingleFlight()
         self._blocked_until = 0.0
         self._reset_ms: int | None = None
@@ -367,7 +398,7 @@ class BybitSource:
         await self.book.get(self._load_instruments)
         return self.book.resolve(symbol)
 
-    async def price(self, symbol: str) -> float:
+    async def mark_price(self, symbol: str) -> float:
         """Bybit's current mark price of ``symbol``."""
         inst = await self.resolve(symbol)
         return parse_ticker(await self._get(_TICKERS, {"category": "linear", "symbol": inst.venue_id}), inst.venue_id)

@@ -199,7 +199,7 @@ class OkxSource:
             VENUE, base_url, transport=transport, sleep=sleep, clock=clock, recorder=recorder, budget_s=budget_s,
         )
         self.cache = cache
-        self.book = SymbolBook(VENUE, symbols_ttl_s, clock)
+        self.book = SymbolBook(VENUE, symbols_ttl_s, clock, cache)
         self._flight = SingleFlight()
 
     async def aclose(self) -> None:
