@@ -92,14 +92,21 @@ class ReportService:
             return (key,)
         raise InputError(f"unknown exchange {str(exchange)[:20]!r}; choose all or one of {', '.join(self.sources)}")
 
-    async def report(self, symbol: str, window: str | Window = "7d", exchange: str = "all", theme: str = "dark") -> Report:
-        """A finished report for the request, from the cache when fresh."""
+    async def report(
+        self, symbol: str, window: str | Window = "7d", exchange: str = "all", theme: str = "dark", stack: str = "tier"
+    ) -> Report:
+        """A finished report for the request, from the cache when fresh.
+
+        ``stack`` is ``"tier"`` (bars stacked by leverage) or ``"venue"`` (by exchange).
+        """
         pair = parse_symbol(symbol)
         win = window if isinstance(window, Window) else parse_window(window)
         venues = self.resolve_venues(exchange)
         if theme not in chart.THEMES:
-            raise InputError(f"unknown theme {theme!r}; choose {' or '.join(chart.THEMES)}")
-        key: ReportKey = (pair.symbol, win.label, venues, theme)
+            raise InputError(f"unknown theme {str(theme)[:20]!r}; choose {' or '.join(chart.THEMES)}")
+        if stack not in chart.STACKS:
+            raise InputError(f"unknown stacking {str(stack)[:20]!r}; choose {' or '.join(chart.STACKS)}")
+        key: ReportKey = (pair.symbol, win.label, venues, f"{theme}/{stack}")
         hit = self._cache.get(key)
         if hit and self._clock() - hit[0] < self.ttl:
             return hit[1]
@@ -108,7 +115,7 @@ class ReportService:
         fut: asyncio.Future[Report] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
-            rep = await self._build(pair.symbol, win, venues, theme)
+            rep = await self._build(pair.symbol, win, venues, theme, stack)
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # mark retrieved: waiters re-raise it themselves
@@ -145,16 +152,16 @@ class ReportService:
         bars = await self.sources[venue].bars(symbol, win)
         return await asyncio.to_thread(build_map, bars, self.params, window=win.label, now_ms=self._now_ms())
 
-    async def _build(self, symbol: str, win: Window, venues: tuple[str, ...], theme: str) -> Report:
+    async def _build(self, symbol: str, win: Window, venues: tuple[str, ...], theme: str, stack: str) -> Report:
         self.computations += 1
         m, missing = await self.maps(symbol, win, venues)
         reading = read(m, self.metrics)
-        png, text = await asyncio.to_thread(_render, m, reading, theme)
+        png, text = await asyncio.to_thread(_render, m, reading, theme, stack)
         return Report(symbol, win, m.venues, m, reading, png, text, missing)
 
 
-def _render(m: LiquidationMap, reading: Reading, theme: str) -> tuple[bytes, str]:
-    return chart.render(m, reading, theme=theme), commentary.summary(reading, m)
+def _render(m: LiquidationMap, reading: Reading, theme: str, stack: str) -> tuple[bytes, str]:
+    return chart.render(m, reading, theme=theme, stack=stack), commentary.summary(reading, m)
 
 
 def _reason(exc: LiqmapError) -> str:

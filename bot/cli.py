@@ -33,6 +33,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--source", default="sample", help=f"where bars come from: {SOURCE_HELP} (default sample)")
     p.add_argument("--exchange", default="all", help="all, or one venue of the source (default all)")
     p.add_argument("--theme", default="dark", help="chart theme: dark or light (default dark)")
+    p.add_argument("--stack", default="tier", help="stack bars by leverage tier or by exchange: tier or venue (default tier)")
     p.add_argument("--out", required=True, type=Path, help="directory to write the three files into")
 
 
@@ -41,7 +42,7 @@ def _run_report(args: argparse.Namespace) -> int:
     from analysis.sources.registry import make_sources
 
     service = ReportService(make_sources(args.source))
-    rep = asyncio.run(service.report(args.symbol, args.window, args.exchange, args.theme))
+    rep = asyncio.run(service.report(args.symbol, args.window, args.exchange, args.theme, args.stack))
     out: Path = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,126 @@
+"""The report service: caching, single-flight, degraded multi-venue maps, and errors."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from analysis.bars import Bars
+from analysis.errors import InputError, SourceError
+from analysis.report import ReportService
+from analysis.sources import SampleSource
+from analysis.windows import Window
+
+
+class CountingSource:
+    """The bundled sample under another venue name, counting fetches (optionally slow or failing)."""
+
+    def __init__(self, name: str, *, fail: Exception | None = None, delay: float = 0.0) -> None:
+        self.name = name
+        self.fail = fail
+        self.delay = delay
+        self.fetches = 0
+        self._sample = SampleSource()
+
+    async def symbols(self) -> list[str]:
+        return ["BTCUSDT"]
+
+    async def bars(self, symbol: str, window: Window) -> Bars:
+        self.fetches += 1
+        await asyncio.sleep(self.delay)
+        if self.fail:
+            raise self.fail
+        b = await self._sample.bars(symbol, window)
+        return Bars(self.name, b.symbol, b.interval, b.time, b.open, b.high, b.low, b.close, b.oi_usd * 0.5,
+                    taker_net=b.taker_net)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_same_request_within_ttl_is_served_from_cache():
+    src, clock = CountingSource("binance"), Clock()
+    svc = ReportService({"binance": src}, ttl=60, clock=clock)
+    a = await svc.report("BTC", "1d")
+    b = await svc.report("BTCUSDT", "1d", "binance")
+    assert a is b and src.fetches == 1 and svc.computations == 1
+    clock.t = 61
+    c = await svc.report("BTC", "1d")
+    assert c is not a and src.fetches == 2
+    await svc.report("BTC", "1d", theme="light")
+    assert svc.computations == 3  # another theme is another picture
+
+
+async def test_concurrent_requests_share_one_computation():
+    src = CountingSource("binance", delay=0.05)
+    svc = ReportService({"binance": src})
+    reports = await asyncio.gather(*(svc.report("BTC", "1d") for _ in range(100)))
+    assert src.fetches == 1 and svc.computations == 1
+    assert all(r is reports[0] for r in reports)
+
+
+async def test_concurrent_failure_reaches_every_waiter_and_is_not_cached():
+    src = CountingSource("binance", delay=0.02, fail=SourceError("binance", "/fapi/v1/klines", "HTTP 503"))
+    svc = ReportService({"binance": src})
+    results = await asyncio.gather(*(svc.report("BTC", "1d") for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, SourceError) for r in results) and src.fetches == 1
+    src.fail = None
+    assert (await svc.report("BTC", "1d")).png  # a later request tries again
+
+
+async def test_one_venue_down_gives_a_degraded_map_that_names_it():
+    good, bad = CountingSource("binance"), CountingSource("okx", fail=SourceError("okx", "/api/v5/market/candles", "HTTP 500 after 4 attempts"))
+    svc = ReportService({"binance": good, "okx": bad})
+    rep = await svc.report("BTC", "1d", "all")
+    assert rep.venues == ("binance",)
+    assert rep.missing == {"okx": "HTTP 500 after 4 attempts"}
+    assert any("okx missing" in n for n in rep.map.notes)
+    assert rep.to_json()["missing_venues"] == {"okx": "HTTP 500 after 4 attempts"}
+
+
+async def test_all_venues_down_is_an_error_naming_each():
+    svc = ReportService({
+        "binance": CountingSource("binance", fail=SourceError("binance", "/fapi/v1/klines", "region blocked (HTTP 451)")),
+        "okx": CountingSource("okx", fail=SourceError("okx", "/api/v5/market/candles", "timed out")),
+    })
+    with pytest.raises(SourceError, match="every venue failed.*binance: region blocked.*okx: timed out"):
+        await svc.report("BTC", "1d")
+
+
+async def test_two_venues_are_summed():
+    svc = ReportService({"binance": CountingSource("binance"), "bybit": CountingSource("bybit")})
+    one = await svc.report("BTC", "1d", "binance")
+    both = await svc.report("BTC", "1d", "all")
+    assert both.venues == ("binance", "bybit")
+    assert both.map.total_long == pytest.approx(2 * one.map.total_long, rel=1e-9)
+    assert both.reading.long_in_band == pytest.approx(2 * one.reading.long_in_band, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(exchange="kraken"), "unknown exchange"),
+        (dict(window="2d"), "unknown window"),
+        (dict(symbol="@everyone"), "not a symbol"),
+        (dict(theme="neon"), "unknown theme"),
+        (dict(stack="sideways"), "unknown stacking"),
+    ],
+)
+async def test_bad_requests_are_input_errors(kwargs, message):
+    svc = ReportService({"binance": CountingSource("binance")})
+    args = dict(symbol="BTC", window="1d", exchange="all", theme="dark")
+    args.update(kwargs)
+    with pytest.raises(InputError, match=message):
+        await svc.report(**args)
+
+
+async def test_stack_by_venue_renders():
+    svc = ReportService({"binance": CountingSource("binance"), "bybit": CountingSource("bybit")})
+    rep = await svc.report("BTC", "1d", stack="venue")
+    assert rep.png[:8] == b"\x89PNG\r\n\x1a\n"
