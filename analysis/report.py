@@ -84,10 +84,15 @@ class ReportService:
         return tuple(self.sources)
 
     def resolve_venues(self, exchange: str) -> tuple[str, ...]:
-        """``"all"`` -> every venue; a venue name -> itself; anything else is an InputError."""
+        """``"all"`` -> every estimating venue; a venue name -> itself; anything else is an InputError.
+
+        Sources that serve finished maps (a ``map`` coroutine, e.g. CoinGlass) are not summed into
+        ``all`` with the estimates; ask for them by name. If only such sources exist, ``all`` is them.
+        """
         key = str(exchange).strip().lower()
         if key == "all":
-            return self.venues
+            estimating = tuple(v for v, s in self.sources.items() if not callable(getattr(s, "map", None)))
+            return estimating or self.venues
         if key in self.sources:
             return (key,)
         raise InputError(f"unknown exchange {str(exchange)[:20]!r}; choose all or one of {', '.join(self.sources)}")
@@ -149,7 +154,10 @@ class ReportService:
         return merged, missing
 
     async def _venue_map(self, venue: str, symbol: str, win: Window) -> LiquidationMap:
-        bars = await self.sources[venue].bars(symbol, win)
+        source = self.sources[venue]
+        if callable(getattr(source, "map", None)):  # a source of finished maps (CoinGlass)
+            return await source.map(symbol, win)
+        bars = await source.bars(symbol, win)
         return await asyncio.to_thread(build_map, bars, self.params, window=win.label, now_ms=self._now_ms())
 
     async def _build(self, symbol: str, win: Window, venues: tuple[str, ...], theme: str, stack: str) -> Report:

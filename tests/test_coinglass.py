@@ -254,3 +254,19 @@ async def test_recorded_responses_and_logs_do_not_hold_the_key(caplog):
     await make(FakeCoinGlass(), recorder=rec).map("BTC", WINDOWS["1d"])
     assert rec.entries and all(KEY not in repr(e) for e in rec.entries)
     assert KEY not in caplog.text
+
+
+# -- the report service hook -----------------------------------------------------------------------------
+
+async def test_report_service_uses_map_sources_and_keeps_them_out_of_all():
+    from analysis.report import ReportService
+    from analysis.sources.csvfile import SampleSource
+
+    server = FakeCoinGlass()
+    svc = ReportService({"binance": SampleSource(), "coinglass": make(server)})
+    assert svc.resolve_venues("all") == ("binance",)  # CoinGlass is never summed with estimates
+    assert svc.resolve_venues("coinglass") == ("coinglass",)
+    m, missing = await svc.maps("BTCUSDT", WINDOWS["7d"], ("coinglass",))
+    assert m.kind == "coinglass" and not missing and len(server.requests) == 1
+    only = ReportService({"coinglass": make(FakeCoinGlass())})
+    assert only.resolve_venues("all") == ("coinglass",)
