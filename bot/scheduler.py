@@ -264,6 +264,7 @@ class Dispatcher:
         self.daily_text = daily_text
         self.notice_text = notice_text
         self._task: asyncio.Task | None = None
+        self._in_tick = False
         self._stop = asyncio.Event()
         self._next_skew: datetime | None = None
         self.last_daily: TickStats | None = None
@@ -275,7 +276,11 @@ class Dispatcher:
         """Tick until ``stop`` (or :meth:`stop`) is set. A failing tick is logged, never fatal."""
         stop = stop or self._stop
         while not stop.is_set():
-            await self.tick()
+            self._in_tick = True
+            try:
+                await self.tick()
+            finally:
+                self._in_tick = False
             if stop.is_set():
                 break
             await self.sleep(self.params.tick_s)
@@ -301,16 +306,27 @@ class Dispatcher:
             self._task = asyncio.create_task(self.run(self._stop), name="liqmap-dispatcher")
         return self._task
 
-    async def stop(self) -> None:
-        """Stop the background loop and wait for it (an in-flight send is cancelled; its claim is verified later)."""
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop the background loop: a tick in progress gets ``timeout`` seconds to finish, then is
+        cancelled (a send cut short leaves a claim that is verified before any resend)."""
         self._stop.set()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        if self._in_tick:
             try:
-                await self._task
-            except asyncio.CancelledError:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+                return
+            except asyncio.TimeoutError:
                 pass
-        self._task = None
+            except Exception:
+                log.exception("dispatcher stopped with an error")
+                return
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
 
     # -- rendering ----------------------------------------------------------------------------------
 

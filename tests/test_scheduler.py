@@ -713,3 +713,29 @@ async def test_a_request_the_service_refuses_pauses_that_subscription_only(store
     assert (await store.deliveries(bad.id))[0].state == "skipped"
     assert (await d.run_skew()).paused == 1
     assert "unknown exchange" in (await store.get_watch(w.id)).paused_reason
+
+
+async def test_stop_lets_a_tick_in_progress_finish(store):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    await daily(store, clock)
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    gate = asyncio.Event()
+    reports = FakeReports()
+
+    async def slow(symbol, window, exchange):
+        await gate.wait()
+        return await reports(symbol, window, exchange)
+
+    poster = FakePoster()
+    d = dispatcher(store, poster, slow, clock)
+    d.start()
+    for _ in range(200):  # until the first tick is under way
+        await asyncio.sleep(0.01)
+        if d._in_tick:
+            break
+    assert d._in_tick and not reports.calls
+    stopping = asyncio.create_task(d.stop(timeout=5))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await stopping
+    assert poster.count(1) == 1  # the tick finished its post instead of being cut short
