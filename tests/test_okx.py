@@ -345,3 +345,29 @@ async def test_empty_data_is_a_clear_error(sample_bars):
     server = FakeOkx(sample_bars.slice(0, 0), now_after(sample_bars))
     with pytest.raises(SourceError, match="no bars with open interest for BTC-USDT-SWAP"):
         await make_source(server).bars("BTCUSDT", WINDOWS["1d"])
+
+
+# -- aggregation with the other live venue -----------------------------------------------------------
+
+async def test_all_sums_bybit_and_okx_on_one_grid_and_survives_one_venue_down(sample_bars):
+    from test_bybit import FakeBybit, make_source as make_bybit
+
+    from analysis.model import ModelParams, build_map
+    from analysis.report import ReportService
+
+    now = now_after(sample_bars)
+    bybit = make_bybit(FakeBybit(sample_bars), now)
+    okx = make_source(FakeOkx(sample_bars, now))
+    svc = ReportService({"bybit": bybit, "okx": okx}, now_ms=lambda: now)
+    m, missing = await svc.maps("BTCUSDT", WINDOWS["1d"], svc.resolve_venues("all"))
+    assert m.venues == ("bybit", "okx") and not missing
+    one = build_map(await bybit.bars("BTCUSDT", WINDOWS["1d"]), ModelParams(), window="1d", now_ms=now)
+    # same real data on both venues: each venue's slice of the merged map holds that venue's total
+    assert m.long[0].sum() == pytest.approx(one.total_long) and m.long[1].sum() == pytest.approx(one.total_long)
+    assert m.total_short == pytest.approx(2 * one.total_short)
+
+    down = make_source(FakeOkx(sample_bars, now, faults=[lambda r: httpx.Response(503, text="down")] * 50))
+    svc = ReportService({"bybit": bybit, "okx": down}, now_ms=lambda: now)
+    m, missing = await svc.maps("BTCUSDT", WINDOWS["1d"], ("bybit", "okx"))
+    assert m.venues == ("bybit",) and "503" in missing["okx"]
+    assert any(n.startswith("okx missing:") for n in m.notes)
