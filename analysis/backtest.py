@@ -18,6 +18,7 @@ model minus the best baseline comes from a moving-block bootstrap over 24-hour b
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import re
@@ -50,6 +51,7 @@ __all__ = [
     "baselines",
     "bootstrap_diff",
     "run_backtest",
+    "params_with",
     "render_png",
 ]
 
@@ -323,6 +325,39 @@ def bootstrap_diff(
         lo, hi = (float(np.quantile(d, q)) for q in (0.025, 0.975)) if d.size else (math.nan, math.nan)
         out[m] = Interval(m, best[m], float(full_model[m] - full_rivals[best[m]][m]), lo, hi)
     return out
+
+
+def params_with(overrides: list[str] | tuple[str, ...] = ()) -> ModelParams:
+    """Default :class:`ModelParams` with ``key=value`` overrides (what ``liqmap backtest --set`` takes).
+
+    Values are read as the field's type: numbers, names, or comma-separated tuples
+    (``leverage=5,10,25``). Unknown keys and unreadable values are :class:`InputError`.
+    """
+    base = ModelParams()
+    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(ModelParams)}
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = str(item).partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or key not in fields or key == "margin_table":
+            settable = ", ".join(k for k in fields if k != "margin_table")
+            raise InputError(f"cannot set {str(item)[:40]!r}; write key=value with a key among: {settable}")
+        current = fields[key]
+        try:
+            if isinstance(current, tuple):
+                value: Any = tuple(float(x) for x in raw.split(",") if x.strip())
+            elif isinstance(current, bool):
+                value = raw.lower() in ("1", "true", "yes")
+            elif isinstance(current, int):
+                value = int(raw)
+            elif isinstance(current, float) or (current is None and key == "bin_width"):
+                value = None if raw.lower() == "none" else float(raw)
+            else:
+                value = raw
+        except ValueError:
+            raise InputError(f"{key}: cannot read {raw[:20]!r} as a {type(current).__name__}") from None
+        changes[key] = value
+    return dataclasses.replace(base, **changes)
 
 
 # -- the run -------------------------------------------------------------------------------------

@@ -323,14 +323,17 @@ def build_levels(bars: Bars, params: ModelParams) -> tuple[Levels, Levels, np.nd
     log_c = np.cumsum(np.log(shrink))
 
     entry, lev, tier, slot_w = level_inputs(bars, params)
-    long_share, side_used = side_shares(bars, d_oi, entry.mean(axis=1), params)
+    needs_entry = params.side_model in ("auto", "taker")  # only the taker model values flow at entry
+    long_share, side_used = side_shares(bars, d_oi, entry.mean(axis=1) if needs_entry else bars.close, params)
     table = params.margin_table or table_for(bars.symbol)
 
     opening = np.nonzero(d_oi > 0)[0]
-    e, lv = entry[opening], lev[opening]  # (m, K)
+    if opening.size == len(bars):  # with turnover every bar opens: no copies needed
+        e, lv, tr = entry, lev, tier.ravel()
+    else:
+        e, lv, tr = entry[opening], lev[opening], tier[opening].ravel()  # (m, K)
     mmr = mmr_of(table, lv, params.typical_position_usd)
     t0 = np.repeat(opening, slot_w.size)
-    tr = tier[opening].ravel()
 
     def side(share: np.ndarray, factor: np.ndarray) -> Levels:
         weight = ((d_oi[opening] * share[opening])[:, None] * slot_w[None, :]).ravel()
@@ -394,9 +397,8 @@ def build_map(
     # Sweep bar: the opening bar itself when the level is beyond that bar's close, else the first
     # later bar whose low (longs) / high (shorts) reaches it. Shorts use -high so both are "<=".
     def sweep_bar(lv: Levels, touch: np.ndarray, thresh: np.ndarray, now: np.ndarray) -> np.ndarray:
-        out = lv.t0.astype(np.int64, copy=True)
-        later = np.nonzero(~now)[0]
-        out[later] = _first_at_or_below(touch, np.minimum(lv.t0[later] + 1, n), thresh[later])
+        out = _first_at_or_below(touch, np.minimum(lv.t0 + 1, n), thresh)
+        out[now] = lv.t0[now]
         return out
 
     rule = params.open_bar_sweep

@@ -116,16 +116,20 @@ def _add_backtest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--png", type=Path, default=None, help="also draw realized vs model (time and scatter) to this PNG")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the intervals (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one model parameter, e.g. --set holding_days=0 (repeatable; see docs/methodology.md)")
 
 
 def _run_backtest(args: argparse.Namespace) -> int:
-    from analysis.backtest import load_history, render_png, run_backtest
+    from analysis.backtest import load_history, params_with, parse_duration, render_png, run_backtest
     from analysis.symbols import parse_symbol
 
     if not (1 <= args.boot <= 100_000):
         raise InputError(f"--boot must be between 1 and 100000, not {args.boot}")
+    params = params_with(args.overrides)
+    parse_duration(args.warmup)  # fail before reading the file
     hist = load_history(args.data, symbol=parse_symbol(args.symbol).symbol)
-    result = run_backtest(hist, warmup=args.warmup, n_boot=args.boot, seed=args.seed)
+    result = run_backtest(hist, params, warmup=args.warmup, n_boot=args.boot, seed=args.seed)
     if args.png is not None:
         try:
             args.png.write_bytes(render_png(result))

@@ -20,6 +20,7 @@ from analysis.backtest import (
     bootstrap_diff,
     direction_share,
     load_history,
+    params_with,
     parse_duration,
     pearson,
     rank,
@@ -144,6 +145,20 @@ def test_parse_duration():
             parse_duration(bad)
 
 
+def test_params_with_overrides():
+    p = params_with(["holding_days=0", "leverage=5,10", "leverage_weights=1,1", "oi_units=usd", "entry_points=1"])
+    assert p.holding_days == 0.0 and p.leverage == (5.0, 10.0) and p.oi_units == "usd" and p.entry_points == 1
+    assert params_with([]) == ModelParams()
+    with pytest.raises(InputError, match="cannot set 'nonsense=1'"):
+        params_with(["nonsense=1"])
+    with pytest.raises(InputError, match="cannot set 'holding_days'"):
+        params_with(["holding_days"])
+    with pytest.raises(InputError, match="holding_days: cannot read 'soon'"):
+        params_with(["holding_days=soon"])
+    with pytest.raises(InputError, match="unknown oi_units"):
+        params_with(["oi_units=eur"])
+
+
 # -- input files ------------------------------------------------------------------------------------
 
 def write_history(path: Path, n: int = 24 * 12, *, seed: int = 0, drop: tuple[str, ...] = (), edit=None) -> Path:
@@ -254,8 +269,9 @@ def test_cli_table_and_png(tmp_path, capsys):
         ["--data", "{ok}", "--warmup", "soon"],
         ["--data", "{ok}", "--boot", "0"],
         ["--data", "{ok}", "--png", "{nodir}/x.png"],
+        ["--data", "{ok}", "--set", "holding_days=-1"],
     ],
-    ids=["missing-file", "too-short", "bad-warmup", "bad-boot", "unwritable-png"],
+    ids=["missing-file", "too-short", "bad-warmup", "bad-boot", "unwritable-png", "bad-param"],
 )
 def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, args):
     paths = {
@@ -334,6 +350,19 @@ def test_dev_file_model_beats_the_best_baseline_on_ranking_and_sizing(dev_result
 def test_dev_file_picture(dev_result):
     png = render_png(dev_result)
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+
+
+def test_dev_file_reproduces_the_old_model_with_overrides(capsys):
+    """The issue's starting point (5 discrete tiers, USD OI flow, no turnover, one entry price)."""
+    path = shared_file(DEV)
+    old = ["leverage_spread=0", "levels_per_hour=0", "leverage_nodes=1", "entry_points=1", "holding_days=0", "oi_units=usd"]
+    argv = ["backtest", "--data", str(path), "--json", "--boot", "20"] + [a for kv in old for a in ("--set", kv)]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    best = out["baselines"]["directional_range"]
+    assert out["model"]["spearman_long"] < best["spearman_long"] - 0.05
+    assert out["model"]["pearson_long"] > best["pearson_long"]
+    assert out["calibration"]["bars_model_sweeps_nothing"] > 1000
 
 
 def test_dev_file_cli_json(capsys):
