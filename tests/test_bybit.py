@@ -409,3 +409,18 @@ async def test_region_block_451_names_other_venues(sample_bars):
     src = make_source(server, now_after(sample_bars))
     with pytest.raises(SourceError, match="451.*--exchange binance or --exchange okx"):
         await src.symbols()
+
+
+async def test_record_then_replay_gives_the_same_bars(sample_bars, tmp_path):
+    from analysis.sources.recorded import Recorder, ReplayTransport, load_manifest
+
+    now = now_after(sample_bars)
+    rec = Recorder(tmp_path / "rec", now_ms=now)
+    ft = FakeTime()
+    live = BybitSource(transport=httpx.MockTransport(FakeBybit(sample_bars).handler), recorder=rec,
+                       sleep=ft.sleep, clock=ft.clock, now_ms=lambda: now)
+    recorded = await live.bars("BTCUSDT", WINDOWS["1d"])
+    replayed = await BybitSource(transport=ReplayTransport(load_manifest(tmp_path / "rec")), sleep=ft.sleep,
+                                 clock=ft.clock, now_ms=lambda: now).bars("BTCUSDT", WINDOWS["1d"])
+    np.testing.assert_array_equal(replayed.time, recorded.time)
+    np.testing.assert_array_equal(replayed.oi_usd, recorded.oi_usd)

@@ -270,3 +270,21 @@ async def test_report_service_uses_map_sources_and_keeps_them_out_of_all():
     assert m.kind == "coinglass" and not missing and len(server.requests) == 1
     only = ReportService({"coinglass": make(FakeCoinGlass())})
     assert only.resolve_venues("all") == ("coinglass",)
+
+
+async def test_a_real_recording_holds_no_key_and_replays(tmp_path):
+    from analysis.sources.recorded import Recorder, ReplayTransport, load_manifest
+
+    rec = Recorder(tmp_path / "rec", now_ms=NOW)
+    first = await make(FakeCoinGlass(), recorder=rec).map("BTC", WINDOWS["7d"])
+    for f in (tmp_path / "rec").iterdir():
+        assert KEY not in f.read_text(), f.name
+    replay = ReplayTransport(load_manifest(tmp_path / "rec"))
+
+    async def current(symbol: str) -> float:
+        return 64_000.0
+
+    again = await CoinGlassSource("another-key", price=current, exchange="binance", transport=replay,
+                                  now_ms=lambda: NOW).map("BTC", WINDOWS["7d"])
+    np.testing.assert_array_equal(again.long, first.long)
+    np.testing.assert_array_equal(again.short, first.short)
