@@ -17,6 +17,7 @@ from bot_harness import (
     OTHER_CHANNEL_ID,
     PINNED,
     Channel,
+    StubSource,
     interaction_payload,
     make_harness,
 )
@@ -28,9 +29,15 @@ REPORTS = Channel(OTHER_CHANNEL_ID, "market-reports")
 LOCKED = Channel(LOCKED_CHANNEL_ID, "announcements")
 
 
+def _sources():
+    from analysis.sources.registry import make_sources
+
+    return {**make_sources("sample"), "bybit": StubSource("bybit", ("BTCUSDT", "ETHUSDT"))}
+
+
 @pytest.fixture
 async def h(tmp_path):
-    harness = await make_harness(tmp_path / "bot.db", guild_subscription_cap=3)
+    harness = await make_harness(tmp_path / "bot.db", sources=_sources(), guild_subscription_cap=3)
     yield harness
     await harness.stop()
 
@@ -202,7 +209,8 @@ async def test_skew_alert_subscribe_with_thresholds_list_and_unsubscribe(h):
     [
         ({"mild": 3.0, "heavy": 2.0}, "1 < mild < heavy"),
         ({"mild": 1.5, "mild_exit": 1.6}, "exit"),
-        ({"symbol": "ETH"}, "ETHUSDT is not listed on binance"),
+        ({"symbol": "DOGE"}, "DOGEUSDT is not listed on any of binance, bybit"),
+        ({"symbol": "ETH", "exchange": "binance"}, "ETHUSDT is not listed on binance."),
     ],
 )
 async def test_skew_alert_refuses_bad_thresholds_and_unlisted_symbols(h, options, needle):
@@ -215,7 +223,7 @@ async def test_skew_alert_refuses_bad_thresholds_and_unlisted_symbols(h, options
 async def test_skew_alert_symbol_autocomplete(h):
     calls = await h.dispatch(interaction_payload("skew-alerts", {"channel": REPORTS, "symbol": "b"}, sub="subscribe",
                                                  focused="symbol", perms=MANAGER_PERMS))
-    assert calls[0].body["data"]["choices"] == [{"name": "BTCUSDT · binance", "value": "BTCUSDT"}]
+    assert calls[0].body["data"]["choices"] == [{"name": "BTCUSDT · binance, bybit", "value": "BTCUSDT"}]
 
 
 async def test_confirmation_suggests_read_message_history_only_where_it_is_missing(h):
@@ -246,3 +254,9 @@ async def test_deleting_a_channel_pauses_its_subscriptions(h):
     assert [s.paused for s in daily_items] == [True, False]
     assert daily_items[0].paused_reason == "channel #market-reports was deleted"
     assert (await h.bot.store.list_watches(GUILD_ID))[0].paused
+
+
+async def test_daily_set_refuses_a_symbol_no_venue_lists(h):
+    text = refusal(await h.dispatch(daily("set", channel=REPORTS, time="09:30", timezone="UTC", symbols="BTC, DOGE")))
+    assert text.startswith("DOGEUSDT is not listed on any of binance, bybit")
+    assert await h.bot.store.list_daily(GUILD_ID) == []

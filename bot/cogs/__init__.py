@@ -17,7 +17,7 @@ import discord
 from discord import app_commands
 
 from analysis.errors import InputError, LiqmapError
-from analysis.symbols import parse_symbol
+from analysis.symbols import parse_symbol, suggest
 from analysis.windows import WINDOWS
 
 from ..poster import REQUIRED_CHANNEL_PERMISSIONS, missing_channel_permissions
@@ -27,6 +27,7 @@ __all__ = [
     "exchange_choices",
     "SymbolIndex",
     "symbol_choices",
+    "check_listed",
     "timezone_choices",
     "ManagerGroup",
     "REQUIRED_CHANNEL_PERMISSIONS",
@@ -174,6 +175,24 @@ def check_target_channel(interaction: discord.Interaction, channel: discord.abc.
             f"I can't post reports in <#{real.id}>: I'm missing {', '.join(missing)} there. "
             "Grant them to my role (or in the channel's settings) and try again."
         )
+
+
+def check_listed(index: SymbolIndex, service: Any, symbols: Iterable[str], exchange: str) -> tuple[str, ...]:
+    """The venues for ``exchange``; InputError (with close spellings) for a symbol none of them lists.
+
+    Symbols pass unchecked while the venues' lists are not loaded yet: the source then decides.
+    """
+    venues = service.resolve_venues(exchange)
+    known = index.known(venues)
+    if known is None:
+        return venues
+    for sym in symbols:
+        if sym not in known:
+            where = exchange if exchange != "all" else "any of " + ", ".join(venues)
+            close = suggest(sym, known)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise InputError(f"{sym} is not listed on {where}.{hint}")
+    return venues
 
 
 def symbol_choices(index: SymbolIndex, service: Any, current: str, exchange: str | None) -> list[app_commands.Choice[str]]:

@@ -23,7 +23,15 @@ from analysis.errors import InputError
 from analysis.windows import parse_window
 
 from ..app import NO_MENTIONS
-from . import WINDOW_CHOICES, ManagerGroup, check_target_channel, exchange_choices, history_hint, timezone_choices
+from . import (
+    WINDOW_CHOICES,
+    ManagerGroup,
+    check_listed,
+    check_target_channel,
+    exchange_choices,
+    history_hint,
+    timezone_choices,
+)
 
 __all__ = ["DailyCog", "describe_schedule", "setup"]
 
@@ -138,7 +146,7 @@ class DailyCog(commands.Cog):
         store = self.store
         hhmm, zone, syms = parse_time(time), parse_timezone(tz), parse_symbols(symbols)
         win = parse_window(window).label
-        self.bot.service.resolve_venues(exchange)  # type: ignore[attr-defined]
+        check_listed(self.bot.symbols, self.bot.service, syms, exchange)  # type: ignore[attr-defined]
         check_target_channel(interaction, channel)
         await interaction.response.defer(ephemeral=True, thinking=True)
         s = await store.add_daily(

@@ -18,13 +18,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from analysis.errors import InputError, SourceError
-from analysis.symbols import parse_symbol, suggest
+from analysis.errors import SourceError
+from analysis.symbols import parse_symbol
 from analysis.windows import parse_window
 
 from ..app import NO_MENTIONS
 from ..poster import png_file, report_embed
-from . import WINDOW_CHOICES, SymbolIndex, exchange_choices, symbol_choices
+from . import WINDOW_CHOICES, SymbolIndex, check_listed, exchange_choices, symbol_choices
 
 __all__ = ["LiqmapCog", "setup"]
 
@@ -74,13 +74,7 @@ class LiqmapCog(commands.Cog):
         """Check the options without I/O; InputError says what would be valid."""
         pair = parse_symbol(symbol)
         win = parse_window(window)
-        venues = self.service.resolve_venues(exchange)
-        known = self.index.known(venues)
-        if known is not None and pair.symbol not in known:
-            where = exchange if exchange != "all" else "any of " + ", ".join(venues)
-            close = suggest(pair.symbol, known)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise InputError(f"{pair.symbol} is not listed on {where}.{hint}")
+        venues = check_listed(self.index, self.service, [pair.symbol], exchange)
         return pair.symbol, win.label, venues
 
     async def answer(self, interaction: discord.Interaction, symbol: str, window: str, exchange: str, private: bool) -> None:

@@ -28,6 +28,7 @@ from . import (
     WINDOW_CHOICES,
     ManagerGroup,
     SymbolIndex,
+    check_listed,
     check_target_channel,
     exchange_choices,
     history_hint,
@@ -161,10 +162,7 @@ class NoticesCog(commands.Cog):
         store = self.store
         sym = parse_symbol(symbol).symbol
         win = parse_window(window).label
-        venues = self.bot.service.resolve_venues(exchange)  # type: ignore[attr-defined]
-        known = self.bot.symbols.known(venues)  # type: ignore[attr-defined]
-        if known is not None and sym not in known:
-            raise InputError(f"{sym} is not listed on {exchange if exchange != 'all' else ', '.join(venues)}")
+        check_listed(self.bot.symbols, self.bot.service, [sym], exchange)  # type: ignore[attr-defined]
         kw: dict[str, float] = {k: v for k, v in (("mild", mild), ("heavy", heavy)) if v is not None}
         HysteresisParams(exit_mild=mild_exit, exit_heavy=heavy_exit, **kw)  # says what is wrong, before storing
         check_target_channel(interaction, channel)
