@@ -92,7 +92,10 @@ def definitions_hash(defs: list[dict[str, Any]]) -> str:
 
 
 def build_service(settings: Settings):
-    """The report service over the configured sources (``LIQMAP_SOURCE``: live, sample or a CSV)."""
+    """The report service over the configured sources (``LIQMAP_SOURCE``: live, sample or a CSV).
+
+    The CoinGlass key and cache dir are passed to ``make_sources`` when it accepts them.
+    """
     import inspect
 
     from analysis.report import ReportService
@@ -101,9 +104,9 @@ def build_service(settings: Settings):
     src = settings.sources
     wanted: dict[str, Any] = {
         "coinglass_api_key": src.coinglass_api_key.get_secret_value() if src.has_coinglass else None,
-        "coinglass_key": src.coinglass_api_key.get_secret_value() if src.has_coinglass else None,
-        "cache_dir": src.cache_dir,
     }
+    if src.cache_dir is not None:
+        wanted["cache_dir"] = src.cache_dir.expanduser()
     accepted = inspect.signature(registry.make_sources).parameters
     kwargs = {k: v for k, v in wanted.items() if k in accepted}
     sources = registry.make_sources(src.source, **kwargs)
@@ -225,7 +228,7 @@ class LiqmapBot(commands.Bot):
         self.symbols: Any = None
         self.cog_modules = cogs
         self._owns_store = store is None
-        self.sync_state_path = sync_state_path or settings.sources.cache_dir / "command-sync.json"
+        self.sync_state_path = sync_state_path or settings.sources.state_dir / "command-sync.json"
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def setup_hook(self) -> None:

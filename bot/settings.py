@@ -74,7 +74,12 @@ class SourceSettings(BaseSettings):
 
     source: str = Field("live", validation_alias="LIQMAP_SOURCE", min_length=1)
     coinglass_api_key: SecretStr | None = Field(None, validation_alias="COINGLASS_API_KEY")
-    cache_dir: Path = Field(Path(".liqmap-cache"), validation_alias="LIQMAP_CACHE_DIR")
+    cache_dir: Path | None = Field(None, validation_alias="LIQMAP_CACHE_DIR")
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the bot keeps small local state (the last synced command hash)."""
+        return (self.cache_dir or Path.home() / ".cache" / "liqmap").expanduser()
 
     @property
     def has_coinglass(self) -> bool:
@@ -114,6 +119,8 @@ class Settings:
                     values[key] = "set" if value is not None and str(value) else "unset"
                 else:
                     values[key] = str(value) if isinstance(value, Path) else value
+            if name == "sources":
+                values["cache_dir"] = str(section.cache_dir) if section.cache_dir else "default (~/.cache/liqmap)"
             out[name] = values
         out["database"]["url"] = redact_url(out["database"]["url"])
         return out

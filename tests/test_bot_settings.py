@@ -31,7 +31,8 @@ def test_defaults_without_any_configuration():
     s = load_settings(None)
     assert s.discord.token is None and not s.discord.has_token and s.discord.dev_guild_id is None
     assert s.database.url == DEFAULT_DATABASE_URL and s.database.url.startswith("sqlite+aiosqlite:///")
-    assert s.sources.source == "live" and not s.sources.has_coinglass and s.sources.cache_dir == Path(".liqmap-cache")
+    assert s.sources.source == "live" and not s.sources.has_coinglass and s.sources.cache_dir is None
+    assert s.sources.state_dir == Path.home() / ".cache" / "liqmap"
     sch = s.schedule
     assert (sch.watch_interval_minutes, sch.guild_subscription_cap) == (15.0, 25)
     assert sch.daily_grace_minutes > 0 and sch.report_ttl_seconds > 0 and sch.cooldown_seconds > 0
@@ -114,3 +115,31 @@ def test_env_example_loads_as_is():
     assert s.database.url == DEFAULT_DATABASE_URL
     names = {line.split("=", 1)[0] for line in example.read_text().splitlines() if "=" in line and not line.startswith("#")}
     assert names == set(ENV_NAMES)  # every setting is documented there
+
+
+def test_build_service_passes_source_settings_through(monkeypatch, tmp_path):
+    from analysis.sources import registry
+    from analysis.sources.csvfile import SampleSource
+    from bot.app import build_service
+
+    seen = {}
+
+    def fake_make_sources(spec, *, cache_dir=None, coinglass_api_key=None):
+        seen.update(spec=spec, cache_dir=cache_dir, key=coinglass_api_key)
+        return {"binance": SampleSource()}
+
+    monkeypatch.setattr(registry, "make_sources", fake_make_sources)
+    monkeypatch.setenv("COINGLASS_API_KEY", KEY)
+    monkeypatch.setenv("LIQMAP_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("LIQMAP_REPORT_TTL_SECONDS", "45")
+    service = build_service(load_settings(None))
+    assert seen == {"spec": "live", "cache_dir": tmp_path / "cache", "key": KEY}
+    assert service.venues == ("binance",) and service.ttl == 45.0
+
+
+def test_unknown_source_spec_is_a_clear_error(monkeypatch):
+    from bot.app import build_service
+
+    monkeypatch.setenv("LIQMAP_SOURCE", "nasdaq")
+    with pytest.raises(InputError, match="unknown source"):
+        build_service(load_settings(None))
