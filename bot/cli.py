@@ -30,7 +30,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("report", help="build a liquidation map and write liqmap.png, summary.md and liqmap.json")
     p.add_argument("--symbol", default="BTCUSDT", help="BTC, BTCUSDT, BTC/USDT or BTC-USDT-SWAP (default BTCUSDT)")
     p.add_argument("--window", default="7d", help=f"lookback of open-interest flow: {', '.join(WINDOWS)} (default 7d)")
-    p.add_argument("--source", default="sample", help=f"where bars come from: {SOURCE_HELP} (default sample)")
+    p.add_argument("--source", default="live", help=f"where bars come from: {SOURCE_HELP} (default live)")
     p.add_argument("--exchange", default="all", help="all, or one venue of the source (default all)")
     p.add_argument("--theme", default="dark", help="chart theme: dark or light (default dark)")
     p.add_argument("--stack", default="tier", help="stack bars by leverage tier or by exchange: tier or venue (default tier)")
@@ -39,10 +39,17 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 def _run_report(args: argparse.Namespace) -> int:
     from analysis.report import ReportService
-    from analysis.sources.registry import make_sources
+    from analysis.sources.registry import aclose_sources, make_sources
 
-    service = ReportService(make_sources(args.source))
-    rep = asyncio.run(service.report(args.symbol, args.window, args.exchange, args.theme, args.stack))
+    sources = make_sources(args.source)
+
+    async def build():
+        try:
+            return await ReportService(sources).report(args.symbol, args.window, args.exchange, args.theme, args.stack)
+        finally:
+            await aclose_sources(sources)
+
+    rep = asyncio.run(build())
     out: Path = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -53,6 +60,24 @@ def _run_report(args: argparse.Namespace) -> int:
         raise InputError(f"cannot write to {out}: {exc.strerror or exc}") from None
     print(rep.summary)
     print(f"\nwrote {out / 'liqmap.png'}, {out / 'summary.md'}, {out / 'liqmap.json'}")
+    return 0
+
+
+# -- record ------------------------------------------------------------------------------------------
+
+def _add_record(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("record", help="save the raw venue responses behind a report, for offline replay (--source recorded:DIR)")
+    p.add_argument("--symbol", default="BTCUSDT", help="BTC, BTCUSDT, BTC/USDT or BTC-USDT-SWAP (default BTCUSDT)")
+    p.add_argument("--window", default="1d", help=f"lookback: {', '.join(WINDOWS)} (default 1d)")
+    p.add_argument("--exchange", default="all", help="all, or one live venue: binance, bybit, okx (default all)")
+    p.add_argument("--out", required=True, type=Path, help="an empty directory for the responses and manifest.json")
+
+
+def _run_record(args: argparse.Namespace) -> int:
+    from analysis.sources.recorded import record
+
+    lines = asyncio.run(record(args.symbol, args.window, args.exchange, args.out))
+    print("\n".join(lines))
     return 0
 
 
@@ -146,6 +171,7 @@ def _run_backtest(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
     "report": (_add_report, _run_report),
+    "record": (_add_record, _run_record),
     "bot": (_add_bot, _run_bot),
     "sync-commands": (_add_sync_commands, _run_sync_commands),
     "backtest": (_add_backtest, _run_backtest),

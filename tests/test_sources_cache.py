@@ -112,5 +112,5 @@ def test_unopenable_path_is_dataerror(tmp_path):
 
 
 def test_default_path_env(monkeypatch, tmp_path):
-    monkeypatch.setenv("LIQMAP_CACHE", str(tmp_path / "x.db"))
-    assert default_cache_path() == tmp_path / "x.db"
+    monkeypatch.setenv("LIQMAP_CACHE_DIR", str(tmp_path))
+    assert default_cache_path() == tmp_path / "bars.sqlite3"

@@ -15,7 +15,8 @@ frame raises :class:`~analysis.errors.DataError` and writes nothing. SQLite was 
 Parquet because upserting a few new bars into a 30-day series is one small transaction instead
 of rewriting a file, and WAL lets the bot and the CLI read while another process writes.
 
-The default path is ``$LIQMAP_CACHE`` or ``~/.cache/liqmap/bars.sqlite3``; ``None`` is in-memory.
+The default path is ``$LIQMAP_CACHE_DIR/bars.sqlite3`` or ``~/.cache/liqmap/bars.sqlite3``
+(the bot's ``LIQMAP_CACHE_DIR`` setting); ``None`` keeps it in memory.
 """
 
 from __future__ import annotations
@@ -51,10 +52,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, upda
 
 
 def default_cache_path() -> Path:
-    """``$LIQMAP_CACHE`` if set, else ``~/.cache/liqmap/bars.sqlite3``."""
-    env = os.environ.get("LIQMAP_CACHE")
+    """``$LIQMAP_CACHE_DIR/bars.sqlite3`` if that is set, else ``~/.cache/liqmap/bars.sqlite3``."""
+    env = os.environ.get("LIQMAP_CACHE_DIR")
     if env:
-        return Path(env).expanduser()
+        return Path(env).expanduser() / "bars.sqlite3"
     return Path.home() / ".cache" / "liqmap" / "bars.sqlite3"
 
 

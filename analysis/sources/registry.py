@@ -1,25 +1,150 @@
 """Turn a ``--source`` spec into the named sources a report service uses.
 
-Specs: ``sample`` (bundled real Binance BTCUSDT 5m data) or a path to a CSV file in the sample's
-format. Live venues and recorded replays are added here as they land.
+Specs:
+
+* ``live`` -- the public exchange APIs (binance, plus bybit and okx), sharing one on-disk
+  :class:`~analysis.sources.cache.BarCache`; ``coinglass`` joins when an API key is given.
+  Venue modules are imported by name from :data:`LIVE_VENUES`, so a missing one is skipped.
+* ``recorded:DIR`` -- replay of a ``liqmap record`` directory, offline, at the recording's time.
+* ``sample`` -- the bundled real Binance BTCUSDT 5m data; or a path to a CSV file in that format.
+
+Live and recorded sources hold HTTP connections: close them with :func:`aclose_sources`.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+import httpx
 
 from ..errors import InputError
 from .base import Source
 from .csvfile import CsvSource, SampleSource
 
-__all__ = ["make_sources", "SOURCE_HELP"]
+__all__ = ["make_sources", "live_sources", "recorded_sources", "aclose_sources", "SOURCE_HELP", "LIVE_VENUES"]
 
-SOURCE_HELP = "sample (bundled recorded Binance data) or a path to a CSV file"
+log = logging.getLogger(__name__)
+
+SOURCE_HELP = (
+    "live (Binance, Bybit, OKX public APIs), recorded:DIR (replay of liqmap record), "
+    "sample (bundled recorded Binance data) or a path to a CSV file"
+)
+
+#: venue -> (module, class) of the live bar sources, imported by name so a missing one is skipped.
+LIVE_VENUES: dict[str, tuple[str, str]] = {
+    "binance": ("analysis.sources.binance", "BinanceSource"),
+    "bybit": ("analysis.sources.bybit", "BybitSource"),
+    "okx": ("analysis.sources.okx", "OkxSource"),
+}
 
 
-def make_sources(spec: str) -> dict[str, Source]:
-    """The venue -> source mapping for a ``--source`` spec; InputError for an unknown spec."""
+def _venue_class(venue: str) -> type | None:
+    module, cls = LIVE_VENUES[venue]
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, AttributeError) as exc:
+        log.warning("live venue %s unavailable (%s)", venue, exc)
+        return None
+
+
+def live_sources(
+    *,
+    cache: Any = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    recorder: Any = None,
+    now_ms: Callable[[], int] | None = None,
+    venues: tuple[str, ...] | None = None,
+    coinglass_api_key: str | None = None,
+) -> dict[str, Source]:
+    """One source per live venue, sharing ``cache`` (default: the on-disk cache) and ``transport``."""
+    from .cache import BarCache, default_cache_path
+
+    if cache is None:
+        cache = BarCache(default_cache_path())
+    kw: dict[str, Any] = {"cache": cache, "transport": transport, "recorder": recorder}
+    if now_ms is not None:
+        kw["now_ms"] = now_ms
+    out: dict[str, Source] = {}
+    for venue in venues or tuple(LIVE_VENUES):
+        if venue not in LIVE_VENUES:
+            continue
+        cls = _venue_class(venue)
+        if cls is not None:
+            out[venue] = cls(**kw)
+    if coinglass_api_key and (venues is None or "coinglass" in venues):
+        cg = _coinglass(coinglass_api_key, out.get("binance"), kw)
+        if cg is not None:
+            out["coinglass"] = cg
+    if not out:
+        raise InputError("no live venue is available in this installation")
+    return out
+
+
+def _coinglass(key: str, binance: Any, kw: Mapping[str, Any]) -> Source | None:
+    """CoinGlass's own map, priced by Binance's mark price (CoinGlass sends no current price)."""
+    try:
+        cls = importlib.import_module("analysis.sources.coinglass").CoinGlassSource
+    except (ImportError, AttributeError) as exc:
+        log.warning("coinglass source unavailable (%s)", exc)
+        return None
+    if binance is None or not hasattr(binance, "mark_price"):
+        log.warning("coinglass needs the binance source for the current price; skipped")
+        return None
+    extra = {k: kw[k] for k in ("transport", "recorder", "now_ms") if k in kw}
+    return cls(key, price=binance.mark_price, **extra)
+
+
+def recorded_sources(directory: str | Path) -> dict[str, Source]:
+    """Sources that replay a ``liqmap record`` directory offline, at the recording's time."""
+    from .cache import BarCache
+    from .recorded import ReplayTransport, load_manifest
+
+    manifest = load_manifest(directory)
+    venues = tuple(v for v in manifest.venues if v in LIVE_VENUES)
+    if not venues:
+        raise InputError(f"the recording in {directory} holds no responses of a replayable venue ({', '.join(LIVE_VENUES)})")
+    now = manifest.now_ms
+    return live_sources(cache=BarCache(None), transport=ReplayTransport(manifest), now_ms=lambda: now, venues=venues)
+
+
+async def aclose_sources(sources: Mapping[str, Any]) -> None:
+    """Close every source that holds connections (those with an ``aclose``)."""
+    for src in sources.values():
+        close = getattr(src, "aclose", None)
+        if close is not None:
+            try:
+                await close()
+            except Exception:  # closing must not hide the real outcome
+                log.exception("closing source %s failed", getattr(src, "name", src))
+
+
+def make_sources(
+    spec: str,
+    *,
+    cache_dir: str | Path | None = None,
+    coinglass_api_key: str | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> dict[str, Source]:
+    """The venue -> source mapping for a ``--source`` spec; InputError for an unknown spec.
+
+    ``cache_dir`` holds the live bar cache (``bars.sqlite3``; default ``$LIQMAP_CACHE_DIR`` or
+    ``~/.cache/liqmap``); ``transport`` replaces the network (tests).
+    """
     spec = str(spec).strip()
+    if spec == "live":
+        from .cache import BarCache, default_cache_path
+
+        cache = BarCache(Path(cache_dir) / "bars.sqlite3" if cache_dir else default_cache_path())
+        return live_sources(cache=cache, transport=transport, coinglass_api_key=coinglass_api_key)
+    if spec.startswith("recorded:"):
+        directory = spec[len("recorded:"):].strip()
+        if not directory:
+            raise InputError("recorded: needs a directory, e.g. --source recorded:./rec")
+        return recorded_sources(directory)
     if spec == "sample":
         src: Source = SampleSource()
         return {src.name: src}
