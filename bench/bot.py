@@ -95,10 +95,32 @@ def measure(fn):
     return timed
 
 
-async def bench(days: int) -> dict[str, Any]:
+TABLES = ("deliveries", "skew_watches", "daily_schedules", "alembic_version")
+
+
+async def _server_tables(url: str, drop: bool) -> list[str]:
+    """The bot's tables present in a server database (and drop them when ``drop``)."""
+    from sqlalchemy import inspect, text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    try:
+        async with engine.begin() as conn:
+            present = await conn.run_sync(lambda c: [t for t in TABLES if inspect(c).has_table(t)])
+            if drop and present:
+                await conn.execute(text(f"DROP TABLE IF EXISTS {', '.join(TABLES)} CASCADE"))
+        return present
+    finally:
+        await engine.dispose()
+
+
+async def bench(days: int, database_url: str | None = None) -> dict[str, Any]:
     start = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
+    if database_url and await _server_tables(database_url, drop=False):
+        raise SystemExit("that database already holds liqmap tables; give an empty database")
     with tempfile.TemporaryDirectory() as tmp:
-        store = await Store.open(f"sqlite+aiosqlite:///{Path(tmp) / 'bench.sqlite3'}", max_per_guild=100)
+        url = database_url or f"sqlite+aiosqlite:///{Path(tmp) / 'bench.sqlite3'}"
+        store = await Store.open(url, max_per_guild=100)
         try:
             t0 = time.perf_counter()
             await populate(store, start)
@@ -149,7 +171,10 @@ async def bench(days: int) -> dict[str, Any]:
             real_renders = real.computations - before
         finally:
             await store.close()
+            if database_url:
+                await _server_tables(database_url, drop=True)
     return {
+        "backend": store.engine.dialect.name,
         "populate_s": populate_s,
         "renders": renders, "posted": posted,
         "due_cpu": statistics.median(due_cpu), "due_wall": statistics.median(due_wall),
@@ -166,12 +191,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.bot", description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=int, default=5, help="simulated days (repetitions) for the medians")
     parser.add_argument("--no-write", action="store_true", help="print only; do not touch docs/benchmarks.md")
+    parser.add_argument("--database-url", help="run on this (empty) server database instead of a temporary SQLite "
+                        "file, e.g. postgresql+asyncpg://...; its tables are dropped afterwards")
     args = parser.parse_args(argv)
-    r = asyncio.run(bench(args.days))
+    r = asyncio.run(bench(args.days, args.database_url))
     sf, ss, sx, real = r["skew_first"], r["skew_steady"], r["skew_flip"], r["real"]
+    backend = ("SQLite file database (WAL)" if r["backend"] == "sqlite" else
+               f"{r['backend']} server database on the same machine (its server's CPU is not counted below)")
     body = f"""
 1,000 channels (40 guilds x 25) over 10 symbols, each with a 09:00 UTC daily report and a skew
-subscription; SQLite file database (WAL); no-op poster. CPU is process CPU time (all threads) of the
+subscription; {backend}; no-op poster. CPU is process CPU time (all threads) of the
 tick; medians over {r['days']} simulated days.
 
 | tick | renders | messages | dispatcher CPU | wall |
@@ -189,7 +218,11 @@ the store's validated API took {r['populate_s']:.1f} s.
 """
     print(body.strip())
     if not args.no_write:
-        write_section("bot", "Discord dispatcher: 1,000 channels over 10 symbols", "python -m bench.bot", body)
+        if args.database_url:
+            write_section("bot-server", f"Discord dispatcher on {r['backend']}: 1,000 channels over 10 symbols",
+                          "python -m bench.bot --database-url <server>", body)
+        else:
+            write_section("bot", "Discord dispatcher: 1,000 channels over 10 symbols", "python -m bench.bot", body)
 
 
 if __name__ == "__main__":
