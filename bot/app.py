@@ -213,6 +213,9 @@ class LiqmapBot(commands.Bot):
         cogs: tuple[str, ...] = COGS,
         sync_state_path: Path | None = None,
     ) -> None:
+        for flag in ("warn_nacl", "warn_dave"):  # the bot uses no voice: skip those start-up warnings
+            if hasattr(discord.VoiceClient, flag):
+                setattr(discord.VoiceClient, flag, False)
         super().__init__(
             command_prefix=commands.when_mentioned,
             help_command=None,
