@@ -437,7 +437,7 @@ class BacktestResult:
         lines.append(
             f"dollars: model swept {cal['model_long_usd'] / 1e9:.2f}B long / {cal['model_short_usd'] / 1e9:.2f}B short, "
             f"realized {cal['realized_long_usd'] / 1e9:.2f}B / {cal['realized_short_usd'] / 1e9:.2f}B "
-            f"(model/realized {cal['model_over_realized']}); the model sweeps nothing in "
+            f"(model/realized {_fmt(cal['model_over_realized'], 2)}); the model sweeps nothing in "
             f"{cal['bars_model_sweeps_nothing']} of {self.bars} bars"
         )
         if self.gaps:
@@ -445,8 +445,8 @@ class BacktestResult:
         return "\n".join(lines)
 
 
-def _fmt(v: float) -> str:
-    return "n/a" if v is None or not math.isfinite(v) else f"{v:.3f}"
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
 
 
 def run_backtest(
