@@ -166,3 +166,62 @@ def test_invite_url_scopes_and_minimal_permissions():
     assert invite_permissions().value == 52224 + 65536 == 117760
     assert invite_url(123, history=False) == (
         "https://discord.com/oauth2/authorize?client_id=123&scope=bot+applications.commands&permissions=52224")
+
+
+def _fake_discord(monkeypatch, *, reject_token: bool = False):
+    """Replace ``HTTPClient.request`` for bots created inside the CLI: login and sync answered offline."""
+    import discord
+    from discord.http import HTTPClient
+
+    from bot_harness import BOT_ID, RestRecorder, http_error
+
+    rec = RestRecorder()
+    user = {"id": str(BOT_ID), "username": "liqmap", "discriminator": "0", "avatar": None, "bot": True}
+
+    def respond(call):
+        if call.path == "/users/@me":
+            if reject_token:
+                raise http_error(discord.HTTPException, 401, 0, "401: Unauthorized")
+            return user
+        if call.path == "/oauth2/applications/@me":
+            return {"id": str(APP_ID), "name": "liqmap", "description": "", "icon": None, "bot_public": True,
+                    "bot_require_code_grant": False, "owner": user, "verify_key": "00", "flags": 0}
+        return _answer_sync(call)
+
+    rec.respond = respond
+
+    async def request(self, route, **kwargs):
+        return await rec(route, **kwargs)
+
+    monkeypatch.setattr(HTTPClient, "request", request)
+    return rec
+
+
+def test_cli_sync_commands_logs_in_over_http_and_syncs_globally(tmp_path, monkeypatch, capsys, caplog):
+    token = "MTAx.fake.token-that-must-not-leak"
+    rec = _fake_discord(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISCORD_TOKEN", token)
+    monkeypatch.setenv("LIQMAP_SOURCE", "sample")
+    monkeypatch.setenv("LIQMAP_CACHE_DIR", str(tmp_path / "cache"))
+    caplog.set_level("DEBUG")
+    assert cli.main(["sync-commands"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("synced 3 global command(s)")
+    assert [(c.method, c.path) for c in rec.calls] == [
+        ("GET", "/users/@me"), ("GET", "/oauth2/applications/@me"), ("PUT", f"/applications/{APP_ID}/commands")]
+    assert (tmp_path / "cache" / "command-sync.json").exists()  # a later start sees nothing changed
+    assert token not in caplog.text and token not in out
+    assert cli.main(["sync-commands", "--guild", "42"]) == 0
+    assert capsys.readouterr().out.startswith("synced 3 command(s) to guild 42")
+    assert rec.calls[-1].path == f"/applications/{APP_ID}/guilds/42/commands"
+
+
+def test_cli_sync_commands_with_a_rejected_token(tmp_path, monkeypatch, capsys):
+    _fake_discord(monkeypatch, reject_token=True)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DISCORD_TOKEN", "MTAx.fake.revoked")
+    monkeypatch.setenv("LIQMAP_SOURCE", "sample")
+    assert cli.main(["sync-commands"]) == 2
+    err = capsys.readouterr().err
+    assert "Discord rejected DISCORD_TOKEN" in err and "MTAx.fake.revoked" not in err
