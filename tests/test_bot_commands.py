@@ -225,3 +225,20 @@ def test_cli_sync_commands_with_a_rejected_token(tmp_path, monkeypatch, capsys):
     assert cli.main(["sync-commands"]) == 2
     err = capsys.readouterr().err
     assert "Discord rejected DISCORD_TOKEN" in err and "MTAx.fake.revoked" not in err
+
+
+async def test_run_mode_start_syncs_once_then_not_again_on_restart(tmp_path, monkeypatch):
+    """Two starts (login + setup_hook, as `liqmap bot` does before connecting the gateway)."""
+    from bot.app import LiqmapBot
+    from bot.settings import load_settings
+
+    rec = _fake_discord(monkeypatch)
+    settings = load_settings(None, source="sample", url=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+                             cache_dir=tmp_path / "cache")
+    for start in range(2):
+        bot = LiqmapBot(settings, mode="run")
+        async with bot:
+            await bot.login("MTAx.fake.token")
+            assert bot.scheduler is not None and bot.scheduler._task is None  # waits for READY
+        puts = [c for c in rec.calls if c.method == "PUT"]
+        assert len(puts) == 1, f"start {start}: {len(puts)} syncs"
