@@ -308,6 +308,38 @@ def test_model_variants_match_the_reference_loop(sample_bars, params):
     assert m.total_long == pytest.approx(total_long, rel=1e-9)
 
 
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (dict(oi_units="eur"), "unknown oi_units"),
+        (dict(open_bar_sweep="later"), "unknown open_bar_sweep"),
+        (dict(holding_days=-1.0), "holding_days"),
+        (dict(holding_days=float("inf")), "holding_days"),
+        (dict(levels_per_hour=-5.0), "levels_per_hour"),
+    ],
+)
+def test_bad_new_model_parameters_are_input_errors(kw, message):
+    with pytest.raises(InputError, match=message):
+        ModelParams(**kw)
+
+
+def test_turnover_counts_the_time_a_gap_spans(sample_bars):
+    """Across a gap the turnover share covers every missing bar, not one step."""
+    from analysis.model import oi_flow
+
+    bars = sample_bars.slice(0, 50)
+    keep = np.r_[0:20, 23:50]  # three bars missing before row 20 of the cut series
+    gapped = Bars(bars.venue, bars.symbol, bars.interval, bars.time[keep], bars.open[keep], bars.high[keep],
+                  bars.low[keep], bars.close[keep], bars.oi_usd[keep])
+    p = ModelParams(oi_units="coin", holding_days=1.0)
+    opened, shrink = oi_flow(gapped, p)
+    q = gapped.oi_usd / gapped.close
+    tau = 1 - math.exp(-4 * 300_000 / 86_400_000)
+    dq = q[20] - q[19]
+    assert shrink[20] == pytest.approx(((1 - tau) * q[19] - max(-dq, 0)) / q[19], rel=1e-12)
+    assert opened[20] == pytest.approx((max(dq, 0) + tau * q[19]) * gapped.close[20], rel=1e-12)
+
+
 def test_running_once_equals_running_bar_by_bar(sample_bars):
     """What the model sweeps in a bar depends on that bar and earlier ones only."""
     full = build_map(sample_bars.slice(0, 1500))
