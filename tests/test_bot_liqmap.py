@@ -238,3 +238,17 @@ async def test_autocomplete_never_waits_for_a_slow_venue(tmp_path):
 async def test_liqmap_works_in_direct_messages(h):
     calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "window": "1d"}, guild=False))
     assert calls[0].body["type"] == CALLBACK_DEFER and calls[1].files
+
+
+async def test_a_report_that_takes_too_long_gets_a_clear_private_message(h, monkeypatch):
+    import bot.cogs.liqmap as cog_mod
+
+    async def slow(*args, **kwargs):
+        await asyncio.sleep(5)
+
+    monkeypatch.setattr(cog_mod, "REPORT_TIMEOUT", 0.05)
+    monkeypatch.setattr(h.bot.service, "report", slow)
+    calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC"}))
+    assert [c.method for c in calls] == ["POST", "DELETE", "POST"]
+    assert calls[2].body["flags"] & EPHEMERAL
+    assert "no answer from the exchanges within" in calls[2].body["content"]

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 REPORT_TIMEOUT = 300.0  # well inside the 15 minutes an interaction token stays valid
 
+
 class LiqmapCog(commands.Cog):
     """The ``/liqmap`` command and its symbol autocomplete."""
 
@@ -82,7 +83,8 @@ class LiqmapCog(commands.Cog):
         await interaction.response.defer(ephemeral=private, thinking=True)
         interaction.extras["public_defer"] = not private
         try:
-            report = await asyncio.wait_for(self.service.report(sym, win, exchange), REPORT_TIMEOUT)
+            # shielded: giving up on this answer must not cancel a computation others may share
+            report = await asyncio.wait_for(asyncio.shield(self.service.report(sym, win, exchange)), REPORT_TIMEOUT)
         except asyncio.TimeoutError:
             raise SourceError("liqmap", "report", f"no answer from the exchanges within {REPORT_TIMEOUT:.0f} s") from None
         await interaction.followup.send(
