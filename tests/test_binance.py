@@ -421,3 +421,29 @@ async def test_empty_array_on_cold_fetch_is_a_sourceerror(world):
     fake.inject(OI_HIST, "empty")
     with pytest.raises(SourceError, match="no bars with open interest"):
         await source(fake, clock).bars("BTCUSDT", WINDOWS["1d"])
+
+
+# -- through the report service ------------------------------------------------------------------------
+
+async def test_report_service_with_binance_down_uses_the_other_venue(world, sample_bars):
+    from analysis.report import ReportService
+    from analysis.sources import SAMPLE_PATH, CsvSource
+
+    fake, clock = world
+    fake.inject(EXCHANGE_INFO, httpx.Response(451, json={"code": 0, "msg": "Service unavailable from a restricted location"}))
+    other = CsvSource(SAMPLE_PATH, venue="okx", symbol="BTCUSDT")
+    service = ReportService({"binance": source(fake, clock), "okx": other}, now_ms=clock.now_ms)
+    rep = await service.report("BTCUSDT", "1d")
+    assert rep.venues == ("okx",)
+    assert "region" in rep.missing["binance"] and "--exchange bybit" in rep.missing["binance"]
+    assert any("binance missing" in n for n in rep.map.notes)
+
+
+async def test_100_concurrent_reports_make_one_fetch(world):
+    from analysis.report import ReportService
+
+    fake, clock = world
+    service = ReportService({"binance": source(fake, clock)}, now_ms=clock.now_ms)
+    reps = await asyncio.gather(*(service.report("BTCUSDT", "1d") for _ in range(100)))
+    assert len({id(r) for r in reps}) == 1 and service.computations == 1
+    assert fake.count() == 3  # exchangeInfo + one klines page + one openInterestHist page
