@@ -424,3 +424,21 @@ async def test_record_then_replay_gives_the_same_bars(sample_bars, tmp_path):
                                  clock=ft.clock, now_ms=lambda: now).bars("BTCUSDT", WINDOWS["1d"])
     np.testing.assert_array_equal(replayed.time, recorded.time)
     np.testing.assert_array_equal(replayed.oi_usd, recorded.oi_usd)
+
+
+async def test_kline_pages_capped_below_the_limit_are_continued(sample_bars):
+    """Older docs cap kline ``limit`` at 200: a server that does so must not leave holes."""
+    server = FakeBybit(sample_bars)
+    plain = server.handler
+
+    def capped(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v5/market/kline":
+            request = httpx.Request("GET", request.url.copy_set_param("limit", "200"))
+        return plain(request)
+
+    ft = FakeTime()
+    src = BybitSource(transport=httpx.MockTransport(capped), sleep=ft.sleep, clock=ft.clock,
+                      now_ms=lambda: now_after(sample_bars))
+    bars = await src.bars("BTCUSDT", WINDOWS["7d"])
+    assert len(bars) == 2016 and not bars.gaps()
+    assert server.count("/v5/market/kline") == 11  # 1000 + 1000 + 16 bars, in pages of 200

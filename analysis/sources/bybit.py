@@ -450,8 +450,18 @@ class BybitSource:
         return join_bars(klines, oi)
 
     async def _kline_page(self, sym: str, k_int: str, s: int, e: int) -> pd.DataFrame:
-        params = {"category": "linear", "symbol": sym, "interval": k_int, "start": s, "end": e, "limit": KLINE_LIMIT}
-        return parse_klines(await self._get(_KLINE, params))
+        """Klines with open in ``s..e``. A page that stops short of ``s`` is continued below its
+        oldest row (older docs cap ``limit`` at 200); an empty page ends the range (not listed yet)."""
+        frames = []
+        end = e
+        for _ in range(20):
+            params = {"category": "linear", "symbol": sym, "interval": k_int, "start": s, "end": end, "limit": KLINE_LIMIT}
+            frame = parse_klines(await self._get(_KLINE, params))
+            frames.append(frame)
+            if len(frame) == 0 or int(frame["time"].iloc[0]) <= s or int(frame["time"].iloc[0]) >= end + 1:
+                break
+            end = int(frame["time"].iloc[0]) - 1
+        return pd.concat(frames, ignore_index=True)
 
     async def _oi_pages(self, sym: str, oi_int: str, s: int, e: int) -> pd.DataFrame:
         """One chunk of OI; follows ``nextPageCursor`` while pages come back full."""
