@@ -442,3 +442,16 @@ async def test_kline_pages_capped_below_the_limit_are_continued(sample_bars):
     bars = await src.bars("BTCUSDT", WINDOWS["7d"])
     assert len(bars) == 2016 and not bars.gaps()
     assert server.count("/v5/market/kline") == 11  # 1000 + 1000 + 16 bars, in pages of 200
+
+
+async def test_a_window_longer_than_the_history_asks_for_the_empty_head_once(sample_bars):
+    """A young listing (here: the sample starts 1 day into a 7-day window) is not re-requested."""
+    cache = BarCache(None)
+    short = sample_bars.slice(len(sample_bars) - 1700)  # ~5.9 days of data
+    server = FakeBybit(short)
+    ft = FakeTime()
+    first = await make_source(server, now_after(short, 2), cache=cache, ft=ft).bars("BTCUSDT", WINDOWS["7d"])
+    assert len(first) == 1698 and any("covers 5.9 of the 7d" in n for n in first.notes)
+    server.calls.clear()
+    again = await make_source(server, now_after(short, 1), cache=cache, ft=ft).bars("BTCUSDT", WINDOWS["7d"])
+    assert len(server.calls) == 2 and len(again) == 1699  # the new bar only; not the empty head

@@ -56,7 +56,8 @@ from .validate import expect_dict, expect_list, field, numeric_columns, to_float
 __all__ = [
     "BybitSource", "BASE_URL", "INTERVALS", "KLINE_LIMIT", "OI_LIMIT", "INSTRUMENTS_LIMIT",
     "result_of", "parse_klines", "parse_open_interest", "parse_instruments", "parse_ticker",
-    "Instrument", "chunk_ranges", "join_bars", "missing_ranges", "coverage_notes",
+    "Instrument", "SymbolBook", "chunk_ranges", "join_bars", "missing_ranges", "coverage_notes", "load_cached",
+    "store_fetched",
 ]
 
 VENUE = "bybit"
@@ -211,17 +212,49 @@ def join_bars(klines: pd.DataFrame, oi_coin: pd.DataFrame) -> pd.DataFrame:
     return merged[good].reset_index(drop=True)
 
 
-def missing_ranges(cached: pd.DataFrame, start_ms: int, end_ms: int, step_ms: int) -> list[tuple[int, int]]:
-    """Bar-open ranges of ``start_ms..end_ms`` the cache does not cover (before its first, after its last bar)."""
+def missing_ranges(
+    cached: pd.DataFrame, start_ms: int, end_ms: int, step_ms: int, covered_from: int | None = None,
+) -> list[tuple[int, int]]:
+    """Bar-open ranges of ``start_ms..end_ms`` the cache does not cover (before its first, after its last bar).
+
+    ``covered_from`` is the earliest start already requested: a head before the first cached bar
+    is not asked again when the venue simply had no data there (a young listing).
+    """
     if len(cached) == 0:
         return [(start_ms, end_ms)]
     first, last = int(cached["time"].iloc[0]), int(cached["time"].iloc[-1])
     out = []
-    if first - start_ms >= 2 * step_ms:
+    if first - start_ms >= 2 * step_ms and (covered_from is None or start_ms < covered_from):
         out.append((start_ms, first - step_ms))
     if last + step_ms <= end_ms:
         out.append((last + step_ms, end_ms))
     return out
+
+
+def _cover_key(venue: str, venue_id: str, interval: str) -> str:
+    return f"cover:{venue}:{venue_id}:{interval}"
+
+
+def load_cached(cache: BarCache | None, venue: str, venue_id: str, interval: str, start: int, end: int
+                ) -> tuple[pd.DataFrame, int | None]:
+    """Cached bars of ``start..end`` and the earliest start ever fetched for this series."""
+    if cache is None:
+        return pd.DataFrame(), None
+    frame = cache.load(venue, venue_id, interval, start, end + INTERVAL_MS[interval])
+    cover = cache.get_meta(_cover_key(venue, venue_id, interval))
+    covered = int(cover[0]) if cover is not None and isinstance(cover[0], (int, float)) else None
+    return frame, covered
+
+
+def store_fetched(cache: BarCache | None, venue: str, venue_id: str, interval: str, new: pd.DataFrame,
+                  start: int, covered: int | None) -> None:
+    """Write fetched bars (one validated transaction) and remember how far back the series was asked."""
+    if cache is None:
+        return
+    if len(new):
+        cache.store(venue, venue_id, interval, new)
+    if covered is None or start < covered:
+        cache.put_meta(_cover_key(venue, venue_id, interval), start)
 
 
 def coverage_notes(bars: Bars, window: Window, what: str) -> list[str]:
@@ -426,11 +459,10 @@ class BybitSource:
 
     async def _series(self, inst: Instrument, interval: str, start: int, end: int) -> pd.DataFrame:
         step = INTERVAL_MS[interval]
-        cached = self.cache.load(VENUE, inst.venue_id, interval, start, end + step) if self.cache else pd.DataFrame()
-        fetched = [await self._fetch(inst, interval, s, e) for s, e in missing_ranges(cached, start, end, step)]
+        cached, covered = load_cached(self.cache, VENUE, inst.venue_id, interval, start, end)
+        fetched = [await self._fetch(inst, interval, s, e) for s, e in missing_ranges(cached, start, end, step, covered)]
         new = pd.concat(fetched, ignore_index=True) if fetched else pd.DataFrame()
-        if self.cache is not None and len(new):
-            self.cache.store(VENUE, inst.venue_id, interval, new)
+        store_fetched(self.cache, VENUE, inst.venue_id, interval, new, start, covered)
         parts = [f for f in (cached, new) if len(f)]
         if not parts:
             return pd.DataFrame(columns=["time", "open", "high", "low", "close", "oi_usd"])

@@ -48,7 +48,8 @@ from ..errors import InputError, SourceError
 from ..symbols import QUOTES
 from ..windows import Window
 from .bybit import (
-    Instrument, SymbolBook, _tidy, chunk_ranges, coverage_notes, join_bars, last_closed_open, missing_ranges,
+    Instrument, SymbolBook, _tidy, chunk_ranges, coverage_notes, join_bars, last_closed_open, load_cached,
+    missing_ranges, store_fetched,
 )
 from .cache import BarCache
 from .http import RateLimiter, SingleFlight, VenueClient
@@ -258,11 +259,10 @@ class OkxSource:
 
     async def _series(self, inst: Instrument, interval: str, start: int, end: int, now: int) -> pd.DataFrame:
         step = INTERVAL_MS[interval]
-        cached = self.cache.load(VENUE, inst.venue_id, interval, start, end + step) if self.cache else pd.DataFrame()
-        fetched = [await self._fetch(inst, interval, s, e, now) for s, e in missing_ranges(cached, start, end, step)]
+        cached, covered = load_cached(self.cache, VENUE, inst.venue_id, interval, start, end)
+        fetched = [await self._fetch(inst, interval, s, e, now) for s, e in missing_ranges(cached, start, end, step, covered)]
         new = pd.concat(fetched, ignore_index=True) if fetched else pd.DataFrame()
-        if self.cache is not None and len(new):
-            self.cache.store(VENUE, inst.venue_id, interval, new)
+        store_fetched(self.cache, VENUE, inst.venue_id, interval, new, start, covered)
         parts = [f for f in (cached, new) if len(f)]
         if not parts:
             return pd.DataFrame(columns=["time", "open", "high", "low", "close", "oi_usd"])
