@@ -47,3 +47,15 @@ async def test_live_venue_serves_a_day_of_bars(venue):
             assert abs(mark / bars.price - 1) < 0.05
     finally:
         await aclose_sources(sources)
+
+
+@pytest.mark.skipif(not os.environ.get("COINGLASS_API_KEY"), reason="needs COINGLASS_API_KEY")
+async def test_live_coinglass_map():
+    key = os.environ["COINGLASS_API_KEY"]
+    sources = live_sources(cache=BarCache(None), venues=("binance", "coinglass"), coinglass_api_key=key)
+    try:
+        m = await sources["coinglass"].map("BTC", WINDOWS["7d"])
+        assert m.kind == "coinglass" and m.total_long > 0 and m.total_short > 0
+        assert abs(m.price / await sources["binance"].mark_price("BTCUSDT") - 1) < 0.01
+    finally:
+        await aclose_sources(sources)
