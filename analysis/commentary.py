@@ -25,7 +25,7 @@ from .metrics import Cluster, Reading, SkewClass, Threshold
 from .symbols import parse_symbol
 
 __all__ = [
-    "summary", "daily", "notice", "footer", "usd", "price_str", "skew_sentence", "near_sentence",
+    "summary", "daily", "notice", "footer", "usd", "price_str", "skew_sentence", "near_sentence", "md_safe",
     "EMBED_LIMIT", "MESSAGE_LIMIT", "TEMPLATES",
 ]
 
@@ -153,6 +153,9 @@ def _md_safe(value: object, limit: int = 200) -> str:
     text = _EVERYWHERE.sub(r"\\\1", text)
     text = _LINE_START.sub(r"\1\\\2", text)
     return _NUMBERED.sub(r"\1\\.", text)
+
+
+md_safe = _md_safe  # public name for front ends that put outside text into markdown themselves
 
 
 def _base(symbol: str) -> str:
