@@ -38,6 +38,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_report(args: argparse.Namespace) -> int:
+    from analysis import commentary
     from analysis.report import ReportService
     from analysis.sources.registry import aclose_sources, make_sources
 
@@ -50,15 +51,16 @@ def _run_report(args: argparse.Namespace) -> int:
             await aclose_sources(sources)
 
     rep = asyncio.run(build())
+    text = f"{rep.summary}\n\n{commentary.footer(rep.map)}"  # a file has no embed footer: carry provenance inline
     out: Path = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "liqmap.png").write_bytes(rep.png)
-        (out / "summary.md").write_text(rep.summary + "\n", encoding="utf-8")
+        (out / "summary.md").write_text(text + "\n", encoding="utf-8")
         (out / "liqmap.json").write_text(json.dumps(rep.to_json(), indent=1) + "\n", encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write to {out}: {exc.strerror or exc}") from None
-    print(rep.summary)
+    print(text)
     print(f"\nwrote {out / 'liqmap.png'}, {out / 'summary.md'}, {out / 'liqmap.json'}")
     return 0
 
