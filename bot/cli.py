@@ -42,7 +42,7 @@ def _run_report(args: argparse.Namespace) -> int:
     from analysis.report import ReportService
     from analysis.sources.registry import aclose_sources, make_sources
 
-    sources = make_sources(args.source)
+    sources = make_sources(args.source, coinglass_api_key=_coinglass_key() if args.source == "live" else None)
 
     async def build():
         try:
@@ -63,6 +63,19 @@ def _run_report(args: argparse.Namespace) -> int:
     print(text)
     print(f"\nwrote {out / 'liqmap.png'}, {out / 'summary.md'}, {out / 'liqmap.json'}")
     return 0
+
+
+def _coinglass_key() -> str | None:
+    """``COINGLASS_API_KEY`` from the environment or ``.env`` (never printed), or None."""
+    from pydantic import ValidationError
+
+    from bot.settings import SourceSettings
+
+    try:
+        settings = SourceSettings()
+    except ValidationError:  # a malformed .env is reported by the bot; the CLI simply runs without CoinGlass
+        return None
+    return settings.coinglass_api_key.get_secret_value().strip() if settings.has_coinglass else None
 
 
 # -- record ------------------------------------------------------------------------------------------

@@ -288,3 +288,23 @@ async def test_a_real_recording_holds_no_key_and_replays(tmp_path):
                                   now_ms=lambda: NOW).map("BTC", WINDOWS["7d"])
     np.testing.assert_array_equal(again.long, first.long)
     np.testing.assert_array_equal(again.short, first.short)
+
+
+def test_cli_report_passes_the_key_from_the_environment_only_for_live(monkeypatch, tmp_path, capsys):
+    import analysis.sources.registry as registry
+    from analysis.sources.csvfile import SampleSource
+    from bot.cli import main
+
+    seen: list = []
+
+    def fake_make_sources(spec, **kw):
+        seen.append((spec, kw.get("coinglass_api_key")))
+        return {"binance": SampleSource()}
+
+    monkeypatch.setattr(registry, "make_sources", fake_make_sources)
+    monkeypatch.setenv("COINGLASS_API_KEY", KEY)
+    assert main(["report", "--source", "live", "--window", "1d", "--out", str(tmp_path / "a")]) == 0
+    assert main(["report", "--source", "sample", "--window", "1d", "--out", str(tmp_path / "b")]) == 0
+    assert seen == [("live", KEY), ("sample", None)]
+    out = capsys.readouterr()
+    assert KEY not in out.out + out.err
