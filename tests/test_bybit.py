@@ -202,6 +202,15 @@ def test_missing_ranges_before_and_after_cache():
     assert missing_ranges(cached, 10 * STEP, 12 * STEP, STEP) == []
 
 
+def test_join_floors_open_interest_stamps_to_the_bar_grid():
+    import pandas as pd
+    k = pd.DataFrame({"time": [0, STEP], "open": [1.0] * 2, "high": [2.0] * 2, "low": [0.5] * 2, "close": [100.0, 200.0]})
+    oi = pd.DataFrame({"time": [17, STEP + 5, STEP + 9], "oi_coin": [3.0, 4.0, 5.0]})
+    out = join_bars(k, oi, STEP)
+    assert out["time"].tolist() == [0, STEP] and out["oi_usd"].tolist() == [300.0, 1000.0]  # last point in a bar wins
+    assert len(join_bars(k, oi)) == 0  # without the grid nothing lines up
+
+
 def test_join_keeps_only_bars_with_open_interest_and_converts_to_usd():
     import pandas as pd
     k = pd.DataFrame({"time": [0, STEP, 2 * STEP], "open": [1.0] * 3, "high": [2.0] * 3, "low": [0.5] * 3,

@@ -102,6 +102,8 @@ class FakeOkx:
             return httpx.Response(200, json=load("instruments_swap.json"))
         if q.get("instId") != "BTC-USDT-SWAP":
             return httpx.Response(200, json=load("error_51001.json"))
+        if path == "/api/v5/public/mark-price":
+            return self.ok([{"instType": "SWAP", "instId": q["instId"], "markPx": "64012.3", "ts": str(self.now_ms)}])
         if path in ("/api/v5/market/candles", "/api/v5/market/history-candles"):
             bar = q["bar"]
             s = self.series(bar)
@@ -371,3 +373,10 @@ async def test_all_sums_bybit_and_okx_on_one_grid_and_survives_one_venue_down(sa
     m, missing = await svc.maps("BTCUSDT", WINDOWS["1d"], ("bybit", "okx"))
     assert m.venues == ("bybit",) and "503" in missing["okx"]
     assert any(n.startswith("okx missing:") for n in m.notes)
+
+
+async def test_mark_price(sample_bars):
+    server = FakeOkx(sample_bars, now_after(sample_bars))
+    assert await make_source(server).mark_price("BTC") == 64012.3
+    q = next(q for p, q in server.calls if p.endswith("/mark-price"))
+    assert q == {"instType": "SWAP", "instId": "BTC-USDT-SWAP"}

@@ -199,11 +199,14 @@ def chunk_ranges(start_ms: int, end_ms: int, step_ms: int, per_page: int) -> lis
     return out
 
 
-def join_bars(klines: pd.DataFrame, oi_coin: pd.DataFrame) -> pd.DataFrame:
+def join_bars(klines: pd.DataFrame, oi_coin: pd.DataFrame, step_ms: int | None = None) -> pd.DataFrame:
     """Bars where both a candle and an OI point exist at the same open time; ``oi_usd = oi x close``.
 
+    With ``step_ms``, OI stamps are first floored to the bar grid (the last point in a bar wins).
     Bars without an OI point are left out (a gap the model reports), never interpolated.
     """
+    if step_ms:
+        oi_coin = oi_coin.assign(time=(oi_coin["time"] // step_ms) * step_ms).drop_duplicates("time", keep="last")
     merged = klines.merge(oi_coin, on="time", how="inner", sort=True)
     merged["oi_usd"] = merged.pop("oi_coin") * merged["close"]
     cols = ["time", "open", "high", "low", "close", "oi_usd"] + [c for c in ("volume", "quote_volume") if c in merged]
@@ -479,7 +482,7 @@ class BybitSource:
         klines = _tidy(pd.concat(results[: len(k_pages)], ignore_index=True))
         oi = _tidy(pd.concat(results[len(k_pages):], ignore_index=True))
         klines = klines[(klines["time"] >= start) & (klines["time"] <= end)]
-        return join_bars(klines, oi)
+        return join_bars(klines, oi, step)
 
     async def _kline_page(self, sym: str, k_int: str, s: int, e: int) -> pd.DataFrame:
         """Klines with open in ``s..e``. A page that stops short of ``s`` is continued below its

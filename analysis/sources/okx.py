@@ -21,6 +21,8 @@ Endpoints and the documented limits this module follows (https://www.okx.com/doc
 ``/api/v5/public/instruments``
     ``instType=SWAP``; ``ctVal`` coin per contract, ``ctValCcy``, ``ctType``, ``settleCcy``,
     ``state`` (``live`` is tradable); 20 requests / 2 s.
+``/api/v5/public/mark-price``
+    ``instType=SWAP&instId=``; ``markPx`` (:meth:`OkxSource.mark_price`); 10 requests / 2 s.
 
 Open interest in USD is ``oiCcy x close`` of the bar with the same open time (the same rule as
 Bybit); when ``oiCcy`` is absent it is ``oi x ctVal`` coins. Because open-interest history stops
@@ -57,7 +59,7 @@ from .validate import expect_dict, expect_list, field, numeric_columns, to_float
 
 __all__ = [
     "OkxSource", "BASE_URL", "BARS", "CANDLES_LIMIT", "HISTORY_LIMIT", "OI_LIMIT", "MAX_ENTRIES",
-    "data_of", "parse_candles", "parse_open_interest", "parse_instruments", "interval_for",
+    "data_of", "parse_candles", "parse_open_interest", "parse_instruments", "parse_mark_price", "interval_for",
 ]
 
 VENUE = "okx"
@@ -73,8 +75,9 @@ _CANDLES = "/api/v5/market/candles"
 _HISTORY = "/api/v5/market/history-candles"
 _OI = "/api/v5/rubik/stat/contracts/open-interest-history"
 _INSTRUMENTS = "/api/v5/public/instruments"
+_MARK = "/api/v5/public/mark-price"
 #: per-endpoint request rates (per second) at about 3/4 of the documented limits
-_RATES = {_CANDLES: 15.0, _HISTORY: 7.5, _OI: 3.75, _INSTRUMENTS: 7.5}
+_RATES = {_CANDLES: 15.0, _HISTORY: 7.5, _OI: 3.75, _INSTRUMENTS: 7.5, _MARK: 3.75}
 
 
 class _RateLimited(Exception):
@@ -149,6 +152,17 @@ def parse_instruments(payload: Any, endpoint: str = _INSTRUMENTS) -> list[Instru
         state = str(field(row, "state", VENUE, endpoint, where=where))
         out.append(Instrument(f"{base}{quote}", inst_id, base, quote, state, ct_val))
     return out
+
+
+def parse_mark_price(payload: Any, inst_id: str, endpoint: str = _MARK) -> float:
+    """``markPx`` of ``inst_id`` from a mark-price response."""
+    for row in data_of(payload, endpoint):
+        if isinstance(row, dict) and row.get("instId") == inst_id:
+            px = to_float(field(row, "markPx", VENUE, endpoint), VENUE, endpoint, what=f"markPx of {inst_id}")
+            if px <= 0:
+                raise SourceError(VENUE, endpoint, f"markPx of {inst_id} is not positive")
+            return px
+    raise SourceError(VENUE, endpoint, f"no mark price for {inst_id} in the response")
 
 
 def interval_for(window: Window) -> tuple[str, str | None]:
@@ -240,6 +254,11 @@ class OkxSource:
             raise InputError(f"okx {inst.venue_id} is not trading (state {inst.status!r}); try another venue")
         return inst
 
+    async def mark_price(self, symbol: str) -> float:
+        """OKX's current mark price of the swap."""
+        inst = await self.resolve(symbol)
+        return parse_mark_price(await self._get(_MARK, {"instType": "SWAP", "instId": inst.venue_id}), inst.venue_id)
+
     # -- bars ------------------------------------------------------------------------------------
     async def bars(self, symbol: str, window: Window) -> Bars:
         """The window's bars: cached ones plus only the missing ones fetched (concurrent pages)."""
@@ -289,7 +308,7 @@ class OkxSource:
         candles = _tidy(pd.concat(results[:n_candle_jobs], ignore_index=True))
         oi = _tidy(pd.concat(results[n_candle_jobs:], ignore_index=True))
         candles = candles[(candles["time"] >= start) & (candles["time"] <= end)]
-        return join_bars(candles, oi)
+        return join_bars(candles, oi, step)
 
     async def _candle_range(self, path: str, inst_id: str, bar: str, a: int, b: int, limit: int) -> pd.DataFrame:
         """Candles with open in ``a..b`` (``before``/``after`` are exclusive); continues a full page."""
