@@ -375,6 +375,14 @@ async def test_http_403_access_too_frequent_blocks_for_ten_minutes(sample_bars):
     assert await src.symbols()
 
 
+async def test_http_403_region_block_is_named_as_such(sample_bars):
+    body = "<HTML><BODY>The Amazon CloudFront distribution is configured to block access from your country.</BODY></HTML>"
+    server = FakeBybit(sample_bars, faults=[_once(httpx.Response(403, text=body))])
+    with pytest.raises(SourceError, match="refuses service from this region.*--exchange binance") as info:
+        await make_source(server, now_after(sample_bars)).symbols()
+    assert info.value.status == 403
+
+
 async def test_server_error_and_timeout_are_retried(sample_bars):
     def timeout(request):
         raise httpx.ReadTimeout("slow", request=request)

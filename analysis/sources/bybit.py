@@ -22,7 +22,7 @@ Endpoints and the documented limits this module follows (bybit-exchange.github.i
 Rate limits: public market data is limited per IP to 600 requests per 5 s; Bybit asks not to run
 near the edge, so this source sends at most 20 requests/s. ``HTTP 403 "access too frequent"``
 means the IP is blocked for at least 10 minutes: the source stops sending for 10 minutes and says
-so. ``retCode 10006`` ("Too many visits!") pauses the source until ``X-Bapi-Limit-Reset-Timestamp``
+so (a 403 from a region block gets a message naming that instead, with the same pause). ``retCode 10006`` ("Too many visits!") pauses the source until ``X-Bapi-Limit-Reset-Timestamp``
 (or 1 s) and retries twice before giving up. Any other ``retCode != 0`` is a SourceError quoting
 ``retMsg``.
 
@@ -383,11 +383,19 @@ class BybitSource:
         reset = resp.headers.get("X-Bapi-Limit-Reset-Timestamp")
         self._reset_ms = int(reset) if reset and reset.isdigit() else None
         if resp.status_code == 403:
+            # Bybit uses 403 both for its IP rate ban ("access too frequent") and for region blocks
+            # (its CDN refusing a country). Either way: stop sending for 10 minutes, say which.
             self._blocked_until = self._clock() + BLOCK_403_S
+            text = resp.text[:600].lower()
+            if "too frequent" in text or "too many" in text:
+                why = "access too frequent (HTTP 403): Bybit blocks this IP for at least 10 minutes"
+            elif any(w in text for w in ("country", "region", "restricted", "cloudfront", "unavailable in")):
+                why = "Bybit refuses service from this region (HTTP 403)"
+            else:
+                why = "HTTP 403: Bybit refuses this IP (a rate-limit ban or a region block)"
             raise SourceError(
                 VENUE, resp.request.url.path,
-                "access too frequent (HTTP 403): Bybit blocks this IP for at least 10 minutes; "
-                "liqmap sends nothing to Bybit until then (try --exchange binance or okx)",
+                f"{why}; liqmap sends nothing to Bybit for 10 minutes (use --exchange binance or --exchange okx)",
                 status=403, retry_after=BLOCK_403_S,
             )
 
