@@ -232,6 +232,17 @@ async def test_errors_never_contain_the_key(response, match, status, caplog):
     assert KEY not in repr(src) and KEY not in caplog.text
 
 
+async def test_no_current_price_is_a_clear_error():
+    async def down(symbol: str) -> float:
+        raise SourceError("binance", "/fapi/v1/premiumIndex", "server error HTTP 503")
+
+    ft = FakeTime()
+    src = CoinGlassSource(KEY, price=down, transport=httpx.MockTransport(FakeCoinGlass().handler),
+                          sleep=ft.sleep, clock=ft.clock, now_ms=lambda: NOW)
+    with pytest.raises(SourceError, match="no current price for BTCUSDT.*binance /fapi/v1/premiumIndex: server error"):
+        await src.map("BTC", WINDOWS["1d"])
+
+
 async def test_rate_limit_429_waits_then_reports_clearly():
     limited = [httpx.Response(429, headers={"Retry-After": "5"}, json={"code": "429", "msg": "Too Many Requests"})] * 8
     server = FakeCoinGlass(limited)

@@ -44,7 +44,7 @@ import httpx
 import numpy as np
 
 from ..bars import Bars
-from ..errors import InputError, SourceError
+from ..errors import InputError, LiqmapError, SourceError
 from ..liqmap import LiquidationMap, nice_width
 from ..model import ModelParams
 from ..symbols import parse_symbol
@@ -265,7 +265,14 @@ class CoinGlassSource:
         else:
             ex = EXCHANGES[self.exchange]
             endpoint, params, source = PAIR_MAP, {"exchange": ex, "symbol": pair.symbol, "range": rng}, f"{ex} {pair.symbol}"
-        payload, current = await asyncio.gather(self._get(endpoint, params), self._price(pair.symbol))
+        payload, current = await asyncio.gather(self._get(endpoint, params), self._price(pair.symbol), return_exceptions=True)
+        if isinstance(payload, BaseException):
+            raise payload
+        if isinstance(current, LiqmapError):
+            raise SourceError(VENUE, "price", f"no current price for {pair.symbol} to split the map into longs and "
+                              f"shorts ({current})") from None
+        if isinstance(current, BaseException):
+            raise current
         price, usd, lev = parse_map(payload, endpoint)
         return normalize(price, usd, lev, symbol=pair.symbol, current_price=float(current), window=window,
                          params=self.params, now_ms=self._now_ms(), source=source)
