@@ -490,6 +490,11 @@ def run_backtest(
     s = slice(first_scored, None)
     ml, ms = lmap.swept.long[s], lmap.swept.short[s]
     rl, rs = hist.realized_long[s], hist.realized_short[s]
+    if not np.any(rl + rs > 0):
+        raise DataError(
+            f"{hist.source or 'the history'}: realized liquidations are zero in every scored bar "
+            f"({iso(bars.time[first_scored])} .. {iso(bars.time[-1])}); there is nothing to score against"
+        )
     base = {k: (v[0][s], v[1][s]) for k, v in baselines(bars).items()}
     model_scores = score(ml, ms, rl, rs)
     base_scores = {k: score(*v, rl, rs) for k, v in base.items()}

@@ -210,6 +210,12 @@ def test_bad_files_give_clear_errors(tmp_path, kw, error, message):
         run_backtest(path, n_boot=10)
 
 
+def test_no_realized_liquidations_at_all_is_refused(tmp_path):
+    zero = lambda f: f.assign(liquidation_long_usd=0.0, liquidation_short_usd=0.0)  # noqa: E731
+    with pytest.raises(DataError, match="realized liquidations are zero in every scored bar"):
+        run_backtest(write_history(tmp_path / "zero.csv", edit=zero), n_boot=10)
+
+
 def test_file_too_short_for_the_warmup(tmp_path):
     path = write_history(tmp_path / "short.csv", n=24 * 8)
     with pytest.raises(DataError, match=r"leave 24 bar\(s\) after a 7d warm-up; at least 48"):
