@@ -380,3 +380,23 @@ async def test_mark_price(sample_bars):
     assert await make_source(server).mark_price("BTC") == 64012.3
     q = next(q for p, q in server.calls if p.endswith("/mark-price"))
     assert q == {"instType": "SWAP", "instId": "BTC-USDT-SWAP"}
+
+
+async def test_request_pacing_stays_within_each_documented_window(sample_bars):
+    """Replays the fake clock: no 2-second window holds more requests than OKX documents."""
+    server = FakeOkx(sample_bars, now_after(sample_bars))
+    ft = FakeTime()
+    stamps: list[tuple[float, str]] = []
+    plain = server.handler
+
+    def stamped(request):
+        stamps.append((ft.t, request.url.path))
+        return plain(request)
+
+    src = OkxSource(transport=httpx.MockTransport(stamped), sleep=ft.sleep, clock=ft.clock, now_ms=lambda: server.now_ms)
+    await src.bars("BTCUSDT", WINDOWS["30d"])
+    for path, limit in okx_mod._LIMITS_PER_2S.items():
+        times = sorted(t for t, p in stamps if p == path)
+        worst = max((sum(1 for u in times if t <= u < t + 2.0) for t in times), default=0)
+        assert worst <= limit, (path, worst, limit)
+    assert sum(1 for _, p in stamps if "open-interest" in p) >= 14  # enough requests to test the OI limit

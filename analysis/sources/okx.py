@@ -76,8 +76,14 @@ _HISTORY = "/api/v5/market/history-candles"
 _OI = "/api/v5/rubik/stat/contracts/open-interest-history"
 _INSTRUMENTS = "/api/v5/public/instruments"
 _MARK = "/api/v5/public/mark-price"
-#: per-endpoint request rates (per second) at about 3/4 of the documented limits
-_RATES = {_CANDLES: 15.0, _HISTORY: 7.5, _OI: 3.75, _INSTRUMENTS: 7.5, _MARK: 3.75}
+#: documented limits: requests per 2-second window, per endpoint
+_LIMITS_PER_2S = {_CANDLES: 40, _HISTORY: 20, _OI: 10, _INSTRUMENTS: 20, _MARK: 10}
+
+
+def _limiter(per_2s: int, clock: Callable[[], float], sleep: Callable[[float], Awaitable[Any]]) -> RateLimiter:
+    """A bucket refilling at 3/4 of the limit with a burst of the remaining 1/4: any 2 s window then
+    holds at most ``burst + 2 x rate = per_2s`` requests."""
+    return RateLimiter(0.375 * per_2s, max(1, per_2s // 4), clock=clock, sleep=sleep)
 
 
 class _RateLimited(Exception):
@@ -209,7 +215,7 @@ class OkxSource:
         self._sleep = sleep
         self._clock = clock
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
-        self.limiters = {path: RateLimiter(rate, max(1, int(rate)), clock=clock, sleep=sleep) for path, rate in _RATES.items()}
+        self.limiters = {path: _limiter(n, clock, sleep) for path, n in _LIMITS_PER_2S.items()}
         self.client = client or VenueClient(
             VENUE, base_url, transport=transport, sleep=sleep, clock=clock, recorder=recorder, budget_s=budget_s,
         )
