@@ -400,3 +400,17 @@ async def test_request_pacing_stays_within_each_documented_window(sample_bars):
         worst = max((sum(1 for u in times if t <= u < t + 2.0) for t in times), default=0)
         assert worst <= limit, (path, worst, limit)
     assert sum(1 for _, p in stamps if "open-interest" in p) >= 14  # enough requests to test the OI limit
+
+
+async def test_truncated_body_is_a_source_error_and_nothing_is_cached(sample_bars):
+    cache = BarCache(None)
+
+    def truncated(request):
+        if "open-interest" in request.url.path:
+            return httpx.Response(200, content=b'{"code":"0","msg":"","data":[["1701417600000","7313')
+        return None
+
+    server = FakeOkx(sample_bars, now_after(sample_bars), faults=[truncated] * 10)
+    with pytest.raises(SourceError, match="okx .*not valid JSON"):
+        await make_source(server, cache=cache).bars("BTCUSDT", WINDOWS["1d"])
+    assert cache.count("okx", "BTC-USDT-SWAP", "5m") == 0
