@@ -310,11 +310,17 @@ def mmr_of(table: MarginTable, leverage: np.ndarray, position_usd: float) -> np.
     """:meth:`MarginTable.mmr_for` over an array of leverages.
 
     For a fixed position size the rate is a step function of leverage that can only change at
-    the brackets' maximum leverages, so it is evaluated once per step and looked up.
+    the brackets' maximum leverages; it is evaluated once per step, and the array gets one masked
+    pass per step where the rate actually changes (one pass for the BTC table at $100k).
     """
-    steps = np.unique([b.max_leverage for b in table.brackets])
-    values = np.array([table.mmr_for(float(x), position_usd) for x in steps] + [table.mmr_for(float(steps[-1]) * 2, position_usd)])
-    return values[np.searchsorted(steps, leverage, side="left")]
+    lev = np.asarray(leverage, dtype=float)
+    steps = sorted({float(b.max_leverage) for b in table.brackets})
+    values = [table.mmr_for(x, position_usd) for x in steps] + [table.mmr_for(steps[-1] * 2, position_usd)]
+    out = np.full(lev.shape, values[0])
+    for i in range(1, len(values)):
+        if values[i] != values[i - 1]:
+            out[lev > steps[i - 1]] = values[i]  # leverages in (steps[i-1], steps[i]] and beyond
+    return out
 
 
 def build_levels(bars: Bars, params: ModelParams) -> tuple[Levels, Levels, np.ndarray, dict]:
