@@ -15,7 +15,7 @@ import pytest
 
 from analysis.errors import SourceError
 from analysis.sources.registry import make_sources
-from bot.cogs import SymbolIndex
+from bot.cogs import SymbolIndex, UserCooldown
 
 from bot_harness import DISCORD_OK, PINNED, StubSource, interaction_payload, make_harness
 
@@ -252,3 +252,34 @@ async def test_a_report_that_takes_too_long_gets_a_clear_private_message(h, monk
     assert [c.method for c in calls] == ["POST", "DELETE", "POST"]
     assert calls[2].body["flags"] & EPHEMERAL
     assert "no answer from the exchanges within" in calls[2].body["content"]
+
+
+async def test_a_refused_request_does_not_use_up_the_cooldown(tmp_path):
+    h = await make_harness(tmp_path / "bot.db", cogs=("bot.cogs.liqmap",), cooldown_uses=1, cooldown_seconds=60)
+    try:
+        typo = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "window": "2d"}))
+        assert "choose one of" in _callback(typo)["data"]["content"]
+        ok = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC"}))
+        assert ok[0].body["type"] == CALLBACK_DEFER
+    finally:
+        await h.stop()
+
+
+def test_user_cooldown_is_a_sliding_window_per_user():
+    now = [0.0]
+    cd = UserCooldown(2, 30, clock=lambda: now[0])
+    cd.charge(1)
+    now[0] = 10
+    cd.charge(1)
+    cd.charge(2)
+    now[0] = 20
+    with pytest.raises(discord.app_commands.CommandOnCooldown) as err:
+        cd.charge(1)
+    assert err.value.retry_after == pytest.approx(10.0)  # the first use leaves the window at t=30
+    now[0] = 30
+    cd.charge(1)
+    with pytest.raises(discord.app_commands.CommandOnCooldown):
+        cd.charge(1)
+    off = UserCooldown(1, 0)
+    off.charge(1)
+    off.charge(1)  # 0 s disables it

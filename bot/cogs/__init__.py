@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import zoneinfo
+from collections import deque
 from typing import Any, Callable, Iterable
 
 import discord
@@ -28,6 +29,7 @@ __all__ = [
     "SymbolIndex",
     "symbol_choices",
     "check_listed",
+    "UserCooldown",
     "timezone_choices",
     "ManagerGroup",
     "REQUIRED_CHANNEL_PERMISSIONS",
@@ -193,6 +195,34 @@ def check_listed(index: SymbolIndex, service: Any, symbols: Iterable[str], excha
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise InputError(f"{sym} is not listed on {where}.{hint}")
     return venues
+
+
+class UserCooldown:
+    """At most ``uses`` charges per user in any ``per`` seconds (a sliding window).
+
+    Charged only when work is actually started, so a refused typo does not count.
+    """
+
+    def __init__(self, uses: int, per: float, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.uses = uses
+        self.per = per
+        self._clock = clock
+        self._hits: dict[int, deque[float]] = {}
+        self.cooldown = app_commands.Cooldown(uses, per)  # carried by the error, for handlers
+
+    def charge(self, user_id: int) -> None:
+        """Record one use, or raise :class:`app_commands.CommandOnCooldown` with the wait."""
+        if self.per <= 0:
+            return
+        now = self._clock()
+        if len(self._hits) > 10_000:  # forget users whose window has passed
+            self._hits = {u: q for u, q in self._hits.items() if q and now - q[-1] < self.per}
+        hits = self._hits.setdefault(user_id, deque())
+        while hits and now - hits[0] >= self.per:
+            hits.popleft()
+        if len(hits) >= self.uses:
+            raise app_commands.CommandOnCooldown(self.cooldown, self.per - (now - hits[0]))
+        hits.append(now)
 
 
 def symbol_choices(index: SymbolIndex, service: Any, current: str, exchange: str | None) -> list[app_commands.Choice[str]]:

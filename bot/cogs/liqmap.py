@@ -1,9 +1,11 @@
 """``/liqmap``: an estimated liquidation map for one perpetual, as an embed with the chart.
 
-The command validates its options (pure, microseconds), defers at once, asks the report service
-for the report (cached for ``LIQMAP_REPORT_TTL_SECONDS``, shared by concurrent requests) and sends
-one followup with the embed and the PNG. Validation runs before the defer on purpose: a refusal
-must be ephemeral, and after a public defer Discord cannot make the first followup ephemeral.
+The command validates its options (pure, microseconds), charges the per-user cooldown
+(``LIQMAP_COOLDOWN_USES`` per ``LIQMAP_COOLDOWN_SECONDS``; a refused request does not count),
+defers, asks the report service for the report (cached for ``LIQMAP_REPORT_TTL_SECONDS``, shared
+by concurrent requests) and sends one followup with the embed and the PNG. Validation runs
+before the defer on purpose: a refusal must be ephemeral, and after a public defer Discord cannot
+make the first followup ephemeral.
 
 Symbol autocomplete reads :class:`SymbolIndex`, which holds the venues' symbol lists in memory and
 refreshes them in the background: an autocomplete answer never waits for the network.
@@ -24,7 +26,7 @@ from analysis.windows import parse_window
 
 from ..app import NO_MENTIONS
 from ..poster import png_file, report_embed
-from . import WINDOW_CHOICES, SymbolIndex, check_listed, exchange_choices, symbol_choices
+from . import WINDOW_CHOICES, SymbolIndex, UserCooldown, check_listed, exchange_choices, symbol_choices
 
 __all__ = ["LiqmapCog", "setup"]
 
@@ -41,9 +43,10 @@ class LiqmapCog(commands.Cog):
         self.service = bot.service  # type: ignore[attr-defined]
         self.index: SymbolIndex = bot.symbols  # type: ignore[attr-defined]
         sched = bot.settings.schedule  # type: ignore[attr-defined]
-        self.command = self._build_command(sched.cooldown_uses, sched.cooldown_seconds)
+        self.cooldown = UserCooldown(sched.cooldown_uses, sched.cooldown_seconds)
+        self.command = self._build_command()
 
-    def _build_command(self, uses: int, per: float) -> app_commands.Command:
+    def _build_command(self) -> app_commands.Command:
         cog = self
 
         @app_commands.command(name="liqmap", description="Liquidation map of a perpetual: chart, skew and key levels")
@@ -54,7 +57,6 @@ class LiqmapCog(commands.Cog):
             private="Only you see the answer (default: everyone in the channel)",
         )
         @app_commands.choices(window=WINDOW_CHOICES, exchange=exchange_choices(self.service.venues))
-        @app_commands.checks.cooldown(uses, per, key=lambda i: i.user.id)
         async def liqmap(interaction: discord.Interaction, symbol: str, window: str = "7d",
                          exchange: str = "all", private: bool = False) -> None:
             await cog.answer(interaction, symbol, window, exchange, private)
@@ -80,6 +82,7 @@ class LiqmapCog(commands.Cog):
 
     async def answer(self, interaction: discord.Interaction, symbol: str, window: str, exchange: str, private: bool) -> None:
         sym, win, _ = self.validate(symbol, window, exchange)
+        self.cooldown.charge(interaction.user.id)
         await interaction.response.defer(ephemeral=private, thinking=True)
         interaction.extras["public_defer"] = not private
         try:
