@@ -260,3 +260,32 @@ async def test_daily_set_refuses_a_symbol_no_venue_lists(h):
     text = refusal(await h.dispatch(daily("set", channel=REPORTS, time="09:30", timezone="UTC", symbols="BTC, DOGE")))
     assert text.startswith("DOGEUSDT is not listed on any of binance, bybit")
     assert await h.bot.store.list_daily(GUILD_ID) == []
+
+
+async def test_a_long_list_is_split_over_messages_without_losing_an_entry(tmp_path):
+    h = await make_harness(tmp_path / "bot.db", sources=_sources())
+    try:
+        ids = []
+        for i in range(25):  # the default cap
+            s = await h.bot.store.add_daily(GUILD_ID, OTHER_CHANNEL_ID, symbols="BTC, ETH", window="7d",
+                                            exchange="all", time=f"{i % 24:02d}:{i:02d}",
+                                            timezone="America/Argentina/ComodRivadavia", created_by=1)
+            ids.append(s.id)
+        calls = await h.dispatch(daily("list"))
+        assert calls[0].body == {"type": 5, "data": {"flags": EPHEMERAL}}
+        texts = [c.body["content"] for c in calls[1:]]
+        assert len(texts) >= 2 and all(len(t) <= 2000 for t in texts)
+        assert all(c.body["flags"] & EPHEMERAL for c in calls[1:])
+        joined = "\n".join(texts)
+        assert "(25/25 subscriptions used" in texts[0]
+        assert all(f"`#{i}`" in joined for i in ids)
+    finally:
+        await h.stop()
+
+
+def test_message_chunks():
+    from bot.cogs import message_chunks
+
+    assert message_chunks("H", ["a", "b"]) == ["H\na\nb"]
+    assert message_chunks("H", ["x" * 6, "y" * 6], limit=10) == ["H\nxxxxxx", "yyyyyy"]
+    assert message_chunks("H", ["z" * 30], limit=10) == ["H", "z" * 9 + "…"]

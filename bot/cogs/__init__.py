@@ -37,6 +37,7 @@ __all__ = [
     "require_manage_guild",
     "check_target_channel",
     "history_hint",
+    "message_chunks",
 ]
 
 log = logging.getLogger(__name__)
@@ -290,3 +291,20 @@ def history_hint(interaction: discord.Interaction, channel: discord.abc.GuildCha
         return ""
     return ("\nTip: also give me Read Message History there. If a post is ever interrupted by a restart, I use it "
             "to check whether the post went out; without it the subscription pauses instead of risking a duplicate.")
+
+
+def message_chunks(header: str, items: Iterable[str], limit: int = 2000) -> list[str]:
+    """``header`` then ``items`` packed into as few messages of at most ``limit`` characters as
+    possible, never splitting an item (an item longer than ``limit`` is cut)."""
+    out: list[str] = []
+    current = header
+    for item in items:
+        item = item if len(item) <= limit else item[: limit - 1] + "…"
+        if current and len(current) + 1 + len(item) > limit:
+            out.append(current)
+            current = item
+        else:
+            current = f"{current}\n{item}" if current else item
+    if current:
+        out.append(current)
+    return out

@@ -30,6 +30,7 @@ from . import (
     check_target_channel,
     exchange_choices,
     history_hint,
+    message_chunks,
     timezone_choices,
 )
 
@@ -165,9 +166,9 @@ class DailyCog(commands.Cog):
             return
         cap = store.max_per_guild
         used = await store.count_subscriptions(interaction.guild_id)
-        lines = [describe_schedule(s) for s in items]
-        text = f"**Daily reports** ({used}/{cap} subscriptions used in this server)\n" + "\n".join(lines)
-        await _reply(interaction, text if len(text) <= 2000 else text[:1990] + "\n…")
+        header = f"**Daily reports** ({used}/{cap} subscriptions used in this server)"
+        for text in message_chunks(header, (describe_schedule(s) for s in items)):
+            await _reply(interaction, text)
 
     async def do_remove(self, interaction: discord.Interaction, schedule_id: int) -> None:
         store = self.store

@@ -32,6 +32,7 @@ from . import (
     check_target_channel,
     exchange_choices,
     history_hint,
+    message_chunks,
     symbol_choices,
 )
 
@@ -185,9 +186,9 @@ class NoticesCog(commands.Cog):
             await _reply(interaction, "No skew alerts yet. Create one with `/skew-alerts subscribe`.")
             return
         used = await store.count_subscriptions(interaction.guild_id)
-        text = (f"**Skew alerts** ({used}/{store.max_per_guild} subscriptions used in this server)\n"
-                + "\n".join(describe_watch(w) for w in items))
-        await _reply(interaction, text if len(text) <= 2000 else text[:1990] + "\n…")
+        header = f"**Skew alerts** ({used}/{store.max_per_guild} subscriptions used in this server)"
+        for text in message_chunks(header, (describe_watch(w) for w in items)):
+            await _reply(interaction, text)
 
     async def do_unsubscribe(self, interaction: discord.Interaction, watch_id: int) -> None:
         store = self.store
