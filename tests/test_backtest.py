@@ -14,7 +14,6 @@ from scipy import stats
 from analysis.backtest import (
     BASELINES,
     METRICS,
-    History,
     _block_indices,
     baselines,
     bootstrap_diff,
