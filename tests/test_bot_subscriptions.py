@@ -289,3 +289,13 @@ def test_message_chunks():
     assert message_chunks("H", ["a", "b"]) == ["H\na\nb"]
     assert message_chunks("H", ["x" * 6, "y" * 6], limit=10) == ["H\nxxxxxx", "yyyyyy"]
     assert message_chunks("H", ["z" * 30], limit=10) == ["H", "z" * 9 + "…"]
+
+
+async def test_id_autocomplete_shows_nothing_to_members_without_manage_server(h):
+    answer(await h.dispatch(daily("set", channel=REPORTS, time="07:15", timezone="UTC")))
+    answer(await h.dispatch(alerts("subscribe", channel=REPORTS, symbol="BTC")))
+    for group, sub in (("daily", "remove"), ("skew-alerts", "unsubscribe")):
+        calls = await h.dispatch(interaction_payload(group, {"id": ""}, sub=sub, focused="id", perms=MEMBER_PERMS))
+        assert calls[0].body == {"type": 8, "data": {"choices": []}}
+        calls = await h.dispatch(interaction_payload(group, {"id": ""}, sub=sub, focused="id", perms=MANAGER_PERMS))
+        assert len(calls[0].body["data"]["choices"]) == 1

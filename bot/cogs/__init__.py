@@ -278,8 +278,7 @@ class ManagerGroup(app_commands.Group):
                          default_permissions=discord.Permissions(manage_guild=True))
 
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
-        if interaction.type is discord.InteractionType.application_command:
-            require_manage_guild(interaction)
+        require_manage_guild(interaction)
         return True
 
 

@@ -143,6 +143,8 @@ class NoticesCog(commands.Cog):
     async def id_autocomplete(self, interaction: discord.Interaction, current: int | str) -> list[app_commands.Choice[int]]:
         if interaction.guild_id is None or getattr(self.bot, "store", None) is None:
             return []
+        if not interaction.permissions.manage_guild:  # autocomplete skips the group's check
+            return []
         try:
             items = await asyncio.wait_for(self.store.list_watches(interaction.guild_id), AUTOCOMPLETE_TIMEOUT)
         except Exception as exc:
