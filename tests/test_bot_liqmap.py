@@ -244,7 +244,7 @@ async def test_a_report_that_takes_too_long_gets_a_clear_private_message(h, monk
     import bot.cogs.liqmap as cog_mod
 
     async def slow(*args, **kwargs):
-        await asyncio.sleep(5)
+        await asyncio.sleep(1)
 
     monkeypatch.setattr(cog_mod, "REPORT_TIMEOUT", 0.05)
     monkeypatch.setattr(h.bot.service, "report", slow)
