@@ -168,6 +168,17 @@ async def test_418_is_never_retried_and_blocks_further_requests():
     assert c.request_count == 2 and isinstance(h2_ok[0], SourceError)  # sends again after the ban
 
 
+async def test_ban_fails_queued_requests_fast_instead_of_sleeping():
+    ft = FakeTime()
+    lim = RateLimiter(1, 1, clock=ft.clock, sleep=ft.sleep)
+    h = scripted(httpx.Response(418, headers={"Retry-After": "600"}))
+    c = client(h, ft, limiter=lim)
+    results = await asyncio.gather(c.get_json("/a"), c.get_json("/b"), c.get_json("/c"), return_exceptions=True)
+    assert all(isinstance(r, SourceError) for r in results)
+    assert c.request_count == 1  # the queued two never went out
+    assert sum(ft.sleeps) < 5  # they waited for a token (1/s), not for the 600 s ban
+
+
 async def test_451_says_region_and_suggests_another_venue():
     c = client(scripted(httpx.Response(451, json={"code": 0, "msg": "Service unavailable from a restricted location"})))
     with pytest.raises(SourceError) as ei:

@@ -269,16 +269,10 @@ class VenueClient:
         last_reason = "no attempt made"
         last_status: int | None = None
         for attempt in range(self.max_attempts):
-            remaining_block = self._blocked_until - self._clock()
-            if remaining_block > 0:
-                raise _sourceerror(
-                    self.venue, endpoint,
-                    f"not sending: the venue asked us to stay away for another {remaining_block:.0f}s "
-                    f"(HTTP {self._blocked_status})",
-                    status=self._blocked_status, retry_after=remaining_block,
-                )
+            self._check_blocked(endpoint)
             if self.limiter is not None:
                 await self.limiter.acquire(cost)  # throttling, not failure: not charged to the budget
+                self._check_blocked(endpoint)  # a ban may have arrived while we waited for tokens
             started = time.monotonic()
             try:
                 self.request_count += 1
@@ -365,9 +359,17 @@ class VenueClient:
             status=last_status,
         )
 
+    def _check_blocked(self, endpoint: str) -> None:
+        remaining = self._blocked_until - self._clock()
+        if remaining > 0:
+            raise _sourceerror(
+                self.venue, endpoint,
+                f"not sending: the venue asked us to stay away for another {remaining:.0f}s (HTTP {self._blocked_status})",
+                status=self._blocked_status, retry_after=remaining,
+            )
+
     def _block(self, seconds: float, status: int) -> None:
+        """Refuse to send until ``seconds`` from now (fail fast rather than queue callers for minutes)."""
         until = self._clock() + seconds
         if until > self._blocked_until:
             self._blocked_until, self._blocked_status = until, status
-        if self.limiter is not None:
-            self.limiter.pause(seconds)
