@@ -10,6 +10,8 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from analysis.errors import InputError, SourceError
 from analysis.sources.base import Source
@@ -447,3 +449,44 @@ async def test_100_concurrent_reports_make_one_fetch(world):
     reps = await asyncio.gather(*(service.report("BTCUSDT", "1d") for _ in range(100)))
     assert len({id(r) for r in reps}) == 1 and service.computations == 1
     assert fake.count() == 3  # exchangeInfo + one klines page + one openInterestHist page
+
+
+# -- property: any mix of lost bars, duplicates and shuffled pages gives exactly the surviving bars -------
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lost=st.sets(st.integers(1, 2015), max_size=12),
+    lost_oi=st.sets(st.integers(1, 2015), max_size=6),
+    dupes=st.integers(0, 5),
+    seed=st.integers(0, 10**6),
+)
+def test_paging_property(sample_bars, lost, lost_oi, dupes, seed):
+    frame = sample_bars.to_frame()
+    clock = Clock(int(frame["time"].iloc[-1]) + STEP + 30_000)
+    fake = FakeBinance(frame, clock.now_ms)
+    t = sample_bars.time
+    fake.drop_times = {int(t[-i]) for i in lost}
+    fake.drop_oi_times = {int(t[-i]) for i in lost_oi}
+    rng = random.Random(seed)
+
+    def messy(path, rows):
+        rows = rows + rows[: min(dupes, len(rows))]
+        rng.shuffle(rows)
+        return rows
+
+    fake.page_hook = messy
+
+    async def go():
+        src = source(fake, clock)
+        try:
+            return await src.bars("BTCUSDT", WINDOWS["7d"])
+        finally:
+            await src.aclose()
+
+    bars = asyncio.run(go())
+    window = set(int(x) for x in t[-2016:])
+    expected = sorted(window - fake.drop_times - fake.drop_oi_times)
+    assert bars.time.tolist() == expected
+    idx = np.searchsorted(sample_bars.time, bars.time)
+    np.testing.assert_allclose(bars.close, sample_bars.close[idx], rtol=1e-9)
+    np.testing.assert_allclose(bars.oi_usd, sample_bars.oi_usd[idx], rtol=1e-9)
