@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import logging
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -219,6 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (e.g. `liqmap backtest | head`): not an error of ours
+        try:  # silence the final flush of the dead pipe at interpreter exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+            pass
+        return 0
     except Exception:  # a bug: keep the traceback in the log, give the user an id to quote
         error_id = uuid.uuid4().hex[:8]
         log.exception("unexpected error %s", error_id)

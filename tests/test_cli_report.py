@@ -74,3 +74,28 @@ def test_console_script_runs_as_a_process(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "liqmap.png").exists()
+
+
+def test_a_closed_pipe_is_not_an_internal_error(monkeypatch, capsys):
+    import bot.cli as cli
+
+    def broken(args):
+        raise BrokenPipeError
+
+    add, _ = cli.COMMANDS["report"]
+    monkeypatch.setitem(cli.COMMANDS, "report", (add, broken))
+    assert main(["report", "--out", "x"]) == 0
+    assert "internal error" not in capsys.readouterr().err
+
+
+def test_an_unexpected_exception_gets_an_error_id_not_a_traceback(monkeypatch, capsys):
+    import bot.cli as cli
+
+    def bug(args):
+        raise ZeroDivisionError("boom")
+
+    add, _ = cli.COMMANDS["report"]
+    monkeypatch.setitem(cli.COMMANDS, "report", (add, bug))
+    assert main(["report", "--out", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "unexpected internal error (id " in err and "Traceback" not in err.splitlines()[-1]
