@@ -147,7 +147,9 @@ class ReportService:
             if len(venues) == 1:
                 raise next(r for r in results if isinstance(r, BaseException))
             detail = "; ".join(f"{v}: {why}" for v, why in missing.items())
-            raise SourceError("all", "report", f"every venue failed ({detail})")
+            exc = SourceError("all", "report", f"every venue failed ({detail})")
+            exc.args = (f"no venue could serve {symbol}: every venue failed ({detail})",)  # reads as one sentence
+            raise exc
         merged = merge(maps)
         if missing:
             merged = merged.with_notes(*(f"{v} missing: {why}" for v, why in missing.items()))
