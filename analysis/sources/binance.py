@@ -58,6 +58,8 @@ from ..symbols import parse_symbol, suggest
 from ..windows import DAY_MS, Window
 from .cache import BarCache
 from .http import RateLimiter, SingleFlight, VenueClient, gather_or_cancel
+from .series import chunk_ranges
+from .series import tidy as _tidy
 from .validate import dict_columns, expect_dict, expect_list, field, numeric_columns, to_float
 
 __all__ = [
@@ -158,19 +160,7 @@ def parse_premium_index(payload: Any, endpoint: str = PREMIUM_INDEX) -> float:
 
 # -- assembly --------------------------------------------------------------------------------------
 
-def page_ranges(start_ms: int, end_ms: int, step_ms: int, per_page: int) -> list[tuple[int, int]]:
-    """Bar opens ``start_ms..end_ms`` (inclusive) split into ranges of at most ``per_page`` bars."""
-    out = []
-    s = start_ms
-    while s <= end_ms:
-        e = min(end_ms, s + (per_page - 1) * step_ms)
-        out.append((s, e))
-        s = e + step_ms
-    return out
-
-
-def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.drop_duplicates("time", keep="last").sort_values("time", kind="stable").reset_index(drop=True)
+page_ranges = chunk_ranges  # Binance pages: bar opens split into ranges of at most ``per_page`` bars
 
 
 def join(klines: pd.DataFrame, oi: pd.DataFrame, *, step_ms: int, now_ms: int, start_ms: int, end_ms: int) -> pd.DataFrame:

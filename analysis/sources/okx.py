@@ -49,12 +49,13 @@ from ..bars import INTERVAL_MS, Bars, iso
 from ..errors import InputError, SourceError
 from ..symbols import QUOTES
 from ..windows import Window
-from .bybit import (
-    Instrument, SymbolBook, _tidy, chunk_ranges, coverage_notes, join_bars, last_closed_open, load_cached,
-    missing_ranges, store_fetched,
-)
 from .cache import BarCache
 from .http import RateLimiter, SingleFlight, VenueClient
+from .series import (
+    Instrument, SymbolBook, chunk_ranges, coverage_notes, join_bars, last_closed_open, load_cached, missing_ranges,
+    store_fetched,
+)
+from .series import tidy as _tidy
 from .validate import expect_dict, expect_list, field, numeric_columns, to_float, to_int
 
 __all__ = [
