@@ -95,6 +95,8 @@ class ReportService:
             return estimating or self.venues
         if key in self.sources:
             return (key,)
+        if key == "coinglass":
+            raise InputError("coinglass needs a CoinGlass API key (COINGLASS_API_KEY) and live data (--source live)")
         raise InputError(f"unknown exchange {str(exchange)[:20]!r}; choose all or one of {', '.join(self.sources)}")
 
     async def report(

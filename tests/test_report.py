@@ -106,6 +106,7 @@ async def test_two_venues_are_summed():
     "kwargs, message",
     [
         (dict(exchange="kraken"), "unknown exchange"),
+        (dict(exchange="coinglass"), "needs a CoinGlass API key"),
         (dict(window="2d"), "unknown window"),
         (dict(symbol="@everyone"), "not a symbol"),
         (dict(theme="neon"), "unknown theme"),
