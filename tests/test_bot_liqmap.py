@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 import discord
 import pytest
@@ -199,10 +198,10 @@ async def test_symbol_index_answers_at_once_while_lists_load_and_keeps_them_on_f
     now = [0.0]
     src = SlowSymbols("binance", ["XRPUSDT", "BTCDOMUSDT", "ETHUSDT", "BTCUSDT", "WBTCUSDT"])
     index = SymbolIndex({"binance": src}, ttl=60, clock=lambda: now[0])
-    t0 = time.perf_counter()
+    # suggest() is synchronous and the venue's list is still blocked on ``release``: these answers
+    # cannot have waited for it
     assert index.suggest("eth", ["binance"]) == [("ETHUSDT", [])]  # the canonical spelling, instantly
     assert index.suggest("b$", ["binance"]) == []
-    assert time.perf_counter() - t0 < 0.05
     for _ in range(5):
         await asyncio.sleep(0)
     index.suggest("e", ["binance"])
@@ -225,9 +224,9 @@ async def test_autocomplete_never_waits_for_a_slow_venue(tmp_path):
     h = await make_harness(tmp_path / "bot.db", sources={"binance": slow}, cogs=("bot.cogs.liqmap",),
                            wait_symbols=False)
     try:
-        t0 = time.perf_counter()
-        calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "eth"}, focused="symbol"))
-        assert time.perf_counter() - t0 < 1.0
+        # the venue's list stays blocked until ``release``: an autocomplete that waited for it would
+        # hang here and the harness would raise TimeoutError
+        calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "eth"}, focused="symbol"), timeout=10)
         assert _callback(calls)["data"]["choices"] == [{"name": "ETHUSDT", "value": "ETHUSDT"}]
         slow.release.set()
         await h.bot.symbols.wait()
