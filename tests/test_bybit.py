@@ -93,8 +93,10 @@ class FakeBybit:
             sel = [i for i in np.nonzero((t >= int(q["startTime"])) & (t <= int(q["endTime"])))[0][::-1] if t[i] not in self.drop_oi]
             cursor_at = int(q.get("cursor") or 0)
             page = sel[cursor_at: cursor_at + int(q["limit"])]
-            nxt = str(cursor_at + len(page)) if cursor_at + len(page) < len(sel) else ""
-            rows = [{"openInterest": repr(float(b.oi_usd[i] / b.close[i])), "timestamp": str(t[i])} for i in page]
+            # like Bybit: a full page carries a cursor even when nothing follows (the next page is empty)
+            nxt = str(cursor_at + len(page)) if len(page) == int(q["limit"]) else ""
+            rows = [{"openInterest": repr(float(2 * b.oi_usd[i] / b.close[i])),  # documented: both sides
+                     "singleOpenInterest": repr(float(b.oi_usd[i] / b.close[i])), "timestamp": str(t[i])} for i in page]
             return self.ok({"symbol": q["symbol"], "category": "linear", "list": self._mess(rows), "nextPageCursor": nxt})
         return httpx.Response(404, json={"retCode": 10001, "retMsg": "unknown path"})
 
@@ -133,8 +135,16 @@ def test_parse_kline_documented_example_sorted_oldest_first():
 def test_parse_open_interest_documented_example():
     frame, cursor = parse_open_interest(load("open_interest.json"))
     assert frame["time"].tolist() == [1669571100000, 1669571400000]
-    assert frame["oi_coin"].tolist() == [461134292.0, 461134384.0]
+    # this older example has only ``openInterest``, documented as the sum of both sides: halved
+    assert frame["oi_coin"].tolist() == [461134292.0 / 2, 461134384.0 / 2]
     assert cursor is None  # "nextPageCursor": "" means no more pages
+
+
+def test_parse_open_interest_uses_the_single_side():
+    frame, cursor = parse_open_interest(load("open_interest_single.json"))
+    assert frame["time"].tolist() == [1780617600000, 1780704000000, 1780790400000, 1780876800000, 1780963200000]
+    assert frame["oi_coin"].tolist() == [31971156.0, 31971156.0, 31955346.0, 31955346.0, 31955346.0]
+    assert cursor == "lastid%3D19408935%26lasttime%3D1780617600"
 
 
 def test_parse_instruments_documented_examples():
@@ -185,6 +195,8 @@ def test_open_interest_row_errors():
         parse_open_interest({"retCode": 0, "result": {"list": [{"timestamp": "1"}]}})
     with pytest.raises(SourceError, match="openInterest in row 0 should be a number"):
         parse_open_interest({"retCode": 0, "result": {"list": [{"timestamp": "1", "openInterest": None}]}})
+    with pytest.raises(SourceError, match="singleOpenInterest in row 0 should be a number"):
+        parse_open_interest({"retCode": 0, "result": {"list": [{"timestamp": "1", "openInterest": "2", "singleOpenInterest": "x"}]}})
 
 
 # -- assembly helpers ---------------------------------------------------------------------------------

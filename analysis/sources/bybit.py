@@ -10,9 +10,13 @@ Endpoints and the documented limits this module follows (bybit-exchange.github.i
     The newest row is the candle still forming; it is dropped.
 ``/v5/market/open-interest``
     ``intervalTime`` 5min,15min,30min,1h,4h,1d; ``startTime``/``endTime``; ``limit`` 1..200;
-    ``cursor`` from ``nextPageCursor``. ``openInterest`` is in the base coin (single side); it
-    becomes USD as ``openInterest x close`` of the bar with the same open time. History reaches
-    back to the symbol's launch (no 30-day limit).
+    ``cursor`` from ``nextPageCursor`` (also sent with a full last page, so a page reaching the
+    chunk's start ends it). Rows are newest first and in the base coin for linear contracts.
+    The current docs define ``openInterest`` as *the sum of both sides* and ``singleOpenInterest``
+    as the single side (their example: exactly half). Open interest here is single-sided like
+    Binance's ``sumOpenInterest`` and OKX's ``oiCcy``, so ``singleOpenInterest`` is used, or
+    ``openInterest / 2`` when a response lacks it. It becomes USD as ``coin x close`` of the bar
+    with the same open time. History reaches back to the symbol's launch (no 30-day limit).
 ``/v5/market/instruments-info``
     ``status=Trading`` by default, ``limit`` 1..1000, ``cursor`` pagination (there are more than
     500 linear symbols). Only ``LinearPerpetual`` contracts are kept.
@@ -120,15 +124,22 @@ def parse_klines(payload: Any, endpoint: str = _KLINE) -> pd.DataFrame:
 
 
 def parse_open_interest(payload: Any, endpoint: str = _OI) -> tuple[pd.DataFrame, str | None]:
-    """``(frame[time, oi_coin], next_cursor)``; the cursor is None when Bybit sent none."""
+    """``(frame[time, oi_coin], next_cursor)``; the cursor is None when Bybit sent none.
+
+    ``oi_coin`` is single-sided: ``singleOpenInterest``, else half of ``openInterest`` (documented
+    as the sum of both sides).
+    """
     result = result_of(payload, endpoint)
     rows = expect_list(field(result, "list", VENUE, endpoint), VENUE, endpoint, what="list")
     t = np.empty(len(rows))
     oi = np.empty(len(rows))
     for i, row in enumerate(rows):
         t[i] = to_int(field(row, "timestamp", VENUE, endpoint, where=f"row {i}"), VENUE, endpoint, what=f"timestamp in row {i}")
-        oi[i] = to_float(field(row, "openInterest", VENUE, endpoint, where=f"row {i}"), VENUE, endpoint,
-                         what=f"openInterest in row {i}")
+        if isinstance(row, dict) and row.get("singleOpenInterest") not in (None, ""):
+            oi[i] = to_float(row["singleOpenInterest"], VENUE, endpoint, what=f"singleOpenInterest in row {i}")
+        else:
+            oi[i] = to_float(field(row, "openInterest", VENUE, endpoint, where=f"row {i}"), VENUE, endpoint,
+                             what=f"openInterest in row {i}") / 2
     cursor = result.get("nextPageCursor")
     cursor = cursor if isinstance(cursor, str) and cursor else None
     return _tidy(pd.DataFrame({"time": t, "oi_coin": oi})), cursor
@@ -340,7 +351,7 @@ class BybitSource:
         return pd.concat(frames, ignore_index=True)
 
     async def _oi_pages(self, sym: str, oi_int: str, s: int, e: int) -> pd.DataFrame:
-        """One chunk of OI; follows ``nextPageCursor`` while pages come back full."""
+        """One chunk of OI; follows ``nextPageCursor`` while pages come back full and short of ``s``."""
         frames = []
         cursor: str | None = None
         for _ in range(20):
@@ -348,6 +359,6 @@ class BybitSource:
                       "limit": OI_LIMIT, "cursor": cursor}
             frame, cursor = parse_open_interest(await self._get(_OI, params))
             frames.append(frame)
-            if not cursor or len(frame) < OI_LIMIT:
+            if not cursor or len(frame) < OI_LIMIT or int(frame["time"].iloc[0]) <= s:
                 break
         return pd.concat(frames, ignore_index=True)
