@@ -217,6 +217,11 @@ async def test_bars_is_refused_and_bad_construction():
         (httpx.Response(401, json={"code": "401", "msg": f"Invalid API key {KEY}"}), "rejected the API key", 401),
         (httpx.Response(403, json={"code": "403", "msg": "Upgrade plan"}), "plan does not include liquidation maps", 403),
         (httpx.Response(200, json={"code": "401", "msg": "apikey invalid"}), "rejected the API key", None),
+        # the docs' quickstart: 401 also means "endpoint permission or plan issue (check msg)"
+        (httpx.Response(401, json={"code": "401", "msg": "Upgrade plan to access this endpoint"}),
+         "plan does not include liquidation maps", 401),
+        (httpx.Response(200, json={"code": "401", "msg": "No permission for this API, please upgrade your plan"}),
+         "plan does not include liquidation maps", None),
         (httpx.Response(200, json={"code": "0", "msg": "success", "data": {"data": {}}}), "empty liquidation map", None),
         (httpx.Response(200, content=b'{"code":"0","msg":"success","data":{"data":{"48935":[[4893'), "not valid JSON", 200),
     ],

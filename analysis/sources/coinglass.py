@@ -26,10 +26,13 @@ leverage, null], ...], ...}}}``: no side and no current price; the aggregated ma
 * **grid**: bins of ``ModelParams.bin_width`` or a round width near ``price x bin_pct``, aligned to
   multiples of the width like the model's; totals are preserved exactly.
 
-Errors: 401 or a rejected key -> SourceError saying the key was rejected (the key itself never
-appears in messages, logs or recordings: it travels only in the header, and any echo of it in a
-venue message is masked); 403 / plan messages -> the plan does not include the endpoint; 429 ->
-the HTTP core's Retry-After handling, then a rate-limit SourceError.
+Errors (docs: HTTP 200 with ``code "0"`` is success; 400 bad parameters or key, 401 key,
+endpoint permission *or plan* -- "check msg" --, 429 rate limit, each also possible as a
+``code`` in a 200 body): a rejected key -> SourceError saying so (the key itself never appears in
+messages, logs or recordings: it travels only in the header, and any echo of it in a venue
+message is masked); 403 or a plan/upgrade/permission message, including under 401 -> the plan
+does not include the endpoint; 429 -> the HTTP core's Retry-After handling, then a rate-limit
+SourceError.
 """
 
 from __future__ import annotations
@@ -187,10 +190,13 @@ def _api_error(
         msg = msg.replace(key, "***")
     msg = " ".join(msg.split())[:160]
     low = msg.lower()
-    if status == 401 or code == "401" or "api key" in low or "apikey" in low or "api-key" in low:
+    # CoinGlass answers 401 for a bad key *and* for an endpoint the plan lacks ("check msg"), so the
+    # message's wording decides before the status does.
+    plan = "upgrade" in low or "plan" in low or "permission" in low
+    if not plan and (status == 401 or code == "401" or "api key" in low or "apikey" in low or "api-key" in low):
         return SourceError(VENUE, endpoint, "CoinGlass rejected the API key (COINGLASS_API_KEY): it is missing, "
                            f"invalid or expired ({msg})", status=status or 401)
-    if status == 403 or code == "403" or "upgrade" in low or "plan" in low or "permission" in low:
+    if plan or status == 403 or code == "403":
         return SourceError(VENUE, endpoint, "your CoinGlass plan does not include liquidation maps "
                            f"(they need the Professional plan or above) ({msg})", status=status or 403)
     if status == 429 or code == "429" or "too many" in low or "rate limit" in low:
