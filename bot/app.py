@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import signal
 import uuid
 from pathlib import Path
@@ -49,6 +50,8 @@ __all__ = [
     "dry_run",
     "run",
     "sync_commands",
+    "RedactSecrets",
+    "install_log_redaction",
 ]
 
 log = logging.getLogger(__name__)
@@ -113,6 +116,54 @@ def build_service(settings: Settings):
     return ReportService(sources, ttl=settings.schedule.report_ttl_seconds)
 
 
+# -- logging -------------------------------------------------------------------------------------
+
+class RedactSecrets(logging.Filter):
+    """Masks secrets in a log record's message and traceback: the given values (bot token,
+    CoinGlass key) and the interaction/webhook tokens in Discord URLs, which discord.py's own
+    debug log (``liqmap -v bot``) prints for every interaction response."""
+
+    _URL_TOKENS = re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9_\-.]+")
+
+    def __init__(self, secrets: tuple[str | None, ...] = ()) -> None:
+        super().__init__()
+        self.secrets = tuple(x for x in secrets if x and len(x) >= 8)
+
+    def redact(self, text: str) -> str:
+        text = self._URL_TOKENS.sub(r"\1***", text)
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record: leave it to the handler's own error path
+            return True
+        clean = self.redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        return True
+
+
+def install_log_redaction(settings: Settings, logger: logging.Logger | None = None) -> RedactSecrets:
+    """Add :class:`RedactSecrets` (with this deployment's token and key) to every handler of
+    ``logger`` (default: the root logger, which every module's records propagate to)."""
+    secrets = []
+    if settings.discord.token is not None:
+        secrets.append(settings.discord.token.get_secret_value().strip())
+    if settings.sources.coinglass_api_key is not None:
+        secrets.append(settings.sources.coinglass_api_key.get_secret_value().strip())
+    flt = RedactSecrets(tuple(secrets))
+    for handler in (logger or logging.getLogger()).handlers:
+        handler.addFilter(flt)
+    return flt
+
+
 # -- errors --------------------------------------------------------------------------------------
 
 def error_message(error: BaseException) -> tuple[str, bool]:
@@ -155,6 +206,7 @@ async def send_error(interaction: discord.Interaction, error: BaseException) -> 
     Returns the error id for a bug, else None. Never raises (the interaction may have expired).
     """
     text, is_bug = error_message(error)
+    text = text if len(text) <= 2000 else text[:1999] + "…"  # Discord refuses longer content
     error_id = None
     if is_bug:
         error_id = uuid.uuid4().hex[:8]
@@ -392,6 +444,7 @@ async def dry_run(settings: Settings, **kw: Any) -> tuple[list[dict[str, Any]], 
 async def run(settings: Settings) -> None:
     """Run the bot until it is stopped."""
     token = _token(settings)
+    install_log_redaction(settings)
     bot = LiqmapBot(settings, mode="run")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -415,6 +468,7 @@ async def sync_commands(settings: Settings, *, guild_id: int | None = None) -> l
     Without ``guild_id`` the global commands are synced unconditionally; with it, only that guild.
     """
     token = _token(settings)
+    install_log_redaction(settings)
     bot = LiqmapBot(settings, mode="sync")
     async with bot:
         try:

@@ -8,7 +8,8 @@ File is consumed by one send). Messages never ping anyone.
 
 Failures the dispatcher acts on: a deleted or invisible channel raises
 :class:`~bot.scheduler.ChannelGone`; a missing permission raises
-:class:`~bot.scheduler.MissingAccess` naming it. Both pause the subscriptions of that channel. The
+:class:`~bot.scheduler.MissingAccess` naming it; a send refused because its nonce's message was
+posted and deleted since (404, code 10008) raises :class:`~bot.scheduler.AlreadyPosted`. Both pause the subscriptions of that channel. The
 permissions are checked from the cache *before* sending, because without Embed Links Discord
 would accept the message and silently drop its embed.
 """
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 ATTACHMENT = "liqmap.png"
 EMBED_DESCRIPTION_MAX = 4096
 EMBED_FIELD_MAX = 1024
+EMBED_TOTAL_MAX = 6000
 
 SKEW_COLOURS = {
     "heavily_short": discord.Colour(0x1ABC9C),
@@ -81,6 +83,9 @@ def report_embed(report: Any, *, title: str | None = None, description: str | No
         lines = "\n".join(f"**{venue}**: {why}" for venue, why in missing.items())
         embed.add_field(name="Missing venues (map built without them)", value=_clip(lines, EMBED_FIELD_MAX), inline=False)
     embed.set_footer(text=_clip(footer_text(report), 2048))
+    excess = len(embed) - EMBED_TOTAL_MAX  # Discord refuses more than 6000 characters in all
+    if excess > 0 and embed.description:
+        embed.description = _clip(embed.description, max(1, len(embed.description) - excess))
     return embed
 
 
@@ -94,6 +99,7 @@ REQUIRED_CHANNEL_PERMISSIONS: tuple[tuple[str, str], ...] = (
 
 # Discord JSON error codes (https://discord.com/developers/docs/topics/opcodes-and-status-codes)
 UNKNOWN_CHANNEL = 10003
+UNKNOWN_MESSAGE = 10008  # on a send with enforce_nonce: this nonce's message was posted and deleted since
 MISSING_ACCESS = 50001
 
 
@@ -160,6 +166,12 @@ class DiscordPoster:
                 allowed_mentions=discord.AllowedMentions.none(),
             )
         except (discord.NotFound, discord.Forbidden) as exc:
+            if isinstance(exc, discord.NotFound) and exc.code == UNKNOWN_MESSAGE:
+                from .scheduler import AlreadyPosted
+
+                # discord.py sends the nonce with enforce_nonce: Discord answers 404 "Unknown Message"
+                # when a message with this nonce was created shortly before and deleted since.
+                raise AlreadyPosted(f"Discord {UNKNOWN_MESSAGE}: message with nonce {nonce} was deleted") from exc
             raise self._translate(exc, channel_id) from exc
         return message.id
 

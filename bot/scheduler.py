@@ -22,6 +22,14 @@ message is there it is recorded as sent, and only if not is it sent again (same 
 that raised (timeout, 5xx after discord.py's own retries) is recorded ``failed`` and goes through
 the same check on the next tick. So a post is never made twice, and a claim is never lost.
 
+Two dispatchers on one database: the claim is stamped when it is made (after rendering), a send
+that starts past half the lease renews the claim first (compare-and-set on the attempt number; if
+another dispatcher took it over, this one does not send), and an outcome is recorded only while
+the record is still this claim, so a late writer never overwrites the one that took over. A send
+that Discord refuses because the nonce's message was posted and deleted since
+(:class:`AlreadyPosted`) is recorded as sent, never resent and never a reason to pause. The lease
+compares the processes' wall clocks: keep their clocks in sync (NTP).
+
 Downtime: a run whose time is more than ``grace`` in the past is not posted; it is recorded
 ``skipped`` (detail "missed ...") with a log line, and the next run is computed. A run that is
 late but within ``grace`` is posted once, late. Several missed days are each recorded skipped.
@@ -70,6 +78,7 @@ __all__ = [
     "Poster",
     "ChannelGone",
     "MissingAccess",
+    "AlreadyPosted",
     "DispatcherParams",
     "TickStats",
     "Dispatcher",
@@ -82,6 +91,7 @@ log = logging.getLogger(__name__)
 UTC = timezone.utc
 ATTACHMENT = "liqmap.png"
 Key = tuple[str, str, str]  # (symbol, window, exchange)
+EMBED_TOTAL_MAX = 6000  # Discord's limit on an embed's title, description, fields and footer together
 MAX_MISSED_RECORDED = 31  # after a longer outage the older missed days are not recorded one by one
 
 
@@ -93,6 +103,11 @@ class MissingAccess(Exception):
     """The bot lost a permission it needs in the channel (View Channel, Send Messages, Embed Links, Attach Files)."""
 
 
+class AlreadyPosted(Exception):
+    """Discord refused a send because a message with the same nonce was posted shortly before and has
+    been deleted since (``enforce_nonce``): the post went out once already; do not pause, do not resend."""
+
+
 class Poster(Protocol):
     """What the dispatcher needs from Discord (``bot/poster.py`` implements it with discord.py)."""
 
@@ -100,7 +115,8 @@ class Poster(Protocol):
                    filename: str, nonce: str) -> int:
         """Send one message with ``png`` attached as ``filename``; return its id.
 
-        Raises :class:`ChannelGone` / :class:`MissingAccess` when the channel is gone / not allowed.
+        Raises :class:`ChannelGone` / :class:`MissingAccess` when the channel is gone / not allowed,
+        :class:`AlreadyPosted` when Discord reports the nonce's message as posted and deleted since.
         """
         ...
 
@@ -180,19 +196,23 @@ def default_embed(report: Any, title: str, description: str, marker: str) -> dic
     m = report.map
     kind = "Estimated from open-interest flow" if getattr(m, "kind", "estimated") == "estimated" else "CoinGlass"
     when = datetime.fromtimestamp(m.end_ms / 1000, tz=UTC)
-    footer = f"Sources: {', '.join(m.venues)} · data to {when:%Y-%m-%d %H:%M} UTC · {kind} · {marker}"
+    # the marker must survive any clipping: find_marker looks for it after a crash
+    tail = f" · {marker}"
+    footer = _clip(f"Sources: {', '.join(m.venues)} · data to {when:%Y-%m-%d %H:%M} UTC · {kind}", 2048 - len(tail)) + tail
     embed: dict[str, Any] = {
         "type": "rich",
         "title": _clip(title, 256),
-        "description": _clip(description, 4096),
         "timestamp": when.isoformat(),
         "image": {"url": f"attachment://{ATTACHMENT}"},
-        "footer": {"text": _clip(footer, 2048)},
+        "footer": {"text": footer},
     }
     missing = dict(getattr(report, "missing", {}) or {})
     if missing:
         lines = "\n".join(f"**{v}**: {why}" for v, why in missing.items())
         embed["fields"] = [{"name": "Missing venues (map built without them)", "value": _clip(lines, 1024), "inline": False}]
+    # Discord refuses an embed over 6000 characters in all; the description gives way
+    used = len(embed["title"]) + len(footer) + sum(len(f["name"]) + len(f["value"]) for f in embed.get("fields", ()))
+    embed["description"] = _clip(description, min(4096, EMBED_TOTAL_MAX - used))
     return embed
 
 
@@ -434,18 +454,30 @@ class Dispatcher:
             if len(skips) > 20:
                 log.warning("... and %d more daily posts skipped", len(skips) - 20)
 
-        won = await self.store.claim_many(claims, now=now, lease=self.params.claim_lease)
+        # The claim is stamped with the time it is made (rendering may have taken minutes), so its
+        # lease really covers the sends that follow; a send that starts late renews it first.
+        claimed_at = self.now()
+        won = await self.store.claim_many(claims, now=claimed_at, lease=self.params.claim_lease)
         late_days = {(p.sched.id, p.late.day) for p in plans if p.late}
         scheds = {p.sched.id: p.sched for p in plans}
         texts: dict[Key, str] = {}
         sem = asyncio.Semaphore(self.params.post_concurrency)
         gone: dict[int, str] = {}
 
-        async def deliver(d: Any, recovering: bool) -> Outcome:
+        async def deliver(d: Any, recovering: bool) -> Outcome | None:
             sched = scheds[d.schedule_id]
             async with sem:
                 if d.channel_id in gone:
-                    return Outcome(d.id, "skipped", detail=f"subscription paused: {gone[d.channel_id]}")
+                    return Outcome(d.id, "skipped", detail=f"subscription paused: {gone[d.channel_id]}",
+                                   attempts=d.attempts)
+                # Waiting for the semaphore can take long (a slow Discord, thousands of channels): a
+                # claim past half its lease is renewed before sending, or left alone if another
+                # dispatcher has taken it over meanwhile (that one verifies and sends).
+                if self.now() - claimed_at > self.params.claim_lease / 2:
+                    if not await self.store.renew_claim(d.id, d.attempts, now=self.now()):
+                        log.info("daily %s %s %s: claim taken over by another dispatcher; not sent here",
+                                 sched.id, d.local_date, d.symbol)
+                        return None
                 try:
                     if recovering:
                         found = await asyncio.wait_for(self.poster.find_marker(d.channel_id, d.marker),
@@ -454,10 +486,11 @@ class Dispatcher:
                             stats.recovered += 1
                             log.info("daily %s %s %s was sent before a crash (message %s); recorded",
                                      sched.id, d.local_date, d.symbol, found)
-                            return Outcome(d.id, "sent", message_id=int(found), detail="recovered: found in channel")
+                            return Outcome(d.id, "sent", message_id=int(found), detail="recovered: found in channel",
+                                           attempts=d.attempts)
                     if (sched.id, d.local_date) in late_days:
                         stats.skipped += 1
-                        return Outcome(d.id, "skipped", detail=_missed(d.due_at, self.params.grace))
+                        return Outcome(d.id, "skipped", detail=_missed(d.due_at, self.params.grace), attempts=d.attempts)
                     key = (d.symbol, sched.window, sched.exchange)
                     rep = reports[key]
                     if key not in texts:
@@ -469,23 +502,29 @@ class Dispatcher:
                         self.params.post_timeout_s,
                     )
                     stats.posted += 1
-                    return Outcome(d.id, "sent", message_id=int(msg_id))
+                    return Outcome(d.id, "sent", message_id=int(msg_id), attempts=d.attempts)
+                except AlreadyPosted as exc:
+                    stats.recovered += 1
+                    log.info("daily %s %s %s was posted before and deleted since (%s); recorded, not resent",
+                             sched.id, d.local_date, d.symbol, exc)
+                    return Outcome(d.id, "sent", detail=f"posted before, deleted since: {exc}", attempts=d.attempts)
                 except (ChannelGone, MissingAccess) as exc:
                     reason = _pause_reason(exc)
                     gone[d.channel_id] = reason
                     n_paused = await self.store.pause_channel(d.channel_id, reason, now=now)
                     stats.paused += n_paused
                     log.warning("channel %s: %s; its subscriptions are paused", d.channel_id, reason)
-                    return Outcome(d.id, "skipped", detail=f"subscription paused: {reason}")
+                    return Outcome(d.id, "skipped", detail=f"subscription paused: {reason}", attempts=d.attempts)
                 except Exception as exc:  # includes TimeoutError: outcome unknown, verified before a retry
                     stats.failed += 1
                     stats.errors.append(f"{type(exc).__name__}: {exc}"[:200])
                     log.warning("daily %s %s %s to channel %s failed (%s); will verify and retry", sched.id,
                                 d.local_date, d.symbol, d.channel_id, type(exc).__name__, exc_info=True)
-                    return Outcome(d.id, "failed", detail=f"{type(exc).__name__}: {exc}")
+                    return Outcome(d.id, "failed", detail=f"{type(exc).__name__}: {exc}", attempts=d.attempts)
 
         outcomes = await asyncio.gather(*(deliver(d, rec) for d, rec in won))
-        await self.store.finish_many(outcomes, now=self.now())
+        # written only where the claim is still ours (see Store.finish_many)
+        await self.store.finish_many([o for o in outcomes if o is not None], now=self.now())
 
         # move next_run_at: hold it on a run that is not final yet, else past the current run
         final = await self.store.deliveries_for((p.sched.id, r.day) for p in plans for r in p.runs())
@@ -566,6 +605,8 @@ class Dispatcher:
                         self.params.post_timeout_s,
                     )
                     stats.announced += 1
+                except AlreadyPosted:
+                    stats.announced += 1  # the notice went out before (and was deleted since): keep the class
                 except (ChannelGone, MissingAccess) as exc:
                     reason = _pause_reason(exc)
                     gone[w.channel_id] = reason

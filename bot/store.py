@@ -442,6 +442,7 @@ class Outcome:
     state: DeliveryState
     message_id: int | None = None
     detail: str | None = None
+    attempts: int | None = None  # the claim's attempt number: the outcome is written only if still ours
 
 
 def _hysteresis(mild: float | None, heavy: float | None, exit_mild: float | None, exit_heavy: float | None) -> HysteresisParams:
@@ -901,18 +902,52 @@ class Store:
             return out
 
     async def finish_many(self, outcomes: Sequence[Outcome], *, now: datetime) -> None:
-        """Record the outcomes of many claimed deliveries in one transaction."""
+        """Record the outcomes of many claimed deliveries in one transaction.
+
+        An outcome with ``attempts`` is written only while the record is still that claim (state
+        ``claimed``, same attempt number): if another dispatcher took the claim over meanwhile (its
+        lease ran out), its record wins and this stale outcome is dropped.
+        """
         if not outcomes:
             return
         now = _aware(now)
-        rows = []
+        plain, guarded = [], []
         for o in outcomes:
             if o.state not in ("sent", "failed", "skipped"):
                 raise ValueError(f"bad delivery state {o.state!r}")
-            rows.append({"id": o.delivery_id, "state": o.state, "message_id": o.message_id, "finished_at": now,
-                         "detail": _reason(o.detail) if o.detail else None})
+            row = {"b_id": o.delivery_id, "b_state": o.state, "b_message_id": o.message_id, "b_finished_at": now,
+                   "b_detail": _reason(o.detail) if o.detail else None}
+            if o.attempts is None:
+                plain.append(row)
+            else:
+                guarded.append({**row, "b_attempts": o.attempts})
+        t = DeliveryRow.__table__
+        values = dict(state=bindparam("b_state"), message_id=bindparam("b_message_id"),
+                      finished_at=bindparam("b_finished_at", type_=UTCDateTime()), detail=bindparam("b_detail"))
+        async with self._session() as s, s.begin():  # (executemany: rowcount is not reliable on asyncpg)
+            if plain:
+                await s.execute(update(t).where(t.c.id == bindparam("b_id")).values(**values), plain)
+            if guarded:
+                await s.execute(
+                    update(t)
+                    .where(t.c.id == bindparam("b_id"), t.c.state == "claimed", t.c.attempts == bindparam("b_attempts"))
+                    .values(**values),
+                    guarded,
+                )
+
+    async def renew_claim(self, delivery_id: int, attempts: int, *, now: datetime) -> bool:
+        """Refresh the lease of a claim still held (state ``claimed``, same attempt number).
+
+        False if another dispatcher took it over: the caller must then not send.
+        """
         async with self._session() as s, s.begin():
-            await s.execute(update(DeliveryRow), rows)
+            res = await s.execute(
+                update(DeliveryRow)
+                .where(DeliveryRow.id == delivery_id, DeliveryRow.state == "claimed", DeliveryRow.attempts == attempts)
+                .values(claimed_at=_aware(now))
+                .execution_options(synchronize_session=False)
+            )
+            return bool(res.rowcount)
 
     async def skip_many(self, skips: Sequence[Claim], *, now: datetime, detail: str | Sequence[str]) -> int:
         """Record ``skipped`` for posts that have no record yet (others are left alone); returns how many."""

@@ -165,6 +165,53 @@ async def test_unexpected_error_apologises_with_an_id_and_logs_the_traceback(h, 
     assert "/liqmap" in record.getMessage()
 
 
+async def test_a_long_refusal_is_cut_to_discords_message_limit(h, monkeypatch):
+    from analysis.errors import InputError
+
+    async def refuses(*args, **kwargs):
+        raise InputError("no such market: " + "x" * 3000)
+
+    monkeypatch.setattr(h.bot.service, "report", refuses)
+    calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "private": True}))
+    body = calls[-1].body
+    assert body["flags"] & EPHEMERAL and body["content"].startswith("no such market")
+    assert len(body["content"]) <= 2000 and body["allowed_mentions"] == {"parse": []}
+
+
+def test_log_redaction_hides_tokens_keys_and_interaction_urls():
+    from bot.app import RedactSecrets, install_log_redaction
+    from bot.settings import load_settings
+
+    settings = load_settings(None, token="MTAx.bot-token.secret", coinglass_api_key="cg-key-0123456789")
+    logger = logging.getLogger("test.redaction")
+    logger.propagate = False
+    logger.setLevel(logging.DEBUG)
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(self.format(record))
+
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        flt = install_log_redaction(settings, logger)
+        assert isinstance(flt, RedactSecrets) and flt in handler.filters
+        url = "https://discord.com/api/v10/webhooks/900000000000000001/aW50ZXJhY3Rpb246tok.en-_x/messages/@original"
+        logger.debug("Webhook ID %s with %s %s has returned status code %s", 1, "PATCH", url, 200)
+        try:
+            raise RuntimeError("POST /interactions/95/aW50-tok.en/callback with key cg-key-0123456789")
+        except RuntimeError:
+            logger.exception("unexpected error abc123 using MTAx.bot-token.secret")
+    finally:
+        logger.removeHandler(handler)
+    text = "\n".join(seen)
+    assert "/webhooks/900000000000000001/***/messages/@original" in text and "/interactions/95/***/callback" in text
+    for secret in ("aW50ZXJhY3Rpb246tok", "aW50-tok", "cg-key-0123456789", "MTAx.bot-token.secret"):
+        assert secret not in text
+    assert "Traceback" in text and "unexpected error abc123" in text
+
+
 async def test_bot_sends_no_pings_and_uses_no_privileged_intents(h):
     bot = h.bot
     assert bot.allowed_mentions.to_dict() == {"parse": []}

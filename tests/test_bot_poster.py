@@ -96,6 +96,37 @@ async def test_discord_refusals_map_to_channel_gone_or_missing_access(h, error, 
         await poster.find_marker(920000000000000777, "liqmap-d1")
 
 
+async def test_a_send_refused_because_its_nonce_message_was_deleted_is_already_posted(h):
+    # discord.py sends enforce_nonce: a nonce whose message was created and then deleted shortly
+    # before comes back as 404 Unknown Message (10008). The channel is fine: never pause for it.
+    from bot.scheduler import AlreadyPosted
+
+    poster = DiscordPoster(h.bot)
+    h.rest.fail = lambda call: http_error(discord.NotFound, 404, 10008, "Unknown Message")
+    with pytest.raises(AlreadyPosted, match="10008"):
+        await poster.post(OTHER_CHANNEL_ID, content=None, embed=None, png=PNG, filename="liqmap.png", nonce="n")
+
+
+def test_embeds_stay_within_discords_limits_and_keep_the_marker():
+    from types import SimpleNamespace
+
+    m = SimpleNamespace(venues=tuple(f"venue{i:04d}" for i in range(400)), kind="estimated", is_estimate=True,
+                        end_ms=1_780_000_000_000)
+    rep = SimpleNamespace(symbol="BTCUSDT", window=SimpleNamespace(label="7d"), map=m, summary="s" * 9000,
+                          missing={f"venue{i}": "HTTP 503 " * 20 for i in range(50)}, png=PNG)
+    marker = "liqmap-d12345-2026-06-22-BTCUSDT"
+    d = default_embed(rep, "T" * 400, "d" * 9000, marker)
+    total = len(d["title"]) + len(d["description"]) + len(d["footer"]["text"])
+    total += sum(len(f["name"]) + len(f["value"]) for f in d["fields"])
+    assert total <= 6000 and len(d["title"]) <= 256 and len(d["description"]) <= 4096
+    assert len(d["footer"]["text"]) <= 2048 and d["footer"]["text"].endswith(" · " + marker)
+    assert all(len(f["value"]) <= 1024 for f in d["fields"])
+    assert len(discord.Embed.from_dict(d)) <= 6000
+    e = report_embed(rep, title="T" * 400)
+    assert len(e) <= 6000 and len(e.title) <= 256 and len(e.description) <= 4096 and len(e.footer.text) <= 2048
+    assert all(len(f.value) <= 1024 for f in e.fields) and e.description.endswith("…")
+
+
 async def test_other_http_errors_propagate_for_the_dispatcher_to_retry(h):
     poster = DiscordPoster(h.bot)
     h.rest.fail = lambda call: http_error(discord.DiscordServerError, 503, 0, "upstream")

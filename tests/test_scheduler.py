@@ -392,6 +392,125 @@ async def test_crash_left_unverified_past_grace_is_checked_but_never_resent(url)
         await st.close()
 
 
+async def test_claim_is_stamped_after_rendering_so_a_slow_render_does_not_shorten_its_lease(url, monkeypatch):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster, reports = FakePoster(), FakeReports()
+    st = await Store.open(url)
+    s = await daily(st, clock)
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    slow = reports.__call__
+
+    async def slow_render(*key):
+        clock.t += timedelta(minutes=8)  # the exchanges are slow today
+        return await slow(*key)
+
+    async def die(*a, **k):
+        raise Crash()
+
+    d = dispatcher(st, poster, slow_render, clock)
+    monkeypatch.setattr(d.poster, "post", die)
+    with pytest.raises(Crash):  # claimed at 09:08, then the process dies before sending
+        await d.run_daily()
+    await st.close()
+    monkeypatch.undo()
+    st = await Store.open(url)
+    try:
+        (rec,) = await st.deliveries(s.id)
+        assert rec.state == "claimed" and rec.claimed_at == datetime(2026, 6, 1, 9, 8, tzinfo=UTC)
+        clock.t = datetime(2026, 6, 1, 9, 12, tzinfo=UTC)  # 12 min after the tick began, 4 after the claim
+        stats = await dispatcher(st, poster, reports, clock).run_daily()
+        assert poster.finds == 0 and poster.count() == 0 and stats.posted == 0  # the claim is still held
+        clock.t = datetime(2026, 6, 1, 9, 18, tzinfo=UTC)  # lease over: verified, then sent once
+        stats = await dispatcher(st, poster, reports, clock).run_daily()
+        assert poster.finds == 1 and poster.count(1) == 1 and stats.posted == 1
+    finally:
+        await st.close()
+
+
+class SlowPoster(FakePoster):
+    """Each send takes ``minutes`` of clock time; ``before_send(channel)`` runs first."""
+
+    def __init__(self, clock, minutes, before_send=None, **kw):
+        super().__init__(**kw)
+        self.clock, self.minutes, self.before_send = clock, minutes, before_send
+
+    async def post(self, channel_id, **kw):
+        if self.before_send is not None:
+            await self.before_send(channel_id)
+        self.clock.t += timedelta(minutes=self.minutes)
+        return await super().post(channel_id, **kw)
+
+
+async def test_a_send_that_starts_late_renews_its_claim(store):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster = SlowPoster(clock, 6)
+    for ch in (1, 2):
+        await daily(store, clock, channel=ch)
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    stats = await dispatcher(store, poster, FakeReports(), clock, post_concurrency=1).run_daily()
+    assert stats.posted == 2 and poster.count() == 2
+    recs = sorted([r for sid in (1, 2) for r in await store.deliveries(sid)], key=lambda r: r.channel_id)
+    assert [r.state for r in recs] == ["sent", "sent"]
+    # the second send began 6 min after the claim (past half the 10 min lease): renewed first
+    assert [r.claimed_at for r in recs] == [datetime(2026, 6, 1, 9, 0, tzinfo=UTC), datetime(2026, 6, 1, 9, 6, tzinfo=UTC)]
+
+
+async def test_a_claim_taken_over_while_waiting_is_not_sent_twice(url):
+    # two processes on one database; each send takes 2 min (a slow Discord), one at a time
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    a, b = await Store.open(url), await Store.open(url)
+    try:
+        for ch in range(1, 8):
+            await daily(a, clock, channel=ch)
+        clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+        other_stats: list = []
+
+        async def other_dispatcher_ticks(channel_id):
+            if channel_id == 6 and not other_stats:  # 09:10: the untouched 09:00 claims have run out
+                other_stats.append(await dispatcher(b, discord_, FakeReports(), clock).run_daily())
+
+        discord_ = SlowPoster(clock, 2, before_send=other_dispatcher_ticks)
+        stats = await dispatcher(a, discord_, FakeReports(), clock, post_concurrency=1).run_daily()
+        assert all(discord_.count(ch) == 1 for ch in range(1, 8))  # channel 7 went out once, not twice
+        # the other one verified the posts already made (1-3), left the renewed claims alone (4-6)
+        # and sent channel 7, whose claim this one then no longer held
+        assert (other_stats[0].recovered, other_stats[0].posted) == (3, 1)
+        assert stats.posted == 6
+        recs = {r.channel_id: r for sid in range(1, 8) for r in await a.deliveries(sid)}
+        assert all(r.state == "sent" for r in recs.values())
+        assert recs[7].attempts == 2 and recs[7].message_id == discord_.messages[7][0]["id"]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_deleted_post_refused_by_its_nonce_is_recorded_sent_not_paused(store):
+    from bot.scheduler import AlreadyPosted
+
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster = FakePoster()
+    s = await daily(store, clock)
+    w = await store.add_watch(G, 1, symbol="BTC", window="1d", exchange="all", created_by=U)
+
+    async def refused(channel_id, **kw):
+        raise AlreadyPosted("Discord 10008: message with nonce lq... was deleted")
+
+    poster.post = refused
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    d = dispatcher(store, poster, FakeReports(), clock)
+    stats = await d.run_daily()
+    assert stats.paused == 0 and stats.failed == 0 and stats.recovered == 1
+    (rec,) = await store.deliveries(s.id)
+    assert rec.state == "sent" and "deleted" in rec.detail
+    assert not (await store.get_daily(s.id)).paused and not (await store.get_watch(w.id)).paused
+    assert (await store.get_daily(s.id)).next_run_at == datetime(2026, 6, 2, 9, 0, tzinfo=UTC)
+    # a skew notice refused the same way counts as announced: the class is kept, nothing paused
+    await store.set_watch_class(w.id, expected=None, new="heavily_long", ratio=0.1, announced_at=None)
+    stats = await d.run_skew()
+    assert stats.announced == 1 and stats.paused == 0
+    assert (await store.get_watch(w.id)).last_class == "balanced"
+
+
 async def test_send_error_is_verified_then_retried_once(store):
     clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
     poster = FakePoster(fail={2: 1})

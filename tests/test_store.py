@@ -356,6 +356,28 @@ async def test_batch_claims_skips_and_advances(store):
     assert (await store.get_daily(b.id)).next_run_at == b.next_run_at  # expected value did not match
 
 
+async def test_a_stale_outcome_never_overwrites_a_claim_taken_over_and_renew_is_compare_and_set(store):
+    from bot.store import Claim, Outcome
+
+    a = await add_daily(store)
+    day, lease = date(2026, 3, 2), timedelta(minutes=5)
+    c = Claim(a, day, "BTCUSDT", a.next_run_at)
+    ((mine, _),) = await store.claim_many([c], now=NOW, lease=lease)
+    assert await store.renew_claim(mine.id, mine.attempts, now=NOW + timedelta(minutes=4))
+    # the renewed lease holds off a second dispatcher until it runs out from the renewal
+    assert await store.claim_many([c], now=NOW + lease, lease=lease) == []
+    ((theirs, rec),) = await store.claim_many([c], now=NOW + timedelta(minutes=9), lease=lease)
+    assert rec and theirs.attempts == mine.attempts + 1
+    # the first dispatcher, late: it may neither renew nor record its outcome over the new claim
+    assert not await store.renew_claim(mine.id, mine.attempts, now=NOW + timedelta(minutes=9))
+    await store.finish_many([Outcome(mine.id, "failed", detail="timeout", attempts=mine.attempts)], now=NOW)
+    (rec,) = await store.deliveries(a.id, day)
+    assert (rec.state, rec.attempts) == ("claimed", theirs.attempts)
+    await store.finish_many([Outcome(theirs.id, "sent", message_id=9, attempts=theirs.attempts)], now=NOW)
+    (rec,) = await store.deliveries(a.id, day)
+    assert (rec.state, rec.message_id) == ("sent", 9)
+
+
 async def test_claim_many_falls_back_one_by_one_on_a_conflict(store):
     from bot.store import Claim
 
