@@ -193,6 +193,15 @@ async def test_pair_map_request_and_key_header():
     assert m.kind == "coinglass" and m.price == 64_000.0 and m.window == "7d"
 
 
+@pytest.mark.parametrize("exchange, name, pair", [("bybit", "Bybit", "BTCUSDT"), ("okx", "OKX", "BTC-USDT-SWAP")])
+async def test_pair_map_uses_the_exchanges_own_pair_id(exchange, name, pair):
+    # the docs: symbol is a pair of supported-exchange-pairs, whose ids are the exchange's own
+    server = FakeCoinGlass()
+    m = await make(server, exchange=exchange).map("BTC-USDT-SWAP", WINDOWS["1d"])
+    assert dict(server.requests[0].url.params) == {"exchange": name, "symbol": pair, "range": "1d"}
+    assert m.symbol == "BTCUSDT" and f"{name} {pair}" in m.notes[0]
+
+
 async def test_aggregated_map_request():
     server = FakeCoinGlass([httpx.Response(200, json=load("aggregated_map.json"))])
     m = await make(server, exchange=None, price=50_000.0).map("BTC/USDT", WINDOWS["30d"])

@@ -10,6 +10,9 @@ Endpoints (docs.coinglass.com, API v4; base ``https://open-api-v4.coinglass.com`
 
 ``GET /api/futures/liquidation/map``
     pair map: ``exchange`` (e.g. ``Binance``), ``symbol`` (``BTCUSDT``), ``range`` (1d, 7d, 30d).
+    ``symbol`` is a pair as ``/api/futures/supported-exchange-pairs`` lists it, i.e. the
+    exchange's own instrument id (its examples: ``BTCUSD_PERP``, ``BTCUSDT_UMCBL``, ``BTC_USDT``):
+    ``BTCUSDT`` on Binance and Bybit, ``BTC-USDT-SWAP`` on OKX (:func:`pair_id`).
 ``GET /api/futures/liquidation/aggregated-map``
     coin map over exchanges: ``symbol`` (``BTC``), ``range``.
 
@@ -57,7 +60,7 @@ from .validate import expect_dict, expect_list, field, to_float
 
 __all__ = [
     "CoinGlassSource", "BASE_URL", "PAIR_MAP", "COIN_MAP", "RANGES", "EXCHANGES", "KEY_HEADER",
-    "parse_map", "tier_index", "normalize",
+    "parse_map", "tier_index", "normalize", "pair_id",
 ]
 
 VENUE = "coinglass"
@@ -70,6 +73,13 @@ RANGES = {"1d": "1d", "7d": "7d", "30d": "30d"}
 EXCHANGES = {"binance": "Binance", "bybit": "Bybit", "okx": "OKX"}
 NO_LEVERAGE_TIER = "all"
 REQUESTS_PER_S = 0.5  # plan limits vary (per minute); one map per report is all we need
+
+
+def pair_id(exchange: str, base: str, quote: str) -> str:
+    """The ``symbol`` of a pair map: the exchange's own id of the ``base``/``quote`` perpetual."""
+    if exchange == "okx":
+        return f"{base}-{quote}-SWAP"
+    return f"{base}{quote}"
 
 
 # -- parsing and normalisation (pure) ---------------------------------------------------------------
@@ -269,8 +279,8 @@ class CoinGlassSource:
         if self.exchange is None:
             endpoint, params, source = COIN_MAP, {"symbol": pair.base, "range": rng}, f"{pair.base}, all exchanges"
         else:
-            ex = EXCHANGES[self.exchange]
-            endpoint, params, source = PAIR_MAP, {"exchange": ex, "symbol": pair.symbol, "range": rng}, f"{ex} {pair.symbol}"
+            ex, inst = EXCHANGES[self.exchange], pair_id(self.exchange, pair.base, pair.quote)
+            endpoint, params, source = PAIR_MAP, {"exchange": ex, "symbol": inst, "range": rng}, f"{ex} {inst}"
         payload, current = await asyncio.gather(self._get(endpoint, params), self._price(pair.symbol), return_exceptions=True)
         if isinstance(payload, BaseException):
             raise payload
