@@ -332,11 +332,13 @@ class LiqmapBot(commands.Bot):
         """Open the database and run its migrations (exchanges limited to the configured venues)."""
         from .store import Store
 
-        return await Store.open(
+        store = await Store.open(
             self.settings.database.url,
             max_per_guild=self.settings.schedule.guild_subscription_cap,
             exchanges=("all", *self.service.venues),
         )
+        log.info("database: %s (migrated)", store.location)
+        return store
 
     def _make_scheduler(self) -> Any:
         from .poster import DiscordPoster
@@ -432,7 +434,7 @@ async def dry_run(settings: Settings, **kw: Any) -> tuple[list[dict[str, Any]], 
         defs = bot.definitions()
         status = [
             f"settings: {json.dumps(settings.safe_dict(), default=str)}",
-            f"database: {redact_url(settings.database.url)} migrated; "
+            f"database: {bot.store.location if hasattr(bot.store, 'location') else redact_url(settings.database.url)} migrated; "
             f"{type(bot.store).__name__} with a cap of {bot.store.max_per_guild} subscriptions per server",
             f"report service: venues {', '.join(bot.service.venues)}, cache {bot.service.ttl:g} s",
             f"dispatcher: {type(bot.scheduler).__name__} ready (not started)",

@@ -312,8 +312,10 @@ class Dispatcher:
         except Exception:
             log.exception("daily dispatch tick failed")
         now = self.now()
-        if self._next_skew is None or now >= self._next_skew:
-            self._next_skew = now + timedelta(seconds=self.params.skew_interval_s)
+        interval = timedelta(seconds=self.params.skew_interval_s)
+        # (a next check more than one interval ahead means the clock was set back: check now)
+        if self._next_skew is None or now >= self._next_skew or self._next_skew - now > interval:
+            self._next_skew = now + interval
             try:
                 self.last_skew = await self.run_skew()
             except Exception:

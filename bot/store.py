@@ -519,6 +519,16 @@ class Store:
                 raise
         return store
 
+    @property
+    def location(self) -> str:
+        """Where the data lives, safe to print: a SQLite file's absolute path (a relative path in
+        ``DATABASE_URL`` is relative to the working directory: start the bot from the same one, or
+        the next start opens an empty database), else the URL without its password."""
+        url = self.engine.url
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+            return f"SQLite file {Path(url.database).expanduser().resolve()}"
+        return url.render_as_string(hide_password=True)
+
     async def close(self) -> None:
         """Dispose of the connection pool."""
         await self.engine.dispose()

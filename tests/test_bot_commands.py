@@ -140,6 +140,17 @@ def test_cli_dry_run_prints_definitions_without_a_token(tmp_path, monkeypatch, c
     assert (tmp_path / "dry.db").exists()  # the database was created and migrated
 
 
+def test_dry_run_names_the_absolute_database_file(tmp_path, monkeypatch, capsys):
+    # a relative SQLite path depends on the working directory: say which file it is
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    monkeypatch.setenv("LIQMAP_SOURCE", "sample")
+    monkeypatch.setenv("DATABASE_URL", "sqlite+aiosqlite:///relative.db")
+    assert cli.main(["bot", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert f"database: SQLite file {tmp_path.resolve() / 'relative.db'} migrated" in err
+
+
 @pytest.mark.parametrize("argv", [["bot"], ["sync-commands"], ["sync-commands", "--guild", "5"]])
 def test_cli_without_token_says_how_to_set_it(tmp_path, monkeypatch, capsys, argv):
     monkeypatch.chdir(tmp_path)
@@ -242,3 +253,38 @@ async def test_run_mode_start_syncs_once_then_not_again_on_restart(tmp_path, mon
             assert bot.scheduler is not None and bot.scheduler._task is None  # waits for READY
         puts = [c for c in rec.calls if c.method == "PUT"]
         assert len(puts) == 1, f"start {start}: {len(puts)} syncs"
+
+
+async def test_close_stops_the_dispatcher_and_closes_the_database_and_the_sources(tmp_path, monkeypatch):
+    """What SIGTERM/Ctrl-C runs (``bot.close``): dispatcher stopped, store disposed, each source closed."""
+    from analysis.report import ReportService
+    from bot.app import LiqmapBot
+    from bot.settings import load_settings
+
+    _fake_discord(monkeypatch)
+    closed: list[str] = []
+
+    class ClosingSource(StubSource):
+        async def aclose(self) -> None:
+            closed.append(self.name)
+
+    settings = load_settings(None, source="sample", url=f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}",
+                             cache_dir=tmp_path / "cache")
+    service = ReportService({n: ClosingSource(n, ("BTCUSDT",)) for n in LIVE_VENUES})
+    bot = LiqmapBot(settings, mode="run", service=service)
+    async with bot:
+        await bot.login("MTAx.fake.token")
+        task = bot.scheduler.start()
+        store = bot.store
+        disposed: list[bool] = []
+        real_close = store.close
+
+        async def close() -> None:
+            disposed.append(True)
+            await real_close()
+
+        monkeypatch.setattr(store, "close", close)
+        await bot.close()
+        assert task.done() and bot.scheduler._task is None
+        assert disposed == [True] and sorted(closed) == sorted(LIVE_VENUES)
+        assert bot.is_closed()

@@ -730,6 +730,19 @@ async def test_one_loop_ticks_daily_and_skew_on_their_own_intervals(store):
     assert len(skew_calls) == 4  # minutes 0, 15, 30, 45 of the hour simulated
 
 
+async def test_a_clock_set_back_does_not_stall_the_skew_watcher(store):
+    clock = Clock(datetime(2026, 6, 1, 9, 0, tzinfo=UTC))
+    reports = FakeReports()
+    await watch(store, 9)
+    d = dispatcher(store, FakePoster(), reports, clock, skew_interval_s=900)
+    await d.tick()
+    clock.t -= timedelta(hours=3)  # NTP steps the clock back
+    await d.tick()
+    clock.t += timedelta(minutes=5)
+    await d.tick()  # inside the interval from the second check: not again
+    assert len([c for c in reports.calls if c[1] == "7d"]) == 2
+
+
 async def test_a_failing_tick_does_not_stop_the_loop(store, monkeypatch, caplog):
     clock = Clock(datetime(2026, 6, 1, 9, 0, tzinfo=UTC))
     d = dispatcher(store, FakePoster(), FakeReports(), clock)
