@@ -574,6 +574,7 @@ class Store:
             )
             s.add(row)
             await s.flush()
+            await self._check_cap(s, guild_id, added=1)
             return DailySchedule._of(row)
 
     async def list_daily(self, guild_id: int) -> list[DailySchedule]:
@@ -648,6 +649,7 @@ class Store:
                 )
                 s.add(row)
                 await s.flush()
+                await self._check_cap(s, guild_id, added=1)
                 return SkewWatch._of(row)
         except IntegrityError:
             raise InputError(f"this channel already gets skew notices for {sym} {win} on {exch}") from None
@@ -1054,8 +1056,14 @@ class Store:
         n_watch = await s.scalar(select(func.count()).select_from(WatchRow).where(WatchRow.guild_id == guild_id))
         return int(n_daily or 0) + int(n_watch or 0)
 
-    async def _check_cap(self, s: AsyncSession, guild_id: int) -> None:
-        n = await self._count(s, guild_id)
+    async def _check_cap(self, s: AsyncSession, guild_id: int, *, added: int = 0) -> None:
+        """Refuse when the server is at its cap. ``added``: rows this transaction has inserted
+        already; checked again after the insert, because two commands running at once may both
+        have counted before either inserted (SQLite: the insert holds the write lock, so the
+        recount sees every earlier insert; PostgreSQL: a per-server advisory lock orders them)."""
+        if not added and s.bind.dialect.name == "postgresql":
+            await s.execute(select(func.pg_advisory_xact_lock(guild_id)))
+        n = await self._count(s, guild_id) - added
         if n >= self.max_per_guild:
             raise InputError(
                 f"this server already has {n} subscriptions (daily reports and skew notices together; "

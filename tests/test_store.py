@@ -150,6 +150,25 @@ async def test_cap_counts_both_kinds_and_says_so(store):
     await add_daily(store, time="03:00")
 
 
+async def test_cap_holds_when_managers_subscribe_at_the_same_moment(url):
+    import asyncio
+
+    st = await Store.open(url, max_per_guild=2)
+    try:
+        symbols = ("BTC", "ETH", "SOL", "XRP", "DOGE", "ADA")
+        got = await asyncio.gather(
+            *(st.add_watch(G, C, symbol=sym, window="7d", exchange="all", created_by=U) for sym in symbols[:3]),
+            *(st.add_daily(G, C, symbols=sym, window="1d", exchange="all", time="09:30", timezone="UTC",
+                           created_by=U, now=NOW) for sym in symbols[3:]),
+            return_exceptions=True,
+        )
+        assert sum(not isinstance(x, BaseException) for x in got) == 2
+        assert all(isinstance(x, InputError) and "limit is 2" in str(x) for x in got if isinstance(x, BaseException))
+        assert await st.count_subscriptions(G) == 2
+    finally:
+        await st.close()
+
+
 async def test_remove_and_resume_only_within_own_guild(store):
     d = await add_daily(store)
     with pytest.raises(InputError, match="no daily report with id"):
