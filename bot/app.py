@@ -120,10 +120,11 @@ def build_service(settings: Settings):
 
 class RedactSecrets(logging.Filter):
     """Masks secrets in a log record's message and traceback: the given values (bot token,
-    CoinGlass key) and the interaction/webhook tokens in Discord URLs, which discord.py's own
-    debug log (``liqmap -v bot``) prints for every interaction response."""
+    CoinGlass key) and interaction tokens, which discord.py's own debug log (``liqmap -v bot``)
+    prints in every interaction's webhook URL and in every received INTERACTION_CREATE payload."""
 
     _URL_TOKENS = re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9_\-.]+")
+    _FIELD_TOKENS = re.compile(r"""(['"]token['"]\s*:\s*['"])[^'"]+""")
 
     def __init__(self, secrets: tuple[str | None, ...] = ()) -> None:
         super().__init__()
@@ -131,6 +132,7 @@ class RedactSecrets(logging.Filter):
 
     def redact(self, text: str) -> str:
         text = self._URL_TOKENS.sub(r"\1***", text)
+        text = self._FIELD_TOKENS.sub(r"\1***", text)
         for secret in self.secrets:
             text = text.replace(secret, "***")
         return text

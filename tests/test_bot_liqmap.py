@@ -199,6 +199,9 @@ def test_log_redaction_hides_tokens_keys_and_interaction_urls():
         assert isinstance(flt, RedactSecrets) and flt in handler.filters
         url = "https://discord.com/api/v10/webhooks/900000000000000001/aW50ZXJhY3Rpb246tok.en-_x/messages/@original"
         logger.debug("Webhook ID %s with %s %s has returned status code %s", 1, "PATCH", url, 200)
+        event = {"t": "INTERACTION_CREATE", "d": {"id": "95", "token": "aW50ZXJhY3Rpb246event-tok", "type": 2}}
+        logger.debug("For Shard ID %s: WebSocket Event: %s", None, event)
+        logger.debug('{"token": "aW50ZXJhY3Rpb246json-tok"}')
         try:
             raise RuntimeError("POST /interactions/95/aW50-tok.en/callback with key cg-key-0123456789")
         except RuntimeError:
@@ -207,7 +210,8 @@ def test_log_redaction_hides_tokens_keys_and_interaction_urls():
         logger.removeHandler(handler)
     text = "\n".join(seen)
     assert "/webhooks/900000000000000001/***/messages/@original" in text and "/interactions/95/***/callback" in text
-    for secret in ("aW50ZXJhY3Rpb246tok", "aW50-tok", "cg-key-0123456789", "MTAx.bot-token.secret"):
+    assert "'token': '***'" in text and "WebSocket Event" in text
+    for secret in ("aW50ZXJhY3Rpb246tok", "aW50-tok", "event-tok", "json-tok", "cg-key-0123456789", "MTAx.bot-token.secret"):
         assert secret not in text
     assert "Traceback" in text and "unexpected error abc123" in text
 
