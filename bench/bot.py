@@ -51,7 +51,7 @@ class NoopPoster:
         self.sent += 1
         return 10**17 + self.sent
 
-    async def find_marker(self, channel_id: int, marker: str) -> int | None:
+    async def find_marker(self, channel_id: int, marker: str, *, since: Any = None) -> int | None:
         return None
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import discord
@@ -114,14 +114,17 @@ def missing_channel_permissions(perms: discord.Permissions, *, thread: bool = Fa
 class DiscordPoster:
     """Sends the dispatcher's posts with discord.py (implements :class:`bot.scheduler.Poster`).
 
-    ``history_limit`` is how many recent messages :meth:`find_marker` reads; reading them needs
-    Read Message History, without which an interrupted post cannot be verified and the
-    subscription is paused with that reason instead of risking a duplicate.
+    :meth:`find_marker` reads the channel from ``since`` (the post's due time: it cannot have
+    been sent earlier) forward, at most ``scan_limit`` messages, so a busy channel cannot bury the
+    post; without ``since`` it reads the newest ``history_limit``. Reading needs Read Message
+    History, without which an interrupted post cannot be verified and the subscription is paused
+    with that reason instead of risking a duplicate.
     """
 
-    def __init__(self, client: discord.Client, *, history_limit: int = 100) -> None:
+    def __init__(self, client: discord.Client, *, history_limit: int = 100, scan_limit: int = 1000) -> None:
         self.client = client
         self.history_limit = history_limit
+        self.scan_limit = scan_limit
 
     def _target(self, channel_id: int, *, history: bool = False) -> Any:
         from .scheduler import ChannelGone, MissingAccess
@@ -175,12 +178,18 @@ class DiscordPoster:
             raise self._translate(exc, channel_id) from exc
         return message.id
 
-    async def find_marker(self, channel_id: int, marker: str) -> int | None:
-        """Id of a recent message of ours whose embed footer (or content) contains ``marker``."""
+    async def find_marker(self, channel_id: int, marker: str, *, since: datetime | None = None) -> int | None:
+        """Id of a message of ours whose embed footer (or content) contains ``marker``: among those
+        after ``since`` (oldest first, a minute of clock skew allowed), else the newest ones."""
         channel = self._target(channel_id, history=True)
         me = self.client.user.id if self.client.user else None
+        if since is not None:
+            after = discord.Object(id=discord.utils.time_snowflake(since - timedelta(minutes=1)))
+            messages = channel.history(limit=self.scan_limit, after=after, oldest_first=True)
+        else:
+            messages = channel.history(limit=self.history_limit)
         try:
-            async for message in channel.history(limit=self.history_limit):
+            async for message in messages:
                 if me is not None and message.author.id != me:
                     continue
                 texts = [message.content or ""] + [(e.footer.text or "") for e in message.embeds]

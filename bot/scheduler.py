@@ -17,7 +17,8 @@ Exactly-once order for a daily post (schedule x local date x symbol):
    ``next_run_at`` once every symbol of the run is final (``sent`` or ``skipped``).
 
 A crash between 2 and 3 leaves a ``claimed`` row. Once its lease (``claim_lease``) has expired,
-the next dispatcher takes it over and asks ``poster.find_marker(channel, marker)`` first: if the
+the next dispatcher takes it over and asks ``poster.find_marker(channel, marker, since=due)`` first (the
+channel read forward from the due time, so chatter after the post cannot hide it): if the
 message is there it is recorded as sent, and only if not is it sent again (same nonce). A send
 that raised (timeout, 5xx after discord.py's own retries) is recorded ``failed`` and goes through
 the same check on the next tick. So a post is never made twice, and a claim is never lost.
@@ -120,8 +121,9 @@ class Poster(Protocol):
         """
         ...
 
-    async def find_marker(self, channel_id: int, marker: str) -> int | None:
-        """Id of a recent message of the bot's in the channel whose embed footer contains ``marker``."""
+    async def find_marker(self, channel_id: int, marker: str, *, since: datetime | None = None) -> int | None:
+        """Id of a message of the bot's in the channel whose embed footer contains ``marker``, looking
+        at the messages after ``since`` (the post's due time; it cannot be older)."""
         ...
 
 
@@ -482,7 +484,7 @@ class Dispatcher:
                         return None
                 try:
                     if recovering:
-                        found = await asyncio.wait_for(self.poster.find_marker(d.channel_id, d.marker),
+                        found = await asyncio.wait_for(self.poster.find_marker(d.channel_id, d.marker, since=d.due_at),
                                                        self.params.post_timeout_s)
                         if found is not None:
                             stats.recovered += 1

@@ -152,6 +152,38 @@ async def test_find_marker_reads_recent_messages_of_the_bot(h):
     assert h.rest.calls[0].params["limit"] == 100
 
 
+async def test_find_marker_reads_forward_from_the_due_time_so_a_busy_channel_cannot_bury_the_post(h):
+    from datetime import datetime, timezone
+
+    poster = DiscordPoster(h.bot)
+    due = datetime(2026, 6, 22, 9, 0, tzinfo=timezone.utc)
+    marker = "liqmap-d7-2026-06-22-BTCUSDT"
+
+    def msg(n: int, footer: str = "chat", author: int = 930000000000000001) -> dict:
+        m = message_payload({"embeds": [{"type": "rich", "footer": {"text": footer}}]}, channel_id=OTHER_CHANNEL_ID)
+        m["id"] = str(discord.utils.time_snowflake(due) + n)
+        m["author"] = {"id": str(author), "username": "u", "discriminator": "0", "avatar": None}
+        return m
+
+    # Discord answers `after=` pages newest first; ours is the 150th message after the due time,
+    # with hundreds of chat messages after it (the newest 100 would not reach it)
+    chat = [msg(n) for n in range(1, 400)]
+    chat[149] = mine = msg(150, f"Sources: binance · {marker}", BOT_ID)
+
+    def page(call):
+        if call.method != "GET":
+            return None
+        after, limit = int(call.params["after"]), int(call.params["limit"])
+        newer = [m for m in chat if int(m["id"]) > after][:limit]
+        return list(reversed(newer))
+
+    h.rest.respond = page
+    assert await poster.find_marker(OTHER_CHANNEL_ID, marker, since=due) == int(mine["id"])
+    first = h.rest.calls[0].params
+    assert int(first["after"]) == discord.utils.time_snowflake(due - timedelta(minutes=1))
+    assert len(h.rest.calls) == 2  # two pages of 100, oldest first, then found
+
+
 async def test_find_marker_without_read_message_history_pauses_instead_of_guessing(h):
     with pytest.raises(MissingAccess, match="Read Message History"):
         await DiscordPoster(h.bot).find_marker(NO_HISTORY_CHANNEL_ID, "liqmap-d1")

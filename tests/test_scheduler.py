@@ -70,7 +70,8 @@ class FakePoster:
             raise Crash()
         return self.next_id
 
-    async def find_marker(self, channel_id, marker):
+    async def find_marker(self, channel_id, marker, *, since=None):
+        assert since is not None  # the dispatcher says from when to look
         self.finds += 1
         if channel_id in self.gone:
             raise ChannelGone("Unknown Channel (10003)")
