@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "tests"):  # the venue stand-ins live in the tests, which import their helpers flat
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from analysis.report import ReportService  # noqa: E402
 from analysis.sources import SAMPLE_PATH, read_bars_csv  # noqa: E402

@@ -53,7 +53,7 @@ import zoneinfo
 from dataclasses import dataclass
 from datetime import date, datetime, time as dtime, timedelta, timezone as dt_timezone
 from pathlib import Path
-from typing import Any, Iterable, Literal, Sequence
+from typing import Any, Callable, Iterable, Literal, Sequence
 
 from sqlalchemy import (
     BigInteger,
@@ -579,14 +579,10 @@ class Store:
 
     async def list_daily(self, guild_id: int) -> list[DailySchedule]:
         """Every daily report of a server (paused ones too), oldest first."""
-        async with self._session() as s:
-            rows = await s.scalars(select(DailyRow).where(DailyRow.guild_id == guild_id).order_by(DailyRow.id))
-            return [DailySchedule._of(r) for r in rows]
+        return await self._guild_rows(DailyRow, DailySchedule._of, guild_id)
 
     async def get_daily(self, schedule_id: int) -> DailySchedule | None:
-        async with self._session() as s:
-            row = await s.get(DailyRow, schedule_id)
-            return DailySchedule._of(row) if row else None
+        return await self._one(DailyRow, DailySchedule._of, schedule_id)
 
     async def remove_daily(self, guild_id: int, schedule_id: int) -> DailySchedule:
         """Delete a server's daily report (and its delivery history); InputError if it has no such id."""
@@ -656,14 +652,10 @@ class Store:
 
     async def list_watches(self, guild_id: int) -> list[SkewWatch]:
         """Every skew subscription of a server (paused ones too), oldest first."""
-        async with self._session() as s:
-            rows = await s.scalars(select(WatchRow).where(WatchRow.guild_id == guild_id).order_by(WatchRow.id))
-            return [SkewWatch._of(r) for r in rows]
+        return await self._guild_rows(WatchRow, SkewWatch._of, guild_id)
 
     async def get_watch(self, watch_id: int) -> SkewWatch | None:
-        async with self._session() as s:
-            row = await s.get(WatchRow, watch_id)
-            return SkewWatch._of(row) if row else None
+        return await self._one(WatchRow, SkewWatch._of, watch_id)
 
     async def remove_watch(self, guild_id: int, watch_id: int) -> SkewWatch:
         """Delete a server's skew subscription; InputError if it has no such id."""
@@ -1069,6 +1061,17 @@ class Store:
                 f"this server already has {n} subscriptions (daily reports and skew notices together; "
                 f"the limit is {self.max_per_guild}); remove one first"
             )
+
+    async def _guild_rows(self, table: Any, wrap: Callable[[Any], Any], guild_id: int) -> list[Any]:
+        """Every row of ``table`` that belongs to a server, oldest first, as frozen views."""
+        async with self._session() as s:
+            rows = await s.scalars(select(table).where(table.guild_id == guild_id).order_by(table.id))
+            return [wrap(r) for r in rows]
+
+    async def _one(self, table: Any, wrap: Callable[[Any], Any], item_id: int) -> Any:
+        async with self._session() as s:
+            row = await s.get(table, item_id)
+            return wrap(row) if row else None
 
     @staticmethod
     async def _owned(s: AsyncSession, table: type, guild_id: int, item_id: int, what: str) -> Any:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -38,3 +39,29 @@ def shared_5m() -> Bars:
 def run(coro):
     """Run a coroutine to completion in a fresh loop (for sync tests)."""
     return asyncio.run(coro)
+
+
+# -- databases for the bot store (SQLite file always; PostgreSQL when a server is named) -----------
+
+DB_BACKENDS = ["sqlite"] + (["server"] if os.environ.get("LIQMAP_TEST_DATABASE_URL") else [])
+
+
+async def _reset_server_database(url: str) -> None:
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TABLE IF EXISTS deliveries, skew_watches, daily_schedules, alembic_version CASCADE"))
+    await engine.dispose()
+
+
+@pytest.fixture(params=DB_BACKENDS)
+async def url(request, tmp_path):
+    """A fresh database: a SQLite file, plus (when LIQMAP_TEST_DATABASE_URL names a PostgreSQL
+    server) the same tests against it, emptied first."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"
+    server = os.environ["LIQMAP_TEST_DATABASE_URL"]
+    await _reset_server_database(server)
+    return server

@@ -24,27 +24,14 @@ from analysis.sources.bybit import (
 from analysis.sources.cache import BarCache
 from analysis.windows import WINDOWS
 
+from fake_clock import FakeTime
+
 FIX = Path(__file__).resolve().parent / "fixtures" / "bybit"
 STEP = 300_000
 
 
 def load(name: str):
     return json.loads((FIX / name).read_text())
-
-
-class FakeTime:
-    """A clock that only moves when someone sleeps."""
-
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.t
-
-    async def sleep(self, s: float) -> None:
-        self.slept.append(s)
-        self.t += s
 
 
 def _instrument(symbol: str, base: str, quote: str = "USDT", status: str = "Trading") -> dict:

@@ -19,6 +19,8 @@ from analysis.sources.coinglass import (
 )
 from analysis.windows import WINDOWS
 
+from fake_clock import FakeTime
+
 FIX = Path(__file__).resolve().parent / "fixtures" / "coinglass"
 KEY = "cg-test-key-5f1e0c9b7d"
 NOW = 1_782_000_000_000
@@ -26,19 +28,6 @@ NOW = 1_782_000_000_000
 
 def load(name: str):
     return json.loads((FIX / name).read_text())
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.t = 0.0
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.t
-
-    async def sleep(self, s: float) -> None:
-        self.slept.append(s)
-        self.t += s
 
 
 def map_payload(rows: list[list]) -> dict:
@@ -70,7 +59,7 @@ class FakeCoinGlass:
 
 
 def make(server: FakeCoinGlass, *, exchange: str | None = "binance", price: float = 64_000.0, recorder=None) -> CoinGlassSource:
-    ft = FakeTime()
+    ft = FakeTime(0.0)
 
     async def current(symbol: str) -> float:
         return price
@@ -250,7 +239,7 @@ async def test_no_current_price_is_a_clear_error():
     async def down(symbol: str) -> float:
         raise SourceError("binance", "/fapi/v1/premiumIndex", "server error HTTP 503")
 
-    ft = FakeTime()
+    ft = FakeTime(0.0)
     src = CoinGlassSource(KEY, price=down, transport=httpx.MockTransport(FakeCoinGlass().handler),
                           sleep=ft.sleep, clock=ft.clock, now_ms=lambda: NOW)
     with pytest.raises(SourceError, match="no current price for BTCUSDT.*binance /fapi/v1/premiumIndex: server error"):

@@ -23,25 +23,14 @@ from analysis.sources.cache import BarCache
 from analysis.sources.okx import OkxSource, data_of, interval_for, parse_candles, parse_instruments, parse_open_interest
 from analysis.windows import WINDOWS, Window
 
+from fake_clock import FakeTime
+
 FIX = Path(__file__).resolve().parent / "fixtures" / "okx"
 CT_VAL = 0.01
 
 
 def load(name: str):
     return json.loads((FIX / name).read_text())
-
-
-class FakeTime:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-        self.slept: list[float] = []
-
-    def clock(self) -> float:
-        return self.t
-
-    async def sleep(self, s: float) -> None:
-        self.slept.append(s)
-        self.t += s
 
 
 def aggregate(bars: Bars, interval: str) -> dict[str, np.ndarray]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import asyncio
 import math
 from dataclasses import dataclass, field
@@ -112,30 +111,6 @@ class FakeReports:
         m = SimpleNamespace(venues=("binance", "bybit"), kind="estimated", end_ms=1_780_000_000_000)
         return SimpleNamespace(symbol=symbol, png=f"PNG {symbol} {window} {exchange}".encode(), reading=reading,
                                map=m, missing=dict(self.missing), summary=f"summary {symbol}")
-
-
-BACKENDS = ["sqlite"] + (["server"] if os.environ.get("LIQMAP_TEST_DATABASE_URL") else [])
-
-
-async def _reset_server_database(url: str) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    engine = create_async_engine(url)
-    async with engine.begin() as conn:
-        await conn.execute(text("DROP TABLE IF EXISTS deliveries, skew_watches, daily_schedules, alembic_version CASCADE"))
-    await engine.dispose()
-
-
-@pytest.fixture(params=BACKENDS)
-async def url(request, tmp_path):
-    """A fresh database: a SQLite file, plus (when LIQMAP_TEST_DATABASE_URL names a PostgreSQL
-    server) the same tests against it, emptied first."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"
-    server = os.environ["LIQMAP_TEST_DATABASE_URL"]
-    await _reset_server_database(server)
-    return server
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from datetime import date, datetime, timedelta, timezone
 
 import pytest
@@ -21,30 +20,6 @@ from bot.store import (
 UTC = timezone.utc
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 G, C, U = 111, 222, 333
-
-
-BACKENDS = ["sqlite"] + (["server"] if os.environ.get("LIQMAP_TEST_DATABASE_URL") else [])
-
-
-async def _reset_server_database(url: str) -> None:
-    from sqlalchemy import text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    engine = create_async_engine(url)
-    async with engine.begin() as conn:
-        await conn.execute(text("DROP TABLE IF EXISTS deliveries, skew_watches, daily_schedules, alembic_version CASCADE"))
-    await engine.dispose()
-
-
-@pytest.fixture(params=BACKENDS)
-async def url(request, tmp_path):
-    """A fresh database: a SQLite file, plus (when LIQMAP_TEST_DATABASE_URL names a PostgreSQL
-    server) the same tests against it, emptied first."""
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"
-    server = os.environ["LIQMAP_TEST_DATABASE_URL"]
-    await _reset_server_database(server)
-    return server
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ from discord.ext import commands
 from analysis.errors import InputError
 from analysis.windows import parse_window
 
-from ..app import NO_MENTIONS
 from . import (
     WINDOW_CHOICES,
     ManagerGroup,
@@ -30,7 +29,9 @@ from . import (
     check_target_channel,
     exchange_choices,
     history_hint,
-    message_chunks,
+    list_subscriptions,
+    reply_private,
+    resume_subscription,
     timezone_choices,
 )
 
@@ -56,10 +57,6 @@ def describe_schedule(s: Any) -> str:
     if s.paused:
         return f"{head}\n  ⏸ paused since {_ts(s.paused_at, 'R')}: {s.paused_reason} — `/daily resume id:{s.id}`"
     return f"{head}\n  next: {_ts(s.next_run_at)} ({_ts(s.next_run_at, 'R')})"
-
-
-async def _reply(interaction: discord.Interaction, text: str) -> None:
-    await interaction.followup.send(text[:2000], ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
 class DailyCog(commands.Cog):
@@ -157,46 +154,27 @@ class DailyCog(commands.Cog):
             timezone=zone, created_by=interaction.user.id,
         )
         log.info("guild %s added daily report %s", interaction.guild_id, s.id)
-        await _reply(interaction, f"Daily report set.\n{describe_schedule(s)}{history_hint(interaction, channel)}")
+        await reply_private(interaction, f"Daily report set.\n{describe_schedule(s)}{history_hint(interaction, channel)}")
 
     async def do_list(self, interaction: discord.Interaction) -> None:
-        store = self.store
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        items = await store.list_daily(interaction.guild_id)
-        if not items:
-            await _reply(interaction, "No daily reports yet. Create one with `/daily set`.")
-            return
-        cap = store.max_per_guild
-        used = await store.count_subscriptions(interaction.guild_id)
-        header = f"**Daily reports** ({used}/{cap} subscriptions used in this server)"
-        for text in message_chunks(header, (describe_schedule(s) for s in items)):
-            await _reply(interaction, text)
+        await list_subscriptions(
+            interaction, self.store, self.store.list_daily, title="Daily reports",
+            empty="No daily reports yet. Create one with `/daily set`.", describe=describe_schedule,
+        )
 
     async def do_remove(self, interaction: discord.Interaction, schedule_id: int) -> None:
         store = self.store
         await interaction.response.defer(ephemeral=True, thinking=True)
         s = await store.remove_daily(interaction.guild_id, schedule_id)
         log.info("guild %s removed daily report %s", interaction.guild_id, s.id)
-        await _reply(interaction, f"Removed daily report `#{s.id}` ({', '.join(s.symbols)} → <#{s.channel_id}>).")
+        await reply_private(interaction, f"Removed daily report `#{s.id}` ({', '.join(s.symbols)} → <#{s.channel_id}>).")
 
     async def do_resume(self, interaction: discord.Interaction, schedule_id: int) -> None:
-        store = self.store
-        current = await store.get_daily(schedule_id)
-        if current is None or current.guild_id != interaction.guild_id:
-            raise InputError(f"this server has no daily report with id {schedule_id}; /daily list shows the ids")
-        channel = interaction.guild.get_channel_or_thread(current.channel_id) if interaction.guild else None
-        if channel is None:
-            raise InputError(f"the channel of report #{schedule_id} no longer exists or I can't see it; "
-                             "remove the report and set it again for another channel")
-        check_target_channel(interaction, channel)
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        if not current.paused:
-            await _reply(interaction, f"Daily report `#{schedule_id}` is not paused.\n{describe_schedule(current)}")
-            return
-        s = await store.resume_daily(interaction.guild_id, schedule_id)
-        log.info("guild %s resumed daily report %s", interaction.guild_id, s.id)
-        await _reply(interaction, f"Resumed.\n{describe_schedule(s)}")
-
+        await resume_subscription(
+            interaction, schedule_id, get=self.store.get_daily, resume=self.store.resume_daily,
+            describe=describe_schedule, noun="daily report", short="report", list_command="/daily list",
+            redo="remove the report and set it again for another channel",
+        )
 
 async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(DailyCog(bot))

@@ -23,7 +23,6 @@ from analysis.metrics import SKEW_CLASSES
 from analysis.symbols import parse_symbol
 from analysis.windows import parse_window
 
-from ..app import NO_MENTIONS
 from . import (
     WINDOW_CHOICES,
     ManagerGroup,
@@ -32,7 +31,9 @@ from . import (
     check_target_channel,
     exchange_choices,
     history_hint,
-    message_chunks,
+    list_subscriptions,
+    reply_private,
+    resume_subscription,
     symbol_choices,
 )
 
@@ -55,10 +56,6 @@ def describe_watch(w: Any) -> str:
     last = SKEW_CLASSES[w.last_class].label if w.last_class in SKEW_CLASSES else "not measured yet"
     ratio = f" (ratio {w.last_ratio:.2f})" if w.last_ratio is not None else ""
     return f"{head}\n  now: {last}{ratio} · {detail}"
-
-
-async def _reply(interaction: discord.Interaction, text: str) -> None:
-    await interaction.followup.send(text[:2000], ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
 Ratio = app_commands.Range[float, 1.01, 100.0]
@@ -176,47 +173,30 @@ class NoticesCog(commands.Cog):
             cooldown_s=None if cooldown_minutes is None else int(cooldown_minutes) * 60,
         )
         log.info("guild %s added skew alert %s", interaction.guild_id, w.id)
-        await _reply(interaction, "Skew alert set. The first check records the current class; "
+        await reply_private(interaction, "Skew alert set. The first check records the current class; "
                                   f"a notice follows when it changes.\n{describe_watch(w)}"
                                   f"{history_hint(interaction, channel)}")
 
     async def do_list(self, interaction: discord.Interaction) -> None:
-        store = self.store
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        items = await store.list_watches(interaction.guild_id)
-        if not items:
-            await _reply(interaction, "No skew alerts yet. Create one with `/skew-alerts subscribe`.")
-            return
-        used = await store.count_subscriptions(interaction.guild_id)
-        header = f"**Skew alerts** ({used}/{store.max_per_guild} subscriptions used in this server)"
-        for text in message_chunks(header, (describe_watch(w) for w in items)):
-            await _reply(interaction, text)
+        await list_subscriptions(
+            interaction, self.store, self.store.list_watches, title="Skew alerts",
+            empty="No skew alerts yet. Create one with `/skew-alerts subscribe`.", describe=describe_watch,
+        )
 
     async def do_unsubscribe(self, interaction: discord.Interaction, watch_id: int) -> None:
         store = self.store
         await interaction.response.defer(ephemeral=True, thinking=True)
         w = await store.remove_watch(interaction.guild_id, watch_id)
         log.info("guild %s removed skew alert %s", interaction.guild_id, w.id)
-        await _reply(interaction, f"Removed skew alert `#{w.id}` ({w.symbol} → <#{w.channel_id}>).")
+        await reply_private(interaction, f"Removed skew alert `#{w.id}` ({w.symbol} → <#{w.channel_id}>).")
 
     async def do_resume(self, interaction: discord.Interaction, watch_id: int) -> None:
-        store = self.store
-        current = await store.get_watch(watch_id)
-        if current is None or current.guild_id != interaction.guild_id:
-            raise InputError(f"this server has no skew alert with id {watch_id}; /skew-alerts list shows the ids")
-        channel = interaction.guild.get_channel_or_thread(current.channel_id) if interaction.guild else None
-        if channel is None:
-            raise InputError(f"the channel of alert #{watch_id} no longer exists or I can't see it; "
-                             "unsubscribe and subscribe again for another channel")
-        check_target_channel(interaction, channel)
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        if not current.paused:
-            await _reply(interaction, f"Skew alert `#{watch_id}` is not paused.\n{describe_watch(current)}")
-            return
-        w = await store.resume_watch(interaction.guild_id, watch_id)
-        log.info("guild %s resumed skew alert %s", interaction.guild_id, w.id)
-        await _reply(interaction, f"Resumed. The next check records a fresh baseline.\n{describe_watch(w)}")
-
+        await resume_subscription(
+            interaction, watch_id, get=self.store.get_watch, resume=self.store.resume_watch,
+            describe=describe_watch, noun="skew alert", short="alert", list_command="/skew-alerts list",
+            redo="unsubscribe and subscribe again for another channel",
+            resumed_note=" The next check records a fresh baseline.",
+        )
 
 async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(NoticesCog(bot))
