@@ -3,16 +3,36 @@
 Behaviour of :meth:`VenueClient.get_json` (the documented contract the venue modules rely on):
 
 * every request first takes ``cost`` tokens from the venue's :class:`RateLimiter`;
-* 5xx, timeouts and transport errors are retried with exponential backoff and jitter, as long as
-  ``max_attempts`` and the total time ``budget_s`` (request time plus waits) allow;
-* 429 honours ``Retry-After`` (seconds): the client waits that long, pausing the limiter so that
-  concurrent requests wait too. When the wait would exceed the budget it stops with a
-  :class:`SourceError` carrying ``retry_after`` and refuses further requests until then;
+* **deadlines**: each attempt (connect, headers and the whole body) must finish within
+  ``deadline_s`` (default 10 s), and the whole call (attempts, backoff, server-ordered waits and
+  waits for the limiter, in wall time) within ``budget_s`` (default 30 s): a server that drips one
+  byte every few seconds, or accepts and never answers, fails with a SourceError at the latest
+  when the budget is spent; the abandoned connection is closed;
+* **size limits**: the body is streamed and decoded here (``gzip``, ``deflate`` or identity; only
+  those are asked for in ``Accept-Encoding``), with zlib never inflating more than the room left,
+  and counted *after* decompression against the endpoint's ``max_bytes`` (each venue module
+  documents one per endpoint, well above its largest legitimate page; :data:`DEFAULT_MAX_BYTES`
+  otherwise). A body beyond it (or a declared ``Content-Length`` beyond it) stops the transfer
+  with a SourceError naming the limit, never retried; memory stays within the limit plus one
+  network chunk. Error bodies (non-200) are read up to :data:`ERROR_BODY_BYTES` only;
+* 5xx, timeouts and transport errors (including a reset in the middle of a body) are retried with
+  exponential backoff and jitter, as long as ``max_attempts`` and ``budget_s`` allow;
+* 429 honours ``Retry-After`` (seconds or an HTTP date): the client waits that long, pausing the
+  limiter so that concurrent requests wait too. When the wait would exceed the budget it stops
+  with a :class:`SourceError` carrying ``retry_after`` and refuses further requests until then;
 * 418 (the venue banned this IP for ignoring 429s) is never retried: it raises at once with
-  ``retry_after`` and the client sends nothing more until the ban ends;
+  ``retry_after`` (``Retry-After``, else :data:`DEFAULT_BAN_S`) and sends nothing more until then;
+* **every wait a server supplies** (``Retry-After`` on 429/418, usage fed to
+  :meth:`RateLimiter.observe`, pauses, a venue's reset header) is clamped to
+  :data:`MAX_SERVER_WAIT_S` (one hour); a value that is not a finite non-negative number (``1e309``,
+  ``nan``, ``-5``, garbage) counts as :data:`DEFAULT_SERVER_WAIT_S` (a minute), see :func:`server_wait`;
 * 451 raises a SourceError saying the venue refuses this region, suggesting another venue;
 * other 4xx raise a SourceError quoting the venue's own message (``exc.body`` keeps the raw text);
-* a 200 whose body is not complete JSON raises a SourceError (never a ``ValueError``).
+* a 200 whose body is not complete JSON (or whose compressed stream is cut short) raises a
+  SourceError (never a ``ValueError``).
+
+:class:`SingleFlight` cancels a shared execution once every caller waiting for it has been
+cancelled, so abandoned work frees the venue's page slots and limiter at once instead of running on.
 
 ``request_count`` counts HTTP requests actually sent, which is what tests and benchmarks count.
 """
@@ -20,11 +40,15 @@ Behaviour of :meth:`VenueClient.get_json` (the documented contract the venue mod
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import json
 import logging
+import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Hashable, Mapping
+import zlib
+from datetime import timezone
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
@@ -34,7 +58,11 @@ from ..errors import SourceError
 if TYPE_CHECKING:  # pragma: no cover
     from .recorded import Recorder
 
-__all__ = ["RateLimiter", "VenueClient", "SingleFlight", "gather_or_cancel", "LIVE_VENUES", "USER_AGENT"]
+__all__ = [
+    "RateLimiter", "VenueClient", "SingleFlight", "gather_or_cancel", "server_wait", "LIVE_VENUES", "USER_AGENT",
+    "DEFAULT_MAX_BYTES", "ERROR_BODY_BYTES", "MAX_SERVER_WAIT_S", "DEFAULT_SERVER_WAIT_S", "DEFAULT_BAN_S",
+    "DEFAULT_DEADLINE_S",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +71,50 @@ T = TypeVar("T")
 #: Venues with live sources, in the order they are suggested when one is unavailable.
 LIVE_VENUES: tuple[str, ...] = ("binance", "bybit", "okx")
 USER_AGENT = "liqmap/0.1 (+https://github.com/liqmap; public market data)"
+
+#: Largest decoded body of an endpoint whose venue module names no limit of its own.
+DEFAULT_MAX_BYTES = 8 * 1024 * 1024
+#: How much of an error body (any status but 200) is read: plenty for the venue's message.
+ERROR_BODY_BYTES = 64 * 1024
+#: The longest wait any server-supplied number can impose (Retry-After, usage, reset headers).
+MAX_SERVER_WAIT_S = 3600.0
+#: The wait assumed when a server's number is unusable (not finite, negative, not a number).
+DEFAULT_SERVER_WAIT_S = 60.0
+#: A 418 ban without a Retry-After.
+DEFAULT_BAN_S = 120.0
+#: Per-attempt deadline: connect, headers and the whole body.
+DEFAULT_DEADLINE_S = 10.0
+_ACCEPT_ENCODING = "gzip, deflate"
+
+
+def server_wait(value: object, *, default: float = DEFAULT_SERVER_WAIT_S, maximum: float = MAX_SERVER_WAIT_S) -> float:
+    """A wait in seconds from a server-supplied value, clamped to ``0..maximum``.
+
+    Accepts a number, a numeric string or an HTTP date (``Retry-After``); anything else, and any
+    non-finite or negative number, gives ``default`` (itself at most ``maximum``).
+    """
+    fallback = min(default, maximum)
+    if isinstance(value, bool):
+        return fallback
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(text)
+            except (TypeError, ValueError, IndexError, OverflowError):
+                return fallback
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            seconds = max(0.0, when.timestamp() - time.time())  # a date already past: come back now
+    else:
+        return fallback
+    if not math.isfinite(seconds) or seconds < 0:
+        return fallback
+    return min(seconds, maximum)
 
 
 class RateLimiter:
@@ -101,17 +173,22 @@ class RateLimiter:
                 await self._sleep(wait)
 
     def pause(self, seconds: float) -> None:
-        """Hold every acquire for ``seconds`` from now (a server said to back off)."""
-        self._paused_until = max(self._paused_until, self._clock() + max(0.0, float(seconds)))
+        """Hold every acquire for ``seconds`` from now (a server said to back off); clamped by :func:`server_wait`."""
+        self._paused_until = max(self._paused_until, self._clock() + server_wait(seconds))
 
     def observe(self, used: float, limit: float, *, headroom: float = 0.9) -> None:
         """Account for usage the server reports: ``used`` of ``limit`` in its current window.
 
         The bucket never believes it has more than ``headroom * limit - used`` tokens left, so
         traffic from other processes sharing the IP slows us down before the limit is reached.
+        ``used`` is clamped to ``0..limit`` (a venue answers 429 beyond its limit), so a wild header
+        costs at most ``(1 - headroom) * limit`` tokens of debt; a non-finite value is ignored.
         """
+        used, limit = float(used), float(limit)
+        if not (math.isfinite(used) and math.isfinite(limit)) or limit <= 0:
+            return
         self._refill()
-        self._tokens = min(self._tokens, headroom * float(limit) - float(used))
+        self._tokens = min(self._tokens, headroom * limit - min(max(used, 0.0), limit))
 
 
 class SingleFlight:
@@ -119,11 +196,14 @@ class SingleFlight:
 
     ``await flight.do(key, fn)`` runs ``fn()`` once for all callers that arrive while it is in
     flight; they all get its result or its exception. The work runs as its own task, so one
-    caller being cancelled does not cancel it for the others.
+    caller being cancelled does not cancel it for the others. When the *last* waiting caller is
+    cancelled the work is cancelled too: nobody can use its result, and it would otherwise keep
+    holding the venue's page slots and rate-limit tokens (a later caller starts afresh).
     """
 
     def __init__(self) -> None:
         self._tasks: dict[Hashable, asyncio.Task[Any]] = {}
+        self._waiting: dict[asyncio.Task[Any], int] = {}
         self.executions = 0
 
     def __contains__(self, key: Hashable) -> bool:
@@ -135,12 +215,23 @@ class SingleFlight:
             self.executions += 1
             task = asyncio.ensure_future(fn())
             self._tasks[key] = task
+            self._waiting[task] = 0
             task.add_done_callback(lambda t, k=key: self._done(k, t))
-        return await asyncio.shield(task)
+        self._waiting[task] = self._waiting.get(task, 0) + 1
+        try:
+            return await asyncio.shield(task)
+        finally:
+            left = self._waiting.get(task, 1) - 1
+            self._waiting[task] = left
+            if left <= 0 and not task.done():
+                if self._tasks.get(key) is task:
+                    del self._tasks[key]  # a caller arriving now starts a new execution, not a cancelled one
+                task.cancel()
 
     def _done(self, key: Hashable, task: asyncio.Task[Any]) -> None:
         if self._tasks.get(key) is task:
             del self._tasks[key]
+        self._waiting.pop(task, None)
         if not task.cancelled():
             task.exception()  # retrieved here: every waiter re-raises it itself
 
@@ -163,14 +254,78 @@ def _alternatives(venue: str) -> str:
 
 
 def _retry_after(resp: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds, clamped by :func:`server_wait`; None when absent."""
     raw = resp.headers.get("Retry-After")
-    if raw is None:
-        return None
-    try:
-        value = float(raw)
-    except ValueError:  # an HTTP date: rarely used by these venues; treat as "a minute"
-        return 60.0
-    return max(0.0, value)
+    return None if raw is None else server_wait(raw)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KB"
+
+
+class _Inflater:
+    """Decodes a body (gzip, deflate or identity) without ever producing more than the room left.
+
+    zlib's ``max_length`` bounds each step, so a gzip bomb costs at most ``limit + 1`` bytes.
+    """
+
+    def __init__(self, encoding: str) -> None:
+        self.encoding = encoding
+        self._z: Any = None
+        self._raw_deflate_tried = False
+        if encoding in ("gzip", "x-gzip"):
+            self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._z = zlib.decompressobj(zlib.MAX_WBITS)
+        elif encoding not in ("", "identity"):
+            raise ValueError(encoding)
+        self._started = False
+
+    def feed(self, data: bytes, room: int) -> list[bytes]:
+        """Decoded pieces of ``data``, stopping once more than ``room`` bytes came out."""
+        if self._z is None:
+            return [data[: room + 1]]
+        out: list[bytes] = []
+        made = 0
+        while data and made <= room:
+            try:
+                piece = self._z.decompress(data, room - made + 1)
+            except zlib.error:
+                if self.encoding == "deflate" and not self._started and not self._raw_deflate_tried:
+                    self._raw_deflate_tried = True  # some servers send raw deflate without the zlib header
+                    self._z = zlib.decompressobj(-zlib.MAX_WBITS)
+                    continue
+                raise
+            self._started = True
+            out.append(piece)
+            made += len(piece)
+            data = self._z.unconsumed_tail
+            if self._z.eof:
+                rest = self._z.unused_data
+                if self.encoding != "deflate" and rest[:2] == b"\x1f\x8b":
+                    self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)  # another gzip member
+                    data = rest
+                else:
+                    break
+        return out
+
+    def finish(self, room: int) -> list[bytes]:
+        """What is still buffered at the end of the body; ValueError when the stream was cut short."""
+        if self._z is None:
+            return []
+        out = [self._z.decompress(b"", room + 1)] if not self._z.eof else []
+        if not self._z.eof:
+            raise ValueError("the compressed body ends before the end of its stream (truncated)")
+        return out
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def _without_encoding(headers: httpx.Headers) -> list[tuple[str, str]]:
+    drop = ("content-encoding", "content-length", "transfer-encoding")
+    return [(k, v) for k, v in headers.multi_items() if k.lower() not in drop]
 
 
 def _venue_message(resp: httpx.Response) -> str:
@@ -199,7 +354,8 @@ class VenueClient:
 
     See the module docstring for the exact behaviour per status. ``sleep`` is injectable so tests
     never wait; ``on_response`` sees every response (e.g. to read usage headers); ``recorder``
-    receives the raw body of every successful response (record/replay).
+    receives the raw body of every successful response (record/replay). ``timeout`` is httpx's
+    per-phase timeout (connect, each read); ``deadline_s`` bounds one attempt as a whole.
     """
 
     def __init__(
@@ -211,6 +367,7 @@ class VenueClient:
         headers: dict[str, str] | None = None,
         limiter: RateLimiter | None = None,
         timeout: float = 10.0,
+        deadline_s: float = DEFAULT_DEADLINE_S,
         budget_s: float = 30.0,
         max_attempts: int = 4,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
@@ -225,6 +382,7 @@ class VenueClient:
         self.base_url = base_url
         self.limiter = limiter
         self.budget_s = float(budget_s)
+        self.deadline_s = float(deadline_s)
         self.max_attempts = max(1, int(max_attempts))
         self.on_response = on_response
         self.recorder = recorder
@@ -236,7 +394,7 @@ class VenueClient:
         self._rng = rng or random.Random()
         self._blocked_until = 0.0  # clock time before which nothing is sent (418 / long 429)
         self._blocked_status: int | None = None
-        all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        all_headers = {"User-Agent": USER_AGENT, "Accept": "application/json", "Accept-Encoding": _ACCEPT_ENCODING}
         all_headers.update(headers or {})
         self._client = httpx.AsyncClient(
             base_url=base_url, transport=transport, headers=all_headers, timeout=timeout, follow_redirects=False,
@@ -261,29 +419,51 @@ class VenueClient:
         full = min(self._cap, self._base * (2 ** attempt))
         return full / 2 + self._rng.uniform(0, full / 2)
 
-    async def get_json(self, path: str, params: Mapping[str, Any] | None = None, *, cost: float = 1.0) -> Any:
-        """GET ``path`` and return its decoded JSON, or raise :class:`SourceError` (see module doc)."""
+    async def get_json(
+        self, path: str, params: Mapping[str, Any] | None = None, *, cost: float = 1.0, max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> Any:
+        """GET ``path`` and return its decoded JSON, or raise :class:`SourceError` (see module doc).
+
+        ``max_bytes`` is the endpoint's limit on the decoded body.
+        """
         endpoint = path
         params = {k: v for k, v in (params or {}).items() if v is not None}
-        spent = 0.0  # request time + waits, counted against the budget
+        began = time.monotonic()
+        spent = 0.0  # request time + waits as scheduled (an injected sleep may take no real time)
         last_reason = "no attempt made"
         last_status: int | None = None
+
+        def used() -> float:
+            return max(spent, time.monotonic() - began)
+
         for attempt in range(self.max_attempts):
             self._check_blocked(endpoint)
             if self.limiter is not None:
-                await self.limiter.acquire(cost)  # throttling, not failure: not charged to the budget
+                try:
+                    async with asyncio.timeout(max(0.0, self.budget_s - used())):
+                        await self.limiter.acquire(cost)
+                except TimeoutError:
+                    raise _sourceerror(
+                        self.venue, endpoint,
+                        f"still waiting for the rate limiter when this request's {self.budget_s:g}s budget ran out",
+                    ) from None
                 self._check_blocked(endpoint)  # a ban may have arrived while we waited for tokens
+            deadline = min(self.deadline_s, self.budget_s - used())
+            if deadline <= 0:
+                break
             started = time.monotonic()
+            resp: httpx.Response | None = None
+            body = b""
             try:
                 self.request_count += 1
-                resp = await self._client.get(path, params=params)
-                body = resp.content
+                async with asyncio.timeout(deadline):
+                    resp, body = await self._attempt(path, params, endpoint, max_bytes)
+            except TimeoutError:
+                last_reason, last_status = f"timed out (no complete response within {deadline:.3g}s)", None
             except httpx.TimeoutException as exc:
                 last_reason, last_status = f"timed out ({type(exc).__name__})", None
-                resp = None
             except httpx.TransportError as exc:
                 last_reason, last_status = f"network error ({type(exc).__name__}: {str(exc)[:100] or 'no detail'})", None
-                resp = None
             spent += time.monotonic() - started
             if resp is not None:
                 if self.on_response is not None:
@@ -303,12 +483,13 @@ class VenueClient:
                     return payload
                 if status == 418:
                     wait = _retry_after(resp)
-                    self._block(wait if wait is not None else 120.0, status)
+                    ban = wait if wait is not None else DEFAULT_BAN_S
+                    self._block(ban, status)
                     raise _sourceerror(
                         self.venue, endpoint,
                         f"the venue has banned this IP for too many requests (HTTP 418); "
-                        f"retry after {wait if wait is not None else 120:.0f}s, or use {_alternatives(self.venue)}",
-                        status=status, retry_after=wait if wait is not None else 120.0, body=resp.text[:500],
+                        f"retry after {ban:.0f}s, or use {_alternatives(self.venue)}",
+                        status=status, retry_after=ban, body=resp.text[:500],
                     )
                 if status == 451:
                     raise _sourceerror(
@@ -321,7 +502,7 @@ class VenueClient:
                     wait = _retry_after(resp)
                     delay = wait if wait is not None else self._backoff(attempt)
                     last_reason, last_status = f"rate limited (HTTP 429: {_venue_message(resp)})", status
-                    if spent + delay > self.budget_s or attempt + 1 >= self.max_attempts:
+                    if used() + delay > self.budget_s or attempt + 1 >= self.max_attempts:
                         self._block(delay, status)
                         raise _sourceerror(
                             self.venue, endpoint,
@@ -347,7 +528,7 @@ class VenueClient:
             if attempt + 1 >= self.max_attempts:
                 break
             delay = self._backoff(attempt)
-            if spent + delay > self.budget_s:
+            if used() + delay >= self.budget_s:
                 break
             log.info("%s %s: %s; retry %d in %.2fs", self.venue, endpoint, last_reason, attempt + 1, delay)
             await self._sleep(delay)
@@ -357,6 +538,62 @@ class VenueClient:
             f"{last_reason}; gave up after {min(attempt + 1, self.max_attempts)} attempt(s) "
             f"within a {self.budget_s:.0f}s budget",
             status=last_status,
+        )
+
+    async def _attempt(
+        self, path: str, params: Mapping[str, Any], endpoint: str, max_bytes: int,
+    ) -> tuple[httpx.Response, bytes]:
+        """One request, its body streamed and decoded within the limit; a buffered response to inspect.
+
+        Non-200 bodies are cut at :data:`ERROR_BODY_BYTES` (only their message matters); a 200
+        beyond ``max_bytes`` raises. Leaving the stream early closes the connection.
+        """
+        async with self._client.stream("GET", path, params=params) as resp:
+            ok = resp.status_code == 200
+            limit = max_bytes if ok else ERROR_BODY_BYTES
+            encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+            if resp.is_stream_consumed:  # built in memory (httpx.MockTransport): already decoded by httpx
+                encoding = ""
+            try:
+                inflater = _Inflater(encoding)
+            except ValueError:
+                raise _sourceerror(self.venue, endpoint, f"unsupported Content-Encoding {encoding[:20]!r} "
+                                   f"(asked for {_ACCEPT_ENCODING})", status=resp.status_code) from None
+            declared = resp.headers.get("Content-Length", "")
+            if ok and inflater.encoding in ("", "identity") and declared.isascii() and declared.isdigit() \
+                    and int(declared) > max_bytes:
+                raise self._too_large(endpoint, max_bytes, f"it declares {_size(int(declared))}")
+            parts: list[bytes] = []
+            size = 0
+            try:
+                async for raw in (_once(resp.content) if resp.is_stream_consumed else resp.aiter_raw()):
+                    for piece in inflater.feed(raw, limit - size):
+                        parts.append(piece)
+                        size += len(piece)
+                    if size > limit:
+                        break
+                else:
+                    for piece in inflater.finish(limit - size):
+                        parts.append(piece)
+                        size += len(piece)
+            except (zlib.error, ValueError) as exc:
+                if ok:
+                    raise _sourceerror(self.venue, endpoint, f"the {encoding} body cannot be decoded ({str(exc)[:80]})",
+                                       status=resp.status_code) from None
+            if size > limit:
+                if ok:
+                    raise self._too_large(endpoint, max_bytes, "the decoded body is larger")
+                parts, size = [b"".join(parts)[:limit]], limit
+            body = b"".join(parts)
+            done = httpx.Response(resp.status_code, headers=_without_encoding(resp.headers), content=body,
+                                  request=resp.request)
+        return done, body
+
+    def _too_large(self, endpoint: str, limit: int, what: str) -> SourceError:
+        return _sourceerror(
+            self.venue, endpoint,
+            f"response too large: {what} than this endpoint's limit of {_size(limit)} (decoded); "
+            f"refused without reading further",
         )
 
     def _check_blocked(self, endpoint: str) -> None:
@@ -369,7 +606,7 @@ class VenueClient:
             )
 
     def _block(self, seconds: float, status: int) -> None:
-        """Refuse to send until ``seconds`` from now (fail fast rather than queue callers for minutes)."""
-        until = self._clock() + seconds
+        """Refuse to send until ``seconds`` from now (clamped; fail fast rather than queue callers for minutes)."""
+        until = self._clock() + server_wait(seconds)
         if until > self._blocked_until:
             self._blocked_until, self._blocked_status = until, status
