@@ -24,7 +24,24 @@ token bucket (40 weight/s, burst 1200) and reads ``X-MBX-USED-WEIGHT-1M`` from e
 the bucket never believes more than 90% of the limit minus the reported usage is left, so it slows
 down before the limit, including when other processes share the IP. Open-interest requests go
 through a second bucket (1000 per 300 s). 429/418/451/5xx handling is the
-:class:`~analysis.sources.http.VenueClient` contract.
+:class:`~analysis.sources.http.VenueClient` contract. A ``X-MBX-USED-WEIGHT-1M`` that is not a
+plain number is ignored and one above the limit counts as the limit, so the header can never
+make the source wait more than ``(0.1 x 2400 + cost) / 40`` s (about 6 s) for weight.
+
+Deadlines and sizes (the HTTP core's contract): every request has a total deadline of
+``deadline_s`` (connect, headers, body) and the whole call ``budget_s``; a page that hangs frees
+its page slot (``max_concurrency``) when its deadline passes, and a fetch nobody waits for any
+more is cancelled. Decoded bodies are capped per endpoint, far above the largest legitimate page:
+
+=========================  ========================================================  =======
+endpoint                   largest legitimate response                               limit
+=========================  ========================================================  =======
+``klines``                 1,500 rows x ~130 bytes = ~200 KB                         4 MB
+``openInterestHist``       500 points x ~170 bytes = ~85 KB                          2 MB
+``exchangeInfo``           ~1.1 KB per contract: 140 KB for 122 (2021), several MB   32 MB
+                           live with every filter and asset
+``premiumIndex``           one symbol, ~300 bytes                                    256 KB
+=========================  ========================================================  =======
 
 Alignment: an open-interest point stamped ``T`` (floored to the interval grid) is joined to the
 kline that opens at ``T`` -- the convention of the bundled sample, so live and sample bars mean
@@ -57,14 +74,14 @@ from ..errors import InputError, SourceError
 from ..symbols import parse_symbol, suggest
 from ..windows import DAY_MS, Window
 from .cache import BarCache
-from .http import RateLimiter, SingleFlight, VenueClient, gather_or_cancel
+from .http import DEFAULT_DEADLINE_S, RateLimiter, SingleFlight, VenueClient, gather_or_cancel
 from .series import chunk_ranges
 from .series import tidy as _tidy
 from .validate import dict_columns, expect_dict, expect_list, field, numeric_columns, to_float
 
 __all__ = [
     "BinanceSource", "SymbolInfo", "BASE_URL", "KLINES", "OI_HIST", "EXCHANGE_INFO", "PREMIUM_INDEX",
-    "KLINE_LIMIT", "OI_LIMIT", "OI_HISTORY_MS", "WEIGHT_LIMIT_1M", "kline_weight", "parse_klines",
+    "KLINE_LIMIT", "OI_LIMIT", "OI_HISTORY_MS", "WEIGHT_LIMIT_1M", "MAX_BYTES", "kline_weight", "parse_klines",
     "parse_open_interest", "parse_exchange_info", "parse_premium_index", "join", "page_ranges",
 ]
 
@@ -85,6 +102,16 @@ SYMBOLS_TTL_S = 3600.0
 OI_PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 KLINE_COLUMNS = ("time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "taker_buy")
 _OI_NOTE = "Binance serves only the latest 30 days of open-interest history"
+_MB = 1024 * 1024
+KLINES_MAX_BYTES = 4 * _MB  # 1,500 rows are ~200 KB
+OI_HIST_MAX_BYTES = 2 * _MB  # 500 points are ~85 KB
+EXCHANGE_INFO_MAX_BYTES = 32 * _MB  # several MB live
+PREMIUM_INDEX_MAX_BYTES = 256 * 1024  # one symbol, ~300 bytes
+#: decoded-body limit per endpoint (see the module docstring)
+MAX_BYTES: dict[str, int] = {
+    KLINES: KLINES_MAX_BYTES, OI_HIST: OI_HIST_MAX_BYTES, EXCHANGE_INFO: EXCHANGE_INFO_MAX_BYTES,
+    PREMIUM_INDEX: PREMIUM_INDEX_MAX_BYTES,
+}
 
 
 def kline_weight(limit: int) -> int:
@@ -212,6 +239,7 @@ class BinanceSource:
         now_ms: Callable[[], int] | None = None,
         symbols_ttl_s: float = SYMBOLS_TTL_S,
         budget_s: float = 30.0,
+        deadline_s: float = DEFAULT_DEADLINE_S,
         max_concurrency: int = 4,
     ) -> None:
         self._clock = clock
@@ -220,7 +248,7 @@ class BinanceSource:
         self.oi_limiter = RateLimiter(OI_REQUESTS_PER_5M / 300.0, 20, clock=clock, sleep=sleep)
         self.client = client or VenueClient(
             VENUE, base_url, transport=transport, limiter=self.weight, sleep=sleep, clock=clock,
-            on_response=self._on_response, recorder=recorder, budget_s=budget_s,
+            on_response=self._on_response, recorder=recorder, budget_s=budget_s, deadline_s=deadline_s,
         )
         self.cache = cache if cache is not None else BarCache(None)
         self.symbols_ttl_s = symbols_ttl_s
@@ -239,16 +267,16 @@ class BinanceSource:
         return self.client.request_count
 
     def _on_response(self, resp: httpx.Response) -> None:
-        raw = resp.headers.get("X-MBX-USED-WEIGHT-1M") or resp.headers.get("x-mbx-used-weight-1m")
-        if raw and raw.strip().isdigit():
-            self.used_weight = int(raw)
+        raw = (resp.headers.get("X-MBX-USED-WEIGHT-1M") or "").strip()
+        if raw.isascii() and raw.isdigit():  # ASCII: str.isdigit alone accepts "²", which int() refuses
+            self.used_weight = min(int(raw), WEIGHT_LIMIT_1M)  # beyond the limit the venue answers 429 anyway
             self.weight.observe(self.used_weight, WEIGHT_LIMIT_1M)
 
     async def _get(self, path: str, params: dict[str, Any], *, weight: float) -> Any:
         if path == OI_HIST:
             await self.oi_limiter.acquire(1)
         try:
-            return await self.client.get_json(path, params, cost=weight)
+            return await self.client.get_json(path, params, cost=weight, max_bytes=MAX_BYTES[path])
         except SourceError as exc:
             body = getattr(exc, "body", None) or ""
             if exc.status == 400 and "-1121" in body:

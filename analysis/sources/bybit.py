@@ -26,9 +26,24 @@ Endpoints and the documented limits this module follows (bybit-exchange.github.i
 Rate limits: public market data is limited per IP to 600 requests per 5 s; Bybit asks not to run
 near the edge, so this source sends at most 20 requests/s. ``HTTP 403 "access too frequent"``
 means the IP is blocked for at least 10 minutes: the source stops sending for 10 minutes and says
-so (a 403 from a region block gets a message naming that instead, with the same pause). ``retCode 10006`` ("Too many visits!") pauses the source until ``X-Bapi-Limit-Reset-Timestamp``
-(or 1 s) and retries twice before giving up. Any other ``retCode != 0`` is a SourceError quoting
-``retMsg``.
+so (a 403 from a region block gets a message naming that instead, with the same pause).
+``retCode 10006`` ("Too many visits!") pauses the source until ``X-Bapi-Limit-Reset-Timestamp``
+(clamped to :data:`MAX_RESET_WAIT_S`; absent, past or unreadable: 1 s) and retries twice before
+giving up. Any other ``retCode != 0`` is a SourceError quoting ``retMsg``.
+
+Deadlines and sizes (the HTTP core's contract): every request has a total deadline of
+``deadline_s`` (connect, headers, body) and the whole call ``budget_s``; when one page of a
+window fails the others are cancelled, and a fetch nobody waits for any more is cancelled.
+Decoded bodies are capped per endpoint, far above the largest legitimate page:
+
+==========================  ======================================================  =======
+endpoint                    largest legitimate response                             limit
+==========================  ======================================================  =======
+``kline``                   1,000 rows x ~100 bytes = ~100 KB                       4 MB
+``open-interest``           200 points x ~90 bytes = ~18 KB                         2 MB
+``instruments-info``        1,000 instruments x ~1.8 KB = ~1.8 MB per page          32 MB
+``tickers``                 one symbol, ~1.2 KB                                     256 KB
+==========================  ======================================================  =======
 
 Pages of a window are fetched concurrently (chunks sized to one page each), merged, de-duplicated
 and sorted; bars are cached per (venue, symbol, interval) in the shared :class:`BarCache` and
@@ -51,7 +66,7 @@ from ..bars import INTERVAL_MS, Bars, iso
 from ..errors import InputError, SourceError
 from ..windows import Window
 from .cache import BarCache
-from .http import RateLimiter, SingleFlight, VenueClient
+from .http import DEFAULT_DEADLINE_S, RateLimiter, SingleFlight, VenueClient, gather_or_cancel, server_wait
 from .series import (
     Instrument, SymbolBook, chunk_ranges, coverage_notes, join_bars, last_closed_open, load_cached, missing_ranges,
     store_fetched,
@@ -60,7 +75,7 @@ from .series import tidy as _tidy
 from .validate import expect_dict, expect_list, field, numeric_columns, to_float, to_int
 
 __all__ = [
-    "BybitSource", "BASE_URL", "INTERVALS", "KLINE_LIMIT", "OI_LIMIT", "INSTRUMENTS_LIMIT",
+    "BybitSource", "BASE_URL", "INTERVALS", "KLINE_LIMIT", "OI_LIMIT", "INSTRUMENTS_LIMIT", "MAX_BYTES", "MAX_RESET_WAIT_S",
     "result_of", "parse_klines", "parse_open_interest", "parse_instruments", "parse_ticker",
     "Instrument", "SymbolBook", "chunk_ranges", "join_bars", "missing_ranges", "coverage_notes", "load_cached",
     "store_fetched",
@@ -83,6 +98,16 @@ _KLINE = "/v5/market/kline"
 _OI = "/v5/market/open-interest"
 _INSTRUMENTS = "/v5/market/instruments-info"
 _TICKERS = "/v5/market/tickers"
+MAX_RESET_WAIT_S = 10.0  # longest pause taken from X-Bapi-Limit-Reset-Timestamp (Bybit's windows are seconds)
+_MB = 1024 * 1024
+KLINE_MAX_BYTES = 4 * _MB  # 1,000 rows are ~100 KB
+OI_MAX_BYTES = 2 * _MB  # 200 points are ~18 KB
+INSTRUMENTS_MAX_BYTES = 32 * _MB  # 1,000 instruments are ~1.8 MB
+TICKERS_MAX_BYTES = 256 * 1024  # one symbol, ~1.2 KB
+#: decoded-body limit per endpoint (see the module docstring)
+MAX_BYTES: dict[str, int] = {
+    _KLINE: KLINE_MAX_BYTES, _OI: OI_MAX_BYTES, _INSTRUMENTS: INSTRUMENTS_MAX_BYTES, _TICKERS: TICKERS_MAX_BYTES,
+}
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +229,7 @@ class BybitSource:
         now_ms: Callable[[], int] | None = None,
         symbols_ttl_s: float = SYMBOLS_TTL_S,
         budget_s: float = 30.0,
+        deadline_s: float = DEFAULT_DEADLINE_S,
     ) -> None:
         self._sleep = sleep
         self._clock = clock
@@ -211,7 +237,7 @@ class BybitSource:
         self.limiter = RateLimiter(REQUESTS_PER_S, int(REQUESTS_PER_S), clock=clock, sleep=sleep)
         self.client = client or VenueClient(
             VENUE, base_url, transport=transport, limiter=self.limiter, sleep=sleep, clock=clock,
-            on_response=self._on_response, recorder=recorder, budget_s=budget_s,
+            on_response=self._on_response, recorder=recorder, budget_s=budget_s, deadline_s=deadline_s,
         )
         self.cache = cache
         self.book = SymbolBook(VENUE, symbols_ttl_s, clock, cache)
@@ -224,8 +250,9 @@ class BybitSource:
 
     # -- HTTP ------------------------------------------------------------------------------------
     def _on_response(self, resp: httpx.Response) -> None:
-        reset = resp.headers.get("X-Bapi-Limit-Reset-Timestamp")
-        self._reset_ms = int(reset) if reset and reset.isdigit() else None
+        reset = (resp.headers.get("X-Bapi-Limit-Reset-Timestamp") or "").strip()
+        # epoch ms has 13 digits; a longer number is garbage (and too large for a float)
+        self._reset_ms = int(reset) if reset.isascii() and reset.isdigit() and len(reset) <= 16 else None
         if resp.status_code == 403:
             # Bybit uses 403 both for its IP rate ban ("access too frequent") and for region blocks
             # (its CDN refusing a country). Either way: stop sending for 10 minutes, say which.
@@ -250,14 +277,15 @@ class BybitSource:
             if wait > 0:
                 raise SourceError(VENUE, path, f"not sending: Bybit blocked this IP (HTTP 403); {wait:.0f}s left of the 10-minute wait",
                                   status=403, retry_after=wait)
-            payload = await self.client.get_json(path, params)
+            payload = await self.client.get_json(path, params, max_bytes=MAX_BYTES[path])
             try:
                 result_of(payload, path)
                 return payload
             except _RateLimited as exc:
                 delay = exc.wait_s
                 if self._reset_ms is not None:
-                    delay = min(10.0, max(0.0, self._reset_ms / 1000 - time.time())) or exc.wait_s
+                    until_reset = self._reset_ms / 1000 - time.time()
+                    delay = server_wait(until_reset, default=exc.wait_s, maximum=MAX_RESET_WAIT_S) if until_reset > 0 else exc.wait_s
                 if attempt == 2:
                     raise SourceError(VENUE, path, f"{exc.message}; gave up after 3 attempts", retry_after=delay) from None
                 self.limiter.pause(delay)
@@ -330,7 +358,7 @@ class BybitSource:
         k_int, oi_int = INTERVALS[interval]
         k_pages = [self._kline_page(inst.venue_id, k_int, s, e) for s, e in chunk_ranges(start, end, step, KLINE_LIMIT)]
         oi_pages = [self._oi_pages(inst.venue_id, oi_int, s, e) for s, e in chunk_ranges(start, end, step, OI_LIMIT)]
-        results = await asyncio.gather(*k_pages, *oi_pages)
+        results = await gather_or_cancel(*k_pages, *oi_pages)
         klines = _tidy(pd.concat(results[: len(k_pages)], ignore_index=True))
         oi = _tidy(pd.concat(results[len(k_pages):], ignore_index=True))
         klines = klines[(klines["time"] >= start) & (klines["time"] <= end)]

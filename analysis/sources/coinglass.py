@@ -35,7 +35,8 @@ endpoint permission *or plan* -- "check msg" --, 429 rate limit, each also possi
 messages, logs or recordings: it travels only in the header, and any echo of it in a venue
 message is masked); 403 or a plan/upgrade/permission message, including under 401 -> the plan
 does not include the endpoint; 429 -> the HTTP core's Retry-After handling, then a rate-limit
-SourceError.
+SourceError. Decoded map bodies are capped at :data:`MAP_MAX_BYTES` (16 MB; a map is a few
+thousand price levels, well under 1 MB), with the HTTP core's deadlines.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ VENUE = "coinglass"
 BASE_URL = "https://open-api-v4.coinglass.com"
 PAIR_MAP = "/api/futures/liquidation/map"
 COIN_MAP = "/api/futures/liquidation/aggregated-map"
+#: decoded-body limit of both map endpoints: a map is a few thousand price levels (well under 1 MB)
+MAP_MAX_BYTES = 16 * 1024 * 1024
 KEY_HEADER = "CG-API-KEY"
 RANGES = {"1d": "1d", "7d": "7d", "30d": "30d"}
 #: our venue names -> CoinGlass exchange names
@@ -295,7 +298,7 @@ class CoinGlassSource:
 
     async def _get(self, endpoint: str, params: dict[str, Any]) -> Any:
         try:
-            payload = await self.client.get_json(endpoint, params)
+            payload = await self.client.get_json(endpoint, params, max_bytes=MAP_MAX_BYTES)
         except SourceError as exc:
             if exc.status in (401, 403, 429):
                 raise _api_error(endpoint, str(exc.status), getattr(exc, "body", None) or exc.reason, exc.status,

@@ -30,8 +30,23 @@ at 1,440 entries, a window whose bars at its own interval would need more (7d at
 uses the nearest coarser interval that fits (7d -> 15m, 30d -> 30m) and says so in the notes.
 
 ``code != "0"`` is a SourceError quoting ``msg``. Code 50011 ("Rate limit reached", HTTP 429)
-is honoured by the HTTP core (Retry-After / backoff); if it ever comes in a 200 body the source
-pauses and retries twice.
+is honoured by the HTTP core (Retry-After / backoff, clamped); if it ever comes in a 200 body the
+source pauses 2 s (the limit window; OKX sends no reset time) and retries twice.
+
+Deadlines and sizes (the HTTP core's contract): every request has a total deadline of
+``deadline_s`` (connect, headers, body) and the whole call ``budget_s``; when one page of a
+window fails the others are cancelled, and a fetch nobody waits for any more is cancelled.
+Decoded bodies are capped per endpoint, far above the largest legitimate page:
+
+=================================  ===============================================  =======
+endpoint                           largest legitimate response                      limit
+=================================  ===============================================  =======
+``candles``                        300 rows x ~100 bytes = ~30 KB                   2 MB
+``history-candles``                100 rows x ~100 bytes = ~10 KB                   2 MB
+``open-interest-history``          100 rows x ~60 bytes = ~6 KB                     1 MB
+``instruments`` (``SWAP``)         a few hundred swaps x ~1 KB = well under 1 MB    32 MB
+``mark-price``                     one swap, ~150 bytes                             256 KB
+=================================  ===============================================  =======
 """
 
 from __future__ import annotations
@@ -50,7 +65,7 @@ from ..errors import InputError, SourceError
 from ..symbols import QUOTES
 from ..windows import Window
 from .cache import BarCache
-from .http import RateLimiter, SingleFlight, VenueClient
+from .http import DEFAULT_DEADLINE_S, RateLimiter, SingleFlight, VenueClient, gather_or_cancel
 from .series import (
     Instrument, SymbolBook, chunk_ranges, coverage_notes, join_bars, last_closed_open, load_cached, missing_ranges,
     store_fetched,
@@ -59,7 +74,7 @@ from .series import tidy as _tidy
 from .validate import expect_dict, expect_list, field, numeric_columns, to_float, to_int
 
 __all__ = [
-    "OkxSource", "BASE_URL", "BARS", "CANDLES_LIMIT", "HISTORY_LIMIT", "OI_LIMIT", "MAX_ENTRIES",
+    "OkxSource", "BASE_URL", "BARS", "CANDLES_LIMIT", "HISTORY_LIMIT", "OI_LIMIT", "MAX_ENTRIES", "MAX_BYTES",
     "data_of", "parse_candles", "parse_open_interest", "parse_instruments", "parse_mark_price", "interval_for",
 ]
 
@@ -77,6 +92,17 @@ _HISTORY = "/api/v5/market/history-candles"
 _OI = "/api/v5/rubik/stat/contracts/open-interest-history"
 _INSTRUMENTS = "/api/v5/public/instruments"
 _MARK = "/api/v5/public/mark-price"
+_MB = 1024 * 1024
+CANDLES_MAX_BYTES = 2 * _MB  # 300 rows are ~30 KB
+HISTORY_MAX_BYTES = 2 * _MB  # 100 rows are ~10 KB
+OI_MAX_BYTES = 1 * _MB  # 100 rows are ~6 KB
+INSTRUMENTS_MAX_BYTES = 32 * _MB  # every SWAP instrument, well under 1 MB
+MARK_MAX_BYTES = 256 * 1024  # one swap, ~150 bytes
+#: decoded-body limit per endpoint (see the module docstring)
+MAX_BYTES: dict[str, int] = {
+    _CANDLES: CANDLES_MAX_BYTES, _HISTORY: HISTORY_MAX_BYTES, _OI: OI_MAX_BYTES, _INSTRUMENTS: INSTRUMENTS_MAX_BYTES,
+    _MARK: MARK_MAX_BYTES,
+}
 #: documented limits: requests per 2-second window, per endpoint
 _LIMITS_PER_2S = {_CANDLES: 40, _HISTORY: 20, _OI: 10, _INSTRUMENTS: 20, _MARK: 10}
 
@@ -212,6 +238,7 @@ class OkxSource:
         now_ms: Callable[[], int] | None = None,
         symbols_ttl_s: float = SYMBOLS_TTL_S,
         budget_s: float = 30.0,
+        deadline_s: float = DEFAULT_DEADLINE_S,
     ) -> None:
         self._sleep = sleep
         self._clock = clock
@@ -219,6 +246,7 @@ class OkxSource:
         self.limiters = {path: _limiter(n, clock, sleep) for path, n in _LIMITS_PER_2S.items()}
         self.client = client or VenueClient(
             VENUE, base_url, transport=transport, sleep=sleep, clock=clock, recorder=recorder, budget_s=budget_s,
+            deadline_s=deadline_s,
         )
         self.cache = cache
         self.book = SymbolBook(VENUE, symbols_ttl_s, clock, cache)
@@ -232,7 +260,7 @@ class OkxSource:
         limiter = self.limiters[path]
         for attempt in range(3):
             await limiter.acquire()
-            payload = await self.client.get_json(path, params)
+            payload = await self.client.get_json(path, params, max_bytes=MAX_BYTES[path])
             try:
                 data_of(payload, path)
                 return payload
@@ -311,7 +339,7 @@ class OkxSource:
                      for a, b in chunk_ranges(start, e, step, HISTORY_LIMIT - 2)]
         n_candle_jobs = len(jobs)
         jobs += [self._oi_range(inst, bar, a, b) for a, b in chunk_ranges(start, end, step, OI_LIMIT - 2)]
-        results = await asyncio.gather(*jobs)
+        results = await gather_or_cancel(*jobs)
         candles = _tidy(pd.concat(results[:n_candle_jobs], ignore_index=True))
         oi = _tidy(pd.concat(results[n_candle_jobs:], ignore_index=True))
         candles = candles[(candles["time"] >= start) & (candles["time"] <= end)]
