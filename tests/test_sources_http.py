@@ -3,13 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import gzip
 import json
+import time
+import tracemalloc
+import zlib
 
 import httpx
+import pandas as pd
 import pytest
 
 from analysis.errors import SourceError
-from analysis.sources.http import RateLimiter, SingleFlight, VenueClient
+from analysis.sources.http import (
+    DEFAULT_SERVER_WAIT_S, MAX_SERVER_WAIT_S, RateLimiter, SingleFlight, VenueClient, server_wait,
+)
 from analysis.sources.validate import dict_columns, expect_dict, expect_list, field, numeric_columns, to_float, to_int
 
 
@@ -297,3 +305,270 @@ async def test_gather_or_cancel_cancels_the_rest_on_failure():
         await gather_or_cancel(slow(3), bad(), slow(4))
     await asyncio.sleep(0.1)
     assert finished == [1, 2]  # 3 and 4 were cancelled, not left running
+
+
+# -- deadlines, size limits and clamped server waits (issue 8) --------------------------------------
+
+class Drip(httpx.AsyncByteStream):
+    """A body that sends one byte every ``interval`` seconds (real time), forever."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+
+    async def __aiter__(self):
+        yield b"["
+        while True:
+            await asyncio.sleep(self.interval)
+            yield b" "
+
+
+class Chunks(httpx.AsyncByteStream):
+    def __init__(self, chunks) -> None:
+        self.chunks = chunks
+        self.sent = 0
+
+    async def __aiter__(self):
+        for c in self.chunks:
+            self.sent += len(c)
+            yield c
+
+
+def gzip_zeros(total: int, chunk: int = 1 << 20):
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    for _ in range(total // chunk):
+        out = comp.compress(bytes(chunk))
+        if out:
+            yield out
+    yield comp.flush()
+
+
+#: memory a refused oversized or bomb response may cost (tracemalloc peak), far below its size
+MEMORY_CEILING = 64 * 1024 * 1024
+
+
+async def test_slow_drip_fails_within_the_deadline_and_the_budget():
+    c = client(lambda r: httpx.Response(200, stream=Drip(0.05)), deadline_s=0.3, budget_s=1.0, max_attempts=10,
+               backoff_base_s=0.01)
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match=r"timed out \(no complete response within") as ei:
+        await c.get_json("/fapi/v1/klines")
+    assert time.monotonic() - t0 < 1.0 + 1.5  # the budget bounds the whole call, in wall time
+    assert ei.value.venue == "binance" and c.request_count >= 2
+
+
+async def test_budget_counts_waiting_for_the_limiter_in_wall_time():
+    lim = RateLimiter(1, 1)  # real clock: the second request would wait 1 s for its token
+    c = VenueClient("okx", "https://x.example", transport=httpx.MockTransport(lambda r: httpx.Response(200, json=[])),
+                    limiter=lim, budget_s=0.3)
+    await c.get_json("/a")
+    t0 = time.monotonic()
+    with pytest.raises(SourceError, match="rate limiter"):
+        await c.get_json("/b")
+    assert time.monotonic() - t0 < 0.3 + 1.5
+    await asyncio.sleep(1.0)
+    assert await c.get_json("/c") == []  # the cancelled wait took no token
+
+
+async def test_gzip_bomb_is_refused_at_the_limit_after_decompression():
+    stream = Chunks(gzip_zeros(1 << 30))  # ~1 MB of gzip, 1 GiB of zeros
+    c = client(scripted(httpx.Response(200, headers={"Content-Encoding": "gzip"}, stream=stream)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(SourceError, match=r"too large.*limit of 2\.0 MB \(decoded\)") as ei:
+            await c.get_json("/fapi/v1/klines", max_bytes=2 * 1024 * 1024)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert ei.value.venue == "binance" and ei.value.endpoint == "/fapi/v1/klines"
+    assert peak < MEMORY_CEILING
+    assert stream.sent < 64 * 1024  # stopped reading: a few KB of gzip, not the megabyte
+    assert c.request_count == 1  # never retried
+
+
+async def test_identity_body_beyond_the_limit_stops_reading():
+    stream = Chunks(b"[" + b"1," * 32768 for _ in range(10_000))  # 650 MB if read to the end
+    c = client(scripted(httpx.Response(200, stream=stream)))
+    with pytest.raises(SourceError, match="too large"):
+        await c.get_json("/x", max_bytes=1024 * 1024)
+    assert stream.sent < 2 * 1024 * 1024
+
+
+async def test_declared_length_beyond_the_limit_is_refused_before_reading():
+    stream = Chunks([b"[]"])
+    c = client(scripted(httpx.Response(200, headers={"Content-Length": str(300 * 1024 * 1024)}, stream=stream)))
+    with pytest.raises(SourceError, match="declares 300.0 MB"):
+        await c.get_json("/x", max_bytes=1024 * 1024)
+    assert stream.sent == 0
+
+
+@pytest.mark.parametrize("encoding, encode", [
+    ("gzip", lambda b: gzip.compress(b)),
+    ("gzip", lambda b: gzip.compress(b[:10]) + gzip.compress(b[10:])),  # two members
+    ("deflate", lambda b: zlib.compress(b)),
+    ("deflate", lambda b: zlib.compress(b)[2:-4]),  # raw deflate without the zlib wrapper
+    ("identity", lambda b: b),
+])
+async def test_compressed_bodies_are_decoded(encoding, encode):
+    payload = [[1616338800000, "58000.1", "58010", "57990", "58005"]] * 50
+    raw = encode(json.dumps(payload).encode())
+    c = client(scripted(httpx.Response(200, headers={"Content-Encoding": encoding}, stream=Chunks([raw[:7], raw[7:]]))))
+    assert await c.get_json("/x") == payload
+
+
+async def test_truncated_gzip_is_a_sourceerror():
+    raw = gzip.compress(json.dumps(list(range(1000))).encode())
+    c = client(scripted(httpx.Response(200, headers={"Content-Encoding": "gzip"}, stream=Chunks([raw[: len(raw) // 2]]))))
+    with pytest.raises(SourceError, match="cannot be decoded.*truncated"):
+        await c.get_json("/x")
+
+
+async def test_huge_error_body_is_cut_not_buffered():
+    stream = Chunks(b"x" * 65536 for _ in range(2000))  # 130 MB of error page
+    c = client(lambda r: httpx.Response(502, stream=stream), max_attempts=1)
+    with pytest.raises(SourceError, match="HTTP 502"):
+        await c.get_json("/x")
+    assert stream.sent < 1024 * 1024
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("7", 7.0), (" 2.5 ", 2.5), ("0", 0.0), (12, 12.0),
+    ("1e309", DEFAULT_SERVER_WAIT_S), ("inf", DEFAULT_SERVER_WAIT_S), ("nan", DEFAULT_SERVER_WAIT_S),
+    ("-5", DEFAULT_SERVER_WAIT_S), ("soon", DEFAULT_SERVER_WAIT_S), ("", DEFAULT_SERVER_WAIT_S), (None, DEFAULT_SERVER_WAIT_S),
+    (True, DEFAULT_SERVER_WAIT_S), ("99999999", MAX_SERVER_WAIT_S), ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+])
+def test_server_wait_is_clamped(raw, expected):
+    assert server_wait(raw) == expected
+
+
+def test_server_wait_reads_an_http_date():
+    when = email.utils.formatdate(time.time() + 120, usegmt=True)
+    assert 100 < server_wait(when) <= 120
+
+
+@pytest.mark.parametrize("header, expected", [("1e309", DEFAULT_SERVER_WAIT_S), ("99999999", MAX_SERVER_WAIT_S), ("nan", DEFAULT_SERVER_WAIT_S)])
+async def test_429_retry_after_is_clamped(header, expected):
+    ft = FakeTime()
+    c = client(scripted(httpx.Response(429, headers={"Retry-After": header})), ft)
+    with pytest.raises(SourceError) as ei:
+        await c.get_json("/x")
+    assert ei.value.retry_after == expected and "inf" not in str(ei.value)
+    ft.now += expected + 1
+    with pytest.raises(SourceError, match="HTTP 429"):  # the block ended: it sends again
+        await c.get_json("/x")
+    assert c.request_count == 2
+
+
+async def test_418_retry_after_is_clamped():
+    ft = FakeTime()
+    c = client(scripted(httpx.Response(418, headers={"Retry-After": "1e309"})), ft)
+    with pytest.raises(SourceError) as ei:
+        await c.get_json("/x")
+    assert ei.value.retry_after == DEFAULT_SERVER_WAIT_S
+    with pytest.raises(SourceError, match=r"another 60s"):
+        await c.get_json("/x")
+
+
+async def test_limiter_clamps_reported_usage_and_pauses():
+    ft = FakeTime()
+    lim = RateLimiter(40, 1200, clock=ft.clock, sleep=ft.sleep)
+    lim.observe(99_999_999, 2400)  # counts as the limit: 240 tokens of debt at most
+    lim.observe(float("nan"), 2400)
+    await lim.acquire(10)
+    assert ft.now - 1000.0 == pytest.approx(250 / 40)
+    lim.pause(float("inf"))
+    t0 = ft.now
+    await lim.acquire(1)
+    assert ft.now - t0 == pytest.approx(DEFAULT_SERVER_WAIT_S, abs=0.1)
+
+
+async def test_binance_used_weight_header_cannot_stall_the_source():
+    from fake_binance import FakeBinance
+
+    from analysis.sources.binance import WEIGHT_LIMIT_1M, BinanceSource
+
+    ft = FakeTime()
+    frame = pd.DataFrame({"time": [0], "open": [1.0], "high": [1.0], "low": [1.0], "close": [1.0], "oi_usd": [1.0]})
+    fake = FakeBinance(frame, lambda: 10**12)
+    fake.used_weight = 99_999_999
+    src = BinanceSource(transport=fake.transport, sleep=ft.sleep, clock=ft.clock)
+    await src.symbols()
+    assert src.used_weight == WEIGHT_LIMIT_1M
+    fake.exchange_info = {"symbols": []}
+    src._symbols_at = -1e9  # force a refresh: one more request through the weight bucket
+    await src.symbols()
+    assert sum(ft.sleeps) < 10  # at most the 10% headroom to refill, not 28.9 days
+
+
+async def test_bybit_reset_header_cannot_stall_or_crash_the_source():
+    from analysis.sources.bybit import MAX_RESET_WAIT_S, BybitSource
+
+    busy = {"retCode": 10006, "retMsg": "Too many visits!", "result": {}, "retExtInfo": {}, "time": 1}
+    for header in ("9" * 400, str(int(time.time() * 1000) + 10**12)):
+        ft = FakeTime()
+        src = BybitSource(transport=httpx.MockTransport(lambda r: httpx.Response(200, json=busy, headers={
+            "X-Bapi-Limit-Reset-Timestamp": header})), sleep=ft.sleep, clock=ft.clock)
+        with pytest.raises(SourceError, match="10006") as ei:
+            await src.symbols()
+        assert ei.value.retry_after is not None and ei.value.retry_after <= MAX_RESET_WAIT_S
+        assert sum(ft.sleeps) <= 2 * MAX_RESET_WAIT_S + 1
+
+
+async def test_single_flight_cancels_the_work_when_every_waiter_has_gone():
+    sf = SingleFlight()
+    slots = asyncio.Semaphore(1)
+    cancelled = asyncio.Event()
+
+    async def hang():
+        async with slots:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+    waiters = [asyncio.ensure_future(sf.do("k", hang)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    waiters[0].cancel()
+    await asyncio.sleep(0.01)
+    assert not cancelled.is_set() and "k" in sf  # others still wait: the work goes on
+    for w in waiters[1:]:
+        w.cancel()
+    await asyncio.wait_for(cancelled.wait(), 1)
+    await asyncio.sleep(0)
+    assert not slots.locked() and "k" not in sf  # the slot is free again
+
+    async def ok():
+        return 5
+
+    assert await sf.do("k", ok) == 5  # a later caller runs afresh
+
+
+async def test_abandoned_binance_fetch_frees_its_page_slots():
+    from fake_binance import FakeBinance
+
+    from analysis.sources.binance import BinanceSource
+    from analysis.sources.cache import BarCache
+    from analysis.sources import SAMPLE_PATH, read_bars_csv
+    from analysis.windows import WINDOWS
+
+    frame = read_bars_csv(SAMPLE_PATH, venue="binance", symbol="BTCUSDT").to_frame()
+    now = int(frame["time"].iloc[-1]) + 330_000
+    fake = FakeBinance(frame, lambda: now)
+    hanging = {"on": True}
+
+    async def handler(request):
+        if hanging["on"] and request.url.path != "/fapi/v1/exchangeInfo":
+            await asyncio.sleep(3600)  # the venue stalls
+        return fake.handle(request)
+
+    src = BinanceSource(transport=httpx.MockTransport(handler), cache=BarCache(None), now_ms=lambda: now, max_concurrency=2)
+    task = asyncio.ensure_future(src.bars("BTCUSDT", WINDOWS["1d"]))
+    await asyncio.sleep(0.2)
+    assert src._pages.locked()  # both slots held by the stalled pages
+    task.cancel()  # the only caller gives up
+    await asyncio.sleep(0.05)
+    assert not src._pages.locked()
+    hanging["on"] = False  # the venue recovers: served at once, not after the stalled fetch
+    bars = await asyncio.wait_for(src.bars("BTCUSDT", WINDOWS["1d"]), 5)
+    assert len(bars) == 288
+    await src.aclose()
