@@ -16,7 +16,8 @@ Behaviour of :meth:`VenueClient.get_json` (the documented contract the venue mod
   with a SourceError naming the limit, never retried; memory stays within the limit plus one
   network chunk. Error bodies (non-200) are read up to :data:`ERROR_BODY_BYTES` only;
 * 5xx, timeouts and transport errors (including a reset in the middle of a body) are retried with
-  exponential backoff and jitter, as long as ``max_attempts`` and ``budget_s`` allow;
+  exponential backoff and jitter, as long as ``max_attempts`` and ``budget_s`` allow (a retry
+  needs a quarter of ``deadline_s`` left after its backoff);
 * 429 honours ``Retry-After`` (seconds or an HTTP date): the client waits that long, pausing the
   limiter so that concurrent requests wait too. When the wait would exceed the budget it stops
   with a :class:`SourceError` carrying ``retry_after`` and refuses further requests until then;
@@ -507,7 +508,7 @@ class VenueClient:
                         raise _sourceerror(
                             self.venue, endpoint,
                             f"rate limited (HTTP 429); the venue asks us to wait {delay:.0f}s, "
-                            f"beyond this request's budget ({self.budget_s:.0f}s, {self.max_attempts} attempts)",
+                            f"beyond this request's budget ({self.budget_s:g}s, {self.max_attempts} attempts)",
                             status=status, retry_after=delay, body=resp.text[:500],
                         )
                     log.info("%s %s: 429, waiting %.1fs", self.venue, endpoint, delay)
@@ -528,15 +529,15 @@ class VenueClient:
             if attempt + 1 >= self.max_attempts:
                 break
             delay = self._backoff(attempt)
-            if used() + delay >= self.budget_s:
-                break
+            if self.budget_s - (used() + delay) < self.deadline_s / 4:
+                break  # too little left for a real attempt: its timeout would hide the actual failure
             log.info("%s %s: %s; retry %d in %.2fs", self.venue, endpoint, last_reason, attempt + 1, delay)
             await self._sleep(delay)
             spent += delay
         raise _sourceerror(
             self.venue, endpoint,
             f"{last_reason}; gave up after {min(attempt + 1, self.max_attempts)} attempt(s) "
-            f"within a {self.budget_s:.0f}s budget",
+            f"within a {self.budget_s:g}s budget",
             status=last_status,
         )
 
