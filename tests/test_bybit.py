@@ -511,3 +511,27 @@ async def test_negative_open_interest_is_refused_naming_the_oi_endpoint(sample_b
     assert (ei.value.venue, ei.value.endpoint) == ("bybit", "/v5/market/open-interest")
     assert iso(int(sample_bars.time[-3])) in str(ei.value)
     assert cache.count("bybit", "BTCUSDT", "5m") == 0
+
+
+async def test_a_bar_high_of_1e11_is_cached_as_sent_and_clipped_in_the_all_venue_map(sample_bars):
+    from test_okx import FakeOkx, make_source as make_okx
+
+    from analysis.model import build_map
+    from analysis.report import ReportService
+
+    i = len(sample_bars) - 100
+    spiked = spoil(sample_bars, [i], high=1e11)
+    now = now_after(sample_bars)
+    cache = BarCache(None)
+    bybit = make_source(FakeBybit(spiked), now, cache=cache)
+    okx = make_okx(FakeOkx(sample_bars, now))
+    svc = ReportService({"bybit": bybit, "okx": okx}, now_ms=lambda: now)
+    m, missing = await svc.maps("BTCUSDT", WINDOWS["1d"], ("bybit", "okx"))
+    assert m.venues == ("bybit", "okx") and not missing
+    assert any(n.startswith("bybit: 1 bar(s) with a high more than 100x") for n in m.notes)
+    assert m.n_bins < 5_000
+    assert cache.load("bybit", "BTCUSDT", "5m")["high"].max() == 1e11  # the data is kept as the venue sent it
+    # the bybit slice equals the map of the same bars without the bad print
+    clipped = spoil(sample_bars, [i], high=max(sample_bars.open[i], sample_bars.close[i]))
+    clean = build_map(await make_source(FakeBybit(clipped), now).bars("BTCUSDT", WINDOWS["1d"]))
+    assert m.short[0].sum() == pytest.approx(clean.total_short) and m.long[0].sum() == pytest.approx(clean.total_long)

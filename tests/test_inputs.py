@@ -108,3 +108,23 @@ def test_source_registry(tmp_path):
         make_sources("nowhere")
     with pytest.raises(InputError, match="no such file"):
         make_sources(str(tmp_path / "absent.csv"))
+
+
+def _sample_lines(n: int) -> list[str]:
+    with gzip.open(SAMPLE_PATH, "rt") as f:
+        return f.read().splitlines()[: n + 1]
+
+
+def test_csv_with_one_bar_high_of_1e11_maps_with_a_note(tmp_path):
+    from analysis.report import ReportService
+
+    lines = _sample_lines(400)
+    header = lines[0].split(",")
+    cells = lines[200].split(",")
+    cells[header.index("high")] = "1e11"
+    lines[200] = ",".join(cells)
+    p = write_csv(tmp_path / "spike.csv", "\n".join(lines) + "\n")
+    svc = ReportService(make_sources(str(p)))
+    m, missing = run(svc.maps("BTCUSDT", WINDOWS["1d"], svc.venues))
+    assert not missing and m.n_bins < 5_000
+    assert any("1 bar(s) with a high more than 100x" in n and "1e+11" in n for n in m.notes)
