@@ -60,10 +60,13 @@ def iso(ms: int | float) -> str:
 
 
 def show_value(value: object) -> str:
-    """A cell value for an error message: numbers as ``%.10g``, anything else quoted and cut to 40 characters."""
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+    """A cell value for an error message: numbers as ``%.10g``, anything else quoted; long ones cut."""
+    if isinstance(value, (float, np.floating)):
         return f"{float(value):.10g}"
-    return repr(str(value)[:40])
+    text = str(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return text if len(text) <= 20 else f"{text[:12]}... (a {len(text)}-digit number)"
+    return repr(text) if len(text) <= 40 else f"{text[:30]!r}... ({len(text)} characters)"
 
 
 @dataclass(frozen=True)
