@@ -13,6 +13,7 @@ Longer gaps are an error.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -21,7 +22,7 @@ import pandas as pd
 
 from .errors import DataError
 
-__all__ = ["Bars", "Gap", "INTERVAL_MS", "interval_ms", "iso"]
+__all__ = ["Bars", "BarFault", "Gap", "INTERVAL_MS", "bar_fault", "interval_ms", "iso", "show_value", "MAX_TIME_MS"]
 
 INTERVAL_MS: dict[str, int] = {
     "1m": 60_000,
@@ -35,6 +36,11 @@ INTERVAL_MS: dict[str, int] = {
 }
 
 _OPTIONAL = ("volume", "quote_volume", "taker_buy", "taker_net")
+_PRICES = ("open", "high", "low", "close")
+#: bar open times must lie in [0, MAX_TIME_MS): epoch ms up to the year 5138, exact in float64 and int64
+MAX_TIME_MS = 100_000_000_000_000
+#: relative tolerance of the OHLC consistency checks (float noise, never a real price difference)
+_OHLC_TOL = 1e-9
 
 
 def interval_ms(interval: str) -> int:
@@ -46,8 +52,72 @@ def interval_ms(interval: str) -> int:
 
 
 def iso(ms: int | float) -> str:
-    """Epoch milliseconds as ``YYYY-MM-DDTHH:MMZ`` (UTC)."""
-    return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    """Epoch milliseconds as ``YYYY-MM-DDTHH:MMZ`` (UTC); a time no calendar can hold as ``<ms> ms``."""
+    try:
+        return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    except (OverflowError, OSError, ValueError):
+        return f"{ms!r} ms"
+
+
+def show_value(value: object) -> str:
+    """A cell value for an error message: numbers as ``%.10g``, anything else quoted; long ones cut."""
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.10g}"
+    text = str(value)
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return text if len(text) <= 20 else f"{text[:12]}... (a {len(text)}-digit number)"
+    return repr(text) if len(text) <= 40 else f"{text[:30]!r}... ({len(text)} characters)"
+
+
+@dataclass(frozen=True)
+class BarFault:
+    """Why bar ``row`` cannot be a bar: the ``column`` at fault and a short ``reason``."""
+
+    row: int
+    column: str
+    reason: str
+
+
+def bar_fault(columns: Mapping[str, np.ndarray | None]) -> BarFault | None:
+    """The first row that cannot be a bar, or None: the one per-row rule of the project.
+
+    ``columns`` holds ``time, open, high, low, close, oi_usd`` and optionally the volume columns.
+    A bar needs: an integer time in ``[0, MAX_TIME_MS)`` after the previous bar's (strictly
+    increasing); finite prices above zero with ``high >= max(open, close)`` and
+    ``low <= min(open, close)`` (relative tolerance 1e-9); finite open interest above zero;
+    optional columns finite, and volumes (not the signed ``taker_net``) not negative.
+    Both :meth:`Bars.validate` and the bar cache apply it, so nothing is cached that a map
+    would refuse.
+    """
+    rules: list[tuple[np.ndarray, str, str]] = []
+    t = np.asarray(columns["time"], dtype=np.float64)
+    rules.append((~np.isfinite(t) | (t != np.floor(t)) | (t < 0) | (t >= MAX_TIME_MS), "time",
+                  "the time is not an integer epoch ms in range"))
+    step = np.diff(t, prepend=-np.inf)
+    rules.append((step == 0, "time", "duplicate timestamp"))
+    rules.append((step < 0, "time", "timestamps are not sorted"))
+    for name in (*_PRICES, "oi_usd", *_OPTIONAL):
+        col = columns.get(name)
+        if col is not None:
+            rules.append((~np.isfinite(np.asarray(col, dtype=np.float64)), name, f"{name} is missing or not a number"))
+    o, h, lo, c = (np.asarray(columns[k], dtype=np.float64) for k in _PRICES)
+    with np.errstate(invalid="ignore"):
+        for name, col in zip(_PRICES, (o, h, lo, c)):
+            rules.append((col <= 0, name, f"non-positive price ({name})"))
+        rules.append((h < lo, "high", "inconsistent OHLC: high < low"))
+        rules.append((h < np.maximum(o, c) * (1 - _OHLC_TOL), "high", "inconsistent OHLC: high below the open or close"))
+        rules.append((lo > np.minimum(o, c) * (1 + _OHLC_TOL), "low", "inconsistent OHLC: low above the open or close"))
+        rules.append((np.asarray(columns["oi_usd"], dtype=np.float64) <= 0, "oi_usd", "open interest must be positive"))
+        for name in ("volume", "quote_volume", "taker_buy"):
+            col = columns.get(name)
+            if col is not None:
+                rules.append((np.asarray(col, dtype=np.float64) < 0, name, f"{name} is negative"))
+    first: BarFault | None = None
+    for mask, column, reason in rules:
+        hit = np.flatnonzero(mask)
+        if hit.size and (first is None or hit[0] < first.row):
+            first = BarFault(int(hit[0]), column, reason)
+    return first
 
 
 @dataclass(frozen=True)
@@ -165,32 +235,15 @@ class Bars:
         n = len(self)
         if n < min_bars:
             raise DataError(f"{who}: {n} bars is too short; at least {min_bars} are needed")
+        fault = bar_fault({name: getattr(self, name) for name in ("time", *_PRICES, "oi_usd", *_OPTIONAL)})
+        if fault is not None:
+            i = fault.row
+            value = show_value(getattr(self, fault.column)[i])
+            raise DataError(f"{who}: {fault.reason} at {iso(self.time[i])} (row {i}, {fault.column} = {value})")
         step = np.diff(self.time)
-        if np.any(step == 0):
-            i = int(np.nonzero(step == 0)[0][0]) + 1
-            raise DataError(f"{who}: duplicate timestamp {iso(self.time[i])} (row {i})")
-        if np.any(step < 0):
-            i = int(np.nonzero(step < 0)[0][0]) + 1
-            raise DataError(f"{who}: timestamps are not sorted at row {i} ({iso(self.time[i])})")
         if np.any(step % self.interval_ms != 0):
             i = int(np.nonzero(step % self.interval_ms)[0][0]) + 1
             raise DataError(f"{who}: timestamp {iso(self.time[i])} (row {i}) is off the {self.interval} grid")
-        for name in ("open", "high", "low", "close", "oi_usd", *_OPTIONAL):
-            col = getattr(self, name)
-            if col is not None and not np.all(np.isfinite(col)):
-                i = int(np.nonzero(~np.isfinite(col))[0][0])
-                raise DataError(f"{who}: {name} is missing or not a number at {iso(self.time[i])} (row {i})")
-        prices = np.stack([self.open, self.high, self.low, self.close])
-        if np.any(prices <= 0):
-            i = int(np.nonzero((prices <= 0).any(axis=0))[0][0])
-            raise DataError(f"{who}: non-positive price at {iso(self.time[i])} (row {i})")
-        bad = (self.high < self.low) | (self.close > self.high * (1 + 1e-9)) | (self.close < self.low * (1 - 1e-9))
-        if np.any(bad):
-            i = int(np.nonzero(bad)[0][0])
-            raise DataError(f"{who}: inconsistent OHLC (high < low or close outside the range) at {iso(self.time[i])}")
-        if np.any(self.oi_usd <= 0):
-            i = int(np.nonzero(self.oi_usd <= 0)[0][0])
-            raise DataError(f"{who}: open interest must be positive; got {self.oi_usd[i]:g} at {iso(self.time[i])} (row {i})")
         if float(np.max(self.high)) <= float(np.min(self.low)):
             raise DataError(f"{who}: price never moves ({self.close[0]:g} throughout); there is no range to map")
         gaps = self.gaps()

@@ -16,9 +16,54 @@ import numpy as np
 from .bars import iso
 from .errors import DataError
 
-__all__ = ["LiquidationMap", "SweptSeries", "merge", "nice_width", "MapKind"]
+__all__ = [
+    "LiquidationMap", "SweptSeries", "merge", "nice_width", "MapKind", "GRID_PCT", "MAX_BINS", "price_grid",
+    "bin_levels", "left_off_note",
+]
 
 MapKind = Literal["estimated", "coinglass"]
+
+#: default grid range: levels further than this fraction of the price from it are left off (1.0: 0 .. 2x price)
+GRID_PCT = 1.0
+#: default cap on a map's bins; a grid that would need more is refused (memory stays bounded)
+MAX_BINS = 50_000
+
+
+def price_grid(price: float, width: float, lo: float, hi: float, *, max_bins: int = MAX_BINS) -> tuple[float, int]:
+    """``(grid_lo, n_bins)`` of the grid aligned to ``width`` covering ``lo..hi`` and ``price``.
+
+    Raises :class:`DataError` when that takes more than ``max_bins`` bins (or is not finite), so
+    no grid's memory depends on the data beyond that cap.
+    """
+    lo, hi = min(lo, price), max(hi, price)
+    grid_lo = math.floor(lo / width) * width
+    bins = math.floor((hi - grid_lo) / width) + 1 if math.isfinite(hi - grid_lo) else math.inf
+    if not (math.isfinite(grid_lo) and bins <= max_bins):
+        raise DataError(
+            f"the price grid from {lo:.6g} to {hi:.6g} would need more than {max_bins:,} bins of {width:g} "
+            f"(max_bins); choose a wider bin_width or bin_pct"
+        )
+    return grid_lo, int(bins)
+
+
+def bin_levels(
+    price: np.ndarray, weight: np.ndarray, tier: np.ndarray, n_tiers: int, grid_lo: float, width: float, n_bins: int,
+) -> np.ndarray:
+    """Sum level notional into bins ``(1, n_bins, n_tiers)``; the grid must cover the levels
+    (an index off by float rounding at an edge goes to the edge bin)."""
+    b = np.clip(np.floor((price - grid_lo) / width), 0, n_bins - 1).astype(np.int64)
+    flat = np.bincount(b * n_tiers + tier, weights=weight, minlength=n_bins * n_tiers)
+    return flat.reshape(1, n_bins, n_tiers)
+
+
+def left_off_note(long_usd: float, short_usd: float, price: float, grid_pct: float) -> str | None:
+    """The map note for notional left off beyond ``grid_pct`` of ``price`` (None when nothing was)."""
+    if long_usd <= 0 and short_usd <= 0:
+        return None
+    return (
+        f"levels more than {grid_pct:.0%} from the price ({price:.6g}) are left off the map (grid_pct): "
+        f"${long_usd:,.0f} long and ${short_usd:,.0f} short notional"
+    )
 
 
 def nice_width(target: float) -> float:
@@ -146,21 +191,27 @@ class LiquidationMap:
         return out
 
 
-def _regrid(m: LiquidationMap, width: float, lo: float, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Move ``m``'s bins onto another aligned grid, assigning each bin by its center."""
+def _regrid(m: LiquidationMap, width: float, lo: float, n_bins: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Move ``m``'s bins onto another aligned grid, assigning each bin by its center.
+
+    Returns the new long and short arrays and the long and short notional whose bins fall off it.
+    """
     idx = np.floor((m.centers - lo) / width).astype(np.int64)
-    idx = np.clip(idx, 0, n_bins - 1)
+    on = (idx >= 0) & (idx < n_bins)
     out_l = np.zeros((m.long.shape[0], n_bins, m.long.shape[2]))
     out_s = np.zeros_like(out_l)
-    np.add.at(out_l, (slice(None), idx), m.long)
-    np.add.at(out_s, (slice(None), idx), m.short)
-    return out_l, out_s
+    np.add.at(out_l, (slice(None), idx[on]), m.long[:, on])
+    np.add.at(out_s, (slice(None), idx[on]), m.short[:, on])
+    return out_l, out_s, float(m.long[:, ~on].sum()), float(m.short[:, ~on].sum())
 
 
-def merge(maps: list[LiquidationMap]) -> LiquidationMap:
+def merge(maps: list[LiquidationMap], *, grid_pct: float | None = None, max_bins: int | None = None) -> LiquidationMap:
     """Sum several venues' maps of one symbol onto one grid (the coarsest bin width).
 
-    The first map's price is the merged map's current price. Tier labels must agree.
+    The first map's price is the merged map's current price. Tier labels must agree. The grid
+    covers at most ``grid_pct`` of that price either side and ``max_bins`` bins (defaults: the
+    first map's model parameters, else :data:`GRID_PCT` / :data:`MAX_BINS`): bins of other maps
+    beyond it are left off, and a note says how much notional that was.
     """
     if not maps:
         raise DataError("nothing to merge: no venue produced a map")
@@ -169,18 +220,27 @@ def merge(maps: list[LiquidationMap]) -> LiquidationMap:
     tiers = maps[0].tiers
     if any(m.tiers != tiers for m in maps):
         raise DataError("cannot merge maps with different leverage tiers")
+    first = maps[0].params
+    pct = float(grid_pct if grid_pct is not None else first.get("grid_pct", GRID_PCT))
+    cap = int(max_bins if max_bins is not None else first.get("max_bins", MAX_BINS))
+    price = maps[0].price
     width = max(m.bin_width for m in maps)
-    lo = math.floor(min(m.grid_lo for m in maps) / width) * width
-    hi = max(m.grid_lo + m.n_bins * m.bin_width for m in maps)
-    n_bins = max(1, int(math.ceil((hi - lo) / width - 1e-9)))
-    longs, shorts = zip(*(_regrid(m, width, lo, n_bins) for m in maps))
+    spans = [(max(m.grid_lo, price * (1 - pct)), min(m.grid_lo + m.n_bins * m.bin_width, price * (1 + pct))) for m in maps]
+    spans = [(a, b) for a, b in spans if a < b] or [(price, price)]  # each map's grid within the bound
+    lo = min(a for a, _ in spans)
+    hi = max(b for _, b in spans)
+    lo, n_bins = price_grid(price, width, lo, hi - 1e-9 * width, max_bins=cap)
+    longs, shorts, off_l, off_s = zip(*(_regrid(m, width, lo, n_bins) for m in maps))
     venues = tuple(v for m in maps for v in m.venues)
-    notes = tuple(dict.fromkeys(n for m in maps for n in m.notes))
+    notes = list(dict.fromkeys(n for m in maps for n in m.notes))
+    note = left_off_note(sum(off_l), sum(off_s), price, pct)
+    if note:
+        notes.append(f"merged: {note}")
     return LiquidationMap(
         symbol=maps[0].symbol,
         venues=venues,
         kind=maps[0].kind,
-        price=maps[0].price,
+        price=price,
         bin_width=width,
         grid_lo=lo,
         tiers=tiers,
@@ -191,6 +251,6 @@ def merge(maps: list[LiquidationMap]) -> LiquidationMap:
         end_ms=max(m.end_ms for m in maps),
         generated_ms=max(m.generated_ms for m in maps),
         swept=None,
-        notes=notes,
+        notes=tuple(notes),
         params=maps[0].params,
     )

@@ -23,19 +23,19 @@ from __future__ import annotations
 
 import math
 import time as _time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
 
-from .bars import Bars
+from .bars import Bars, iso
 from .errors import DataError, InputError
-from .liqmap import LiquidationMap, SweptSeries, nice_width
+from .liqmap import GRID_PCT, MAX_BINS, LiquidationMap, SweptSeries, bin_levels, left_off_note, nice_width, price_grid
 from .margin import MarginTable, table_for
 
 __all__ = [
     "ModelParams", "SideModel", "OiUnits", "OpenBarSweep", "build_map", "Levels", "build_levels", "side_shares",
-    "entry_prices", "oi_flow", "level_inputs", "mmr_of",
+    "entry_prices", "oi_flow", "level_inputs", "mmr_of", "clip_wicks",
 ]
 
 SideModel = Literal["auto", "taker", "neutral", "price_direction"]
@@ -93,6 +93,15 @@ class ModelParams:
         table for the symbol.
     bin_pct, bin_width
         Price-grid bin width: ``bin_width`` if given, else a round number near ``price * bin_pct``.
+    grid_pct, max_bins
+        The map covers levels within ``grid_pct`` of the current price (1.0: 0 .. 2x price); levels
+        beyond are left off and the notes say how much notional that was. A grid needing more than
+        ``max_bins`` bins is refused (DataError), so memory never depends on the numbers.
+    max_wick
+        A bar whose high is more than ``max_wick`` times ``max(open, close)``, or whose low is less
+        than ``min(open, close) / max_wick``, holds a bad print: that wick is clipped to the body
+        before the model runs, and the notes list it. 100 keeps real crashes of -99% and spikes of
+        100x; ``inf`` switches clipping off.
     min_bars, max_gap_bars
         Validation: shortest usable series, longest tolerated run of missing bars.
     """
@@ -113,6 +122,9 @@ class ModelParams:
     margin_table: MarginTable | None = None
     bin_pct: float = 0.001
     bin_width: float | None = None
+    grid_pct: float = GRID_PCT
+    max_bins: int = MAX_BINS
+    max_wick: float = 100.0
     min_bars: int = 12
     max_gap_bars: int = 6
 
@@ -137,6 +149,12 @@ class ModelParams:
             raise InputError(f"unknown open_bar_sweep {self.open_bar_sweep!r}; use close, range or none")
         if not (self.holding_days >= 0 and math.isfinite(self.holding_days)):
             raise InputError("holding_days must be a finite number >= 0 (0 switches turnover off)")
+        if not (math.isfinite(self.grid_pct) and self.grid_pct > 0):
+            raise InputError("grid_pct must be a positive fraction of the price (1.0 = 100%)")
+        if not (1 <= self.max_bins <= 10_000_000):
+            raise InputError("max_bins must be between 1 and 10,000,000")
+        if not self.max_wick > 1:
+            raise InputError("max_wick must be above 1 (inf switches wick clipping off)")
         if not (0 <= self.levels_per_hour <= 10_000):
             raise InputError("levels_per_hour must be between 0 (grid mode) and 10000")
 
@@ -383,6 +401,30 @@ def _first_at_or_below(series: np.ndarray, start: np.ndarray, thresh: np.ndarray
     return out
 
 
+def clip_wicks(bars: Bars, max_wick: float) -> tuple[Bars, list[str]]:
+    """Bars with bad-print wicks clipped to the body, and a note per side that had any.
+
+    A high above ``max_wick * max(open, close)`` becomes ``max(open, close)``; a low below
+    ``min(open, close) / max_wick`` becomes ``min(open, close)``. Each bar is judged on its own
+    prices, so the model stays causal.
+    """
+    top, bottom = np.maximum(bars.open, bars.close), np.minimum(bars.open, bars.close)
+    hi_bad = bars.high > max_wick * top
+    lo_bad = bars.low < bottom / max_wick
+    if not (hi_bad.any() or lo_bad.any()):
+        return bars, []
+    notes = []
+    for name, bad, raw, body in (("high", hi_bad, bars.high, top), ("low", lo_bad, bars.low, bottom)):
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            notes.append(
+                f"{bars.venue}: {int(bad.sum())} bar(s) with a {name} more than {max_wick:g}x beyond the bar's "
+                f"open/close treated as bad prints and clipped to it (max_wick; first at {iso(bars.time[i])}: "
+                f"{name} {raw[i]:.6g} -> {body[i]:.6g})"
+            )
+    return replace(bars, high=np.where(hi_bad, top, bars.high), low=np.where(lo_bad, bottom, bars.low)), notes
+
+
 def build_map(
     bars: Bars,
     params: ModelParams | None = None,
@@ -397,6 +439,7 @@ def build_map(
     """
     params = params or ModelParams()
     gaps = bars.validate(min_bars=params.min_bars, max_gap_bars=params.max_gap_bars)
+    bars, clip_notes = clip_wicks(bars, params.max_wick)
     n = len(bars)
     longs, shorts, log_c, info = build_levels(bars, params)
 
@@ -427,17 +470,25 @@ def build_map(
 
     price = bars.price
     width = params.bin_width or nice_width(price * params.bin_pct)
-    prices = np.concatenate([remaining[0][0], remaining[1][0], [price]])
-    grid_lo = math.floor(prices.min() / width) * width
-    n_bins = int(math.floor((prices.max() - grid_lo) / width)) + 1
+    lo_bound, hi_bound = price * (1 - params.grid_pct), price * (1 + params.grid_pct)
+    kept, off = [], []
+    for p_, w_, tier_ in remaining:
+        inside = (p_ >= lo_bound) & (p_ <= hi_bound)
+        kept.append((p_[inside], w_[inside], tier_[inside]))
+        off.append(float(w_[~inside].sum()))
+    prices = np.concatenate([kept[0][0], kept[1][0]])
+    lo = float(prices.min()) if prices.size else price
+    hi = float(prices.max()) if prices.size else price
+    grid_lo, n_bins = price_grid(price, width, lo, hi, max_bins=params.max_bins)
     n_tiers = len(params.leverage)
 
     def bin_side(p: np.ndarray, w: np.ndarray, tier: np.ndarray) -> np.ndarray:
-        b = np.clip(np.floor((p - grid_lo) / width).astype(np.int64), 0, n_bins - 1)
-        flat = np.bincount(b * n_tiers + tier, weights=w, minlength=n_bins * n_tiers)
-        return flat.reshape(1, n_bins, n_tiers)
+        return bin_levels(p, w, tier, n_tiers, grid_lo, width, n_bins)
 
-    notes = list(bars.notes)
+    notes = list(bars.notes) + clip_notes
+    off_note = left_off_note(off[0], off[1], price, params.grid_pct)
+    if off_note:
+        notes.append(off_note)
     if gaps:
         missing = sum(g.missing for g in gaps)
         notes.append(
@@ -454,8 +505,8 @@ def build_map(
         bin_width=width,
         grid_lo=grid_lo,
         tiers=params.tier_labels,
-        long=bin_side(*remaining[0]),
-        short=bin_side(*remaining[1]),
+        long=bin_side(*kept[0]),
+        short=bin_side(*kept[1]),
         window=window,
         start_ms=bars.start_ms,
         end_ms=bars.end_ms,

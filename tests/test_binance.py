@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from analysis.bars import iso
 from analysis.errors import InputError, SourceError
 from analysis.sources.base import Source
 from analysis.sources.binance import (
@@ -490,3 +491,54 @@ def test_paging_property(sample_bars, lost, lost_oi, dupes, seed):
     idx = np.searchsorted(sample_bars.time, bars.time)
     np.testing.assert_allclose(bars.close, sample_bars.close[idx], rtol=1e-9)
     np.testing.assert_allclose(bars.oi_usd, sample_bars.oi_usd[idx], rtol=1e-9)
+
+
+# -- bad bars: refused before the cache, naming venue, endpoint and time -------------------------------
+
+def _spoil_klines(t_bad: int, field_index: int, value: str):
+    def hook(path: str, rows: list) -> list:
+        if path == KLINES:
+            rows = [r[:field_index] + [value] + r[field_index + 1:] if int(r[0]) == t_bad else r for r in rows]
+        return rows
+    return hook
+
+
+@pytest.mark.parametrize("field_index, value, match", [
+    (2, "1.0", "high < low"),            # high far below the bar's low
+    (1, "1.0", "low above the open or close"),  # open far below the bar's low
+])
+async def test_a_bad_kline_is_refused_naming_binance_and_the_cache_keeps_its_good_bars(world, field_index, value, match):
+    fake, clock = world
+    cache = BarCache(None)
+    src = source(fake, clock, cache=cache)
+    clock.ms -= 12 * STEP
+    await src.bars("BTCUSDT", WINDOWS["1d"])
+    before = snapshot(cache)
+    clock.ms += 12 * STEP
+    t_bad = int(before["time"].iloc[-1]) + 5 * STEP
+    fake.page_hook = _spoil_klines(t_bad, field_index, value)
+    with pytest.raises(SourceError, match=match) as ei:
+        await src.bars("BTCUSDT", WINDOWS["1d"])
+    assert (ei.value.venue, ei.value.endpoint) == ("binance", KLINES)
+    assert iso(t_bad) in str(ei.value) and "nothing cached" in str(ei.value)
+    pd.testing.assert_frame_equal(snapshot(cache), before)
+    fake.page_hook = None  # the venue serves good bars again: the refresh catches up
+    again = await src.bars("BTCUSDT", WINDOWS["1d"])
+    assert int(again.time[-1]) == int(before["time"].iloc[-1]) + 12 * STEP
+
+
+async def test_negative_open_interest_is_refused_naming_the_oi_endpoint(world):
+    fake, clock = world
+    t_bad = int(fake.frame("5m")["time"].iloc[-3])
+
+    def hook(path: str, rows: list) -> list:
+        if path == OI_HIST:
+            rows = [dict(r, sumOpenInterestValue="-5.0") if int(r["timestamp"]) == t_bad else r for r in rows]
+        return rows
+
+    fake.page_hook = hook
+    cache = BarCache(None)
+    with pytest.raises(SourceError, match="open interest must be positive") as ei:
+        await source(fake, clock, cache=cache).bars("BTCUSDT", WINDOWS["1d"])
+    assert (ei.value.venue, ei.value.endpoint) == ("binance", OI_HIST) and iso(t_bad) in str(ei.value)
+    assert snapshot(cache).empty

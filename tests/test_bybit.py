@@ -13,9 +13,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
-from analysis.bars import Bars
+from analysis.bars import Bars, iso
 from analysis.errors import InputError, SourceError
 from analysis.sources.bybit import (
     BybitSource, chunk_ranges, join_bars, missing_ranges, parse_instruments, parse_klines,
@@ -471,3 +472,66 @@ async def test_a_window_longer_than_the_history_asks_for_the_empty_head_once(sam
     server.calls.clear()
     again = await make_source(server, now_after(short, 1), cache=cache, ft=ft).bars("BTCUSDT", WINDOWS["7d"])
     assert len(server.calls) == 2 and len(again) == 1699  # the new bar only; not the empty head
+
+
+# -- bad bars: refused before the cache, naming venue, endpoint and time -------------------------------
+
+def spoil(bars: Bars, rows, **values: float) -> Bars:
+    """A copy of ``bars`` with the given columns set at ``rows`` (bad prints from the venue)."""
+    frame = bars.to_frame()
+    for k, v in values.items():
+        frame.loc[frame.index[rows], k] = v
+    return Bars.from_frame(frame, venue=bars.venue, symbol=bars.symbol, interval=bars.interval)
+
+
+@pytest.mark.parametrize("with_cache", [True, False])
+async def test_fifty_bars_with_high_below_low_are_refused_and_nothing_is_cached(sample_bars, with_cache):
+    cache = BarCache(None) if with_cache else None
+    server = FakeBybit(sample_bars)
+    await make_source(server, now_after(sample_bars, 60), cache=cache).bars("BTCUSDT", WINDOWS["1d"])
+    before = cache.load("bybit", "BTCUSDT", "5m") if cache else None
+    bad = slice(-55, -5)
+    server.bars = spoil(sample_bars, bad, high=sample_bars.low[bad] * 0.99)  # the audit's 50 rows
+    with pytest.raises(SourceError, match="high < low") as ei:
+        await make_source(server, now_after(sample_bars), cache=cache).bars("BTCUSDT", WINDOWS["1d"])
+    assert (ei.value.venue, ei.value.endpoint) == ("bybit", "/v5/market/kline")
+    assert iso(int(sample_bars.time[-55])) in str(ei.value) and "nothing cached" in str(ei.value)
+    if cache is not None:
+        pd.testing.assert_frame_equal(cache.load("bybit", "BTCUSDT", "5m"), before)
+    server.bars = sample_bars  # good bars again: the venue is back in the map at once
+    bars = await make_source(server, now_after(sample_bars), cache=cache).bars("BTCUSDT", WINDOWS["1d"])
+    assert bars.time[-1] == sample_bars.time[-1] and len(bars) == 288
+
+
+async def test_negative_open_interest_is_refused_naming_the_oi_endpoint(sample_bars):
+    cache = BarCache(None)
+    server = FakeBybit(spoil(sample_bars, [-3], oi_usd=-1e6))
+    with pytest.raises(SourceError, match="open interest must be positive") as ei:
+        await make_source(server, now_after(sample_bars), cache=cache).bars("BTCUSDT", WINDOWS["1d"])
+    assert (ei.value.venue, ei.value.endpoint) == ("bybit", "/v5/market/open-interest")
+    assert iso(int(sample_bars.time[-3])) in str(ei.value)
+    assert cache.count("bybit", "BTCUSDT", "5m") == 0
+
+
+async def test_a_bar_high_of_1e11_is_cached_as_sent_and_clipped_in_the_all_venue_map(sample_bars):
+    from test_okx import FakeOkx, make_source as make_okx
+
+    from analysis.model import build_map
+    from analysis.report import ReportService
+
+    i = len(sample_bars) - 100
+    spiked = spoil(sample_bars, [i], high=1e11)
+    now = now_after(sample_bars)
+    cache = BarCache(None)
+    bybit = make_source(FakeBybit(spiked), now, cache=cache)
+    okx = make_okx(FakeOkx(sample_bars, now))
+    svc = ReportService({"bybit": bybit, "okx": okx}, now_ms=lambda: now)
+    m, missing = await svc.maps("BTCUSDT", WINDOWS["1d"], ("bybit", "okx"))
+    assert m.venues == ("bybit", "okx") and not missing
+    assert any(n.startswith("bybit: 1 bar(s) with a high more than 100x") for n in m.notes)
+    assert m.n_bins < 5_000
+    assert cache.load("bybit", "BTCUSDT", "5m")["high"].max() == 1e11  # the data is kept as the venue sent it
+    # the bybit slice equals the map of the same bars without the bad print
+    clipped = spoil(sample_bars, [i], high=max(sample_bars.open[i], sample_bars.close[i]))
+    clean = build_map(await make_source(FakeBybit(clipped), now).bars("BTCUSDT", WINDOWS["1d"]))
+    assert m.short[0].sum() == pytest.approx(clean.total_short) and m.long[0].sum() == pytest.approx(clean.total_long)

@@ -322,3 +322,12 @@ def test_cli_report_passes_the_key_from_the_environment_only_for_live(monkeypatc
     assert seen == [("live", KEY), ("sample", None)]
     out = capsys.readouterr()
     assert KEY not in out.out + out.err
+
+
+def test_a_far_row_is_left_off_the_grid_with_a_note():
+    rows = ROWS[:3] + [[1e11, 5_000.0, None, None]]
+    price, usd, lev = parse_map(map_payload(rows))
+    m = normalize(price, usd, lev, symbol="BTCUSDT", current_price=64_000.0, window=WINDOWS["1d"],
+                  now_ms=NOW, source="x")
+    assert m.n_bins < 5_000 and m.total_short + m.total_long == pytest.approx(sum(r[1] for r in ROWS[:3]))
+    assert any("left off" in n and "$5,000 short" in n for n in m.notes)

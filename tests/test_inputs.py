@@ -6,8 +6,11 @@ import gzip
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from analysis.errors import DataError, InputError
+from analysis.errors import DataError, InputError, LiqmapError
+from analysis.model import ModelParams
 from analysis.sources import SAMPLE_PATH, CsvSource, SampleSource, read_bars_csv
 from analysis.sources.registry import make_sources
 from analysis.symbols import parse_symbol, suggest
@@ -108,3 +111,88 @@ def test_source_registry(tmp_path):
         make_sources("nowhere")
     with pytest.raises(InputError, match="no such file"):
         make_sources(str(tmp_path / "absent.csv"))
+
+
+def _sample_lines(n: int) -> list[str]:
+    with gzip.open(SAMPLE_PATH, "rt") as f:
+        return f.read().splitlines()[: n + 1]
+
+
+def test_csv_with_one_bar_high_of_1e11_maps_with_a_note(tmp_path):
+    from analysis.report import ReportService
+
+    lines = _sample_lines(400)
+    header = lines[0].split(",")
+    cells = lines[200].split(",")
+    cells[header.index("high")] = "1e11"
+    lines[200] = ",".join(cells)
+    p = write_csv(tmp_path / "spike.csv", "\n".join(lines) + "\n")
+    svc = ReportService(make_sources(str(p)))
+    m, missing = run(svc.maps("BTCUSDT", WINDOWS["1d"], svc.venues))
+    assert not missing and m.n_bins < 5_000
+    assert any("1 bar(s) with a high more than 100x" in n and "1e+11" in n for n in m.notes)
+
+
+# -- CSV cells that are not numbers: one clear line naming row and column --------------------------------
+
+ROWS_OK = [f"{i * 300000},{100 + i % 3},{103 + i % 3},{98 + i % 3},{101 + i % 2},{1000 + 7 * i}" for i in range(20)]
+
+
+@pytest.mark.parametrize("column, cell, message", [
+    ("high", "9" * 400, "row 6: high is missing or not a number"),
+    ("oi_usd", "1e999", "row 6: oi_usd is missing or not a number (oi_usd = inf)"),
+    ("low", "inf", "row 6: low is missing or not a number (low = inf)"),
+    ("close", "", "row 6: close is missing or not a number (close = empty or NaN)"),
+    ("open", "abc", "row 6: open is missing or not a number (open = 'abc')"),
+    ("open", "-0", "row 6: non-positive price (open)"),
+    ("oi_usd", "-0", "row 6: open interest must be positive"),
+    ("timestamp", "9" * 400, "row 6: timestamp is missing or not a number (timestamp = 999999999999... (a 400-digit number))"),
+    ("timestamp", "1e300", "row 6: timestamp is not an epoch-ms timestamp"),
+    ("timestamp", "1500000.5", "row 6: timestamp is not an epoch-ms timestamp"),
+])
+def test_a_bad_cell_is_one_data_error_naming_row_and_column(tmp_path, column, cell, message):
+    rows = [r.split(",") for r in ROWS_OK]
+    rows[5][HEADER.strip().split(",").index(column)] = cell
+    p = write_csv(tmp_path / "bad.csv", HEADER + "".join(",".join(r) + "\n" for r in rows))
+    with pytest.raises(DataError) as ei:
+        read_bars_csv(p)
+    assert str(ei.value).startswith("bad.csv: ") and message in str(ei.value) and "\n" not in str(ei.value)
+
+
+_CELLS = st.one_of(
+    st.sampled_from(["", "nan", "inf", "-inf", "1e999", "-0", "0", "9" * 400, "-" + "9" * 30, "abc", "1e-320",
+                     "1e308", "1.7976931348623157e308", "0x10", " 7 ", "1,5", '"', "\u00e9", "NaN", "None"]),
+    st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    st.integers(min_value=-(10**30), max_value=10**30).map(str),
+    st.floats(1e-3, 1e6).map(lambda x: f"{x:.6g}"),
+)
+
+
+@st.composite
+def csv_text(draw):
+    columns = draw(st.lists(st.sampled_from(["timestamp", "open", "high", "low", "close", "oi_usd", "volume",
+                                             "taker_net_vol_btc", "x"]), min_size=1, max_size=9, unique=True))
+    n = draw(st.integers(0, 16))
+    base = [{"timestamp": str(i * 300000), "open": "100", "high": "102", "low": "99", "close": "101",
+             "oi_usd": str(1000 + i), "volume": "5", "taker_net_vol_btc": "1", "x": "a"} for i in range(n)]
+    for row in base:
+        for c in columns:
+            if draw(st.integers(0, 9)) == 0:
+                row[c] = draw(_CELLS)
+    return ",".join(columns) + "\n" + "".join(",".join(r[c] for c in columns) + "\n" for r in base)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=csv_text())
+def test_fuzzed_csv_either_maps_or_is_one_liqmap_error(tmp_path, text):
+    from analysis.metrics import read
+    from analysis.model import build_map
+
+    p = tmp_path / "fuzz.csv"
+    p.write_text(text, encoding="utf-8")
+    try:
+        m = build_map(read_bars_csv(p), ModelParams(min_bars=3), now_ms=0)
+        read(m)
+        m.to_json()
+    except LiqmapError as exc:
+        assert str(exc) and "\n" not in str(exc)

@@ -321,3 +321,84 @@ def test_bad_parameters_are_input_errors(kw, msg):
 def test_taker_model_without_taker_flow_is_a_data_error():
     with pytest.raises(DataError, match="taker flow"):
         build_map(make_bars(HAND_ROWS), hand_params(side_model="taker"))
+
+
+# -- bad prints and bounded grids --------------------------------------------------------------------------
+
+def spoil(bars: Bars, row: int | slice, **values: float | np.ndarray) -> Bars:
+    """A copy of ``bars`` with the given columns set at ``row`` (an index or a slice)."""
+    cols = {k: getattr(bars, k).copy() for k in ("open", "high", "low", "close", "oi_usd")}
+    for k, v in values.items():
+        cols[k][row] = v
+    return Bars(bars.venue, bars.symbol, bars.interval, bars.time, **cols, taker_net=bars.taker_net, notes=bars.notes)
+
+
+@pytest.fixture(scope="module")
+def week(sample_bars):
+    return sample_bars.last(7 * 86_400_000)
+
+
+@pytest.mark.parametrize("column, value", [("high", 1e11), ("low", 1e-6)])
+def test_one_bad_print_is_clipped_to_its_bar_with_a_note(week, column, value):
+    i = len(week) // 2
+    body = max(week.open[i], week.close[i]) if column == "high" else min(week.open[i], week.close[i])
+    m = build_map(spoil(week, i, **{column: value}), now_ms=0)
+    as_if_clipped = build_map(spoil(week, i, **{column: body}), now_ms=0)
+    np.testing.assert_array_equal(m.long, as_if_clipped.long)
+    np.testing.assert_array_equal(m.short, as_if_clipped.short)
+    np.testing.assert_array_equal(m.swept.short, as_if_clipped.swept.short)
+    note = next(n for n in m.notes if "bad print" in n)
+    assert f"1 bar(s) with a {column}" in note and "max_wick" in note
+
+
+def test_wicks_within_max_wick_are_kept(week):
+    i = len(week) // 2
+    real_crash = spoil(week, i, low=min(week.open[i], week.close[i]) / 50)  # a -98% flash wick
+    m = build_map(real_crash, now_ms=0)
+    assert not any("bad print" in n for n in m.notes)
+    assert m.swept.long[i] > 0 and m.total_long < build_map(week, now_ms=0).total_long
+
+
+def test_levels_beyond_grid_pct_are_left_off_and_the_note_says_how_much(week):
+    crash = slice(len(week) - 20, None)  # the coin loses 65% and stays there: the week's shorts sit far above
+    crashed = spoil(week, crash, **{k: getattr(week, k)[crash] * 0.35 for k in ("open", "high", "low", "close")})
+    wide = build_map(crashed, ModelParams(grid_pct=10.0), now_ms=0)
+    m = build_map(crashed, now_ms=0)
+    beyond = wide.centers > 2 * m.price
+    assert wide.short_by_bin()[beyond].sum() > 0  # shorts opened at the top sit beyond 2x price
+    assert m.grid_lo + m.n_bins * m.bin_width <= 2 * m.price + m.bin_width
+    note = next(n for n in m.notes if "left off" in n)
+    left_off = float(note.split("long and $")[1].split(" ")[0].replace(",", ""))
+    assert left_off == pytest.approx(wide.short_by_bin()[beyond].sum(), abs=1.0)
+    assert m.total_short + left_off == pytest.approx(wide.total_short, abs=1.0)
+
+
+def test_a_grid_finer_than_max_bins_is_a_data_error_not_a_memory_error(week):
+    with pytest.raises(DataError, match="max_bins"):
+        build_map(week, ModelParams(bin_width=0.01), now_ms=0)
+    with pytest.raises(DataError, match="max_bins"):
+        build_map(spoil(week, len(week) - 1, close=1e300, high=1e300), ModelParams(bin_width=50.0), now_ms=0)
+
+
+@pytest.mark.parametrize("kw", [{"grid_pct": 0.0}, {"grid_pct": float("nan")}, {"max_bins": 0}, {"max_wick": 1.0}])
+def test_bound_parameters_are_checked(kw):
+    with pytest.raises(InputError):
+        ModelParams(**kw)
+
+
+def test_merge_keeps_its_grid_around_the_price_whatever_another_map_holds(week):
+    from dataclasses import replace
+
+    from analysis.liqmap import merge
+
+    m = build_map(week, now_ms=0)
+    far = replace(m, venues=("far",), grid_lo=1e11)  # a venue whose levels all sit at 1e11
+    merged = merge([m, far])
+    assert (merged.grid_lo, merged.n_bins, merged.venues) == (m.grid_lo, m.n_bins, ("binance", "far"))
+    np.testing.assert_array_equal(merged.long[0], m.long[0])
+    assert merged.long[0].sum() == pytest.approx(m.total_long) and merged.short[0].sum() == pytest.approx(m.total_short)
+    assert merged.long[1].sum() == 0 and merged.short[1].sum() == 0
+    note = next(n for n in merged.notes if n.startswith("merged: levels more than 100%"))
+    assert f"${far.total_long:,.0f} long and ${far.total_short:,.0f} short" in note
+    with pytest.raises(DataError, match="max_bins"):
+        merge([m, replace(m, venues=("other",))], max_bins=100)

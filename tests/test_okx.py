@@ -14,10 +14,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
 import analysis.sources.okx as okx_mod
-from analysis.bars import INTERVAL_MS, Bars
+from analysis.bars import INTERVAL_MS, Bars, iso
 from analysis.errors import InputError, SourceError
 from analysis.sources.cache import BarCache
 from analysis.sources.okx import OkxSource, data_of, interval_for, parse_candles, parse_instruments, parse_open_interest
@@ -403,3 +404,40 @@ async def test_truncated_body_is_a_source_error_and_nothing_is_cached(sample_bar
     with pytest.raises(SourceError, match="okx .*not valid JSON"):
         await make_source(server, cache=cache).bars("BTCUSDT", WINDOWS["1d"])
     assert cache.count("okx", "BTC-USDT-SWAP", "5m") == 0
+
+
+# -- bad bars: refused before the cache, naming venue, endpoint and time -------------------------------
+
+def spoil(bars: Bars, rows, **values: float) -> Bars:
+    """A copy of ``bars`` with the given columns set at ``rows`` (bad prints from the venue)."""
+    frame = bars.to_frame()
+    for k, v in values.items():
+        frame.loc[frame.index[rows], k] = v
+    return Bars.from_frame(frame, venue=bars.venue, symbol=bars.symbol, interval=bars.interval)
+
+
+async def test_fifty_bars_with_high_below_low_are_refused_and_nothing_is_cached(sample_bars):
+    cache = BarCache(None)
+    server = FakeOkx(sample_bars, now_after(sample_bars, 60))
+    await make_source(server, cache=cache).bars("BTCUSDT", WINDOWS["1d"])
+    before = cache.load("okx", "BTC-USDT-SWAP", "5m")
+    assert len(before) > 200
+    bad = slice(-55, -5)
+    server.src, server._cache = spoil(sample_bars, bad, high=sample_bars.low[bad] * 0.99), {}
+    server.now_ms = now_after(sample_bars)
+    with pytest.raises(SourceError, match="high < low") as ei:
+        await make_source(server, cache=cache).bars("BTCUSDT", WINDOWS["1d"])
+    assert (ei.value.venue, ei.value.endpoint) == ("okx", "/api/v5/market/candles")
+    assert iso(int(sample_bars.time[-55])) in str(ei.value) and "nothing cached" in str(ei.value)
+    pd.testing.assert_frame_equal(cache.load("okx", "BTC-USDT-SWAP", "5m"), before)
+    server.src, server._cache = sample_bars, {}
+    bars = await make_source(server, cache=cache).bars("BTCUSDT", WINDOWS["1d"])
+    assert bars.time[-1] == sample_bars.time[-1] and len(bars) == 288
+
+
+async def test_negative_open_interest_is_refused_naming_the_oi_endpoint(sample_bars):
+    server = FakeOkx(spoil(sample_bars, [-3], oi_usd=-1e6), now_after(sample_bars))
+    with pytest.raises(SourceError, match="open interest must be positive") as ei:
+        await make_source(server, cache=BarCache(None)).bars("BTCUSDT", WINDOWS["1d"])
+    assert (ei.value.venue, ei.value.endpoint) == ("okx", "/api/v5/rubik/stat/contracts/open-interest-history")
+    assert iso(int(sample_bars.time[-3])) in str(ei.value)

@@ -52,11 +52,19 @@ def test_upsert_replaces_revised_bar(tmp_path):
 
 @pytest.mark.parametrize("mutate, msg", [
     (lambda f: f.drop(columns=["oi_usd"]), "without column"),
-    (lambda f: f.assign(close=[101.0, np.nan, 101.0]), "non-finite"),
+    (lambda f: f.assign(close=[101.0, np.nan, 101.0]), "close is missing or not a number"),
     (lambda f: f.assign(oi_usd=[1.0, 0.0, 1.0]), "must be positive"),
+    (lambda f: f.assign(oi_usd=[1.0, -1.0, 1.0]), "must be positive"),
     (lambda f: f.assign(time=[0, 0, 600_000]), "duplicate"),
+    (lambda f: f.assign(time=[0, 600_000, 300_000]), "not sorted"),
     (lambda f: f.assign(time=[0.5, 300_000, 600_000]), "integer"),
-    (lambda f: f.assign(volume=["1", "x", "2"]), "non-finite"),
+    (lambda f: f.assign(volume=["1", "x", "2"]), "volume is missing or not a number"),
+    (lambda f: f.assign(volume=[1.0, -2.0, 1.0]), "volume is negative"),
+    (lambda f: f.assign(high=[110.0, 80.0, 110.0]), "high < low"),
+    (lambda f: f.assign(close=[101.0, 120.0, 101.0]), "high below the open or close"),
+    (lambda f: f.assign(open=[100.0, 89.0, 100.0]), "low above the open or close"),
+    (lambda f: f.assign(low=[90.0, -1.0, 90.0]), "non-positive price"),
+    (lambda f: f.assign(high=[110.0, np.inf, 110.0]), "high is missing or not a number"),
 ])
 def test_bad_frame_writes_nothing(mutate, msg):
     c = BarCache(None)

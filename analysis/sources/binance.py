@@ -51,7 +51,8 @@ reports), never interpolated.
 Cache: closed bars are stored per (binance, symbol, interval) in a :class:`BarCache`. A refresh
 fetches only bars after the newest cached one (from that bar itself, so a revised last bar is
 replaced) plus, when a longer window is asked for, the missing head. Every page of a refresh is
-fetched concurrently and validated before one transaction writes them; a failed page writes
+fetched concurrently; every bar is checked (:func:`~analysis.sources.series.check_fetched`, the
+same rule for all venues) before one transaction writes them; a failed page or a bad bar writes
 nothing.
 """
 
@@ -75,7 +76,7 @@ from ..symbols import parse_symbol, suggest
 from ..windows import DAY_MS, Window
 from .cache import BarCache
 from .http import DEFAULT_DEADLINE_S, RateLimiter, SingleFlight, VenueClient, gather_or_cancel
-from .series import chunk_ranges
+from .series import chunk_ranges, store_fetched
 from .series import tidy as _tidy
 from .validate import dict_columns, expect_dict, expect_list, field, numeric_columns, to_float
 
@@ -194,7 +195,8 @@ def join(klines: pd.DataFrame, oi: pd.DataFrame, *, step_ms: int, now_ms: int, s
     """Closed klines in ``start..end`` joined with OI on bar open time; columns of :class:`Bars`.
 
     Duplicates keep the last copy, rows are sorted, the still-open kline (close time >= now) is
-    dropped, OI stamps are floored to the grid, bars missing either side are left out.
+    dropped, OI stamps are floored to the grid, bars missing either side (or with zero OI) are
+    left out. Bar values are checked later, with every venue's, by :func:`~.series.check_fetched`.
     """
     k = _tidy(klines)
     if (k["time"] % step_ms != 0).any():
@@ -206,12 +208,9 @@ def join(klines: pd.DataFrame, oi: pd.DataFrame, *, step_ms: int, now_ms: int, s
     merged = k.merge(o, on="time", how="inner", sort=True)
     cols = ["time", "open", "high", "low", "close", "oi_usd", "volume", "quote_volume", "taker_buy"]
     merged = merged[cols]
-    if len(merged):
-        bad_ohlc = (merged["high"] < merged["low"]) | (merged[["open", "high", "low", "close", "oi_usd"]] <= 0).any(axis=1)
-        if bad_ohlc.any():
-            t = int(merged.loc[bad_ohlc, "time"].iloc[0])
-            raise SourceError(VENUE, KLINES, f"inconsistent bar at {iso(t)} (non-positive price/OI or high < low)")
-    return merged.reset_index(drop=True)
+    # a zero OI point is no open interest to map: left out like a missing one; every other bad
+    # value is refused by series.check_fetched before anything is cached
+    return merged[merged["oi_usd"] != 0].reset_index(drop=True)
 
 
 # -- the source ------------------------------------------------------------------------------------
@@ -374,11 +373,9 @@ class BinanceSource:
         if ranges:
             fetched = await gather_or_cancel(*(self._fetch(sym, interval, a, b, now) for a, b in ranges))
             new = pd.concat(fetched, ignore_index=True)
-            if len(new):
-                self.cache.store(VENUE, sym, interval, new)  # one transaction; validated first
             cover = self.cache.get_meta(_cover_key(sym, interval))
-            if cover is None or start < cover[0]:
-                self.cache.put_meta(_cover_key(sym, interval), start)
+            store_fetched(self.cache, VENUE, sym, interval, new, start, None if cover is None else cover[0],
+                          price_endpoint=KLINES, oi_endpoint=OI_HIST)  # checked, then one transaction
             self.cache.prune(VENUE, sym, interval, now - OI_HISTORY_MS - 7 * DAY_MS)
         return self.cache.load(VENUE, sym, interval, start, end + step)
 

@@ -345,7 +345,7 @@ class BybitSource:
         cached, covered = load_cached(self.cache, VENUE, inst.venue_id, interval, start, end)
         fetched = [await self._fetch(inst, interval, s, e) for s, e in missing_ranges(cached, start, end, step, covered)]
         new = pd.concat(fetched, ignore_index=True) if fetched else pd.DataFrame()
-        store_fetched(self.cache, VENUE, inst.venue_id, interval, new, start, covered)
+        store_fetched(self.cache, VENUE, inst.venue_id, interval, new, start, covered, price_endpoint=_KLINE, oi_endpoint=_OI)
         parts = [f for f in (cached, new) if len(f)]
         if not parts:
             return pd.DataFrame(columns=["time", "open", "high", "low", "close", "oi_usd"])

@@ -9,9 +9,12 @@ Format: one SQLite file (stdlib ``sqlite3``, WAL journal) with two tables.
 ``meta``
     ``(key, value, updated)`` small JSON values such as a venue's symbol list with its fetch time.
 
-Writes are atomic upserts: a frame is validated completely (columns, finite numbers, positive
-prices and OI, integer times) before one transaction replaces the rows it covers. A malformed
-frame raises :class:`~analysis.errors.DataError` and writes nothing. SQLite was chosen over
+Writes are atomic upserts: a frame is checked completely, every row by the project's one bar
+rule (:func:`analysis.bars.bar_fault`: integer, strictly increasing times; finite positive
+prices with high >= max(open, close) and low <= min(open, close); positive OI) before one
+transaction replaces the rows it covers. A malformed frame raises
+:class:`~analysis.errors.DataError` and writes nothing, so the cache never holds a bar that a
+map would refuse. SQLite was chosen over
 Parquet because upserting a few new bars into a 30-day series is one small transaction instead
 of rewriting a file, and WAL lets the bot and the CLI read while another process writes.
 
@@ -32,9 +35,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..bars import bar_fault, iso, show_value
 from ..errors import DataError
 
-__all__ = ["BarCache", "default_cache_path", "BAR_COLUMNS"]
+__all__ = ["BarCache", "default_cache_path", "BAR_COLUMNS", "columns_of"]
 
 REQUIRED = ("time", "open", "high", "low", "close", "oi_usd")
 OPTIONAL = ("volume", "quote_volume", "taker_buy", "taker_net")
@@ -107,8 +111,8 @@ class BarCache:
     def store(self, venue: str, symbol: str, interval: str, frame: pd.DataFrame) -> int:
         """Validate ``frame`` and upsert all its rows in one transaction; return the row count.
 
-        Raises :class:`DataError` (and writes nothing) when a required column is missing, a time
-        is not an integer or repeats, or a value is not finite and positive where it must be.
+        Raises :class:`DataError` (and writes nothing) when a required column is missing or any
+        row breaks :func:`~analysis.bars.bar_fault`.
         """
         rows = _rows(frame, f"{venue} {symbol} {interval}")
         if not rows:
@@ -174,28 +178,25 @@ class BarCache:
             )
 
 
+def columns_of(frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The bar columns of ``frame`` as float arrays (a non-number becomes NaN), for :func:`bar_fault`."""
+    return {c: pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64) for c in BAR_COLUMNS if c in frame.columns}
+
+
 def _rows(frame: pd.DataFrame, who: str) -> list[tuple[Any, ...]]:
-    """Rows ready for SQLite, after validating the whole frame."""
+    """Rows ready for SQLite, after checking every bar with :func:`~analysis.bars.bar_fault`."""
     missing = [c for c in REQUIRED if c not in frame.columns]
     if missing:
         raise DataError(f"{who}: cannot cache bars without column(s) {', '.join(missing)}")
     if len(frame) == 0:
         return []
-    t = pd.to_numeric(frame["time"], errors="coerce").to_numpy(dtype=np.float64)
-    if not np.all(np.isfinite(t)) or np.any(t != np.round(t)) or np.any(t < 0):
-        raise DataError(f"{who}: cannot cache bars: a time is missing or not an integer epoch ms")
-    if len(np.unique(t)) != len(t):
-        raise DataError(f"{who}: cannot cache bars: duplicate bar times")
-    cols: dict[str, np.ndarray] = {"time": t.astype(np.int64)}
-    for c in BAR_COLUMNS[1:]:
-        if c not in frame.columns:
-            continue
-        v = pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=np.float64)
-        if not np.all(np.isfinite(v)):
-            raise DataError(f"{who}: cannot cache bars: {c} has a missing or non-finite value")
-        if c in REQUIRED and np.any(v <= 0):
-            raise DataError(f"{who}: cannot cache bars: {c} must be positive")
-        cols[c] = v
-    n = len(t)
-    lists = [cols["time"].tolist()] + [cols[c].tolist() if c in cols else [None] * n for c in BAR_COLUMNS[1:]]
+    cols = columns_of(frame)
+    fault = bar_fault(cols)
+    if fault is not None:
+        t = cols["time"][fault.row]
+        raise DataError(f"{who}: cannot cache bars: {fault.reason} at {iso(t)} (row {fault.row}, "
+                        f"{fault.column} = {show_value(frame[fault.column].iloc[fault.row])})")
+    n = len(frame)
+    lists = [cols["time"].astype(np.int64).tolist()]
+    lists += [cols[c].tolist() if c in cols else [None] * n for c in BAR_COLUMNS[1:]]
     return list(zip(*lists))

@@ -52,7 +52,7 @@ import numpy as np
 
 from ..bars import Bars
 from ..errors import InputError, LiqmapError, SourceError
-from ..liqmap import LiquidationMap, nice_width
+from ..liqmap import LiquidationMap, bin_levels, left_off_note, nice_width, price_grid
 from ..model import ModelParams
 from ..symbols import parse_symbol
 from ..windows import Window
@@ -152,15 +152,17 @@ def normalize(
         idx = np.where(idx < 0, len(tiers_x), idx)
     n_tiers = len(labels)
     width = params.bin_width or nice_width(current_price * params.bin_pct)
-    lo = math.floor(min(float(price.min()), current_price) / width) * width
-    hi = max(float(price.max()), current_price)
-    n_bins = int(math.floor((hi - lo) / width)) + 1
-    b = np.clip(np.floor((price - lo) / width).astype(np.int64), 0, n_bins - 1)
+    # the grid is bounded like the model's (grid_pct, max_bins): rows far from price are left off
+    inside = np.abs(price - current_price) <= params.grid_pct * current_price
     is_long = price < current_price
+    lo, n_bins = price_grid(current_price, width, float(price[inside].min(initial=current_price)),
+                            float(price[inside].max(initial=current_price)), max_bins=params.max_bins)
 
     def side(mask: np.ndarray) -> np.ndarray:
-        flat = np.bincount(b[mask] * n_tiers + idx[mask], weights=usd[mask], minlength=n_bins * n_tiers)
-        return flat.reshape(1, n_bins, n_tiers)
+        return bin_levels(price[mask & inside], usd[mask & inside], idx[mask & inside], n_tiers, lo, width, n_bins)
+
+    off = left_off_note(float(usd[is_long & ~inside].sum()), float(usd[~is_long & ~inside].sum()),
+                        float(current_price), params.grid_pct)
 
     raw: dict[str, float] = {}
     mapping: dict[str, str] = {}
@@ -184,7 +186,7 @@ def normalize(
         generated_ms=now_ms,
         swept=None,
         notes=(f"data: CoinGlass liquidation map ({source}, range {RANGES.get(window.label, window.label)}), "
-               "sides assigned by the current price",),
+               "sides assigned by the current price",) + ((off,) if off else ()),
         params={
             "source": source,
             "range": RANGES.get(window.label, window.label),

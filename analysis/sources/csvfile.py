@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..bars import INTERVAL_MS, Bars, iso
+from ..bars import INTERVAL_MS, MAX_TIME_MS, Bars, bar_fault, iso, show_value
 from ..errors import DataError, InputError
 from ..symbols import parse_symbol
 from ..windows import Window
@@ -39,7 +39,9 @@ _REQUIRED = ("time", "open", "high", "low", "close", "oi_usd")
 def read_bars_csv(path: str | Path, *, venue: str = "csv", symbol: str = "BTCUSDT") -> Bars:
     """Read a bars CSV. The interval is inferred from the most common timestamp step.
 
-    Raises :class:`DataError` for an unreadable file, missing columns or non-numeric values.
+    Raises :class:`DataError` for an unreadable file, missing columns, a cell that is not a
+    finite number, or a row that breaks :func:`~analysis.bars.bar_fault` (naming its data row,
+    counted from 1 after the header, and its column). Time order is left to :meth:`Bars.validate`.
     """
     path = Path(path)
     try:
@@ -59,15 +61,19 @@ def read_bars_csv(path: str | Path, *, venue: str = "csv", symbol: str = "BTCUSD
         raise DataError(f"{path.name}: missing column(s) {', '.join(missing)} (have: {', '.join(map(str, frame.columns[:12]))})")
     data: dict[str, np.ndarray] = {}
     for name, col in cols.items():
-        values = pd.to_numeric(frame[col], errors="coerce")
-        if values.isna().all() and len(values):
-            raise DataError(f"{path.name}: column {col} holds no numbers")
-        data[name] = values.to_numpy(dtype=np.float64)
+        data[name] = _numbers(frame[col], col, path.name)
     if len(frame) < 2:
         raise DataError(f"{path.name}: {len(frame)} row(s) is too short for a map")
     t = data.pop("time")
-    if np.isnan(t).any():
-        raise DataError(f"{path.name}: a timestamp is missing or not a number (row {int(np.argmax(np.isnan(t)))})")
+    bad = (t != np.floor(t)) | (t < 0) | (t >= MAX_TIME_MS)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path.name}: row {i + 1}: {cols['time']} is not an epoch-ms timestamp, an integer from 0 "
+                        f"to {MAX_TIME_MS:.0e} ({cols['time']} = {show_value(t[i])})")
+    fault = bar_fault({**data, "time": np.arange(t.size)})  # values only: time order is Bars.validate's
+    if fault is not None:
+        i = fault.row
+        raise DataError(f"{path.name}: row {i + 1}: {fault.reason} ({cols[fault.column]} = {show_value(data[fault.column][i])})")
     step = np.diff(t)
     pos = step[step > 0]
     if pos.size == 0:
@@ -78,6 +84,23 @@ def read_bars_csv(path: str | Path, *, venue: str = "csv", symbol: str = "BTCUSD
     if interval is None:
         raise DataError(f"{path.name}: bar spacing of {step_ms} ms is not a supported interval ({', '.join(INTERVAL_MS)})")
     return Bars(venue, symbol, interval, t.astype(np.int64), **data)
+
+
+def _numbers(raw: pd.Series, col: str, file: str) -> np.ndarray:
+    """A column as finite floats, or a DataError naming the first bad cell's row and column."""
+    if pd.api.types.is_numeric_dtype(raw.dtype):
+        values = raw.to_numpy(dtype=np.float64)
+    else:  # text, or integers too long for int64 that pandas kept as Python ints
+        values = pd.to_numeric(raw.astype(str).str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+    if len(values) and np.isnan(values).all():
+        raise DataError(f"{file}: column {col} holds no numbers")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        cell = raw.iloc[i]
+        shown = "empty or NaN" if pd.isna(cell) or str(cell).strip() == "" else show_value(cell)
+        raise DataError(f"{file}: row {i + 1}: {col} is missing or not a number ({col} = {shown})")
+    return values
 
 
 class CsvSource:

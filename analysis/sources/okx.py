@@ -316,7 +316,13 @@ class OkxSource:
         cached, covered = load_cached(self.cache, VENUE, inst.venue_id, interval, start, end)
         fetched = [await self._fetch(inst, interval, s, e, now) for s, e in missing_ranges(cached, start, end, step, covered)]
         new = pd.concat(fetched, ignore_index=True) if fetched else pd.DataFrame()
-        store_fetched(self.cache, VENUE, inst.venue_id, interval, new, start, covered)
+        recent_from = last_closed_open(now, step) - (MAX_ENTRIES - 2) * step  # as in _fetch
+
+        def price_endpoint(t: int) -> str:
+            return _CANDLES if t >= recent_from else _HISTORY
+
+        store_fetched(self.cache, VENUE, inst.venue_id, interval, new, start, covered,
+                      price_endpoint=price_endpoint, oi_endpoint=_OI)
         parts = [f for f in (cached, new) if len(f)]
         if not parts:
             return pd.DataFrame(columns=["time", "open", "high", "low", "close", "oi_usd"])

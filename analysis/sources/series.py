@@ -15,16 +15,16 @@ from dataclasses import astuple, dataclass
 import numpy as np
 import pandas as pd
 
-from ..bars import INTERVAL_MS, Bars, iso
+from ..bars import INTERVAL_MS, Bars, bar_fault, iso, show_value
 from ..errors import InputError, SourceError
 from ..symbols import parse_symbol, suggest
 from ..windows import Window
-from .cache import BarCache
+from .cache import BarCache, columns_of
 from .http import SingleFlight
 
 __all__ = [
     "Instrument", "SymbolBook", "chunk_ranges", "join_bars", "missing_ranges", "coverage_notes", "load_cached",
-    "store_fetched", "last_closed_open", "tidy",
+    "store_fetched", "check_fetched", "last_closed_open", "tidy",
 ]
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,8 @@ def join_bars(klines: pd.DataFrame, oi_coin: pd.DataFrame, step_ms: int | None =
     """Bars where both a candle and an OI point exist at the same open time; ``oi_usd = oi x close``.
 
     With ``step_ms``, OI stamps are first floored to the bar grid (the last point in a bar wins).
-    Bars without an OI point are left out (a gap the model reports), never interpolated.
+    Bars without an OI point, or with a zero one, are left out (a gap the model reports), never
+    interpolated.
     """
     if step_ms:
         oi_coin = oi_coin.assign(time=(oi_coin["time"] // step_ms) * step_ms).drop_duplicates("time", keep="last")
@@ -73,8 +74,9 @@ def join_bars(klines: pd.DataFrame, oi_coin: pd.DataFrame, step_ms: int | None =
     merged["oi_usd"] = merged.pop("oi_coin") * merged["close"]
     cols = ["time", "open", "high", "low", "close", "oi_usd"] + [c for c in ("volume", "quote_volume") if c in merged]
     merged = merged[cols]
-    good = np.isfinite(merged[cols[1:]].to_numpy()).all(axis=1) & (merged["oi_usd"].to_numpy() > 0)
-    return merged[good].reset_index(drop=True)
+    # a zero OI point is no open interest to map: left out like a missing point. Anything else
+    # (negative, non-finite) is kept so that check_fetched refuses it.
+    return merged[merged["oi_usd"].to_numpy() != 0].reset_index(drop=True)
 
 
 def missing_ranges(
@@ -111,9 +113,37 @@ def load_cached(cache: BarCache | None, venue: str, venue_id: str, interval: str
     return frame, covered
 
 
+def check_fetched(frame: pd.DataFrame, venue: str, venue_id: str, interval: str, *,
+                  price_endpoint: str | Callable[[int], str], oi_endpoint: str) -> None:
+    """Refuse a fetched batch holding any bar that breaks :func:`~analysis.bars.bar_fault`.
+
+    The :class:`SourceError` names the venue, the endpoint the bad value came from (OI faults:
+    ``oi_endpoint``; all others: ``price_endpoint``, or its value for the bar's open time) and
+    the bar's time. Every venue passes here (through :func:`store_fetched`) before its bars
+    reach the cache or a map.
+    """
+    if len(frame) == 0:
+        return
+    cols = columns_of(frame)
+    fault = bar_fault(cols)
+    if fault is None:
+        return
+    t = int(cols["time"][fault.row]) if math.isfinite(cols["time"][fault.row]) else 0
+    if fault.column == "oi_usd":
+        endpoint = oi_endpoint
+    else:
+        endpoint = price_endpoint(t) if callable(price_endpoint) else price_endpoint
+    value = frame[fault.column].iloc[fault.row]
+    raise SourceError(venue, endpoint, f"{venue_id} {interval} bar at {iso(t)}: {fault.reason} "
+                      f"({fault.column} = {show_value(value)}); all {len(frame)} fetched bars refused, nothing cached")
+
+
 def store_fetched(cache: BarCache | None, venue: str, venue_id: str, interval: str, new: pd.DataFrame,
-                  start: int, covered: int | None) -> None:
-    """Write fetched bars (one validated transaction) and remember how far back the series was asked."""
+                  start: int, covered: int | None, *, price_endpoint: str | Callable[[int], str],
+                  oi_endpoint: str) -> None:
+    """Check fetched bars (:func:`check_fetched`), write them in one transaction, and remember how
+    far back the series was asked. A refused batch writes nothing: earlier cache content stays."""
+    check_fetched(new, venue, venue_id, interval, price_endpoint=price_endpoint, oi_endpoint=oi_endpoint)
     if cache is None:
         return
     if len(new):
