@@ -198,7 +198,7 @@ async def test_skew_alert_subscribe_with_thresholds_list_and_unsubscribe(h):
     text = answer(await h.dispatch(alerts("list")))
     assert "not measured yet" in text and f"`#{w.id}`" in text
     text = answer(await h.dispatch(alerts("subscribe", channel=REPORTS, symbol="BTC")))
-    assert "already gets skew notices for BTCUSDT" in text
+    assert f"that skew alert for BTCUSDT 7d on all already exists in this channel (id {w.id})" in text
     text = answer(await h.dispatch(alerts("unsubscribe", id=w.id)))
     assert text.startswith(f"Removed skew alert `#{w.id}`")
     assert await h.bot.store.list_watches(GUILD_ID) == []
@@ -299,3 +299,38 @@ async def test_id_autocomplete_shows_nothing_to_members_without_manage_server(h)
         assert calls[0].body == {"type": 8, "data": {"choices": []}}
         calls = await h.dispatch(interaction_payload(group, {"id": ""}, sub=sub, focused="id", perms=MANAGER_PERMS))
         assert len(calls[0].body["data"]["choices"]) == 1
+
+
+async def _dispatch_together(h, *payloads):
+    """Feed several INTERACTION_CREATEs before any of them runs (a double click), wait for all."""
+    import asyncio
+
+    before = len(h.web.calls)
+    known = set(asyncio.all_tasks())
+    for p in payloads:
+        h.bot._connection.parse_interaction_create(p)
+    new = [t for t in asyncio.all_tasks() - known if t.get_name() == "CommandTree-invoker"]
+    assert len(new) == len(payloads)
+    await asyncio.wait_for(asyncio.gather(*new), 30)
+    calls = h.web.calls[before:]
+    # each interaction answers on its own token: group the calls per interaction
+    by_token: dict[str, list] = {}
+    for c in calls:
+        token = c.path.split("/")[3]  # /interactions/{id}/{token}/callback, /webhooks/{app}/{token}
+        by_token.setdefault(token, []).append(c)
+    return list(by_token.values())
+
+
+@pytest.mark.parametrize("group", ["daily", "skew-alerts"])
+async def test_a_double_click_stores_one_subscription_and_refuses_the_other(h, group):
+    if group == "daily":
+        make = lambda: daily("set", channel=REPORTS, time="09:30", timezone="UTC", symbols="BTC")  # noqa: E731
+        listed, noun = h.bot.store.list_daily, "daily report"
+    else:
+        make = lambda: alerts("subscribe", channel=REPORTS, symbol="BTC")  # noqa: E731
+        listed, noun = h.bot.store.list_watches, "skew alert for BTCUSDT 7d on all"
+    answers = sorted(answer(calls) for calls in await _dispatch_together(h, make(), make()))
+    (row,) = await listed(GUILD_ID)
+    refused = [a for a in answers if "already exists" in a]
+    assert len(refused) == 1 and len(answers) == 2
+    assert refused[0] == f"that {noun} already exists in this channel (id {row.id})"
