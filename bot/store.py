@@ -663,7 +663,7 @@ class Store:
     async def remove_watch(self, guild_id: int, watch_id: int) -> SkewWatch:
         """Delete a server's skew subscription; InputError if it has no such id."""
         async with self._session() as s, s.begin():
-            row = await self._owned(s, WatchRow, guild_id, watch_id, "skew notice")
+            row = await self._owned(s, WatchRow, guild_id, watch_id, "skew alert")
             out = SkewWatch._of(row)
             await s.delete(row)
             return out
@@ -671,7 +671,7 @@ class Store:
     async def resume_watch(self, guild_id: int, watch_id: int) -> SkewWatch:
         """Unpause; the next check records a fresh baseline (no notice for what changed while paused)."""
         async with self._session() as s, s.begin():
-            row = await self._owned(s, WatchRow, guild_id, watch_id, "skew notice")
+            row = await self._owned(s, WatchRow, guild_id, watch_id, "skew alert")
             row.paused_reason = None
             row.paused_at = None
             row.last_class = None

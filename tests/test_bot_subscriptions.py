@@ -334,3 +334,26 @@ async def test_a_double_click_stores_one_subscription_and_refuses_the_other(h, g
     refused = [a for a in answers if "already exists" in a]
     assert len(refused) == 1 and len(answers) == 2
     assert refused[0] == f"that {noun} already exists in this channel (id {row.id})"
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2**31, 2**63, 2**64])
+async def test_out_of_range_ids_get_a_clear_refusal_from_every_id_command(h, bad):
+    # Discord's picker enforces min/max; a crafted interaction is not re-checked by discord.py
+    answer(await h.dispatch(daily("set", channel=REPORTS, time="07:15", timezone="UTC")))
+    answer(await h.dispatch(alerts("subscribe", channel=REPORTS, symbol="BTC")))
+    for payload, noun in ((daily("remove", id=bad), "daily report"), (daily("resume", id=bad), "daily report"),
+                          (alerts("unsubscribe", id=bad), "skew alert"), (alerts("resume", id=bad), "skew alert")):
+        calls = await h.dispatch(payload)
+        text = calls[-1].body.get("content") or calls[-1].body["data"]["content"]
+        assert f"no {noun} with id {bad}" in text, text
+        assert "went wrong" not in text
+    assert len(await h.bot.store.list_daily(GUILD_ID)) == 1 and len(await h.bot.store.list_watches(GUILD_ID)) == 1
+
+
+def test_id_options_carry_the_range_discord_enforces():
+    import json
+    from pathlib import Path
+
+    defs = json.loads((Path(__file__).parent / "fixtures" / "commands.json").read_text(encoding="utf-8"))
+    ids = [o for d in defs for sub in d.get("options", []) for o in sub.get("options", []) if o["name"] == "id"]
+    assert len(ids) == 4 and all((o["min_value"], o["max_value"]) == (1, 2**31 - 1) for o in ids)

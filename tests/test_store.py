@@ -200,7 +200,7 @@ async def test_add_watch_defaults_and_validation(store):
     assert (custom.params.mild, custom.params.heavy) == (2.0, 4.0)
     assert [x.id for x in await store.list_watches(G)] == [w.id, custom.id]
     await store.remove_watch(G, w.id)
-    with pytest.raises(InputError, match="no skew notice"):
+    with pytest.raises(InputError, match="no skew alert"):
         await store.remove_watch(G, w.id)
 
 
@@ -546,3 +546,65 @@ async def test_migration_0002_merges_duplicates_keeping_the_oldest_and_their_del
                                timezone="Europe/London", created_by=U, now=NOW)
     finally:
         await st.close()
+
+
+# -- out-of-range ids (audit issue 8, item 2): refused or "no such row", never OverflowError --------
+
+BAD_IDS = [0, -1, 2**31, 2**63, 2**64]
+BAD_SNOWFLAKES = [0, -1, 2**63, 2**64]  # 2**31 is a valid Discord id
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+async def test_out_of_range_subscription_ids_match_nothing_at_every_entry_point(store, bad):
+    from bot.store import Claim, Outcome
+
+    d = await add_daily(store)
+    w = await store.add_watch(G, C, symbol="BTC", window="7d", exchange="all", created_by=U)
+    for call, noun in ((store.remove_daily, "daily report"), (store.resume_daily, "daily report"),
+                       (store.remove_watch, "skew alert"), (store.resume_watch, "skew alert")):
+        with pytest.raises(InputError, match=f"this server has no {noun} with id {bad}"):
+            await call(G, bad)
+    assert await store.get_daily(bad) is None and await store.get_watch(bad) is None
+    assert not await store.pause("daily", bad, "x") and not await store.pause("watch", bad, "x")
+    assert await store.deliveries(bad) == [] and await store.deliveries_for([(bad, date(2026, 3, 2))]) == {}
+    assert not await store.advance(bad, NOW, NOW)
+    assert not await store.renew_claim(bad, 1, now=NOW)
+    assert not await store.set_watch_class(bad, expected=None, new="short", ratio=1.0, announced_at=None)
+    await store.finish_delivery(bad, "sent", now=NOW, message_id=1)
+    await store.finish_many([Outcome(bad, "sent", message_id=1), Outcome(bad, "failed", attempts=1)], now=NOW)
+    await store.advance_many([(bad, NOW, NOW)])
+    await store.record_baselines([(bad, "short", 1.0)])
+    # nothing real was touched
+    assert await store.list_daily(G) == [d] and await store.list_watches(G) == [w]
+    assert await store.claim_many([Claim(d, date(2026, 3, 2), "BTCUSDT", d.next_run_at)], now=NOW,
+                                  lease=timedelta(minutes=5))
+
+
+@pytest.mark.parametrize("bad", BAD_SNOWFLAKES)
+async def test_out_of_range_discord_ids_are_refused_at_every_entry_point(store, bad):
+    d = await add_daily(store)
+    for kw in ({"guild": bad}, {"channel": bad}, {"created_by": bad}):
+        with pytest.raises(InputError, match="must be a positive Discord id"):
+            await add_daily(store, time="10:00", **kw)
+        args = {"guild": G, "channel": C, "created_by": U, **kw}
+        with pytest.raises(InputError, match="must be a positive Discord id"):
+            await store.add_watch(args["guild"], args["channel"], symbol="BTC", window="7d", exchange="all",
+                                  created_by=args["created_by"])
+    for call in (store.list_daily, store.list_watches, store.count_subscriptions):
+        with pytest.raises(InputError, match="server id must be a positive Discord id"):
+            await call(bad)
+    for call in (store.remove_daily, store.resume_daily, store.remove_watch, store.resume_watch):
+        with pytest.raises(InputError, match="server id must be a positive Discord id"):
+            await call(bad, d.id)
+    assert await store.pause_channel(bad, "x") == 0
+    assert await store.list_daily(G) == [d] and await store.count_subscriptions(G) == 1
+
+
+async def test_the_largest_ids_are_accepted(store):
+    big = 2**63 - 1
+    d = await store.add_daily(big, big, symbols="BTC", window="1d", exchange="all", time="09:30",
+                              timezone="UTC", created_by=big, now=NOW)
+    assert (await store.list_daily(big))[0] == d
+    assert await store.get_daily(2**31 - 1) is None
+    with pytest.raises(InputError, match="no daily report with id 2147483647;"):
+        await store.remove_daily(big, 2**31 - 1)

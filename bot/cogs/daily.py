@@ -23,6 +23,7 @@ from analysis.errors import InputError
 from analysis.windows import parse_window
 
 from . import (
+    SubscriptionId,
     WINDOW_CHOICES,
     ManagerGroup,
     check_listed,
@@ -102,12 +103,12 @@ class DailyCog(commands.Cog):
 
         @group.command(name="remove", description="Stop and delete a daily report")
         @app_commands.describe(id="The report's number, as shown by /daily list")
-        async def daily_remove(interaction: discord.Interaction, id: app_commands.Range[int, 1, None]) -> None:
+        async def daily_remove(interaction: discord.Interaction, id: SubscriptionId) -> None:
             await cog.do_remove(interaction, id)
 
         @group.command(name="resume", description="Resume a paused daily report (after fixing the channel or permissions)")
         @app_commands.describe(id="The report's number, as shown by /daily list")
-        async def daily_resume(interaction: discord.Interaction, id: app_commands.Range[int, 1, None]) -> None:
+        async def daily_resume(interaction: discord.Interaction, id: SubscriptionId) -> None:
             await cog.do_resume(interaction, id)
 
         daily_remove.autocomplete("id")(cog.id_autocomplete)

@@ -24,6 +24,7 @@ from analysis.symbols import parse_symbol
 from analysis.windows import parse_window
 
 from . import (
+    SubscriptionId,
     WINDOW_CHOICES,
     ManagerGroup,
     SymbolIndex,
@@ -119,12 +120,12 @@ class NoticesCog(commands.Cog):
 
         @group.command(name="unsubscribe", description="Stop and delete a skew alert")
         @app_commands.describe(id="The alert's number, as shown by /skew-alerts list")
-        async def unsubscribe(interaction: discord.Interaction, id: app_commands.Range[int, 1, None]) -> None:
+        async def unsubscribe(interaction: discord.Interaction, id: SubscriptionId) -> None:
             await cog.do_unsubscribe(interaction, id)
 
         @group.command(name="resume", description="Resume a paused skew alert (after fixing the channel or permissions)")
         @app_commands.describe(id="The alert's number, as shown by /skew-alerts list")
-        async def resume(interaction: discord.Interaction, id: app_commands.Range[int, 1, None]) -> None:
+        async def resume(interaction: discord.Interaction, id: SubscriptionId) -> None:
             await cog.do_resume(interaction, id)
 
         unsubscribe.autocomplete("id")(cog.id_autocomplete)
