@@ -94,6 +94,7 @@ ATTACHMENT = "liqmap.png"
 Key = tuple[str, str, str]  # (symbol, window, exchange)
 EMBED_TOTAL_MAX = 6000  # Discord's limit on an embed's title, description, fields and footer together
 MAX_MISSED_RECORDED = 31  # after a longer outage the older missed days are not recorded one by one
+PRUNE_EVERY = timedelta(days=1)  # how often old final delivery records are pruned
 
 
 class ChannelGone(Exception):
@@ -149,6 +150,10 @@ class DispatcherParams:
         ``failed``: verified before any retry).
     render_concurrency, post_concurrency
         How many reports are built, and messages sent, at once.
+    retention
+        How long final (``sent``/``skipped``) delivery records are kept, counted from their due
+        time (default 30 days; at least the grace window plus the lease plus a day). Pruned once
+        per :data:`PRUNE_EVERY`, at most ``prune_batch`` rows per transaction.
     """
 
     tick_s: float = 30.0
@@ -159,6 +164,8 @@ class DispatcherParams:
     post_timeout_s: float = 120.0
     render_concurrency: int = 4
     post_concurrency: int = 8
+    retention: timedelta = timedelta(days=30)
+    prune_batch: int = 5000
 
     def __post_init__(self) -> None:
         if self.tick_s <= 0 or self.skew_interval_s <= 0:
@@ -167,6 +174,10 @@ class DispatcherParams:
             raise ValueError("grace must be >= 0 and claim_lease > 0")
         if self.render_concurrency < 1 or self.post_concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if self.retention < self.grace + self.claim_lease + timedelta(days=1):
+            raise ValueError("retention must be at least the grace window plus the claim lease plus one day")
+        if self.prune_batch < 1:
+            raise ValueError("prune_batch must be at least 1")
 
 
 @dataclass
@@ -289,6 +300,8 @@ class Dispatcher:
         self._in_tick = False
         self._stop = asyncio.Event()
         self._next_skew: datetime | None = None
+        self._next_prune: datetime | None = None
+        self.last_pruned: int | None = None
         self.last_daily: TickStats | None = None
         self.last_skew: TickStats | None = None
 
@@ -322,6 +335,21 @@ class Dispatcher:
                 self.last_skew = await self.run_skew()
             except Exception:
                 log.exception("skew check failed")
+        now = self.now()
+        if self._next_prune is None or now >= self._next_prune or self._next_prune - now > PRUNE_EVERY:
+            self._next_prune = now + PRUNE_EVERY
+            try:
+                self.last_pruned = await self.prune(now)
+            except Exception:
+                log.exception("pruning old delivery records failed")
+
+    async def prune(self, now: datetime | None = None) -> int:
+        """Delete final delivery records due more than ``retention`` ago (see :meth:`Store.prune_deliveries`)."""
+        now = now or self.now()
+        n = await self.store.prune_deliveries(now - self.params.retention, batch=self.params.prune_batch)
+        if n:
+            log.info("pruned %d delivery records due before %s", n, f"{now - self.params.retention:%Y-%m-%d %H:%M} UTC")
+        return n
 
     def start(self) -> asyncio.Task:
         """Run the loop as a background task (idempotent)."""
@@ -646,6 +674,7 @@ def make_dispatcher(store: Store, service: Any, poster: Poster, settings: Any = 
     params = DispatcherParams(
         grace=timedelta(minutes=float(getattr(sched, "daily_grace_minutes", 120.0))),
         skew_interval_s=60.0 * float(getattr(sched, "watch_interval_minutes", 15.0)),
+        retention=timedelta(days=float(getattr(sched, "delivery_retention_days", 30.0))),
     )
 
     async def report(symbol: str, window: str, exchange: str) -> Any:

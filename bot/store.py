@@ -335,10 +335,24 @@ class DeliveryRow(Base):
     nonce: Mapped[str] = mapped_column(String(25))
     message_id: Mapped[int | None] = mapped_column(BigInteger)
     attempts: Mapped[int] = mapped_column(Integer)
-    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     detail: Mapped[str | None] = mapped_column(String(300))
+
+
+class MarkRow(Base):
+    """Named instants the store keeps (``deliveries_pruned_before``: the prune horizon)."""
+
+    __tablename__ = "store_marks"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+PRUNE_HORIZON = "deliveries_pruned_before"
+FINAL_STATES = ("sent", "skipped")
+BEFORE_HORIZON = "not posted: due before the delivery-retention horizon (its record may have been pruned)"
 
 
 # -- public records ---------------------------------------------------------------------------------
@@ -760,17 +774,23 @@ class Store:
         """
         now = _aware(now)
         marker, nonce = delivery_marker(sched.id, local_day, symbol)
-        try:
-            async with self._session() as s, s.begin():
-                row = DeliveryRow(
-                    schedule_id=sched.id, local_date=local_day, symbol=symbol, channel_id=sched.channel_id,
-                    state="claimed", marker=marker, nonce=nonce, attempts=1, due_at=due_at, claimed_at=now,
-                )
-                s.add(row)
-                await s.flush()
-                return Delivery._of(row), False
-        except IntegrityError:
-            pass
+        async with self._session() as s:
+            horizon = await self._horizon(s)
+        if horizon is not None and _aware(due_at) < horizon:
+            # its record may have been pruned: never claimed anew (an existing record is still verified below)
+            await self.skip_delivery(sched, local_day, symbol, due_at=due_at, now=now, detail=BEFORE_HORIZON)
+        else:
+            try:
+                async with self._session() as s, s.begin():
+                    row = DeliveryRow(
+                        schedule_id=sched.id, local_date=local_day, symbol=symbol, channel_id=sched.channel_id,
+                        state="claimed", marker=marker, nonce=nonce, attempts=1, due_at=due_at, claimed_at=now,
+                    )
+                    s.add(row)
+                    await s.flush()
+                    return Delivery._of(row), False
+            except IntegrityError:
+                pass
         async with self._session() as s, s.begin():
             row = await s.scalar(
                 select(DeliveryRow).where(
@@ -833,6 +853,50 @@ class Store:
         except IntegrityError:
             return False
 
+    async def prune_horizon(self) -> datetime | None:
+        """The instant before which final delivery records may have been pruned (None: never pruned)."""
+        async with self._session() as s:
+            return await self._horizon(s)
+
+    @staticmethod
+    async def _horizon(s: AsyncSession) -> datetime | None:
+        return await s.scalar(select(MarkRow.at).where(MarkRow.name == PRUNE_HORIZON))
+
+    async def prune_deliveries(self, before: datetime, *, batch: int = 5000, max_batches: int = 100) -> int:
+        """Delete final (``sent``/``skipped``) delivery records due before ``before``; returns how many.
+
+        First the prune horizon is raised to ``before`` (never lowered) and committed: from then on
+        no post due before the horizon is claimed anew (:meth:`claim_many` records it ``skipped``),
+        so a pruned record can never let its post be made again, whatever a schedule's
+        ``next_run_at`` says or the clock reads. Records still ``claimed`` or ``failed`` are kept
+        (the lease and the marker check need them). Deletes in transactions of at most ``batch``
+        rows, at most ``max_batches`` of them (the rest waits for the next prune).
+        """
+        before = _aware(before)
+        if batch < 1 or max_batches < 1:
+            raise ValueError("batch and max_batches must be at least 1")
+        async with self._session() as s, s.begin():
+            mark = await s.get(MarkRow, PRUNE_HORIZON)
+            if mark is None:
+                s.add(MarkRow(name=PRUNE_HORIZON, at=before))
+            elif mark.at < before:
+                mark.at = before
+        total = 0
+        for _ in range(max_batches):
+            async with self._session() as s, s.begin():
+                ids = (
+                    select(DeliveryRow.id)
+                    .where(DeliveryRow.state.in_(FINAL_STATES), DeliveryRow.due_at < before)
+                    .order_by(DeliveryRow.id)
+                    .limit(batch)
+                )
+                res = await s.execute(delete(DeliveryRow).where(DeliveryRow.id.in_(ids)))
+                n = res.rowcount or 0
+            total += n
+            if n < batch:
+                break
+        return total
+
     async def advance(self, schedule_id: int, expected: datetime, new_next: datetime) -> bool:
         """Move ``next_run_at`` from ``expected`` to ``new_next`` (compare-and-set; False if it moved already)."""
         if not _valid_item_id(schedule_id):
@@ -887,10 +951,19 @@ class Store:
                         if (r.schedule_id, r.local_date, r.symbol) in keys:
                             existing[(r.schedule_id, r.local_date, r.symbol)] = r
                 won: list[tuple[DeliveryRow, bool]] = []
+                horizon = await self._horizon(s)
                 for c in claims:
                     r = existing.get((c.schedule.id, c.local_date, c.symbol))
                     if r is None:
                         marker, nonce = delivery_marker(c.schedule.id, c.local_date, c.symbol)
+                        if horizon is not None and _aware(c.due_at) < horizon:
+                            # its record may have been pruned: never claim it anew (see prune_deliveries)
+                            s.add(DeliveryRow(
+                                schedule_id=c.schedule.id, local_date=c.local_date, symbol=c.symbol,
+                                channel_id=c.schedule.channel_id, state="skipped", marker=marker, nonce=nonce,
+                                attempts=0, due_at=c.due_at, finished_at=now, detail=BEFORE_HORIZON,
+                            ))
+                            continue
                         r = DeliveryRow(
                             schedule_id=c.schedule.id, local_date=c.local_date, symbol=c.symbol,
                             channel_id=c.schedule.channel_id, state="claimed", marker=marker, nonce=nonce,

@@ -847,3 +847,66 @@ async def test_stop_lets_a_tick_in_progress_finish(store):
     gate.set()
     await stopping
     assert poster.count(1) == 1  # the tick finished its post instead of being cut short
+
+
+# -- retention (audit issue 8, item 3) --------------------------------------------------------------
+
+async def test_old_delivery_records_are_pruned_once_a_day_and_recent_ones_kept(store):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster, reports = FakePoster(), FakeReports()
+    s = await daily(store, clock)
+    d = dispatcher(store, poster, reports, clock, retention=timedelta(days=5))
+    prunes = []
+    real = store.prune_deliveries
+
+    async def spy(before, **kw):
+        prunes.append((clock(), before))
+        return await real(before, **kw)
+
+    store.prune_deliveries = spy
+    while clock() < datetime(2026, 6, 12, 8, 0, tzinfo=UTC):
+        await d.tick()
+        clock.t += timedelta(hours=3)
+    assert poster.count(1) == 11  # one post a day, pruning or not
+    # once a day, each time with the cutoff `retention` before the clock
+    assert [at for at, _ in prunes] == [datetime(2026, 6, 1, 8, 0, tzinfo=UTC) + timedelta(days=i) for i in range(11)]
+    assert all(at - before == timedelta(days=5) for at, before in prunes)
+    kept = await store.deliveries(s.id)
+    assert [x.local_date for x in kept] == [date(2026, 6, i) for i in range(6, 12)]
+    assert await store.prune_horizon() == datetime(2026, 6, 6, 8, 0, tzinfo=UTC)
+
+
+async def test_a_pruned_record_never_lets_its_post_be_made_again(store):
+    # a schedule whose next_run_at was not advanced past the pruned day, with the clock set back to it
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster, reports = FakePoster(), FakeReports()
+    s = await daily(store, clock)
+    d = dispatcher(store, poster, reports, clock, retention=timedelta(days=5))
+    clock.t = datetime(2026, 6, 1, 9, 1, tzinfo=UTC)
+    await d.run_daily()
+    assert poster.count(1) == 1
+    clock.t = datetime(2026, 6, 8, 9, 1, tzinfo=UTC)
+    await d.prune()
+    assert await store.deliveries(s.id, date(2026, 6, 1)) == []
+    first = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    assert await store.advance(s.id, (await store.get_daily(s.id)).next_run_at, first)  # stuck on the old day
+    clock.t = datetime(2026, 6, 1, 9, 5, tzinfo=UTC)  # and the clock set back to it
+    stats = await d.run_daily()
+    assert poster.count(1) == 1 and stats.posted == 0
+    (rec,) = await store.deliveries(s.id, date(2026, 6, 1))
+    assert rec.state == "skipped" and "retention" in rec.detail
+    assert (await store.get_daily(s.id)).next_run_at == datetime(2026, 6, 2, 9, 0, tzinfo=UTC)
+
+
+def test_retention_must_cover_the_grace_window_and_the_lease():
+    with pytest.raises(ValueError, match="retention"):
+        DispatcherParams(retention=timedelta(hours=12))
+    with pytest.raises(ValueError, match="retention"):
+        DispatcherParams(grace=timedelta(hours=24), retention=timedelta(days=2))
+    assert DispatcherParams().retention == timedelta(days=30)
+
+
+def test_retention_comes_from_the_settings(store):
+    sched = SimpleNamespace(daily_grace_minutes=90, watch_interval_minutes=5, delivery_retention_days=45)
+    d = make_dispatcher(store, SimpleNamespace(report=FakeReports()), FakePoster(), SimpleNamespace(schedule=sched))
+    assert d.params.retention == timedelta(days=45)

@@ -18,7 +18,7 @@ from bot.store import (
 )
 
 UTC = timezone.utc
-HEAD = "0002_unique_daily_schedule"
+HEAD = "0003_delivery_retention"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 G, C, U = 111, 222, 333
 
@@ -608,3 +608,57 @@ async def test_the_largest_ids_are_accepted(store):
     assert await store.get_daily(2**31 - 1) is None
     with pytest.raises(InputError, match="no daily report with id 2147483647;"):
         await store.remove_daily(big, 2**31 - 1)
+
+
+# -- retention (audit issue 8, item 3) --------------------------------------------------------------
+
+async def test_prune_deletes_only_old_final_records_in_bounded_batches_and_raises_the_horizon(store):
+    from bot.store import Claim, Outcome
+
+    d = await add_daily(store)
+    lease = timedelta(minutes=10)
+    day0 = date(2026, 3, 2)
+    claims = [Claim(d, day0 + timedelta(days=i), "BTCUSDT", d.next_run_at + timedelta(days=i)) for i in range(8)]
+    won = await store.claim_many(claims, now=NOW, lease=lease)
+    # days 0-4 sent, day 5 skipped, day 6 still claimed (a crash mid-send), day 7 failed
+    await store.finish_many([Outcome(x.id, "sent", message_id=100 + i) for i, (x, _) in enumerate(won[:5])]
+                            + [Outcome(won[5][0].id, "skipped", detail="no data"),
+                               Outcome(won[7][0].id, "failed", detail="timeout")], now=NOW)
+    assert await store.prune_horizon() is None
+    cutoff = d.next_run_at + timedelta(days=7, hours=1)  # every record is due before it
+    assert await store.prune_deliveries(cutoff, batch=2, max_batches=2) == 4  # bounded: two batches of two
+    assert await store.prune_horizon() == cutoff
+    assert await store.prune_deliveries(cutoff, batch=2, max_batches=2) == 2
+    assert await store.prune_deliveries(cutoff, batch=2, max_batches=2) == 0
+    left = await store.deliveries(d.id)
+    assert [(x.local_date, x.state) for x in left] == [(day0 + timedelta(days=6), "claimed"),
+                                                      (day0 + timedelta(days=7), "failed")]
+    # the horizon never moves back (a clock set back prunes less, and forgets nothing)
+    await store.prune_deliveries(cutoff - timedelta(days=20))
+    assert await store.prune_horizon() == cutoff
+
+
+async def test_a_post_due_before_the_horizon_is_never_claimed_anew_but_an_unfinished_one_is_still_verified(store):
+    from bot.store import BEFORE_HORIZON, Claim
+
+    d = await add_daily(store)
+    lease = timedelta(minutes=10)
+    old_day, open_day = date(2026, 3, 2), date(2026, 3, 3)
+    c_old = Claim(d, old_day, "BTCUSDT", d.next_run_at)
+    c_open = Claim(d, open_day, "BTCUSDT", d.next_run_at + timedelta(days=1))
+    ((sent, _),) = await store.claim_many([c_old], now=NOW, lease=lease)
+    await store.finish_delivery(sent.id, "sent", now=NOW, message_id=1)
+    ((stuck, _),) = await store.claim_many([c_open], now=NOW, lease=lease)  # crashed mid-send
+    assert await store.prune_deliveries(d.next_run_at + timedelta(days=2)) == 1
+    assert await store.deliveries(d.id, old_day) == []
+    later = NOW + timedelta(hours=1)
+    # the pruned post: no claim (batch or single), recorded skipped instead
+    assert await store.claim_many([c_old], now=later, lease=lease) == []
+    (rec,) = await store.deliveries(d.id, old_day)
+    assert (rec.state, rec.detail) == ("skipped", BEFORE_HORIZON)
+    await store.prune_deliveries(d.next_run_at + timedelta(days=2))
+    assert await store.claim_delivery(d, old_day, "BTCUSDT", due_at=c_old.due_at, now=later, lease=lease) == (None, False)
+    assert (await store.deliveries(d.id, old_day))[0].state == "skipped"
+    # the unfinished record before the horizon was kept, and is still taken over for verification
+    ((again, recovering),) = await store.claim_many([c_open], now=later, lease=lease)
+    assert again.id == stuck.id and recovering
