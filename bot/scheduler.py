@@ -220,9 +220,11 @@ def default_embed(report: Any, title: str, description: str, marker: str) -> dic
         "footer": {"text": footer},
     }
     missing = dict(getattr(report, "missing", {}) or {})
-    if missing:
-        lines = "\n".join(f"**{v}**: {why}" for v, why in missing.items())
-        embed["fields"] = [{"name": "Missing venues (map built without them)", "value": _clip(lines, 1024), "inline": False}]
+    if missing:  # a venue's error text is outside text: escaped like any other
+        from analysis.commentary import missing_venues
+
+        embed["fields"] = [{"name": "Missing venues (map built without them)", "value": missing_venues(missing, 1024),
+                            "inline": False}]
     # Discord refuses an embed over 6000 characters in all; the description gives way
     used = len(embed["title"]) + len(footer) + sum(len(f["name"]) + len(f["value"]) for f in embed.get("fields", ()))
     embed["description"] = _clip(description, min(4096, EMBED_TOTAL_MAX - used))

@@ -207,7 +207,7 @@ async def test_skew_alert_subscribe_with_thresholds_list_and_unsubscribe(h):
 @pytest.mark.parametrize(
     ("options", "needle"),
     [
-        ({"mild": 3.0, "heavy": 2.0}, "1 < mild < heavy"),
+        ({"mild": 3.0, "heavy": 2.0}, r"1 \< mild \< heavy"),  # escaped: renders as 1 < mild < heavy
         ({"mild": 1.5, "mild_exit": 1.6}, "exit"),
         ({"symbol": "DOGE"}, "DOGEUSDT is not listed on any of binance, bybit"),
         ({"symbol": "ETH", "exchange": "binance"}, "ETHUSDT is not listed on binance."),

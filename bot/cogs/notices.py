@@ -17,6 +17,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from analysis.commentary import md_safe_text
 from analysis.errors import InputError
 from analysis.hysteresis import HysteresisParams
 from analysis.metrics import SKEW_CLASSES
@@ -53,7 +54,8 @@ def describe_watch(w: Any) -> str:
               f"cooldown {w.cooldown_s // 60} min")
     if w.paused:
         when = f"<t:{int(w.paused_at.timestamp())}:R>" if w.paused_at else "?"
-        return f"{head}\n  ⏸ paused since {when}: {w.paused_reason} — `/skew-alerts resume id:{w.id}`\n  {detail}"
+        return (f"{head}\n  ⏸ paused since {when}: {md_safe_text(w.paused_reason, 300)} — "
+                f"`/skew-alerts resume id:{w.id}`\n  {detail}")
     last = SKEW_CLASSES[w.last_class].label if w.last_class in SKEW_CLASSES else "not measured yet"
     ratio = f" (ratio {w.last_ratio:.2f})" if w.last_ratio is not None else ""
     return f"{head}\n  now: {last}{ratio} · {detail}"
