@@ -85,6 +85,7 @@ __all__ = [
     "Dispatcher",
     "make_dispatcher",
     "ATTACHMENT",
+    "BLIND_RETRY_WINDOW",
 ]
 
 log = logging.getLogger(__name__)
@@ -95,6 +96,11 @@ Key = tuple[str, str, str]  # (symbol, window, exchange)
 EMBED_TOTAL_MAX = 6000  # Discord's limit on an embed's title, description, fields and footer together
 MAX_MISSED_RECORDED = 31  # after a longer outage the older missed days are not recorded one by one
 PRUNE_EVERY = timedelta(days=1)  # how often old final delivery records are pruned
+# Discord drops a send whose nonce it saw "in the past few minutes" (enforce_nonce; the exact window
+# is not documented). A resend without a marker check (discord.py's own retries of one send, 5xx or
+# 429) must stay within this bound of the first attempt; every later retry searches for the marker
+# first. Enforced through post_timeout_s <= BLIND_RETRY_WINDOW (see DispatcherParams).
+BLIND_RETRY_WINDOW = timedelta(minutes=2)
 
 
 class ChannelGone(Exception):
@@ -147,7 +153,10 @@ class DispatcherParams:
         another dispatcher verifies it with ``find_marker`` (default 10 minutes).
     render_timeout_s, post_timeout_s
         A report or a send that takes longer is abandoned for this tick (a send then counts as
-        ``failed``: verified before any retry).
+        ``failed``: verified before any retry). ``post_timeout_s`` bounds discord.py's own blind
+        retries of a send, so it may not exceed :data:`BLIND_RETRY_WINDOW`; and the claim lease
+        must exceed four of it (a send starting at half the lease, after a marker search of up to
+        ``post_timeout_s``, ends before another dispatcher may take the claim over).
     render_concurrency, post_concurrency
         How many reports are built, and messages sent, at once.
     retention
@@ -174,6 +183,11 @@ class DispatcherParams:
             raise ValueError("grace must be >= 0 and claim_lease > 0")
         if self.render_concurrency < 1 or self.post_concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if not 0 < self.post_timeout_s <= BLIND_RETRY_WINDOW.total_seconds():
+            raise ValueError(f"post_timeout_s must be positive and at most {BLIND_RETRY_WINDOW.total_seconds():g} s "
+                             "(blind resends must stay inside Discord's nonce window)")
+        if self.claim_lease <= timedelta(seconds=4 * self.post_timeout_s):
+            raise ValueError("claim_lease must exceed four times post_timeout_s")
         if self.retention < self.grace + self.claim_lease + timedelta(days=1):
             raise ValueError("retention must be at least the grace window plus the claim lease plus one day")
         if self.prune_batch < 1:

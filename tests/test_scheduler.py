@@ -910,3 +910,72 @@ def test_retention_comes_from_the_settings(store):
     sched = SimpleNamespace(daily_grace_minutes=90, watch_interval_minutes=5, delivery_retention_days=45)
     d = make_dispatcher(store, SimpleNamespace(report=FakeReports()), FakePoster(), SimpleNamespace(schedule=sched))
     assert d.params.retention == timedelta(days=45)
+
+
+# -- blind retries stay inside Discord's nonce window (audit issue 8, item 5) ---------------------
+
+class LoggingPoster(FakePoster):
+    """Logs every send and marker search with the fake clock's time. ``created_then_timeout``: that
+    many sends create the message and then time out (Discord got it; the answer never came)."""
+
+    def __init__(self, clock, created_then_timeout=0, **kw):
+        super().__init__(**kw)
+        self.clock = clock
+        self.created_then_timeout = created_then_timeout
+        self.log: list[tuple[datetime, str, str]] = []  # (time, "post" | "find", marker)
+
+    async def post(self, channel_id, **kw):
+        marker = kw["embed"]["footer"]["text"].rsplit(" · ", 1)[-1]
+        self.log.append((self.clock(), "post", marker))
+        mid = await super().post(channel_id, **kw)
+        if self.created_then_timeout > 0:
+            self.created_then_timeout -= 1
+            raise asyncio.TimeoutError()
+        return mid
+
+    async def find_marker(self, channel_id, marker, *, since=None):
+        self.log.append((self.clock(), "find", marker))
+        return await super().find_marker(channel_id, marker, since=since)
+
+
+def assert_blind_retries_inside_the_window(log):
+    """Every send of a marker later than BLIND_RETRY_WINDOW after its first send is preceded, since
+    the previous send, by a marker search."""
+    from bot.scheduler import BLIND_RETRY_WINDOW
+
+    first: dict[str, datetime] = {}
+    searched: dict[str, bool] = {}
+    for at, kind, marker in log:
+        if kind == "find":
+            searched[marker] = True
+        elif marker not in first:
+            first[marker], searched[marker] = at, False
+        else:
+            assert at - first[marker] <= BLIND_RETRY_WINDOW or searched[marker], (marker, at, log)
+            searched[marker] = False
+
+
+@pytest.mark.parametrize("created", [True, False])
+async def test_a_send_that_timed_out_is_retried_only_after_a_marker_search(store, created):
+    clock = Clock(datetime(2026, 6, 1, 8, 59, tzinfo=UTC))
+    poster = LoggingPoster(clock, created_then_timeout=1 if created else 0, fail={} if created else {1: 1})
+    await daily(store, clock)
+    d = dispatcher(store, poster, FakeReports(), clock)
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    while clock() < datetime(2026, 6, 1, 10, 0, tzinfo=UTC):
+        await d.run_daily()
+        clock.t += timedelta(minutes=3)  # ticks further apart than the blind-retry window
+    assert poster.count(1) == 1  # exactly one message, whether the first send reached Discord or not
+    assert_blind_retries_inside_the_window(poster.log)
+    assert [k for _, k, _ in poster.log] == (["post", "find"] if created else ["post", "find", "post"])
+
+
+def test_the_send_timeout_and_lease_keep_blind_retries_inside_the_nonce_window():
+    from bot.scheduler import BLIND_RETRY_WINDOW
+
+    p = DispatcherParams()
+    assert p.post_timeout_s <= BLIND_RETRY_WINDOW.total_seconds() and p.claim_lease > timedelta(seconds=4 * p.post_timeout_s)
+    with pytest.raises(ValueError, match="post_timeout_s"):
+        DispatcherParams(post_timeout_s=BLIND_RETRY_WINDOW.total_seconds() + 1)
+    with pytest.raises(ValueError, match="claim_lease"):
+        DispatcherParams(post_timeout_s=90, claim_lease=timedelta(minutes=6))
