@@ -31,6 +31,14 @@ that Discord refuses because the nonce's message was posted and deleted since
 (:class:`AlreadyPosted`) is recorded as sent, never resent and never a reason to pause. The lease
 compares the processes' wall clocks: keep their clocks in sync (NTP).
 
+Blind retries: a resend without a marker search (discord.py's own retries of one send) happens
+only within :data:`BLIND_RETRY_WINDOW` of the first attempt, inside Discord's nonce window; every
+later retry searches for the marker first (``post_timeout_s`` may not exceed the window).
+
+Retention: once a day (:data:`PRUNE_EVERY`) final delivery records due more than ``retention`` ago
+are pruned in bounded batches; see :meth:`Store.prune_deliveries` for why this can never let a
+post be made twice.
+
 Downtime: a run whose time is more than ``grace`` in the past is not posted; it is recorded
 ``skipped`` (detail "missed ...") with a log line, and the next run is computed. A run that is
 late but within ``grace`` is posted once, late. Several missed days are each recorded skipped.

@@ -28,9 +28,13 @@ API for the Discord layer (all ``async``)::
     await store.pause("daily" | "watch", id, reason) -> bool      # False: no such id or already paused
     await store.pause_channel(channel_id, reason) -> int          # every subscription posting there
     await store.deliveries(schedule_id, local_date=None) -> list[Delivery]
+    await store.prune_deliveries(before, batch=5000, max_batches=100) -> int  # final records due before
+
+Ids are range-checked before any query: Discord ids 1..2**63-1 (else InputError), subscription
+ids 1..2**31-1 (else "no such id": None, False or an InputError saying so).
 
 Every refusal is an ``InputError`` (bad time/timezone/symbol/window/exchange/threshold/cooldown,
-duplicate, cap reached, unknown id in this guild). The cap counts daily reports and skew notices
+duplicate (decided by the table's unique key, see ``_insert_subscription``), cap reached, unknown id in this guild). The cap counts daily reports and skew notices
 together, paused ones included.
 
 Validators usable on their own (e.g. in autocomplete or a pre-check): :func:`parse_time`,
