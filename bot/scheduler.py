@@ -63,7 +63,8 @@ first observation after subscribing (or resuming) records a baseline and announc
 change is announced unless the subscription announced within its cooldown; during the cooldown
 the last announced class is kept, so a change that persists is announced when the cooldown ends.
 The new class is written (compare-and-set) *before* the notice is sent, so a restart never
-re-announces; if the send fails the class is put back and the next check retries. A crash between
+re-announces; if the send fails the class is put back and the next check retries, except when it
+timed out (it may have been posted; a retry 15 minutes later would be blind): then it is kept. A crash between
 the write and the send loses that one notice (at most once, by design).
 """
 
@@ -669,7 +670,15 @@ class Dispatcher:
                     n_paused = await self.store.pause_channel(w.channel_id, reason, now=now)
                     stats.paused += n_paused
                     log.warning("channel %s: %s; its subscriptions are paused", w.channel_id, reason)
-                except (Exception, asyncio.TimeoutError) as exc:
+                except asyncio.TimeoutError:
+                    # Outcome unknown (Discord may have created it) and a notice has no marker search:
+                    # a retry at the next check would be a blind resend with a new nonce, long after
+                    # the nonce window. Keep the class: at most once.
+                    stats.failed += 1
+                    stats.errors.append("TimeoutError: notice send timed out")
+                    log.warning("skew notice %s to channel %s timed out; not retried (it may have been posted)",
+                                w.id, w.channel_id)
+                except Exception as exc:
                     stats.failed += 1
                     stats.errors.append(f"{type(exc).__name__}: {exc}"[:200])
                     log.warning("skew notice %s to channel %s failed; will retry", w.id, w.channel_id, exc_info=True)

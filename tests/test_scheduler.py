@@ -979,3 +979,32 @@ def test_the_send_timeout_and_lease_keep_blind_retries_inside_the_nonce_window()
         DispatcherParams(post_timeout_s=BLIND_RETRY_WINDOW.total_seconds() + 1)
     with pytest.raises(ValueError, match="claim_lease"):
         DispatcherParams(post_timeout_s=90, claim_lease=timedelta(minutes=6))
+
+
+def test_retention_setting_defaults_and_bounds(monkeypatch, tmp_path):
+    from analysis.errors import InputError
+    from bot.settings import load_settings
+
+    monkeypatch.delenv("LIQMAP_DELIVERY_RETENTION_DAYS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(None).schedule.delivery_retention_days == 30
+    monkeypatch.setenv("LIQMAP_DELIVERY_RETENTION_DAYS", "90")
+    assert load_settings(None).schedule.delivery_retention_days == 90
+    monkeypatch.setenv("LIQMAP_DELIVERY_RETENTION_DAYS", "1")
+    with pytest.raises(InputError, match="LIQMAP_DELIVERY_RETENTION_DAYS"):
+        load_settings(None)
+
+
+async def test_a_skew_notice_that_timed_out_is_not_resent_blindly_at_the_next_check(store):
+    clock = Clock(datetime(2026, 6, 1, 0, 0, tzinfo=UTC))
+    poster, reports = LoggingPoster(clock, created_then_timeout=1), FakeReports()
+    w = await watch(store, 1)
+    d = dispatcher(store, poster, reports, clock)
+    await d.run_skew()  # baseline
+    reports.ratio["BTCUSDT"] = 4.0
+    clock.t += timedelta(minutes=15)
+    assert (await d.run_skew()).failed == 1  # Discord created it, the answer timed out
+    clock.t += timedelta(minutes=15)
+    await d.run_skew()
+    assert poster.count(1) == 1  # not announced a second time with a new nonce
+    assert (await store.get_watch(w.id)).last_class == "heavily_short"
