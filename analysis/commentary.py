@@ -26,6 +26,7 @@ from .symbols import parse_symbol
 
 __all__ = [
     "summary", "daily", "notice", "footer", "usd", "price_str", "skew_sentence", "near_sentence", "md_safe",
+    "md_safe_text", "missing_venues",
     "EMBED_LIMIT", "MESSAGE_LIMIT", "TEMPLATES",
 ]
 
@@ -156,6 +157,40 @@ def _md_safe(value: object, limit: int = 200) -> str:
 
 
 md_safe = _md_safe  # public name for front ends that put outside text into markdown themselves
+
+# Kept verbatim by md_safe_text: our own channel links, and bare web addresses (already visible
+# as what they are; escaping inside one would break it). Neither can carry a masked link.
+_KEEP = re.compile(r"<#\d{1,20}>|https?://[^\s<>\[\]()@`|*~\\]+")
+
+
+def md_safe_text(value: object, limit: int = 2000) -> str:
+    """A whole message line that may quote outside text (an error's reason, a pause reason) as
+    inert Discord markdown: :func:`md_safe`, except that channel links ``<#id>`` and bare
+    ``https://`` addresses stay usable. Masked links, mentions, ``@everyone``, code and newlines
+    are neutralised exactly as in :func:`md_safe`."""
+    text = _clip(" ".join(_CONTROL.sub(" ", str(value)).split()), limit)
+    out, at = [], 0
+    for m in _KEEP.finditer(text):
+        out += [_md_safe_part(text[at:m.start()]), m.group()]
+        at = m.end()
+    out.append(_md_safe_part(text[at:]))
+    return "".join(out)
+
+
+def _md_safe_part(part: str) -> str:
+    """md_safe of a piece of a line, keeping the single spaces that join it to its neighbours."""
+    core = _md_safe(part, len(part) + 1)
+    if not core:
+        return " " if part.strip(" ") != part else ""
+    return (" " if part.startswith(" ") else "") + core + (" " if part.endswith(" ") else "")
+
+
+def missing_venues(missing: "dict[str, str] | Iterable[tuple[str, str]]", limit: int = 1024) -> str:
+    """The "missing venues" lines of an embed field: ``**venue**: reason``, both escaped with
+    :func:`md_safe` (a venue's error text is outside text), cut at a line boundary."""
+    items = missing.items() if isinstance(missing, dict) else missing
+    lines = [f"**{_md_safe(v, 40)}**: {_md_safe(why, 300)}" for v, why in items]
+    return _fit("\n".join(lines), limit)
 
 
 def _base(symbol: str) -> str:

@@ -95,7 +95,7 @@ def measure(fn):
     return timed
 
 
-TABLES = ("deliveries", "skew_watches", "daily_schedules", "alembic_version")
+TABLES = ("deliveries", "skew_watches", "daily_schedules", "store_marks", "alembic_version")
 
 
 async def _server_tables(url: str, drop: bool) -> list[str]:

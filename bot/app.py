@@ -169,16 +169,22 @@ def install_log_redaction(settings: Settings, logger: logging.Logger | None = No
 # -- errors --------------------------------------------------------------------------------------
 
 def error_message(error: BaseException) -> tuple[str, bool]:
-    """The short text a user sees for ``error`` and whether it is a bug (to be logged with an id)."""
+    """The short text a user sees for ``error`` and whether it is a bug (to be logged with an id).
+
+    An error's text can quote outside text (a venue's error message, what the user typed): it
+    goes through the same Discord-safe escaping as every outside string (``md_safe_text``).
+    """
+    from analysis.commentary import md_safe_text
+
     if isinstance(error, app_commands.CommandInvokeError):
         error = error.original
     if isinstance(error, app_commands.TransformerError) and isinstance(error.__cause__, LiqmapError):
         error = error.__cause__
     if isinstance(error, SourceError):
         hint = f" (the venue asks us to wait {error.retry_after:.0f} s)" if error.retry_after else ""
-        return f"Market data is unavailable right now: {error}{hint}. Please try again shortly.", False
+        return f"Market data is unavailable right now: {md_safe_text(error, 1800)}{hint}. Please try again shortly.", False
     if isinstance(error, LiqmapError):
-        return str(error), False
+        return md_safe_text(error), False
     if isinstance(error, app_commands.CommandOnCooldown):
         wait = max(1, math.ceil(error.retry_after))
         when = int(discord.utils.utcnow().timestamp()) + wait
@@ -192,7 +198,7 @@ def error_message(error: BaseException) -> tuple[str, bool]:
     if isinstance(error, app_commands.TransformerError):
         if error.type is discord.AppCommandOptionType.channel:
             return "I can't use that channel: I need to see it (View Channel), and it must be a text channel.", False
-        return f"{str(error.value)[:40]!r} is not a valid {error.type.name} here.", False
+        return f"{md_safe_text(repr(str(error.value)[:40]))} is not a valid {error.type.name} here.", False
     if isinstance(error, app_commands.NoPrivateMessage):
         return "This command works in servers only.", False
     if isinstance(error, app_commands.CheckFailure):

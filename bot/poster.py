@@ -23,6 +23,8 @@ from typing import Any
 
 import discord
 
+from analysis.commentary import missing_venues
+
 __all__ = [
     "ATTACHMENT",
     "report_embed",
@@ -79,9 +81,9 @@ def report_embed(report: Any, *, title: str | None = None, description: str | No
     )
     embed.set_image(url=f"attachment://{ATTACHMENT}")
     missing = dict(getattr(report, "missing", {}) or {})
-    if missing:
-        lines = "\n".join(f"**{venue}**: {why}" for venue, why in missing.items())
-        embed.add_field(name="Missing venues (map built without them)", value=_clip(lines, EMBED_FIELD_MAX), inline=False)
+    if missing:  # a venue's error text is outside text: escaped like any other
+        embed.add_field(name="Missing venues (map built without them)", value=missing_venues(missing, EMBED_FIELD_MAX),
+                        inline=False)
     embed.set_footer(text=_clip(footer_text(report), 2048))
     excess = len(embed) - EMBED_TOTAL_MAX  # Discord refuses more than 6000 characters in all
     if excess > 0 and embed.description:

@@ -31,6 +31,14 @@ that Discord refuses because the nonce's message was posted and deleted since
 (:class:`AlreadyPosted`) is recorded as sent, never resent and never a reason to pause. The lease
 compares the processes' wall clocks: keep their clocks in sync (NTP).
 
+Blind retries: a resend without a marker search (discord.py's own retries of one send) happens
+only within :data:`BLIND_RETRY_WINDOW` of the first attempt, inside Discord's nonce window; every
+later retry searches for the marker first (``post_timeout_s`` may not exceed the window).
+
+Retention: once a day (:data:`PRUNE_EVERY`) final delivery records due more than ``retention`` ago
+are pruned in bounded batches; see :meth:`Store.prune_deliveries` for why this can never let a
+post be made twice.
+
 Downtime: a run whose time is more than ``grace`` in the past is not posted; it is recorded
 ``skipped`` (detail "missed ...") with a log line, and the next run is computed. A run that is
 late but within ``grace`` is posted once, late. Several missed days are each recorded skipped.
@@ -55,7 +63,8 @@ first observation after subscribing (or resuming) records a baseline and announc
 change is announced unless the subscription announced within its cooldown; during the cooldown
 the last announced class is kept, so a change that persists is announced when the cooldown ends.
 The new class is written (compare-and-set) *before* the notice is sent, so a restart never
-re-announces; if the send fails the class is put back and the next check retries. A crash between
+re-announces; if the send fails the class is put back and the next check retries, except when it
+timed out (it may have been posted; a retry 15 minutes later would be blind): then it is kept. A crash between
 the write and the send loses that one notice (at most once, by design).
 """
 
@@ -85,6 +94,7 @@ __all__ = [
     "Dispatcher",
     "make_dispatcher",
     "ATTACHMENT",
+    "BLIND_RETRY_WINDOW",
 ]
 
 log = logging.getLogger(__name__)
@@ -94,6 +104,12 @@ ATTACHMENT = "liqmap.png"
 Key = tuple[str, str, str]  # (symbol, window, exchange)
 EMBED_TOTAL_MAX = 6000  # Discord's limit on an embed's title, description, fields and footer together
 MAX_MISSED_RECORDED = 31  # after a longer outage the older missed days are not recorded one by one
+PRUNE_EVERY = timedelta(days=1)  # how often old final delivery records are pruned
+# Discord drops a send whose nonce it saw "in the past few minutes" (enforce_nonce; the exact window
+# is not documented). A resend without a marker check (discord.py's own retries of one send, 5xx or
+# 429) must stay within this bound of the first attempt; every later retry searches for the marker
+# first. Enforced through post_timeout_s <= BLIND_RETRY_WINDOW (see DispatcherParams).
+BLIND_RETRY_WINDOW = timedelta(minutes=2)
 
 
 class ChannelGone(Exception):
@@ -146,9 +162,16 @@ class DispatcherParams:
         another dispatcher verifies it with ``find_marker`` (default 10 minutes).
     render_timeout_s, post_timeout_s
         A report or a send that takes longer is abandoned for this tick (a send then counts as
-        ``failed``: verified before any retry).
+        ``failed``: verified before any retry). ``post_timeout_s`` bounds discord.py's own blind
+        retries of a send, so it may not exceed :data:`BLIND_RETRY_WINDOW`; and the claim lease
+        must exceed four of it (a send starting at half the lease, after a marker search of up to
+        ``post_timeout_s``, ends before another dispatcher may take the claim over).
     render_concurrency, post_concurrency
         How many reports are built, and messages sent, at once.
+    retention
+        How long final (``sent``/``skipped``) delivery records are kept, counted from their due
+        time (default 30 days; at least the grace window plus the lease plus a day). Pruned once
+        per :data:`PRUNE_EVERY`, at most ``prune_batch`` rows per transaction.
     """
 
     tick_s: float = 30.0
@@ -159,6 +182,8 @@ class DispatcherParams:
     post_timeout_s: float = 120.0
     render_concurrency: int = 4
     post_concurrency: int = 8
+    retention: timedelta = timedelta(days=30)
+    prune_batch: int = 5000
 
     def __post_init__(self) -> None:
         if self.tick_s <= 0 or self.skew_interval_s <= 0:
@@ -167,6 +192,15 @@ class DispatcherParams:
             raise ValueError("grace must be >= 0 and claim_lease > 0")
         if self.render_concurrency < 1 or self.post_concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if not 0 < self.post_timeout_s <= BLIND_RETRY_WINDOW.total_seconds():
+            raise ValueError(f"post_timeout_s must be positive and at most {BLIND_RETRY_WINDOW.total_seconds():g} s "
+                             "(blind resends must stay inside Discord's nonce window)")
+        if self.claim_lease <= timedelta(seconds=4 * self.post_timeout_s):
+            raise ValueError("claim_lease must exceed four times post_timeout_s")
+        if self.retention < self.grace + self.claim_lease + timedelta(days=1):
+            raise ValueError("retention must be at least the grace window plus the claim lease plus one day")
+        if self.prune_batch < 1:
+            raise ValueError("prune_batch must be at least 1")
 
 
 @dataclass
@@ -209,9 +243,11 @@ def default_embed(report: Any, title: str, description: str, marker: str) -> dic
         "footer": {"text": footer},
     }
     missing = dict(getattr(report, "missing", {}) or {})
-    if missing:
-        lines = "\n".join(f"**{v}**: {why}" for v, why in missing.items())
-        embed["fields"] = [{"name": "Missing venues (map built without them)", "value": _clip(lines, 1024), "inline": False}]
+    if missing:  # a venue's error text is outside text: escaped like any other
+        from analysis.commentary import missing_venues
+
+        embed["fields"] = [{"name": "Missing venues (map built without them)", "value": missing_venues(missing, 1024),
+                            "inline": False}]
     # Discord refuses an embed over 6000 characters in all; the description gives way
     used = len(embed["title"]) + len(footer) + sum(len(f["name"]) + len(f["value"]) for f in embed.get("fields", ()))
     embed["description"] = _clip(description, min(4096, EMBED_TOTAL_MAX - used))
@@ -289,6 +325,8 @@ class Dispatcher:
         self._in_tick = False
         self._stop = asyncio.Event()
         self._next_skew: datetime | None = None
+        self._next_prune: datetime | None = None
+        self.last_pruned: int | None = None
         self.last_daily: TickStats | None = None
         self.last_skew: TickStats | None = None
 
@@ -322,6 +360,21 @@ class Dispatcher:
                 self.last_skew = await self.run_skew()
             except Exception:
                 log.exception("skew check failed")
+        now = self.now()
+        if self._next_prune is None or now >= self._next_prune or self._next_prune - now > PRUNE_EVERY:
+            self._next_prune = now + PRUNE_EVERY
+            try:
+                self.last_pruned = await self.prune(now)
+            except Exception:
+                log.exception("pruning old delivery records failed")
+
+    async def prune(self, now: datetime | None = None) -> int:
+        """Delete final delivery records due more than ``retention`` ago (see :meth:`Store.prune_deliveries`)."""
+        now = now or self.now()
+        n = await self.store.prune_deliveries(now - self.params.retention, batch=self.params.prune_batch)
+        if n:
+            log.info("pruned %d delivery records due before %s", n, f"{now - self.params.retention:%Y-%m-%d %H:%M} UTC")
+        return n
 
     def start(self) -> asyncio.Task:
         """Run the loop as a background task (idempotent)."""
@@ -617,7 +670,15 @@ class Dispatcher:
                     n_paused = await self.store.pause_channel(w.channel_id, reason, now=now)
                     stats.paused += n_paused
                     log.warning("channel %s: %s; its subscriptions are paused", w.channel_id, reason)
-                except (Exception, asyncio.TimeoutError) as exc:
+                except asyncio.TimeoutError:
+                    # Outcome unknown (Discord may have created it) and a notice has no marker search:
+                    # a retry at the next check would be a blind resend with a new nonce, long after
+                    # the nonce window. Keep the class: at most once.
+                    stats.failed += 1
+                    stats.errors.append("TimeoutError: notice send timed out")
+                    log.warning("skew notice %s to channel %s timed out; not retried (it may have been posted)",
+                                w.id, w.channel_id)
+                except Exception as exc:
                     stats.failed += 1
                     stats.errors.append(f"{type(exc).__name__}: {exc}"[:200])
                     log.warning("skew notice %s to channel %s failed; will retry", w.id, w.channel_id, exc_info=True)
@@ -646,6 +707,7 @@ def make_dispatcher(store: Store, service: Any, poster: Poster, settings: Any = 
     params = DispatcherParams(
         grace=timedelta(minutes=float(getattr(sched, "daily_grace_minutes", 120.0))),
         skew_interval_s=60.0 * float(getattr(sched, "watch_interval_minutes", 15.0)),
+        retention=timedelta(days=float(getattr(sched, "delivery_retention_days", 30.0))),
     )
 
     async def report(symbol: str, window: str, exchange: str) -> Any:

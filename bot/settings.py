@@ -93,6 +93,8 @@ class ScheduleSettings(BaseSettings):
 
     daily_grace_minutes: float = Field(120.0, validation_alias="LIQMAP_DAILY_GRACE_MINUTES", ge=0, le=24 * 60)
     watch_interval_minutes: float = Field(15.0, validation_alias="LIQMAP_WATCH_INTERVAL_MINUTES", ge=1, le=24 * 60)
+    # final daily-delivery records older than this are pruned once a day (docs/architecture.md, Retention)
+    delivery_retention_days: float = Field(30.0, validation_alias="LIQMAP_DELIVERY_RETENTION_DAYS", ge=3, le=3650)
     guild_subscription_cap: int = Field(25, validation_alias="LIQMAP_GUILD_SUBSCRIPTION_CAP", ge=1, le=1000)
     report_ttl_seconds: float = Field(120.0, validation_alias="LIQMAP_REPORT_TTL_SECONDS", ge=0, le=3600)
     cooldown_uses: int = Field(2, validation_alias="LIQMAP_COOLDOWN_USES", ge=1, le=100)

@@ -28,9 +28,13 @@ API for the Discord layer (all ``async``)::
     await store.pause("daily" | "watch", id, reason) -> bool      # False: no such id or already paused
     await store.pause_channel(channel_id, reason) -> int          # every subscription posting there
     await store.deliveries(schedule_id, local_date=None) -> list[Delivery]
+    await store.prune_deliveries(before, batch=5000, max_batches=100) -> int  # final records due before
+
+Ids are range-checked before any query: Discord ids 1..2**63-1 (else InputError), subscription
+ids 1..2**31-1 (else "no such id": None, False or an InputError saying so).
 
 Every refusal is an ``InputError`` (bad time/timezone/symbol/window/exchange/threshold/cooldown,
-duplicate, cap reached, unknown id in this guild). The cap counts daily reports and skew notices
+duplicate (decided by the table's unique key, see ``_insert_subscription``), cap reached, unknown id in this guild). The cap counts daily reports and skew notices
 together, paused ones included.
 
 Validators usable on their own (e.g. in autocomplete or a pre-check): :func:`parse_time`,
@@ -61,6 +65,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     String,
     UniqueConstraint,
@@ -171,10 +176,25 @@ def _parse_exchange(text: str, allowed: Sequence[str]) -> str:
     return key
 
 
+SNOWFLAKE_MAX = 2**63 - 1  # Discord ids are unsigned 64-bit in JSON but fit BIGINT (signed) in practice
+ITEM_ID_MAX = 2**31 - 1  # subscription and delivery ids are Integer primary keys (32-bit on PostgreSQL)
+
+
+def _is_int_in(value: Any, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= hi
+
+
 def _parse_id(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0 or value >= 2**63:
+    """A Discord snowflake (1 .. 2**63-1), else InputError; checked before any query (a larger
+    int would raise OverflowError in the database driver)."""
+    if not _is_int_in(value, SNOWFLAKE_MAX):
         raise InputError(f"{what} must be a positive Discord id, not {str(value)[:24]!r}")
     return value
+
+
+def _valid_item_id(value: Any) -> bool:
+    """Whether ``value`` can be the id of a stored row (1 .. 2**31-1); anything else matches no row."""
+    return _is_int_in(value, ITEM_ID_MAX)
 
 
 def _aware(now: datetime | None) -> datetime:
@@ -255,8 +275,15 @@ class Base(DeclarativeBase):
     pass
 
 
+# A subscription table declares ``natural_key``: the columns that make two subscriptions the same.
+# The database enforces it (a unique index or constraint over exactly those columns), and
+# Store._insert_subscription turns the violation into a friendly refusal naming the existing id,
+# so two identical commands at the same moment (a double click) store one row, never two.
+
 class DailyRow(Base):
     __tablename__ = "daily_schedules"
+    natural_key = ("channel_id", "symbols", "window", "exchange", "local_time", "timezone")
+    __table_args__ = (Index("uq_daily_schedule", *natural_key, unique=True),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     guild_id: Mapped[int] = mapped_column(BigInteger, index=True)
@@ -275,7 +302,8 @@ class DailyRow(Base):
 
 class WatchRow(Base):
     __tablename__ = "skew_watches"
-    __table_args__ = (UniqueConstraint("channel_id", "symbol", "window", "exchange", name="uq_skew_watch"),)
+    natural_key = ("channel_id", "symbol", "window", "exchange")
+    __table_args__ = (UniqueConstraint(*natural_key, name="uq_skew_watch"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     guild_id: Mapped[int] = mapped_column(BigInteger, index=True)
@@ -311,10 +339,24 @@ class DeliveryRow(Base):
     nonce: Mapped[str] = mapped_column(String(25))
     message_id: Mapped[int | None] = mapped_column(BigInteger)
     attempts: Mapped[int] = mapped_column(Integer)
-    due_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     detail: Mapped[str | None] = mapped_column(String(300))
+
+
+class MarkRow(Base):
+    """Named instants the store keeps (``deliveries_pruned_before``: the prune horizon)."""
+
+    __tablename__ = "store_marks"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+PRUNE_HORIZON = "deliveries_pruned_before"
+FINAL_STATES = ("sent", "skipped")
+BEFORE_HORIZON = "not posted: due before the delivery-retention horizon (its record may have been pruned)"
 
 
 # -- public records ---------------------------------------------------------------------------------
@@ -557,25 +599,12 @@ class Store:
         hhmm = parse_time(time)
         tz = parse_timezone(timezone)
         now = _aware(now)
-        async with self._session() as s, s.begin():
-            await self._check_cap(s, guild_id)
-            dup = await s.scalar(
-                select(DailyRow.id).where(
-                    DailyRow.channel_id == channel_id, DailyRow.local_time == hhmm, DailyRow.timezone == tz,
-                    DailyRow.window == win, DailyRow.exchange == exch, DailyRow.symbols == ",".join(syms),
-                )
-            )
-            if dup is not None:
-                raise InputError(f"that daily report already exists in this channel (id {dup})")
-            row = DailyRow(
-                guild_id=guild_id, channel_id=channel_id, symbols=",".join(syms), window=win, exchange=exch,
-                local_time=hhmm, timezone=tz, next_run_at=next_occurrence(hhmm, tz, now),
-                created_by=created_by, created_at=now,
-            )
-            s.add(row)
-            await s.flush()
-            await self._check_cap(s, guild_id, added=1)
-            return DailySchedule._of(row)
+        values = dict(
+            guild_id=guild_id, channel_id=channel_id, symbols=",".join(syms), window=win, exchange=exch,
+            local_time=hhmm, timezone=tz, next_run_at=next_occurrence(hhmm, tz, now),
+            created_by=created_by, created_at=now,
+        )
+        return await self._insert_subscription(DailyRow, values, DailySchedule._of, "daily report")
 
     async def list_daily(self, guild_id: int) -> list[DailySchedule]:
         """Every daily report of a server (paused ones too), oldest first."""
@@ -635,20 +664,12 @@ class Store:
                 f"cooldown must be {MIN_COOLDOWN_S // 60} minute(s) to {MAX_COOLDOWN_S // 86400} days, in seconds (got {cd!r})"
             )
         now = _aware(now)
-        try:
-            async with self._session() as s, s.begin():
-                await self._check_cap(s, guild_id)
-                row = WatchRow(
-                    guild_id=guild_id, channel_id=channel_id, symbol=sym, window=win, exchange=exch,
-                    mild=_f(mild), heavy=_f(heavy), exit_mild=_f(exit_mild), exit_heavy=_f(exit_heavy),
-                    cooldown_s=cd, created_by=created_by, created_at=now,
-                )
-                s.add(row)
-                await s.flush()
-                await self._check_cap(s, guild_id, added=1)
-                return SkewWatch._of(row)
-        except IntegrityError:
-            raise InputError(f"this channel already gets skew notices for {sym} {win} on {exch}") from None
+        values = dict(
+            guild_id=guild_id, channel_id=channel_id, symbol=sym, window=win, exchange=exch,
+            mild=_f(mild), heavy=_f(heavy), exit_mild=_f(exit_mild), exit_heavy=_f(exit_heavy),
+            cooldown_s=cd, created_by=created_by, created_at=now,
+        )
+        return await self._insert_subscription(WatchRow, values, SkewWatch._of, f"skew alert for {sym} {win} on {exch}")
 
     async def list_watches(self, guild_id: int) -> list[SkewWatch]:
         """Every skew subscription of a server (paused ones too), oldest first."""
@@ -660,7 +681,7 @@ class Store:
     async def remove_watch(self, guild_id: int, watch_id: int) -> SkewWatch:
         """Delete a server's skew subscription; InputError if it has no such id."""
         async with self._session() as s, s.begin():
-            row = await self._owned(s, WatchRow, guild_id, watch_id, "skew notice")
+            row = await self._owned(s, WatchRow, guild_id, watch_id, "skew alert")
             out = SkewWatch._of(row)
             await s.delete(row)
             return out
@@ -668,7 +689,7 @@ class Store:
     async def resume_watch(self, guild_id: int, watch_id: int) -> SkewWatch:
         """Unpause; the next check records a fresh baseline (no notice for what changed while paused)."""
         async with self._session() as s, s.begin():
-            row = await self._owned(s, WatchRow, guild_id, watch_id, "skew notice")
+            row = await self._owned(s, WatchRow, guild_id, watch_id, "skew alert")
             row.paused_reason = None
             row.paused_at = None
             row.last_class = None
@@ -683,6 +704,8 @@ class Store:
         table = {"daily": DailyRow, "watch": WatchRow}.get(kind)
         if table is None:
             raise InputError(f"unknown subscription kind {kind!r}; daily or watch")
+        if not _valid_item_id(item_id):
+            return False
         async with self._session() as s, s.begin():
             res = await s.execute(
                 update(table)
@@ -694,6 +717,8 @@ class Store:
     async def pause_channel(self, channel_id: int, reason: str, now: datetime | None = None) -> int:
         """Pause every active subscription posting to a channel; returns how many were paused."""
         now = _aware(now)
+        if not _is_int_in(channel_id, SNOWFLAKE_MAX):
+            return 0
         n = 0
         async with self._session() as s, s.begin():
             for table in (DailyRow, WatchRow):
@@ -724,6 +749,8 @@ class Store:
 
     async def deliveries(self, schedule_id: int, local_day: date | None = None) -> list[Delivery]:
         """The delivery records of a schedule (of one local date when given)."""
+        if not _valid_item_id(schedule_id):
+            return []
         q = select(DeliveryRow).where(DeliveryRow.schedule_id == schedule_id)
         if local_day is not None:
             q = q.where(DeliveryRow.local_date == local_day)
@@ -751,17 +778,23 @@ class Store:
         """
         now = _aware(now)
         marker, nonce = delivery_marker(sched.id, local_day, symbol)
-        try:
-            async with self._session() as s, s.begin():
-                row = DeliveryRow(
-                    schedule_id=sched.id, local_date=local_day, symbol=symbol, channel_id=sched.channel_id,
-                    state="claimed", marker=marker, nonce=nonce, attempts=1, due_at=due_at, claimed_at=now,
-                )
-                s.add(row)
-                await s.flush()
-                return Delivery._of(row), False
-        except IntegrityError:
-            pass
+        async with self._session() as s:
+            horizon = await self._horizon(s)
+        if horizon is not None and _aware(due_at) < horizon:
+            # its record may have been pruned: never claimed anew (an existing record is still verified below)
+            await self.skip_delivery(sched, local_day, symbol, due_at=due_at, now=now, detail=BEFORE_HORIZON)
+        else:
+            try:
+                async with self._session() as s, s.begin():
+                    row = DeliveryRow(
+                        schedule_id=sched.id, local_date=local_day, symbol=symbol, channel_id=sched.channel_id,
+                        state="claimed", marker=marker, nonce=nonce, attempts=1, due_at=due_at, claimed_at=now,
+                    )
+                    s.add(row)
+                    await s.flush()
+                    return Delivery._of(row), False
+            except IntegrityError:
+                pass
         async with self._session() as s, s.begin():
             row = await s.scalar(
                 select(DeliveryRow).where(
@@ -793,6 +826,8 @@ class Store:
         """Record the outcome of a claimed delivery (``sent``, ``failed`` or ``skipped``)."""
         if state not in ("sent", "failed", "skipped"):
             raise ValueError(f"bad delivery state {state!r}")
+        if not _valid_item_id(delivery_id):
+            return
         async with self._session() as s, s.begin():
             await s.execute(
                 update(DeliveryRow)
@@ -822,8 +857,54 @@ class Store:
         except IntegrityError:
             return False
 
+    async def prune_horizon(self) -> datetime | None:
+        """The instant before which final delivery records may have been pruned (None: never pruned)."""
+        async with self._session() as s:
+            return await self._horizon(s)
+
+    @staticmethod
+    async def _horizon(s: AsyncSession) -> datetime | None:
+        return await s.scalar(select(MarkRow.at).where(MarkRow.name == PRUNE_HORIZON))
+
+    async def prune_deliveries(self, before: datetime, *, batch: int = 5000, max_batches: int = 100) -> int:
+        """Delete final (``sent``/``skipped``) delivery records due before ``before``; returns how many.
+
+        First the prune horizon is raised to ``before`` (never lowered) and committed: from then on
+        no post due before the horizon is claimed anew (:meth:`claim_many` records it ``skipped``),
+        so a pruned record can never let its post be made again, whatever a schedule's
+        ``next_run_at`` says or the clock reads. Records still ``claimed`` or ``failed`` are kept
+        (the lease and the marker check need them). Deletes in transactions of at most ``batch``
+        rows, at most ``max_batches`` of them (the rest waits for the next prune).
+        """
+        before = _aware(before)
+        if batch < 1 or max_batches < 1:
+            raise ValueError("batch and max_batches must be at least 1")
+        async with self._session() as s, s.begin():
+            mark = await s.get(MarkRow, PRUNE_HORIZON)
+            if mark is None:
+                s.add(MarkRow(name=PRUNE_HORIZON, at=before))
+            elif mark.at < before:
+                mark.at = before
+        total = 0
+        for _ in range(max_batches):
+            async with self._session() as s, s.begin():
+                ids = (
+                    select(DeliveryRow.id)
+                    .where(DeliveryRow.state.in_(FINAL_STATES), DeliveryRow.due_at < before)
+                    .order_by(DeliveryRow.id)
+                    .limit(batch)
+                )
+                res = await s.execute(delete(DeliveryRow).where(DeliveryRow.id.in_(ids)))
+                n = res.rowcount or 0
+            total += n
+            if n < batch:
+                break
+        return total
+
     async def advance(self, schedule_id: int, expected: datetime, new_next: datetime) -> bool:
         """Move ``next_run_at`` from ``expected`` to ``new_next`` (compare-and-set; False if it moved already)."""
+        if not _valid_item_id(schedule_id):
+            return False
         async with self._session() as s, s.begin():
             res = await s.execute(
                 update(DailyRow)
@@ -836,7 +917,7 @@ class Store:
 
     async def deliveries_for(self, runs: Iterable[tuple[int, date]]) -> dict[tuple[int, date, str], Delivery]:
         """Delivery records of several (schedule id, local date) runs, keyed by (id, date, symbol)."""
-        wanted = set(runs)
+        wanted = {(sid, d) for sid, d in runs if _valid_item_id(sid)}
         if not wanted:
             return {}
         ids = sorted({sid for sid, _ in wanted})
@@ -874,10 +955,19 @@ class Store:
                         if (r.schedule_id, r.local_date, r.symbol) in keys:
                             existing[(r.schedule_id, r.local_date, r.symbol)] = r
                 won: list[tuple[DeliveryRow, bool]] = []
+                horizon = await self._horizon(s)
                 for c in claims:
                     r = existing.get((c.schedule.id, c.local_date, c.symbol))
                     if r is None:
                         marker, nonce = delivery_marker(c.schedule.id, c.local_date, c.symbol)
+                        if horizon is not None and _aware(c.due_at) < horizon:
+                            # its record may have been pruned: never claim it anew (see prune_deliveries)
+                            s.add(DeliveryRow(
+                                schedule_id=c.schedule.id, local_date=c.local_date, symbol=c.symbol,
+                                channel_id=c.schedule.channel_id, state="skipped", marker=marker, nonce=nonce,
+                                attempts=0, due_at=c.due_at, finished_at=now, detail=BEFORE_HORIZON,
+                            ))
+                            continue
                         r = DeliveryRow(
                             schedule_id=c.schedule.id, local_date=c.local_date, symbol=c.symbol,
                             channel_id=c.schedule.channel_id, state="claimed", marker=marker, nonce=nonce,
@@ -919,6 +1009,8 @@ class Store:
         for o in outcomes:
             if o.state not in ("sent", "failed", "skipped"):
                 raise ValueError(f"bad delivery state {o.state!r}")
+            if not _valid_item_id(o.delivery_id):
+                continue  # matches no row
             row = {"b_id": o.delivery_id, "b_state": o.state, "b_message_id": o.message_id, "b_finished_at": now,
                    "b_detail": _reason(o.detail) if o.detail else None}
             if o.attempts is None:
@@ -944,6 +1036,8 @@ class Store:
 
         False if another dispatcher took it over: the caller must then not send.
         """
+        if not _valid_item_id(delivery_id):
+            return False
         async with self._session() as s, s.begin():
             res = await s.execute(
                 update(DeliveryRow)
@@ -979,6 +1073,7 @@ class Store:
 
     async def advance_many(self, moves: Sequence[tuple[int, datetime, datetime]]) -> None:
         """:meth:`advance` for many ``(schedule id, expected, new)`` moves in one transaction."""
+        moves = [m for m in moves if _valid_item_id(m[0])]
         if not moves:
             return
         stmt = (
@@ -992,6 +1087,7 @@ class Store:
 
     async def record_baselines(self, items: Sequence[tuple[int, str, float | None]]) -> None:
         """Set the first observed class of watches that have none yet: ``(watch id, class key, ratio)``."""
+        items = [i for i in items if _valid_item_id(i[0])]
         if not items:
             return
         t = WatchRow.__table__
@@ -1031,6 +1127,8 @@ class Store:
             values["last_announced_at"] = None if previous_announced_at is None else _aware(previous_announced_at)
         elif announced_at is not None:
             values["last_announced_at"] = _aware(announced_at)
+        if not _valid_item_id(watch_id):
+            return False
         cond = WatchRow.last_class.is_(None) if expected is None else WatchRow.last_class == expected
         async with self._session() as s, s.begin():
             res = await s.execute(update(WatchRow).where(WatchRow.id == watch_id, cond).values(**values))
@@ -1040,6 +1138,7 @@ class Store:
 
     async def count_subscriptions(self, guild_id: int) -> int:
         """Daily reports plus skew notices of a server (paused ones count)."""
+        guild_id = _parse_id(guild_id, "server id")
         async with self._session() as s:
             return await self._count(s, guild_id)
 
@@ -1062,22 +1161,58 @@ class Store:
                 f"the limit is {self.max_per_guild}); remove one first"
             )
 
+    async def _insert_subscription(self, table: Any, values: dict[str, Any], wrap: Callable[[Any], Any],
+                                   noun: str) -> Any:
+        """Insert one subscription row under the server's cap, exactly once per natural key.
+
+        No check-then-insert: the table's unique key decides, so of two identical commands running
+        at once exactly one stores its row and the other is refused with the id of that row
+        (``that <noun> already exists in this channel (id N)``). Every subscription table uses this.
+        """
+        for _ in range(3):
+            try:
+                async with self._session() as s, s.begin():
+                    await self._check_cap(s, values["guild_id"])
+                    row = table(**values)
+                    s.add(row)
+                    await s.flush()
+                    await self._check_cap(s, values["guild_id"], added=1)
+                    return wrap(row)
+            except IntegrityError:
+                async with self._session() as s:
+                    same = await s.scalar(
+                        select(table.id)
+                        .where(*(getattr(table, c) == values[c] for c in table.natural_key))
+                        .order_by(table.id).limit(1)
+                    )
+                if same is not None:
+                    raise InputError(f"that {noun} already exists in this channel (id {same})") from None
+                # the identical row was removed between our insert and the lookup: insert again
+        raise InputError(f"that {noun} was changed by another command at the same moment; please try again")
+
     async def _guild_rows(self, table: Any, wrap: Callable[[Any], Any], guild_id: int) -> list[Any]:
         """Every row of ``table`` that belongs to a server, oldest first, as frozen views."""
+        guild_id = _parse_id(guild_id, "server id")
         async with self._session() as s:
             rows = await s.scalars(select(table).where(table.guild_id == guild_id).order_by(table.id))
             return [wrap(r) for r in rows]
 
     async def _one(self, table: Any, wrap: Callable[[Any], Any], item_id: int) -> Any:
+        if not _valid_item_id(item_id):
+            return None
         async with self._session() as s:
             row = await s.get(table, item_id)
             return wrap(row) if row else None
 
     @staticmethod
     async def _owned(s: AsyncSession, table: type, guild_id: int, item_id: int, what: str) -> Any:
-        row = await s.get(table, item_id) if isinstance(item_id, int) and not isinstance(item_id, bool) else None
+        guild_id = _parse_id(guild_id, "server id")
+        if not _valid_item_id(item_id):
+            raise InputError(f"this server has no {what} with id {str(item_id)[:24]} (ids are 1 to {ITEM_ID_MAX}); "
+                             "the list command shows the ids")
+        row = await s.get(table, item_id)
         if row is None or row.guild_id != guild_id:
-            raise InputError(f"this server has no {what} with id {str(item_id)[:20]}; the list command shows the ids")
+            raise InputError(f"this server has no {what} with id {item_id}; the list command shows the ids")
         return row
 
 

@@ -245,3 +245,59 @@ async def test_dispatcher_announces_a_skew_change_through_the_poster(h):
     assert embed["image"]["url"] == "attachment://liqmap.png" and post.files[0][1].startswith(b"\x89PNG")
     assert (await bot.store.get_watch(w.id)).last_class == current  # persisted, so a restart stays quiet
     assert (await bot.scheduler.run_skew()).announced == 0
+
+
+def _evil_report():
+    from types import SimpleNamespace
+
+    from discord_safe import EVIL
+
+    m = SimpleNamespace(venues=("binance", "okx"), kind="estimated", is_estimate=True, end_ms=1_780_000_000_000)
+    return SimpleNamespace(symbol="BTCUSDT", window=SimpleNamespace(label="7d"), map=m, summary="summary",
+                           missing={"bybit": EVIL, "okx": "HTTP 418 <@&1> @here"}, png=PNG)
+
+
+def test_venue_error_text_is_escaped_in_every_embed():
+    from discord_safe import assert_inert
+
+    rep = _evil_report()
+    for value in (report_embed(rep).fields[0].value, default_embed(rep, "t", "d", "liqmap-d1-x")["fields"][0]["value"]):
+        lines = value.split("\n")
+        assert len(lines) == 2 and lines[0].startswith("**bybit**: ")
+        for line in lines:
+            assert_inert(line)
+
+
+def test_error_replies_escape_the_outside_text_they_quote():
+    from analysis.errors import DataError, InputError, SourceError
+    from bot.app import error_message
+
+    from discord_safe import EVIL, assert_inert
+
+    for exc in (SourceError("binance", "/fapi/v1/klines", EVIL), InputError(f"unknown timezone {EVIL!r}"),
+                DataError(EVIL)):
+        text, bug = error_message(exc)
+        assert not bug
+        assert_inert(text)
+    text, _ = error_message(InputError("I can't see <#920000000000000002>; give me View Channel there"))
+    assert "<#920000000000000002>" in text  # our own channel link still works
+
+
+def test_pause_reasons_in_lists_are_escaped():
+    from datetime import datetime, timezone
+    from types import SimpleNamespace
+
+    from bot.cogs.daily import describe_schedule
+    from bot.cogs.notices import describe_watch
+    from bot.store import SkewWatch
+
+    from discord_safe import EVIL, assert_inert
+
+    at = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    s = SimpleNamespace(id=1, symbols=("BTCUSDT",), window="1d", exchange="all", local_time="09:00", timezone="UTC",
+                        channel_id=5, paused=True, paused_at=at, paused_reason=f"missing permissions: {EVIL}")
+    w = SkewWatch(2, 3, 5, "BTCUSDT", "7d", "all", None, None, None, None, 3600, None, None, None,
+                  f"cannot build BTCUSDT: {EVIL}", at, 7, at)
+    for text in (describe_schedule(s), describe_watch(w)):
+        reason = text.split("paused since", 1)[1].split(" — ", 1)[0]
+        assert_inert(reason)

@@ -198,7 +198,7 @@ async def test_skew_alert_subscribe_with_thresholds_list_and_unsubscribe(h):
     text = answer(await h.dispatch(alerts("list")))
     assert "not measured yet" in text and f"`#{w.id}`" in text
     text = answer(await h.dispatch(alerts("subscribe", channel=REPORTS, symbol="BTC")))
-    assert "already gets skew notices for BTCUSDT" in text
+    assert f"that skew alert for BTCUSDT 7d on all already exists in this channel (id {w.id})" in text
     text = answer(await h.dispatch(alerts("unsubscribe", id=w.id)))
     assert text.startswith(f"Removed skew alert `#{w.id}`")
     assert await h.bot.store.list_watches(GUILD_ID) == []
@@ -207,7 +207,7 @@ async def test_skew_alert_subscribe_with_thresholds_list_and_unsubscribe(h):
 @pytest.mark.parametrize(
     ("options", "needle"),
     [
-        ({"mild": 3.0, "heavy": 2.0}, "1 < mild < heavy"),
+        ({"mild": 3.0, "heavy": 2.0}, r"1 \< mild \< heavy"),  # escaped: renders as 1 < mild < heavy
         ({"mild": 1.5, "mild_exit": 1.6}, "exit"),
         ({"symbol": "DOGE"}, "DOGEUSDT is not listed on any of binance, bybit"),
         ({"symbol": "ETH", "exchange": "binance"}, "ETHUSDT is not listed on binance."),
@@ -299,3 +299,61 @@ async def test_id_autocomplete_shows_nothing_to_members_without_manage_server(h)
         assert calls[0].body == {"type": 8, "data": {"choices": []}}
         calls = await h.dispatch(interaction_payload(group, {"id": ""}, sub=sub, focused="id", perms=MANAGER_PERMS))
         assert len(calls[0].body["data"]["choices"]) == 1
+
+
+async def _dispatch_together(h, *payloads):
+    """Feed several INTERACTION_CREATEs before any of them runs (a double click), wait for all."""
+    import asyncio
+
+    before = len(h.web.calls)
+    known = set(asyncio.all_tasks())
+    for p in payloads:
+        h.bot._connection.parse_interaction_create(p)
+    new = [t for t in asyncio.all_tasks() - known if t.get_name() == "CommandTree-invoker"]
+    assert len(new) == len(payloads)
+    await asyncio.wait_for(asyncio.gather(*new), 30)
+    calls = h.web.calls[before:]
+    # each interaction answers on its own token: group the calls per interaction
+    by_token: dict[str, list] = {}
+    for c in calls:
+        token = c.path.split("/")[3]  # /interactions/{id}/{token}/callback, /webhooks/{app}/{token}
+        by_token.setdefault(token, []).append(c)
+    return list(by_token.values())
+
+
+@pytest.mark.parametrize("group", ["daily", "skew-alerts"])
+async def test_a_double_click_stores_one_subscription_and_refuses_the_other(h, group):
+    if group == "daily":
+        make = lambda: daily("set", channel=REPORTS, time="09:30", timezone="UTC", symbols="BTC")  # noqa: E731
+        listed, noun = h.bot.store.list_daily, "daily report"
+    else:
+        make = lambda: alerts("subscribe", channel=REPORTS, symbol="BTC")  # noqa: E731
+        listed, noun = h.bot.store.list_watches, "skew alert for BTCUSDT 7d on all"
+    answers = sorted(answer(calls) for calls in await _dispatch_together(h, make(), make()))
+    (row,) = await listed(GUILD_ID)
+    refused = [a for a in answers if "already exists" in a]
+    assert len(refused) == 1 and len(answers) == 2
+    assert refused[0] == f"that {noun} already exists in this channel (id {row.id})"
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2**31, 2**63, 2**64])
+async def test_out_of_range_ids_get_a_clear_refusal_from_every_id_command(h, bad):
+    # Discord's picker enforces min/max; a crafted interaction is not re-checked by discord.py
+    answer(await h.dispatch(daily("set", channel=REPORTS, time="07:15", timezone="UTC")))
+    answer(await h.dispatch(alerts("subscribe", channel=REPORTS, symbol="BTC")))
+    for payload, noun in ((daily("remove", id=bad), "daily report"), (daily("resume", id=bad), "daily report"),
+                          (alerts("unsubscribe", id=bad), "skew alert"), (alerts("resume", id=bad), "skew alert")):
+        calls = await h.dispatch(payload)
+        text = calls[-1].body.get("content") or calls[-1].body["data"]["content"]
+        assert f"no {noun} with id {bad}" in text, text
+        assert "went wrong" not in text
+    assert len(await h.bot.store.list_daily(GUILD_ID)) == 1 and len(await h.bot.store.list_watches(GUILD_ID)) == 1
+
+
+def test_id_options_carry_the_range_discord_enforces():
+    import json
+    from pathlib import Path
+
+    defs = json.loads((Path(__file__).parent / "fixtures" / "commands.json").read_text(encoding="utf-8"))
+    ids = [o for d in defs for sub in d.get("options", []) for o in sub.get("options", []) if o["name"] == "id"]
+    assert len(ids) == 4 and all((o["min_value"], o["max_value"]) == (1, 2**31 - 1) for o in ids)

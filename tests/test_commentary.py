@@ -488,3 +488,30 @@ def test_real_sample_summary_states_the_reading(sample_bars, window, days):
     assert (near_sentence(r) or "") in s
     assert not bad_numbers(s)
     assert len(s) <= EMBED_LIMIT
+
+
+# -- outside text in whole messages (audit issue 8, item 4) -----------------------------------------
+
+def test_md_safe_text_neutralises_outside_text_but_keeps_our_channel_links_and_addresses():
+    from analysis.commentary import md_safe_text
+
+    from discord_safe import EVIL, assert_inert
+
+    text = md_safe_text(f"I can't see <#42>; the venue said: {EVIL} (see https://example.org/a_b_c)")
+    assert_inert(text)
+    assert "<#42>" in text and "https://example.org/a_b_c" in text  # still usable
+    assert "evil.example" in text  # the address stays visible, it just is not a masked link
+    assert len(md_safe_text("x" * 5000, 100)) <= 100
+
+
+def test_missing_venues_escapes_each_venue_and_reason():
+    from analysis.commentary import missing_venues
+
+    from discord_safe import EVIL, assert_inert
+
+    text = missing_venues({"binance": EVIL, "by`bit": "HTTP 503"})
+    lines = text.split("\n")
+    assert len(lines) == 2 and lines[0].startswith("**binance**: ")
+    for line in lines:
+        assert_inert(line)
+    assert len(missing_venues({f"v{i}": "HTTP 503 " * 30 for i in range(40)}, 1024)) <= 1024

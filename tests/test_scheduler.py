@@ -847,3 +847,164 @@ async def test_stop_lets_a_tick_in_progress_finish(store):
     gate.set()
     await stopping
     assert poster.count(1) == 1  # the tick finished its post instead of being cut short
+
+
+# -- retention (audit issue 8, item 3) --------------------------------------------------------------
+
+async def test_old_delivery_records_are_pruned_once_a_day_and_recent_ones_kept(store):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster, reports = FakePoster(), FakeReports()
+    s = await daily(store, clock)
+    d = dispatcher(store, poster, reports, clock, retention=timedelta(days=5))
+    prunes = []
+    real = store.prune_deliveries
+
+    async def spy(before, **kw):
+        prunes.append((clock(), before))
+        return await real(before, **kw)
+
+    store.prune_deliveries = spy
+    while clock() < datetime(2026, 6, 12, 8, 0, tzinfo=UTC):
+        await d.tick()
+        clock.t += timedelta(hours=3)
+    assert poster.count(1) == 11  # one post a day, pruning or not
+    # once a day, each time with the cutoff `retention` before the clock
+    assert [at for at, _ in prunes] == [datetime(2026, 6, 1, 8, 0, tzinfo=UTC) + timedelta(days=i) for i in range(11)]
+    assert all(at - before == timedelta(days=5) for at, before in prunes)
+    kept = await store.deliveries(s.id)
+    assert [x.local_date for x in kept] == [date(2026, 6, i) for i in range(6, 12)]
+    assert await store.prune_horizon() == datetime(2026, 6, 6, 8, 0, tzinfo=UTC)
+
+
+async def test_a_pruned_record_never_lets_its_post_be_made_again(store):
+    # a schedule whose next_run_at was not advanced past the pruned day, with the clock set back to it
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster, reports = FakePoster(), FakeReports()
+    s = await daily(store, clock)
+    d = dispatcher(store, poster, reports, clock, retention=timedelta(days=5))
+    clock.t = datetime(2026, 6, 1, 9, 1, tzinfo=UTC)
+    await d.run_daily()
+    assert poster.count(1) == 1
+    clock.t = datetime(2026, 6, 8, 9, 1, tzinfo=UTC)
+    await d.prune()
+    assert await store.deliveries(s.id, date(2026, 6, 1)) == []
+    first = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    assert await store.advance(s.id, (await store.get_daily(s.id)).next_run_at, first)  # stuck on the old day
+    clock.t = datetime(2026, 6, 1, 9, 5, tzinfo=UTC)  # and the clock set back to it
+    stats = await d.run_daily()
+    assert poster.count(1) == 1 and stats.posted == 0
+    (rec,) = await store.deliveries(s.id, date(2026, 6, 1))
+    assert rec.state == "skipped" and "retention" in rec.detail
+    assert (await store.get_daily(s.id)).next_run_at == datetime(2026, 6, 2, 9, 0, tzinfo=UTC)
+
+
+def test_retention_must_cover_the_grace_window_and_the_lease():
+    with pytest.raises(ValueError, match="retention"):
+        DispatcherParams(retention=timedelta(hours=12))
+    with pytest.raises(ValueError, match="retention"):
+        DispatcherParams(grace=timedelta(hours=24), retention=timedelta(days=2))
+    assert DispatcherParams().retention == timedelta(days=30)
+
+
+def test_retention_comes_from_the_settings(store):
+    sched = SimpleNamespace(daily_grace_minutes=90, watch_interval_minutes=5, delivery_retention_days=45)
+    d = make_dispatcher(store, SimpleNamespace(report=FakeReports()), FakePoster(), SimpleNamespace(schedule=sched))
+    assert d.params.retention == timedelta(days=45)
+
+
+# -- blind retries stay inside Discord's nonce window (audit issue 8, item 5) ---------------------
+
+class LoggingPoster(FakePoster):
+    """Logs every send and marker search with the fake clock's time. ``created_then_timeout``: that
+    many sends create the message and then time out (Discord got it; the answer never came)."""
+
+    def __init__(self, clock, created_then_timeout=0, **kw):
+        super().__init__(**kw)
+        self.clock = clock
+        self.created_then_timeout = created_then_timeout
+        self.log: list[tuple[datetime, str, str]] = []  # (time, "post" | "find", marker)
+
+    async def post(self, channel_id, **kw):
+        marker = kw["embed"]["footer"]["text"].rsplit(" · ", 1)[-1]
+        self.log.append((self.clock(), "post", marker))
+        mid = await super().post(channel_id, **kw)
+        if self.created_then_timeout > 0:
+            self.created_then_timeout -= 1
+            raise asyncio.TimeoutError()
+        return mid
+
+    async def find_marker(self, channel_id, marker, *, since=None):
+        self.log.append((self.clock(), "find", marker))
+        return await super().find_marker(channel_id, marker, since=since)
+
+
+def assert_blind_retries_inside_the_window(log):
+    """Every send of a marker later than BLIND_RETRY_WINDOW after its first send is preceded, since
+    the previous send, by a marker search."""
+    from bot.scheduler import BLIND_RETRY_WINDOW
+
+    first: dict[str, datetime] = {}
+    searched: dict[str, bool] = {}
+    for at, kind, marker in log:
+        if kind == "find":
+            searched[marker] = True
+        elif marker not in first:
+            first[marker], searched[marker] = at, False
+        else:
+            assert at - first[marker] <= BLIND_RETRY_WINDOW or searched[marker], (marker, at, log)
+            searched[marker] = False
+
+
+@pytest.mark.parametrize("created", [True, False])
+async def test_a_send_that_timed_out_is_retried_only_after_a_marker_search(store, created):
+    clock = Clock(datetime(2026, 6, 1, 8, 59, tzinfo=UTC))
+    poster = LoggingPoster(clock, created_then_timeout=1 if created else 0, fail={} if created else {1: 1})
+    await daily(store, clock)
+    d = dispatcher(store, poster, FakeReports(), clock)
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    while clock() < datetime(2026, 6, 1, 10, 0, tzinfo=UTC):
+        await d.run_daily()
+        clock.t += timedelta(minutes=3)  # ticks further apart than the blind-retry window
+    assert poster.count(1) == 1  # exactly one message, whether the first send reached Discord or not
+    assert_blind_retries_inside_the_window(poster.log)
+    assert [k for _, k, _ in poster.log] == (["post", "find"] if created else ["post", "find", "post"])
+
+
+def test_the_send_timeout_and_lease_keep_blind_retries_inside_the_nonce_window():
+    from bot.scheduler import BLIND_RETRY_WINDOW
+
+    p = DispatcherParams()
+    assert p.post_timeout_s <= BLIND_RETRY_WINDOW.total_seconds() and p.claim_lease > timedelta(seconds=4 * p.post_timeout_s)
+    with pytest.raises(ValueError, match="post_timeout_s"):
+        DispatcherParams(post_timeout_s=BLIND_RETRY_WINDOW.total_seconds() + 1)
+    with pytest.raises(ValueError, match="claim_lease"):
+        DispatcherParams(post_timeout_s=90, claim_lease=timedelta(minutes=6))
+
+
+def test_retention_setting_defaults_and_bounds(monkeypatch, tmp_path):
+    from analysis.errors import InputError
+    from bot.settings import load_settings
+
+    monkeypatch.delenv("LIQMAP_DELIVERY_RETENTION_DAYS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert load_settings(None).schedule.delivery_retention_days == 30
+    monkeypatch.setenv("LIQMAP_DELIVERY_RETENTION_DAYS", "90")
+    assert load_settings(None).schedule.delivery_retention_days == 90
+    monkeypatch.setenv("LIQMAP_DELIVERY_RETENTION_DAYS", "1")
+    with pytest.raises(InputError, match="LIQMAP_DELIVERY_RETENTION_DAYS"):
+        load_settings(None)
+
+
+async def test_a_skew_notice_that_timed_out_is_not_resent_blindly_at_the_next_check(store):
+    clock = Clock(datetime(2026, 6, 1, 0, 0, tzinfo=UTC))
+    poster, reports = LoggingPoster(clock, created_then_timeout=1), FakeReports()
+    w = await watch(store, 1)
+    d = dispatcher(store, poster, reports, clock)
+    await d.run_skew()  # baseline
+    reports.ratio["BTCUSDT"] = 4.0
+    clock.t += timedelta(minutes=15)
+    assert (await d.run_skew()).failed == 1  # Discord created it, the answer timed out
+    clock.t += timedelta(minutes=15)
+    await d.run_skew()
+    assert poster.count(1) == 1  # not announced a second time with a new nonce
+    assert (await store.get_watch(w.id)).last_class == "heavily_short"

@@ -18,6 +18,7 @@ from bot.store import (
 )
 
 UTC = timezone.utc
+HEAD = "0003_delivery_retention"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 G, C, U = 111, 222, 333
 
@@ -187,7 +188,7 @@ async def test_add_watch_defaults_and_validation(store):
     w = await store.add_watch(G, C, symbol="eth-usdt-swap", window="7D", exchange="OKX", created_by=U)
     assert (w.symbol, w.window, w.exchange, w.cooldown_s, w.last_class) == ("ETHUSDT", "7d", "okx", 3600, None)
     assert (w.params.mild, w.params.heavy) == (1.5, 3.0)
-    with pytest.raises(InputError, match="already gets skew notices"):
+    with pytest.raises(InputError, match=rf"that skew alert for ETHUSDT 7d on okx already exists in this channel \(id {w.id}\)"):
         await store.add_watch(G, C, symbol="ETHUSDT", window="7d", exchange="okx", created_by=U)
     with pytest.raises(InputError, match="1 < mild < heavy"):
         await store.add_watch(G, C, symbol="BTC", window="7d", exchange="okx", mild=4, heavy=3, created_by=U)
@@ -199,7 +200,7 @@ async def test_add_watch_defaults_and_validation(store):
     assert (custom.params.mild, custom.params.heavy) == (2.0, 4.0)
     assert [x.id for x in await store.list_watches(G)] == [w.id, custom.id]
     await store.remove_watch(G, w.id)
-    with pytest.raises(InputError, match="no skew notice"):
+    with pytest.raises(InputError, match="no skew alert"):
         await store.remove_watch(G, w.id)
 
 
@@ -248,7 +249,7 @@ async def test_migrations_idempotent_and_match_models(tmp_path):
     for _ in range(2):
         s = await Store.open(url)
         async with s.engine.connect() as conn:
-            assert (await conn.execute(text("select version_num from alembic_version"))).scalar_one() == "0001_initial"
+            assert (await conn.execute(text("select version_num from alembic_version"))).scalar_one() == HEAD
             assert (await conn.execute(text("pragma journal_mode"))).scalar_one() == "wal"
             assert (await conn.execute(text("pragma busy_timeout"))).scalar_one() == 5000
 
@@ -407,6 +408,9 @@ def test_migrations_render_for_postgresql_offline():
     assert "guild_id BIGINT NOT NULL" in ddl and "message_id BIGINT" in ddl
     assert "CONSTRAINT uq_delivery_once UNIQUE (schedule_id, local_date, symbol)" in ddl
     assert "REFERENCES daily_schedules (id) ON DELETE CASCADE" in ddl
+    assert ("CREATE UNIQUE INDEX uq_daily_schedule ON daily_schedules "
+            "(channel_id, symbols, \"window\", exchange, local_time, timezone)") in ddl
+    assert ddl.index("DELETE FROM daily_schedules WHERE id IN") < ddl.index("CREATE UNIQUE INDEX uq_daily_schedule")
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("LIQMAP_TEST_DATABASE_URL"),
@@ -429,3 +433,232 @@ async def test_live_database_round_trip():
         for x in await s.list_daily(guild):
             await s.remove_daily(guild, x.id)
         await s.close()
+
+
+# -- identical subscriptions at the same moment (audit issue 8, item 1) -----------------------------
+
+@pytest.mark.parametrize("kind", ["daily", "watch"])
+async def test_a_double_submit_stores_one_row_and_refuses_the_other_clearly(url, kind):
+    import asyncio
+
+    st = await Store.open(url)
+    try:
+        for attempt in range(5):  # each round: two identical commands at once
+            if kind == "daily":
+                make = lambda: st.add_daily(G, C + attempt, symbols="BTC, ETH", window="1d", exchange="all",  # noqa: E731
+                                            time="09:30", timezone="Europe/London", created_by=U, now=NOW)
+                listed = st.list_daily
+                noun = "daily report"
+            else:
+                make = lambda: st.add_watch(G, C + attempt, symbol="BTC", window="7d", exchange="all",  # noqa: E731
+                                            created_by=U)
+                listed = st.list_watches
+                noun = "skew alert for BTCUSDT 7d on all"
+            got = await asyncio.gather(make(), make(), return_exceptions=True)
+            ok = [x for x in got if not isinstance(x, BaseException)]
+            errors = [x for x in got if isinstance(x, BaseException)]
+            assert len(ok) == 1 and len(errors) == 1, got
+            assert isinstance(errors[0], InputError)
+            assert str(errors[0]) == f"that {noun} already exists in this channel (id {ok[0].id})"
+            rows = [r for r in await listed(G) if r.channel_id == C + attempt]
+            assert [r.id for r in rows] == [ok[0].id]
+    finally:
+        await st.close()
+
+
+async def test_the_database_itself_refuses_an_identical_daily_schedule(store):
+    from sqlalchemy.exc import IntegrityError
+
+    d = await add_daily(store)
+    cols = "guild_id, channel_id, symbols, \"window\", exchange, local_time, timezone, next_run_at, created_by, created_at"
+    with pytest.raises(IntegrityError):
+        async with store.engine.begin() as conn:  # bypassing the store's own code path
+            await conn.execute(text(f"INSERT INTO daily_schedules ({cols}) SELECT {cols} FROM daily_schedules "
+                                    f"WHERE id = {d.id}"))
+    assert len(await store.list_daily(G)) == 1
+
+
+async def _schema_at(url: str, revision: str) -> Store:
+    """A store whose database is migrated only up to ``revision`` (foreign keys on, as in production)."""
+    from alembic import command
+
+    from bot.store import alembic_config
+
+    st = await Store.open(url, migrate=False)
+
+    def up(sync_conn):
+        cfg = alembic_config()
+        cfg.attributes["connection"] = sync_conn
+        command.upgrade(cfg, revision)
+
+    async with st.engine.begin() as conn:
+        await conn.run_sync(up)
+    return st
+
+
+async def test_migration_0002_merges_duplicates_keeping_the_oldest_and_their_deliveries(url):
+    old = await _schema_at(url, "0001_initial")
+    cols = ("guild_id, channel_id, symbols, \"window\", exchange, local_time, timezone, next_run_at, "
+            "paused_reason, created_by, created_at")
+
+    def sched(i, channel=C, time="09:30", paused=None):
+        return {"id": i, "g": G, "c": channel, "sy": "BTCUSDT,ETHUSDT", "w": "1d", "e": "all", "t": time,
+                "z": "Europe/London", "n": datetime(2026, 3, 2, 9, 30), "p": paused, "u": U,
+                "a": datetime(2026, 3, 1, 12, i)}
+
+    rows = [sched(1), sched(2, paused="x"), sched(3), sched(4, time="10:00"), sched(5, channel=999), sched(6, channel=999)]
+    deliveries = [  # (id, schedule, date, symbol, state)
+        (1, 1, "2026-03-01", "BTCUSDT", "sent"),      # the oldest's own record stays
+        (2, 2, "2026-03-01", "BTCUSDT", "sent"),      # the survivor has one: dropped
+        (3, 2, "2026-03-01", "ETHUSDT", "skipped"),   # survivor has none, a sent one exists at 3: that one moves
+        (4, 3, "2026-03-01", "ETHUSDT", "sent"),
+        (5, 3, "2026-03-02", "BTCUSDT", "claimed"),   # in flight on a duplicate: moves, marker kept
+        (6, 6, "2026-03-02", "BTCUSDT", "sent"),      # the other group
+        (7, 4, "2026-03-01", "BTCUSDT", "sent"),      # not a duplicate (other time): untouched
+    ]
+    async with old.engine.begin() as conn:
+        await conn.execute(text(f"INSERT INTO daily_schedules (id, {cols}) VALUES "
+                                "(:id, :g, :c, :sy, :w, :e, :t, :z, :n, :p, :u, :a)"), rows)
+        await conn.execute(text(
+            "INSERT INTO deliveries (id, schedule_id, local_date, symbol, channel_id, state, marker, nonce, attempts, "
+            "due_at) VALUES (:id, :s, :d, :sym, :c, :st, :m, :nc, 1, :due)"),
+            [{"id": i, "s": s, "d": date.fromisoformat(d), "sym": sym, "c": C, "st": st, "m": f"liqmap-d{s}-{d}-{sym}",
+              "nc": f"n{i}", "due": datetime(2026, 3, 1, 9, 30)} for i, s, d, sym, st in deliveries])
+    await old.close()
+
+    st = await Store.open(url)  # upgrades to head
+    try:
+        assert [d.id for d in await st.list_daily(G)] == [1, 4, 5]
+        assert not (await st.get_daily(1)).paused  # the oldest is kept as it was
+        got = {(x.local_date.isoformat(), x.symbol): (x.id, x.state, x.marker) for x in await st.deliveries(1)}
+        assert got == {
+            ("2026-03-01", "BTCUSDT"): (1, "sent", "liqmap-d1-2026-03-01-BTCUSDT"),
+            ("2026-03-01", "ETHUSDT"): (4, "sent", "liqmap-d3-2026-03-01-ETHUSDT"),
+            ("2026-03-02", "BTCUSDT"): (5, "claimed", "liqmap-d3-2026-03-02-BTCUSDT"),
+        }
+        assert [(x.id, x.state) for x in await st.deliveries(5)] == [(6, "sent")]
+        assert [x.id for x in await st.deliveries(4)] == [7]
+        async with st.engine.connect() as conn:
+            assert (await conn.execute(text("select count(*) from deliveries"))).scalar_one() == 5
+        # and from now on the database refuses a new duplicate
+        with pytest.raises(InputError, match=r"already exists in this channel \(id 1\)"):
+            await st.add_daily(G, C, symbols="BTC, ETH", window="1d", exchange="all", time="09:30",
+                               timezone="Europe/London", created_by=U, now=NOW)
+    finally:
+        await st.close()
+
+
+# -- out-of-range ids (audit issue 8, item 2): refused or "no such row", never OverflowError --------
+
+BAD_IDS = [0, -1, 2**31, 2**63, 2**64]
+BAD_SNOWFLAKES = [0, -1, 2**63, 2**64]  # 2**31 is a valid Discord id
+
+
+@pytest.mark.parametrize("bad", BAD_IDS)
+async def test_out_of_range_subscription_ids_match_nothing_at_every_entry_point(store, bad):
+    from bot.store import Claim, Outcome
+
+    d = await add_daily(store)
+    w = await store.add_watch(G, C, symbol="BTC", window="7d", exchange="all", created_by=U)
+    for call, noun in ((store.remove_daily, "daily report"), (store.resume_daily, "daily report"),
+                       (store.remove_watch, "skew alert"), (store.resume_watch, "skew alert")):
+        with pytest.raises(InputError, match=f"this server has no {noun} with id {bad}"):
+            await call(G, bad)
+    assert await store.get_daily(bad) is None and await store.get_watch(bad) is None
+    assert not await store.pause("daily", bad, "x") and not await store.pause("watch", bad, "x")
+    assert await store.deliveries(bad) == [] and await store.deliveries_for([(bad, date(2026, 3, 2))]) == {}
+    assert not await store.advance(bad, NOW, NOW)
+    assert not await store.renew_claim(bad, 1, now=NOW)
+    assert not await store.set_watch_class(bad, expected=None, new="short", ratio=1.0, announced_at=None)
+    await store.finish_delivery(bad, "sent", now=NOW, message_id=1)
+    await store.finish_many([Outcome(bad, "sent", message_id=1), Outcome(bad, "failed", attempts=1)], now=NOW)
+    await store.advance_many([(bad, NOW, NOW)])
+    await store.record_baselines([(bad, "short", 1.0)])
+    # nothing real was touched
+    assert await store.list_daily(G) == [d] and await store.list_watches(G) == [w]
+    assert await store.claim_many([Claim(d, date(2026, 3, 2), "BTCUSDT", d.next_run_at)], now=NOW,
+                                  lease=timedelta(minutes=5))
+
+
+@pytest.mark.parametrize("bad", BAD_SNOWFLAKES)
+async def test_out_of_range_discord_ids_are_refused_at_every_entry_point(store, bad):
+    d = await add_daily(store)
+    for kw in ({"guild": bad}, {"channel": bad}, {"created_by": bad}):
+        with pytest.raises(InputError, match="must be a positive Discord id"):
+            await add_daily(store, time="10:00", **kw)
+        args = {"guild": G, "channel": C, "created_by": U, **kw}
+        with pytest.raises(InputError, match="must be a positive Discord id"):
+            await store.add_watch(args["guild"], args["channel"], symbol="BTC", window="7d", exchange="all",
+                                  created_by=args["created_by"])
+    for call in (store.list_daily, store.list_watches, store.count_subscriptions):
+        with pytest.raises(InputError, match="server id must be a positive Discord id"):
+            await call(bad)
+    for call in (store.remove_daily, store.resume_daily, store.remove_watch, store.resume_watch):
+        with pytest.raises(InputError, match="server id must be a positive Discord id"):
+            await call(bad, d.id)
+    assert await store.pause_channel(bad, "x") == 0
+    assert await store.list_daily(G) == [d] and await store.count_subscriptions(G) == 1
+
+
+async def test_the_largest_ids_are_accepted(store):
+    big = 2**63 - 1
+    d = await store.add_daily(big, big, symbols="BTC", window="1d", exchange="all", time="09:30",
+                              timezone="UTC", created_by=big, now=NOW)
+    assert (await store.list_daily(big))[0] == d
+    assert await store.get_daily(2**31 - 1) is None
+    with pytest.raises(InputError, match="no daily report with id 2147483647;"):
+        await store.remove_daily(big, 2**31 - 1)
+
+
+# -- retention (audit issue 8, item 3) --------------------------------------------------------------
+
+async def test_prune_deletes_only_old_final_records_in_bounded_batches_and_raises_the_horizon(store):
+    from bot.store import Claim, Outcome
+
+    d = await add_daily(store)
+    lease = timedelta(minutes=10)
+    day0 = date(2026, 3, 2)
+    claims = [Claim(d, day0 + timedelta(days=i), "BTCUSDT", d.next_run_at + timedelta(days=i)) for i in range(8)]
+    won = await store.claim_many(claims, now=NOW, lease=lease)
+    # days 0-4 sent, day 5 skipped, day 6 still claimed (a crash mid-send), day 7 failed
+    await store.finish_many([Outcome(x.id, "sent", message_id=100 + i) for i, (x, _) in enumerate(won[:5])]
+                            + [Outcome(won[5][0].id, "skipped", detail="no data"),
+                               Outcome(won[7][0].id, "failed", detail="timeout")], now=NOW)
+    assert await store.prune_horizon() is None
+    cutoff = d.next_run_at + timedelta(days=7, hours=1)  # every record is due before it
+    assert await store.prune_deliveries(cutoff, batch=2, max_batches=2) == 4  # bounded: two batches of two
+    assert await store.prune_horizon() == cutoff
+    assert await store.prune_deliveries(cutoff, batch=2, max_batches=2) == 2
+    assert await store.prune_deliveries(cutoff, batch=2, max_batches=2) == 0
+    left = await store.deliveries(d.id)
+    assert [(x.local_date, x.state) for x in left] == [(day0 + timedelta(days=6), "claimed"),
+                                                      (day0 + timedelta(days=7), "failed")]
+    # the horizon never moves back (a clock set back prunes less, and forgets nothing)
+    await store.prune_deliveries(cutoff - timedelta(days=20))
+    assert await store.prune_horizon() == cutoff
+
+
+async def test_a_post_due_before_the_horizon_is_never_claimed_anew_but_an_unfinished_one_is_still_verified(store):
+    from bot.store import BEFORE_HORIZON, Claim
+
+    d = await add_daily(store)
+    lease = timedelta(minutes=10)
+    old_day, open_day = date(2026, 3, 2), date(2026, 3, 3)
+    c_old = Claim(d, old_day, "BTCUSDT", d.next_run_at)
+    c_open = Claim(d, open_day, "BTCUSDT", d.next_run_at + timedelta(days=1))
+    ((sent, _),) = await store.claim_many([c_old], now=NOW, lease=lease)
+    await store.finish_delivery(sent.id, "sent", now=NOW, message_id=1)
+    ((stuck, _),) = await store.claim_many([c_open], now=NOW, lease=lease)  # crashed mid-send
+    assert await store.prune_deliveries(d.next_run_at + timedelta(days=2)) == 1
+    assert await store.deliveries(d.id, old_day) == []
+    later = NOW + timedelta(hours=1)
+    # the pruned post: no claim (batch or single), recorded skipped instead
+    assert await store.claim_many([c_old], now=later, lease=lease) == []
+    (rec,) = await store.deliveries(d.id, old_day)
+    assert (rec.state, rec.detail) == ("skipped", BEFORE_HORIZON)
+    await store.prune_deliveries(d.next_run_at + timedelta(days=2))
+    assert await store.claim_delivery(d, old_day, "BTCUSDT", due_at=c_old.due_at, now=later, lease=lease) == (None, False)
+    assert (await store.deliveries(d.id, old_day))[0].state == "skipped"
+    # the unfinished record before the horizon was kept, and is still taken over for verification
+    ((again, recovering),) = await store.claim_many([c_open], now=later, lease=lease)
+    assert again.id == stuck.id and recovering

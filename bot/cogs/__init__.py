@@ -22,6 +22,7 @@ from analysis.symbols import parse_symbol, suggest
 from analysis.windows import WINDOWS
 
 from ..poster import REQUIRED_CHANNEL_PERMISSIONS, missing_channel_permissions
+from ..store import ITEM_ID_MAX
 
 __all__ = [
     "WINDOW_CHOICES",
@@ -41,9 +42,15 @@ __all__ = [
     "reply_private",
     "list_subscriptions",
     "resume_subscription",
+    "SubscriptionId",
+    "ITEM_ID_MAX",
 ]
 
 log = logging.getLogger(__name__)
+
+# The id option of list/remove/resume: Discord's picker enforces the range (discord.py does not
+# re-check it, so the store validates again).
+SubscriptionId = app_commands.Range[int, 1, ITEM_ID_MAX]
 
 WINDOW_CHOICES = [
     app_commands.Choice(name="1 day", value="1d"),

@@ -19,10 +19,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from analysis.commentary import md_safe_text
 from analysis.errors import InputError
 from analysis.windows import parse_window
 
 from . import (
+    SubscriptionId,
     WINDOW_CHOICES,
     ManagerGroup,
     check_listed,
@@ -54,8 +56,9 @@ def describe_schedule(s: Any) -> str:
     """One list line: id, symbols, window, exchange, local time and zone, channel, next run or pause."""
     head = (f"`#{s.id}` **{', '.join(s.symbols)}** · {s.window} · {s.exchange} · "
             f"{s.local_time} {s.timezone} → <#{s.channel_id}>")
-    if s.paused:
-        return f"{head}\n  ⏸ paused since {_ts(s.paused_at, 'R')}: {s.paused_reason} — `/daily resume id:{s.id}`"
+    if s.paused:  # the reason quotes outside text (a channel name, Discord's or a venue's error)
+        return (f"{head}\n  ⏸ paused since {_ts(s.paused_at, 'R')}: {md_safe_text(s.paused_reason, 300)} — "
+                f"`/daily resume id:{s.id}`")
     return f"{head}\n  next: {_ts(s.next_run_at)} ({_ts(s.next_run_at, 'R')})"
 
 
@@ -102,12 +105,12 @@ class DailyCog(commands.Cog):
 
         @group.command(name="remove", description="Stop and delete a daily report")
         @app_commands.describe(id="The report's number, as shown by /daily list")
-        async def daily_remove(interaction: discord.Interaction, id: app_commands.Range[int, 1, None]) -> None:
+        async def daily_remove(interaction: discord.Interaction, id: SubscriptionId) -> None:
             await cog.do_remove(interaction, id)
 
         @group.command(name="resume", description="Resume a paused daily report (after fixing the channel or permissions)")
         @app_commands.describe(id="The report's number, as shown by /daily list")
-        async def daily_resume(interaction: discord.Interaction, id: app_commands.Range[int, 1, None]) -> None:
+        async def daily_resume(interaction: discord.Interaction, id: SubscriptionId) -> None:
             await cog.do_resume(interaction, id)
 
         daily_remove.autocomplete("id")(cog.id_autocomplete)

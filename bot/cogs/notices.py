@@ -17,6 +17,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from analysis.commentary import md_safe_text
 from analysis.errors import InputError
 from analysis.hysteresis import HysteresisParams
 from analysis.metrics import SKEW_CLASSES
@@ -24,6 +25,7 @@ from analysis.symbols import parse_symbol
 from analysis.windows import parse_window
 
 from . import (
+    SubscriptionId,
     WINDOW_CHOICES,
     ManagerGroup,
     SymbolIndex,
@@ -52,7 +54,8 @@ def describe_watch(w: Any) -> str:
               f"cooldown {w.cooldown_s // 60} min")
     if w.paused:
         when = f"<t:{int(w.paused_at.timestamp())}:R>" if w.paused_at else "?"
-        return f"{head}\n  ⏸ paused since {when}: {w.paused_reason} — `/skew-alerts resume id:{w.id}`\n  {detail}"
+        return (f"{head}\n  ⏸ paused since {when}: {md_safe_text(w.paused_reason, 300)} — "
+                f"`/skew-alerts resume id:{w.id}`\n  {detail}")
     last = SKEW_CLASSES[w.last_class].label if w.last_class in SKEW_CLASSES else "not measured yet"
     ratio = f" (ratio {w.last_ratio:.2f})" if w.last_ratio is not None else ""
     return f"{head}\n  now: {last}{ratio} · {detail}"
@@ -119,12 +122,12 @@ class NoticesCog(commands.Cog):
 
         @group.command(name="unsubscribe", description="Stop and delete a skew alert")
         @app_commands.describe(id="The alert's number, as shown by /skew-alerts list")
-        async def unsubscribe(interaction: discord.Interaction, id: app_commands.Range[int, 1, None]) -> None:
+        async def unsubscribe(interaction: discord.Interaction, id: SubscriptionId) -> None:
             await cog.do_unsubscribe(interaction, id)
 
         @group.command(name="resume", description="Resume a paused skew alert (after fixing the channel or permissions)")
         @app_commands.describe(id="The alert's number, as shown by /skew-alerts list")
-        async def resume(interaction: discord.Interaction, id: app_commands.Range[int, 1, None]) -> None:
+        async def resume(interaction: discord.Interaction, id: SubscriptionId) -> None:
             await cog.do_resume(interaction, id)
 
         unsubscribe.autocomplete("id")(cog.id_autocomplete)
