@@ -22,7 +22,6 @@ The default path is ``$LIQMAP_CACHE_DIR/bars.sqlite3`` or ``~/.cache/liqmap/bars
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -33,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
+from ..paths import cache_dir
 
 __all__ = ["BarCache", "default_cache_path", "BAR_COLUMNS"]
 
@@ -52,11 +52,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, upda
 
 
 def default_cache_path() -> Path:
-    """``$LIQMAP_CACHE_DIR/bars.sqlite3`` if that is set, else ``~/.cache/liqmap/bars.sqlite3``."""
-    env = os.environ.get("LIQMAP_CACHE_DIR")
-    if env:
-        return Path(env).expanduser() / "bars.sqlite3"
-    return Path.home() / ".cache" / "liqmap" / "bars.sqlite3"
+    """``bars.sqlite3`` in the cache directory of :func:`analysis.paths.cache_dir`
+    (``LIQMAP_CACHE_DIR``, ``$CACHE_DIRECTORY``, ``$XDG_CACHE_HOME/liqmap``, ``~/.cache/liqmap``, ...)."""
+    return cache_dir() / "bars.sqlite3"
 
 
 class BarCache:
