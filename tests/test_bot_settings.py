@@ -22,8 +22,8 @@ ENV_NAMES = (
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    for name in ENV_NAMES:
-        monkeypatch.delenv(name, raising=False)
+    for name in ENV_NAMES + ("LIQMAP_DATA_DIR", "STATE_DIRECTORY", "XDG_STATE_HOME", "CACHE_DIRECTORY", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)  # (the directory variables, in case CI runs under systemd)
     monkeypatch.chdir(tmp_path)  # no stray .env from the developer's checkout
 
 

@@ -15,8 +15,8 @@ frame raises :class:`~analysis.errors.DataError` and writes nothing. SQLite was 
 Parquet because upserting a few new bars into a 30-day series is one small transaction instead
 of rewriting a file, and WAL lets the bot and the CLI read while another process writes.
 
-The default path is ``$LIQMAP_CACHE_DIR/bars.sqlite3`` or ``~/.cache/liqmap/bars.sqlite3``
-(the bot's ``LIQMAP_CACHE_DIR`` setting); ``None`` keeps it in memory.
+The default path is ``bars.sqlite3`` in :func:`analysis.paths.cache_dir` (``LIQMAP_CACHE_DIR``, else
+systemd's ``$CACHE_DIRECTORY``, ``$XDG_CACHE_HOME/liqmap``, ``~/.cache/liqmap``); ``None`` keeps it in memory.
 """
 
 from __future__ import annotations
