@@ -14,10 +14,11 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib import resources
 from pathlib import Path
 from typing import Callable, Iterable
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
 
 from .errors import DataError, InputError, LiqmapError
 from .liqmap import LiquidationMap
@@ -27,10 +28,28 @@ from .symbols import parse_symbol
 __all__ = [
     "summary", "daily", "notice", "footer", "usd", "price_str", "skew_sentence", "near_sentence", "md_safe",
     "md_safe_text", "missing_venues",
-    "EMBED_LIMIT", "MESSAGE_LIMIT", "TEMPLATES",
+    "EMBED_LIMIT", "MESSAGE_LIMIT", "TEMPLATES", "TemplatesMissing", "templates_dir",
 ]
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+class TemplatesMissing(DataError):
+    """The commentary templates are not where this installation should have them (a broken install)."""
+
+
+def templates_dir() -> Path:
+    """Where the Jinja2 templates are: ``analysis/templates`` inside an installed wheel (the top-level
+    ``templates/`` folder is mapped there at build time), else the checkout's ``templates/``
+    (a source tree or an editable install). May not exist; rendering then raises :class:`TemplatesMissing`."""
+    try:
+        packaged = resources.files("analysis") / "templates"
+        if isinstance(packaged, Path) and packaged.is_dir():
+            return packaged
+    except (ModuleNotFoundError, TypeError):  # pragma: no cover - exotic importers
+        pass
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+TEMPLATES = templates_dir()
 EMBED_LIMIT = 4096  # Discord embed description
 MESSAGE_LIMIT = 2000  # Discord message content
 
@@ -446,7 +465,14 @@ def _fit(text: str, limit: int) -> str:
 
 
 def _render(name: str, limit: int, **view: object) -> str:
-    return _fit(_env.get_template(name).render(**view), limit)
+    try:
+        text = _env.get_template(name).render(**view)
+    except TemplateNotFound as exc:  # also a missing partial ({% include %})
+        raise TemplatesMissing(
+            f"the commentary template {exc.name!r} is missing from {TEMPLATES}: this liqmap installation "
+            "is incomplete (reinstall it; a wheel must contain analysis/templates)"
+        ) from None
+    return _fit(text, limit)
 
 
 def summary(reading: Reading, m: LiquidationMap, *, with_footer: bool = False) -> str:

@@ -48,6 +48,7 @@ __all__ = [
     "invite_permissions",
     "invite_url",
     "dry_run",
+    "render_sample_report",
     "run",
     "sync_commands",
     "RedactSecrets",
@@ -352,7 +353,14 @@ class LiqmapBot(commands.Bot):
         from .poster import DiscordPoster
         from .scheduler import make_dispatcher
 
-        return make_dispatcher(self.store, self.service, DiscordPoster(self), self.settings)
+        extra: dict[str, Any] = {}
+        if self.mode == "run":  # the health signal read by `liqmap health` (bot.health)
+            from analysis.paths import heartbeat_path
+
+            from .health import Heartbeat
+
+            extra["heartbeat"] = Heartbeat(heartbeat_path())
+        return make_dispatcher(self.store, self.service, DiscordPoster(self), self.settings, **extra)
 
     async def close(self) -> None:
         if self.symbols is not None:
@@ -448,7 +456,28 @@ async def dry_run(settings: Settings, **kw: Any) -> tuple[list[dict[str, Any]], 
             f"dispatcher: {type(bot.scheduler).__name__} ready (not started)",
             f"commands: {len(defs)} ({', '.join('/' + d['name'] for d in defs)}), definitions {definitions_hash(defs)[:12]}",
         ]
+    status.append(await render_sample_report())
     return defs, status
+
+
+async def render_sample_report(symbol: str = "BTCUSDT", window: str = "7d") -> str:
+    """Build one report from the bundled sample (chart, summary, daily text, footer), as the real bot
+    would, so a broken installation (no templates, no sample, no chart backend) fails the dry run.
+    Returns a status line; raises the :class:`LiqmapError` that stopped it."""
+    from analysis import commentary
+    from analysis.report import ReportService
+    from analysis.sources.registry import aclose_sources, make_sources
+
+    sources = make_sources("sample")
+    try:
+        rep = await ReportService(sources).report(symbol, window, "all")
+    finally:
+        await aclose_sources(sources)
+    if not rep.png.startswith(b"\x89PNG"):
+        raise LiqmapError(f"the sample chart did not render as a PNG ({len(rep.png)} bytes)")
+    text = commentary.daily(rep.reading, rep.map, with_footer=True)
+    return (f"sample report: {rep.symbol} {window} rendered from the bundled sample: chart {len(rep.png):,} bytes, "
+            f"summary {len(rep.summary):,} chars, daily report {len(text):,} chars")
 
 
 async def run(settings: Settings) -> None:

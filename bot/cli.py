@@ -119,9 +119,7 @@ def _run_bot(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         print(json.dumps(defs, indent=1, ensure_ascii=False))
         return 0
-    if not args.verbose:
-        logging.getLogger().setLevel(logging.INFO)  # a long-running service: keep an INFO log
-    asyncio.run(app.run(settings))
+    asyncio.run(app.run(settings))  # logging: INFO by default for the service (main -> bot.logs)
     return 0
 
 
@@ -141,6 +139,30 @@ def _run_sync_commands(args: argparse.Namespace) -> int:
     for line in asyncio.run(app.sync_commands(load_settings(args.env_file), guild_id=args.guild)):
         print(line)
     return 0
+
+
+# -- health ------------------------------------------------------------------------------------------
+
+def _add_health(sub: argparse._SubParsersAction) -> None:
+    from bot.health import DEFAULT_MAX_AGE_S
+
+    p = sub.add_parser("health", help="exit 0 if the bot's dispatcher wrote its heartbeat recently, else 1 "
+                                      "(for a container HEALTHCHECK or a monitor)")
+    p.add_argument("--max-age", type=float, default=DEFAULT_MAX_AGE_S, metavar="SECONDS",
+                   help=f"oldest acceptable heartbeat (default {DEFAULT_MAX_AGE_S:g})")
+
+
+def _run_health(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from analysis.paths import heartbeat_path
+    from bot.health import check
+
+    if not args.max_age > 0:
+        raise InputError(f"--max-age must be a positive number of seconds, not {args.max_age}")
+    result = check(heartbeat_path(create=False), datetime.now(timezone.utc), args.max_age)
+    print(result.reason, file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
 
 
 # -- backtest ----------------------------------------------------------------------------------------
@@ -192,26 +214,43 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable
     "bot": (_add_bot, _run_bot),
     "sync-commands": (_add_sync_commands, _run_sync_commands),
     "backtest": (_add_backtest, _run_backtest),
+    "health": (_add_health, _run_health),
 }
+
+
+def _version() -> str:
+    """The installed distribution's version (package metadata), or a note when run from a bare tree."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("liqmap")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="liqmap", description="Estimated liquidation maps for crypto perpetuals.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
+    parser.add_argument("--version", action="version", version=f"liqmap {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add, _ in COMMANDS.values():
         add(sub)
     return parser
 
 
+def _configure_logging(args: argparse.Namespace) -> None:
+    """LIQMAP_LOG_LEVEL / LIQMAP_LOG_FORMAT (bot.logs): INFO for the running bot, WARNING otherwise."""
+    from bot import logs
+
+    service = args.command == "bot" and not getattr(args, "dry_run", False)
+    logs.configure(verbose=args.verbose, service=service)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``liqmap`` script; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _configure_logging(args)
     _, run = COMMANDS[args.command]
     try:
         return run(args)

@@ -311,6 +311,7 @@ class Dispatcher:
         embed: EmbedFn = default_embed,
         daily_text: Callable[[Any], str] = _daily_text,
         notice_text: Callable[[Any, Any, Any], str] = _notice_text,
+        heartbeat: Callable[[datetime], None] | None = None,
     ) -> None:
         self.store = store
         self.poster = poster
@@ -321,6 +322,7 @@ class Dispatcher:
         self.embed = embed
         self.daily_text = daily_text
         self.notice_text = notice_text
+        self.heartbeat = heartbeat  # called with now() after every loop iteration (bot.health.Heartbeat)
         self._task: asyncio.Task | None = None
         self._in_tick = False
         self._stop = asyncio.Event()
@@ -341,6 +343,8 @@ class Dispatcher:
                 await self.tick()
             finally:
                 self._in_tick = False
+            if self.heartbeat is not None:
+                self.heartbeat(self.now())
             if stop.is_set():
                 break
             await self.sleep(self.params.tick_s)

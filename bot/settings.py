@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from analysis import paths
 from analysis.errors import InputError
 
 __all__ = [
@@ -24,10 +25,8 @@ __all__ = [
     "ScheduleSettings",
     "Settings",
     "load_settings",
-    "DEFAULT_DATABASE_URL",
+    "default_database_url",
 ]
-
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///liqmap.sqlite3"
 
 
 def _config(env_file: str | Path | None) -> SettingsConfigDict:
@@ -61,7 +60,8 @@ class DatabaseSettings(BaseSettings):
 
     model_config = _config(".env")
 
-    url: str = Field(DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL", min_length=1)
+    # default: the absolute SQLite file in the data dir (analysis.paths), never the working directory
+    url: str = Field(default_factory=lambda: default_database_url(), validation_alias="DATABASE_URL", min_length=1)
 
     def __repr_args__(self):  # a password in the URL must not reach logs or tracebacks
         yield "url", redact_url(self.url)
@@ -79,7 +79,7 @@ class SourceSettings(BaseSettings):
     @property
     def state_dir(self) -> Path:
         """Where the bot keeps small local state (the last synced command hash)."""
-        return (self.cache_dir or Path.home() / ".cache" / "liqmap").expanduser()
+        return paths.cache_dir(self.cache_dir)
 
     @property
     def has_coinglass(self) -> bool:
@@ -122,10 +122,15 @@ class Settings:
                 else:
                     values[key] = str(value) if isinstance(value, Path) else value
             if name == "sources":
-                values["cache_dir"] = str(section.cache_dir) if section.cache_dir else "default (~/.cache/liqmap)"
+                values["cache_dir"] = str(section.cache_dir) if section.cache_dir else f"default ({section.state_dir})"
             out[name] = values
         out["database"]["url"] = redact_url(out["database"]["url"])
         return out
+
+
+def default_database_url() -> str:
+    """The SQLite file ``liqmap.sqlite3`` in the data dir (``LIQMAP_DATA_DIR``, ``$STATE_DIRECTORY``, ...)."""
+    return paths.default_database_url()
 
 
 def redact_url(url: str) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from analysis.errors import InputError
-from bot.settings import DEFAULT_DATABASE_URL, load_settings, redact_url
+from bot.settings import default_database_url, load_settings, redact_url
 
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4OQ.GhIjKl.very-secret-token-value"
 KEY = "cg-0123456789abcdef-secret"
@@ -22,15 +22,15 @@ ENV_NAMES = (
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    for name in ENV_NAMES:
-        monkeypatch.delenv(name, raising=False)
+    for name in ENV_NAMES + ("LIQMAP_DATA_DIR", "STATE_DIRECTORY", "XDG_STATE_HOME", "CACHE_DIRECTORY", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)  # (the directory variables, in case CI runs under systemd)
     monkeypatch.chdir(tmp_path)  # no stray .env from the developer's checkout
 
 
 def test_defaults_without_any_configuration():
     s = load_settings(None)
     assert s.discord.token is None and not s.discord.has_token and s.discord.dev_guild_id is None
-    assert s.database.url == DEFAULT_DATABASE_URL and s.database.url.startswith("sqlite+aiosqlite:///")
+    assert s.database.url == default_database_url() and s.database.url.startswith("sqlite+aiosqlite:///")
     assert s.sources.source == "live" and not s.sources.has_coinglass and s.sources.cache_dir is None
     assert s.sources.state_dir == Path.home() / ".cache" / "liqmap"
     sch = s.schedule
@@ -112,7 +112,7 @@ def test_env_example_loads_as_is():
     example = Path(__file__).resolve().parent.parent / ".env.example"
     s = load_settings(example)
     assert s.discord.token is None and s.discord.dev_guild_id is None and not s.sources.has_coinglass
-    assert s.database.url == DEFAULT_DATABASE_URL
+    assert s.database.url == default_database_url()
     names = {line.split("=", 1)[0] for line in example.read_text().splitlines() if "=" in line and not line.startswith("#")}
     assert names == set(ENV_NAMES)  # every setting is documented there
 

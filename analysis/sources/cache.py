@@ -18,14 +18,13 @@ map would refuse. SQLite was chosen over
 Parquet because upserting a few new bars into a 30-day series is one small transaction instead
 of rewriting a file, and WAL lets the bot and the CLI read while another process writes.
 
-The default path is ``$LIQMAP_CACHE_DIR/bars.sqlite3`` or ``~/.cache/liqmap/bars.sqlite3``
-(the bot's ``LIQMAP_CACHE_DIR`` setting); ``None`` keeps it in memory.
+The default path is ``bars.sqlite3`` in :func:`analysis.paths.cache_dir` (``LIQMAP_CACHE_DIR``, else
+systemd's ``$CACHE_DIRECTORY``, ``$XDG_CACHE_HOME/liqmap``, ``~/.cache/liqmap``); ``None`` keeps it in memory.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -37,6 +36,7 @@ import pandas as pd
 
 from ..bars import bar_fault, iso, show_value
 from ..errors import DataError
+from ..paths import cache_dir
 
 __all__ = ["BarCache", "default_cache_path", "BAR_COLUMNS", "columns_of"]
 
@@ -56,11 +56,9 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL, upda
 
 
 def default_cache_path() -> Path:
-    """``$LIQMAP_CACHE_DIR/bars.sqlite3`` if that is set, else ``~/.cache/liqmap/bars.sqlite3``."""
-    env = os.environ.get("LIQMAP_CACHE_DIR")
-    if env:
-        return Path(env).expanduser() / "bars.sqlite3"
-    return Path.home() / ".cache" / "liqmap" / "bars.sqlite3"
+    """``bars.sqlite3`` in the cache directory of :func:`analysis.paths.cache_dir`
+    (``LIQMAP_CACHE_DIR``, ``$CACHE_DIRECTORY``, ``$XDG_CACHE_HOME/liqmap``, ``~/.cache/liqmap``, ...)."""
+    return cache_dir() / "bars.sqlite3"
 
 
 class BarCache:
