@@ -15,11 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from .errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Bars", "Gap", "INTERVAL_MS", "interval_ms", "iso"]
 
@@ -208,6 +211,8 @@ class Bars:
         """A DataFrame with one column per present field (time in ms)."""
         data = {name: getattr(self, name) for name in ("time", "open", "high", "low", "close", "oi_usd")}
         data.update({n: getattr(self, n) for n in _OPTIONAL if getattr(self, n) is not None})
+        import pandas as pd  # only the live sources and the backtest convert frames
+
         return pd.DataFrame(data)
 
     @classmethod

@@ -7,10 +7,14 @@ column names (``time``, ``volume``, ``quote_volume``, ``taker_buy``, ``taker_net
 
 from __future__ import annotations
 
+import bz2
+import csv
+import gzip
+import lzma
 from pathlib import Path
+from typing import IO, Callable
 
 import numpy as np
-import pandas as pd
 
 from ..bars import INTERVAL_MS, Bars, iso
 from ..errors import DataError, InputError
@@ -43,28 +47,28 @@ def read_bars_csv(path: str | Path, *, venue: str = "csv", symbol: str = "BTCUSD
     """
     path = Path(path)
     try:
-        frame = pd.read_csv(path)
+        header, rows = _read_table(path)
     except FileNotFoundError:
         raise InputError(f"no such file: {path}") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+    except (csv.Error, EOFError, UnicodeDecodeError, OSError, lzma.LZMAError) as exc:
         raise DataError(f"{path.name}: not a readable CSV ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
-    cols: dict[str, str] = {}
+    cols: dict[str, int] = {}
     for name, options in _ALIASES.items():
         for opt in options:
-            if opt in frame.columns:
-                cols[name] = opt
+            if opt in header:
+                cols[name] = header.index(opt)
                 break
     missing = [c for c in _REQUIRED if c not in cols]
     if missing:
-        raise DataError(f"{path.name}: missing column(s) {', '.join(missing)} (have: {', '.join(map(str, frame.columns[:12]))})")
+        raise DataError(f"{path.name}: missing column(s) {', '.join(missing)} (have: {', '.join(header[:12])})")
     data: dict[str, np.ndarray] = {}
-    for name, col in cols.items():
-        values = pd.to_numeric(frame[col], errors="coerce")
-        if values.isna().all() and len(values):
-            raise DataError(f"{path.name}: column {col} holds no numbers")
-        data[name] = values.to_numpy(dtype=np.float64)
-    if len(frame) < 2:
-        raise DataError(f"{path.name}: {len(frame)} row(s) is too short for a map")
+    for name, i in cols.items():
+        values = _numbers([row[i] if i < len(row) else "" for row in rows])
+        if len(values) and np.isnan(values).all():
+            raise DataError(f"{path.name}: column {header[i]} holds no numbers")
+        data[name] = values
+    if len(rows) < 2:
+        raise DataError(f"{path.name}: {len(rows)} row(s) is too short for a map")
     t = data.pop("time")
     if np.isnan(t).any():
         raise DataError(f"{path.name}: a timestamp is missing or not a number (row {int(np.argmax(np.isnan(t)))})")
@@ -78,6 +82,40 @@ def read_bars_csv(path: str | Path, *, venue: str = "csv", symbol: str = "BTCUSD
     if interval is None:
         raise DataError(f"{path.name}: bar spacing of {step_ms} ms is not a supported interval ({', '.join(INTERVAL_MS)})")
     return Bars(venue, symbol, interval, t.astype(np.int64), **data)
+
+
+_OPENERS: dict[str, Callable[..., IO[str]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a CSV (plain, .gz, .bz2 or .xz), blank lines skipped.
+
+    The standard library is enough here and keeps pandas out of the sample path (startup time).
+    """
+    opener = _OPENERS.get(path.suffix.lower(), open)
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
+        lines = [row for row in csv.reader(f) if row]
+    if not lines:
+        raise csv.Error("no columns to parse from file")
+    header, rows = lines[0], lines[1:]
+    for n, row in enumerate(rows, start=2):
+        if len(row) > len(header):
+            raise csv.Error(f"expected {len(header)} fields in line {n}, saw {len(row)}")
+    return header, rows
+
+
+def _numbers(cells: list[str]) -> np.ndarray:
+    """Cells as float64; anything that is not a number becomes NaN."""
+    try:
+        return np.array(cells, dtype=np.float64)
+    except ValueError:
+        out = np.empty(len(cells))
+        for k, cell in enumerate(cells):
+            try:
+                out[k] = float(cell)
+            except ValueError:
+                out[k] = np.nan
+        return out
 
 
 class CsvSource:
