@@ -155,3 +155,21 @@ def test_every_dollar_figure_in_the_text_follows_the_rules(maps):
             for f in figures:
                 f = f.rstrip(".,")
                 assert re.fullmatch(AMOUNT, f) or re.fullmatch(PRICE, f), f
+
+
+def test_bot_embed_quotes_the_chart_numbers():
+    """The /liqmap embed (text) and its attached PNG (chart) of one report read the same figures."""
+    from analysis.report import ReportService
+    from analysis.sources.registry import make_sources
+    from bot.poster import report_embed
+    from conftest import run
+
+    rep = run(ReportService(make_sources("sample")).report("BTC", "7d"))
+    embed = report_embed(rep)
+    s = drawn(chart.build_figure(rep.map, rep.reading))
+    desc = embed.description or ""
+    assert s["price-label"][0] in desc.splitlines()[0]
+    short, long = numbers.usd(rep.reading.short_in_band), numbers.usd(rep.reading.long_in_band)
+    assert f"shorts {short} vs longs {long}" in s["subtitle"][0] and f"{short} of shorts" in desc
+    quoted = {f"{p} · {a}" for a, p in re.findall(r"~(\S+) around (\S+) \(", desc)}
+    assert quoted and quoted <= set(s["cluster-label"])
