@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -74,20 +75,27 @@ def liqmap_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from bot.cli import main; sys.exit(main())"]
 
 
-def wall_ms(cmd: list[str], runs: int) -> float:
-    """Median wall time in ms of ``cmd`` as a subprocess (one untimed warm-up run first)."""
-    samples = []
+def timed(cmd: list[str], runs: int, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Median wall and CPU (user + system) ms of ``cmd`` as a subprocess, one untimed warm-up run first.
+
+    CPU time is the child's own, so it moves less than wall time when the machine is shared.
+    """
+    walls, cpus = [], []
     for i in range(runs + 1):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=env)
+        wall = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if i:
-            samples.append(time.perf_counter() - t)
-    return statistics.median(samples) * 1000
+            walls.append(wall)
+            cpus.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    return statistics.median(walls) * 1000, statistics.median(cpus) * 1000
 
 
-def largest_imports(cmd: list[str], n: int = 8) -> list[tuple[str, float]]:
+def largest_imports(cmd: list[str], env: dict[str, str], n: int = 8) -> list[tuple[str, float]]:
     """The ``n`` largest top-level imports (cumulative ms) of ``cmd`` under ``python -X importtime``."""
-    env = dict(os.environ, PYTHONPROFILEIMPORTTIME="1")
+    env = dict(env, PYTHONPROFILEIMPORTTIME="1")
     res = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                          check=True)
     rows = []
@@ -98,8 +106,10 @@ def largest_imports(cmd: list[str], n: int = 8) -> list[tuple[str, float]]:
     return sorted(rows, key=lambda r: -r[1])[:n]
 
 
-def revision() -> str:
+def revision(tree: Path | None = None) -> str:
     """Short commit of the working tree, with ``+changes`` when it differs from that commit."""
+    if tree is not None:
+        return f"tree {tree}"
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                              check=True).stdout.strip()
@@ -130,26 +140,33 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.startup")
     ap.add_argument("--runs", type=int, default=9, help="timed runs per command (median reported)")
     ap.add_argument("--label", default="current", help="name of this run's row, e.g. before or after")
+    ap.add_argument("--tree", type=Path, default=None,
+                    help="run the code of another checkout (e.g. `git archive REV | tar -x -C DIR`) via PYTHONPATH")
     ap.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
     args = ap.parse_args(argv)
 
     liqmap = liqmap_command()
+    env = dict(os.environ)
+    if args.tree is not None:
+        env["PYTHONPATH"] = str(args.tree.resolve())
     with tempfile.TemporaryDirectory() as tmp:
         report = liqmap + ["report", "--source", "sample", "--symbol", "BTC", "--window", "7d", "--out", tmp]
         np_ms, py_ms = calibration()
-        bare = wall_ms([sys.executable, "-c", "pass"], args.runs)
-        helps = wall_ms(liqmap + ["--help"], args.runs)
-        rep = wall_ms(report, args.runs)
+        bare, bare_cpu = timed([sys.executable, "-c", "pass"], args.runs)
+        helps, helps_cpu = timed(liqmap + ["--help"], args.runs, env)
+        rep, rep_cpu = timed(report, args.runs, env)
         np_ms2, py_ms2 = calibration()  # again after: a busy machine shows as a spread here
-        imports = largest_imports(report)
+        imports = largest_imports(report, env)
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%MZ")
-    row = (f"| {args.label} ({revision()}, {stamp}) | {np_ms:.0f} / {np_ms2:.0f} ms | {py_ms:.0f} / {py_ms2:.0f} ms "
-           f"| {bare:.0f} ms | {helps:.0f} ms | {rep:.0f} ms |")
+    row = (f"| {args.label} ({revision(args.tree)}, {stamp}) | {np_ms:.0f} / {np_ms2:.0f} ms "
+           f"| {py_ms:.0f} / {py_ms2:.0f} ms | {bare:.0f} ms ({bare_cpu:.0f}) | {helps:.0f} ms ({helps_cpu:.0f}) "
+           f"| {rep:.0f} ms ({rep_cpu:.0f}) |")
     rows = earlier_rows(args.label) + [row]
     body = "\n".join([
         "Wall time of a fresh process, median of "
-        f"{args.runs} runs after one warm-up, output to /dev/null. Calibration, timed in the same run before and "
+        f"{args.runs} runs after one warm-up, output to /dev/null; in brackets the process's own CPU time "
+        "(user + system, median), which a shared machine inflates less than wall time. Calibration, timed in the same run before and "
         "after the commands (before / after): *numpy pass* is one sort of sqrt(|x|)·1.5+1 over 2,000,000 "
         "normals, *Python loop* is 1,000,000 iterations of `total += i * i % 7`; compare rows by their ratio "
         "to these. *Sample report* is `liqmap report --source sample --symbol BTC --window 7d --out TMP` "
