@@ -16,11 +16,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from .errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Bars", "BarFault", "Gap", "INTERVAL_MS", "bar_fault", "interval_ms", "iso", "show_value", "MAX_TIME_MS"]
 
@@ -261,6 +264,8 @@ class Bars:
         """A DataFrame with one column per present field (time in ms)."""
         data = {name: getattr(self, name) for name in ("time", "open", "high", "low", "close", "oi_usd")}
         data.update({n: getattr(self, n) for n in _OPTIONAL if getattr(self, n) is not None})
+        import pandas as pd  # only the live sources and the backtest convert frames
+
         return pd.DataFrame(data)
 
     @classmethod

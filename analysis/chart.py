@@ -30,6 +30,7 @@ from matplotlib.patches import Patch
 from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from . import numbers
 from .errors import DataError, InputError
 from .liqmap import LiquidationMap
 from .metrics import Reading
@@ -134,60 +135,19 @@ _VENUE_NAMES = {"binance": "Binance", "bybit": "Bybit", "okx": "OKX", "hyperliqu
 
 
 # -- formatting ------------------------------------------------------------------------------------
+# Every amount and price on the image reads as it does in the text: see analysis/numbers.py.
+
+fmt_money = numbers.usd
+fmt_price = numbers.price
+fmt_tick = numbers.tick
+
 
 def _strip(s: str) -> str:
     return s.rstrip("0").rstrip(".") if "." in s else s
 
 
-def fmt_money(x: float) -> str:
-    """USD with a unit and at most 3 significant digits: $1.2B, $350M, $12K, $950, $0."""
-    if not math.isfinite(x):
-        return "—"
-    sign = "-" if x < 0 else ""
-    a = abs(x)
-    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if a >= div * 0.9995:
-            v = a / div
-            digits = 0 if v >= 99.95 else 1 if v >= 9.995 else 2
-            return f"{sign}${_strip(f'{v:.{digits}f}')}{unit}"
-    if a >= 1 or a == 0:
-        return f"{sign}${a:.0f}"
-    return f"{sign}${_strip(f'{a:.2f}')}"
-
-
 def _sig_decimals(x: float, sig: int) -> int:
     return max(0, sig - 1 - int(math.floor(math.log10(abs(x))))) if x else 0
-
-
-def fmt_price(x: float, *, exact: bool = False) -> str:
-    """A price, short ($61.9k, $3,456, $0.08123) or ``exact`` for the current-price label."""
-    if not math.isfinite(x):
-        return "—"
-    a = abs(x)
-    if a >= 10_000 and not exact:
-        return f"${_strip(f'{x / 1000:.1f}')}k"
-    if a >= 1000:
-        return f"${x:,.0f}"
-    s = f"${x:,.{_sig_decimals(x, 5 if exact else 4)}f}"
-    return _strip(s) if exact else s
-
-
-def _step_decimals(step: float) -> int:
-    """Fewest decimals that show multiples of ``step`` exactly (0.25 -> 2, 5 -> 0, 0.002 -> 3)."""
-    for d in range(0, 10):
-        v = step * 10**d
-        if abs(v - round(v)) < 1e-6 * max(1.0, v):
-            return d
-    return 10
-
-
-def fmt_tick(x: float, step: float) -> str:
-    """A price-axis tick, with just enough decimals to tell ticks ``step`` apart."""
-    if step <= 0 or not math.isfinite(step):
-        return fmt_price(x)
-    if abs(x) >= 10_000 or (x == 0 and step >= 10_000):
-        return f"${x / 1000:,.{_step_decimals(step / 1000)}f}k"
-    return f"${x:,.{_step_decimals(step)}f}"
 
 
 def _venue_label(v: str) -> str:
@@ -434,7 +394,7 @@ def _label_clusters(fig: Figure, ax: Axes, reading: Reading, rb: Rebinned, th: T
         sel = (rb.edges[1:] > c.lo) & (rb.edges[:-1] < c.hi)
         top = float(totals[sel].max()) if np.any(sel) else 0.0
         color = th.long_curve if c.side == "long" else th.short_curve
-        text = f"{fmt_price(c.price)} · {fmt_money(c.notional)}"
+        text = f"{numbers.price(c.price)} · {numbers.usd(c.notional)}"
         size = 10 if c.significant else 9
         y = top + 0.03 * ytop
         t = ax.text(c.price, y, text, ha="center", va="bottom", fontsize=size, color=th.text, parse_math=False,
@@ -468,17 +428,24 @@ def _label_clusters(fig: Figure, ax: Axes, reading: Reading, rb: Rebinned, th: T
         ax.plot([c.price, c.price], [top, y], color=color, lw=1.0, zorder=5, alpha=0.9)
 
 
+def _ratio(short: float, long: float) -> str:
+    """The band imbalance, worded as in the text."""
+    if long <= 0:
+        return "shorts only"
+    if short <= 0:
+        return "longs only"
+    return numbers.imbalance(short, long)
+
+
 def _subtitle(m: LiquidationMap, reading: Reading) -> str:
-    band = f"±{reading.band * 100:g}%"
+    band = f"±{numbers.band(reading.band)}"
     lb, sb = reading.long_in_band, reading.short_in_band
     if lb <= 0 and sb <= 0:
         skew = f"no levels within {band}"
     else:
-        ratio = reading.imbalance
-        r = "shorts only" if math.isinf(ratio) else f"{ratio:.2f}×"
-        skew = (f"{reading.skew.label[:1].upper()}{reading.skew.label[1:]}: within {band} shorts {fmt_money(sb)}"
-                f" vs longs {fmt_money(lb)} ({r})")
-    return f"Price {fmt_price(m.price, exact=True)}  ·  {skew}"
+        skew = (f"{reading.skew.label[:1].upper()}{reading.skew.label[1:]}: within {band} shorts {numbers.usd(sb)}"
+                f" vs longs {numbers.usd(lb)} ({_ratio(sb, lb)})")
+    return f"Price {numbers.price(m.price)}  ·  {skew}"
 
 
 def _footer(m: LiquidationMap) -> str:
@@ -579,7 +546,7 @@ def build_figure(m: LiquidationMap, reading: Reading, *, theme: str = "dark", st
     ax2.patch.set_visible(False)
 
     # axes styling
-    money = FuncFormatter(lambda v, _pos: fmt_money(v) if v > 0 else "0")
+    money = FuncFormatter(lambda v, _pos: numbers.usd(v) if v > 0 else "0")
     for a in (ax, ax2):
         for s in a.spines.values():
             s.set_visible(False)
@@ -594,7 +561,7 @@ def build_figure(m: LiquidationMap, reading: Reading, *, theme: str = "dark", st
     ax.xaxis.set_major_locator(MaxNLocator(nbins=12, steps=[1, 2, 5, 10]))
     ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
     step = float(np.min(np.diff(ticks))) if len(ticks) > 1 else (hi - lo)
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: fmt_tick(v, step)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: numbers.tick(v, step)))
     ax.grid(axis="y", color=th.grid, lw=0.8, zorder=0)
     ax.grid(axis="x", color=th.grid, lw=0.5, alpha=0.6, zorder=0)
     ax.set_axisbelow(True)
@@ -605,7 +572,7 @@ def build_figure(m: LiquidationMap, reading: Reading, *, theme: str = "dark", st
 
     # current price
     ax.axvline(m.price, color=th.price, lw=1.3, ls=(0, (4, 3)), zorder=5, alpha=0.9)
-    pl = ax.text(m.price, 0.985, fmt_price(m.price, exact=True), transform=ax.get_xaxis_transform(), parse_math=False,
+    pl = ax.text(m.price, 0.985, numbers.price(m.price), transform=ax.get_xaxis_transform(), parse_math=False,
                  ha="center", va="top", fontsize=10.5, fontweight="bold", color=th.bg, zorder=7,
                  bbox=dict(boxstyle="round,pad=0.3", fc=th.price, ec="none"), gid="price-label")
     lt = ax.text(0.01, 0.985, "◀ Long liquidations", transform=ax.transAxes, ha="left", va="top",
@@ -640,7 +607,7 @@ def build_figure(m: LiquidationMap, reading: Reading, *, theme: str = "dark", st
     _fit_axes(fig, ax, ax2, margin_px=0.1 * dpi)
     if empty:
         what = "liquidation levels" if m.kind == "coinglass" else "estimated liquidation levels"
-        where = (f"within ±{(hi / m.price - 1) * 100:.2g}% of price" if m.total_long + m.total_short > 0
+        where = (f"within ±{numbers.band(round(hi / m.price - 1, 3))} of price" if m.total_long + m.total_short > 0
                  else f"for {m.symbol} in this {m.window} window")
         ax.text(0.5, 0.55, f"No {what}\n{where}", transform=ax.transAxes, ha="center", va="center",
                 fontsize=13, color=th.text, fontweight="bold", zorder=7, linespacing=1.5,

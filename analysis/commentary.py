@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
 
+from . import numbers
 from .errors import DataError, InputError, LiqmapError
 from .liqmap import LiquidationMap
 from .metrics import Cluster, Reading, SkewClass, Threshold
@@ -53,7 +54,7 @@ TEMPLATES = templates_dir()
 EMBED_LIMIT = 4096  # Discord embed description
 MESSAGE_LIMIT = 2000  # Discord message content
 
-MINUS = "\u2212"
+MINUS = numbers.MINUS
 TRUNCATED = "… (truncated)"
 
 _VENUE_NAMES = {"binance": "Binance", "bybit": "Bybit", "okx": "OKX", "coinglass": "CoinGlass"}
@@ -70,72 +71,18 @@ _env = Environment(
     autoescape=False,  # output is Discord markdown; inputs are escaped by _md_safe instead
     keep_trailing_newline=False,
 )
+# templates that format a number themselves use the same rules as the chart
+_env.filters.update(usd=numbers.usd, price=numbers.price, pct=numbers.pct, band=numbers.band, times=numbers.times)
 
 
 # -- numbers ------------------------------------------------------------------------------------
+# One format for the chart and the text: see analysis/numbers.py.
 
-def usd(x: float) -> str:
-    """Compact dollars: ``$2.1B``, ``$350M``, ``$12.4K``, ``$850``; ``n/a`` when not finite.
-
-    One decimal below 100 units, none from 100 up; a value that would print as 1000 of a unit
-    moves to the next unit (``$1.0B``, not ``$1000M``).
-    """
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(v):
-        return "n/a"
-    sign = "-" if v < 0 else ""
-    v = abs(v)
-    units = ((1.0, ""), (1e3, "K"), (1e6, "M"), (1e9, "B"), (1e12, "T"))
-    for i, (scale, unit) in enumerate(units):
-        n = v / scale
-        text = f"{n:.0f}" if (not unit or n >= 99.95) else f"{n:.1f}"
-        if float(text) < 1000 or i == len(units) - 1:  # 999.96M would print as 1000M: use 1B
-            break
-    return f"{sign}${text}{unit}"
-
-
-def price_str(p: float) -> str:
-    """A price as a trader writes it: ``$64,592``, ``$145.23``, ``$2.345``, ``$0.0812``."""
-    try:
-        v = float(p)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(v) or v <= 0:
-        return "n/a"
-    if v >= 999.5:
-        return f"${v:,.0f}"
-    # four significant digits, at least two decimals, no trailing zeros beyond those two
-    decimals = max(2, 3 - math.floor(math.log10(v)))
-    text = f"{v:.{decimals}f}"
-    if "." in text:
-        whole, frac = text.split(".")
-        frac = frac.rstrip("0").ljust(2, "0")
-        text = f"{whole}.{frac}"
-    return f"${text}"
-
-
-def _pct(x: float, decimals: int = 1) -> str:
-    """Signed percent with a real minus sign: ``+3.0%``, ``−4.5%``."""
-    if not math.isfinite(x):
-        return "n/a"
-    text = f"{x:+.{decimals}f}%"
-    return text.replace("-", MINUS)
-
-
-def _band(b: float) -> str:
-    return f"{b * 100:g}%"
-
-
-def _times(x: float) -> str:
-    """A ratio >= 1 as ``5.3×``, rounded *down* so it never crosses a skew threshold it did not reach."""
-    if not math.isfinite(x) or x >= 1000:
-        return "over 1,000×"
-    if x >= 10:
-        return f"{math.floor(x + 1e-9):,}×"
-    return f"{math.floor(x * 10 + 1e-9) / 10:.1f}×"
+usd = numbers.usd
+price_str = numbers.price
+_pct = numbers.pct
+_band = numbers.band
+_times = numbers.times
 
 
 def _fmt_time(ms: int) -> str:
@@ -286,10 +233,7 @@ def skew_sentence(r: Reading) -> str:
         return f"Only shorts near price: {S} of shorts within +{band}, no long levels within {MINUS}{band}."
     if s <= 0:
         return f"Only longs near price: {L} of longs within {MINUS}{band}, no short levels within +{band}."
-    if s >= lo:
-        ratio = f"{_times(s / lo)} more shorts" if s / lo >= 1.1 else "roughly even"
-    else:
-        ratio = f"{_times(lo / s)} more longs" if lo / s >= 1.1 else "roughly even"
+    ratio = numbers.imbalance(s, lo)
     key = r.skew.key
     if key == "heavily_short":
         return (f"Shorts heavily stacked above price ({S} within +{band}), thin long exposure below "

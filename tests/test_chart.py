@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from analysis import chart
-from analysis.chart import build_figure, display_range, fmt_money, fmt_price, fmt_tick, rebin, render
+from analysis import numbers
+from analysis.chart import build_figure, display_range, rebin, render
 from analysis.errors import DataError, InputError
 from analysis.liqmap import LiquidationMap, merge
 from analysis.metrics import read
@@ -115,7 +116,7 @@ def test_title_subtitle_footer(multi):
     footer = texts(fig, "footer")[0]
     assert "Estimated from open-interest flow" in footer and "not actual positions" in footer
     assert "Missing: Hyperliquid" in footer
-    assert texts(fig, "price-label") == [fmt_price(multi.price, exact=True)]
+    assert texts(fig, "price-label") == [numbers.price(multi.price)]
 
 
 def test_coinglass_footer(btc):
@@ -131,7 +132,7 @@ def test_significant_clusters_labelled_without_overlap(btc):
     lo, hi = display_range(btc, r)
     for c in r.clusters:
         if c.significant and lo < c.price < hi:
-            assert f"{fmt_price(c.price)} · {fmt_money(c.notional)}" in labels
+            assert f"{numbers.price(c.price)} · {numbers.usd(c.notional)}" in labels
     renderer = fig.canvas.get_renderer()
     ax = fig.axes[0]
     axbox = ax.get_window_extent(renderer)
@@ -278,30 +279,8 @@ def test_render_does_not_import_pyplot():
 
 # -- pure helpers -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("x, s", [
-    (1.2e9, "$1.2B"), (1.234e9, "$1.23B"), (3.5e8, "$350M"), (12_000, "$12K"), (950, "$950"), (0, "$0"),
-    (5e12, "$5T"), (999_999, "$1M"), (43_691_840.9, "$43.7M"), (-2.5e6, "-$2.5M"), (math.inf, "—"),
-])
-def test_fmt_money(x, s):
-    assert fmt_money(x) == s
-
-
-@pytest.mark.parametrize("x, s", [(61_906.9, "$61.9k"), (3456.4, "$3,456"), (145.23, "$145.2"),
-                                  (0.0812345, "$0.08123"), (58_040.3, "$58k")])
-def test_fmt_price(x, s):
-    assert fmt_price(x) == s
-
-
-def test_fmt_price_exact():
-    assert fmt_price(64_592.2, exact=True) == "$64,592"
-    assert fmt_price(0.08, exact=True) == "$0.08"
-    assert fmt_price(1.23456789, exact=True) == "$1.2346"
-
-
-@pytest.mark.parametrize("x, step, s", [(62_500, 2_500, "$62.5k"), (64_000, 2_000, "$64k"),
-                                        (0.082, 0.002, "$0.082"), (3_400, 100, "$3,400"), (1.25, 0.25, "$1.25")])
-def test_fmt_tick(x, step, s):
-    assert fmt_tick(x, step) == s
+def test_chart_formatters_are_the_shared_ones():
+    assert chart.fmt_money is numbers.usd and chart.fmt_price is numbers.price and chart.fmt_tick is numbers.tick
 
 
 @pytest.mark.parametrize("stack", chart.STACKS)

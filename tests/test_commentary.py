@@ -83,15 +83,15 @@ def unescaped(text: str) -> set[str]:
 
 @pytest.mark.parametrize("value, text", [
     (2.1e9, "$2.1B"), (350e6, "$350M"), (12_400, "$12.4K"), (850, "$850"), (0, "$0"), (0.4, "$0"),
-    (999.6, "$1.0K"), (99_949, "$99.9K"), (99_951, "$100K"), (999.96e6, "$1.0B"), (1.0239e9, "$1.0B"),
-    (44.32e6, "$44.3M"), (-3e6, "-$3.0M"), (math.nan, "n/a"), (math.inf, "n/a"), (None, "n/a"),
+    (999.6, "$1K"), (99_949, "$99.9K"), (99_951, "$100K"), (999.96e6, "$1B"), (1.0239e9, "$1.02B"),
+    (44.32e6, "$44.3M"), (-3e6, "−$3M"), (math.nan, "n/a"), (math.inf, "n/a"), (None, "n/a"),
 ])
 def test_usd(value, text):
     assert usd(value) == text
 
 
 @pytest.mark.parametrize("value, text", [
-    (64_592.2, "$64,592"), (61_700, "$61,700"), (999.6, "$1,000"), (145.234, "$145.23"), (999.4, "$999.40"),
+    (64_592.2, "$64,592"), (61_700, "$61,700"), (999.6, "$999.60"), (999.996, "$1,000"), (145.234, "$145.23"), (999.4, "$999.40"),
     (2.3456, "$2.346"), (0.0812, "$0.0812"), (0.00001234, "$0.00001234"), (0, "n/a"), (-5, "n/a"),
     (math.nan, "n/a"),
 ])
@@ -223,7 +223,7 @@ def test_near_price_line_only_when_lopsided_and_not_already_said():
     # lopsided the other way than a heavily short headline: worth saying
     flipped = replace(r, cum_short=(1e6,) + r.cum_short[1:], cum_long=(5e6,) + r.cum_long[1:],
                       skew=SKEW_CLASSES["heavily_short"])
-    assert near_sentence(flipped).startswith("Closest to price, longs dominate: $5.0M within −1% vs $1.0M of shorts")
+    assert near_sentence(flipped).startswith("Closest to price, longs dominate: $5M within −1% vs $1M of shorts")
     assert near_sentence(replace(r, cum_short=(5e6,) + r.cum_short[1:])) is None  # under 3x
     assert near_sentence(replace(r, cum_long=(0.0,) + r.cum_long[1:])) == (
         "Closest to price, only shorts: $53.2M within +1%, no longs within −1%.")
@@ -277,8 +277,8 @@ def test_threshold_and_cluster_sentences():
     s = summary(levels_reading(), make_map())
     assert "• If BTC breaks $66,550 (+3.0%), about $120M of shorts sit in between." in s
     assert "• A drop below $61,700 (−4.5%) would run through about $150M of longs." in s
-    assert "• Nearest major cluster: ~$37.0M around $66,400 (+2.8%), led by 25x." in s
-    assert "• Nearest major cluster: ~$44.0M around $61,900 (−4.2%), led by 10x." in s
+    assert "• Nearest major cluster: ~$37M around $66,400 (+2.8%), led by 25x." in s
+    assert "• Nearest major cluster: ~$44M around $61,900 (−4.2%), led by 10x." in s
     # the summary keeps the two nearest levels per side; the daily report shows more
     assert "$70,400" in s and "$75,000" not in s
     assert "$75,000" in daily(levels_reading(), make_map())
@@ -287,7 +287,7 @@ def test_threshold_and_cluster_sentences():
 
 def test_tier_clause_needs_more_than_one_tier():
     s = summary(levels_reading(), make_map(tiers=("all",)))
-    assert "led by" not in s and "~$37.0M around $66,400 (+2.8%)." in s
+    assert "led by" not in s and "~$37M around $66,400 (+2.8%)." in s
 
 
 def test_non_finite_levels_are_skipped():
@@ -295,7 +295,7 @@ def test_non_finite_levels_are_skipped():
     r = replace(r, thresholds=r.thresholds + (Threshold("short", math.nan, math.nan, 5e6),),
                 nearest_long=replace(r.nearest_long, notional=math.inf))
     s = summary(r, make_map())
-    assert "n/a" not in s and "Nearest major cluster: ~$44.0M" not in s
+    assert "n/a" not in s and "Nearest major cluster: ~$44M" not in s
 
 
 def test_cumulative_table_is_short_and_in_a_code_block():
@@ -399,7 +399,7 @@ def test_notice_keeps_warnings_not_provenance():
 def test_notice_falls_back_to_the_cluster_without_thresholds():
     r = replace(levels_reading(), thresholds=())
     n = notice(SKEW_CLASSES["short"], r, make_map())
-    assert "• Nearest major short cluster: ~$37.0M around $66,400 (+2.8%), led by 25x." in n
+    assert "• Nearest major short cluster: ~$37M around $66,400 (+2.8%), led by 25x." in n
 
 
 # -- limits ---------------------------------------------------------------------------------------

@@ -7,10 +7,14 @@ column names (``time``, ``volume``, ``quote_volume``, ``taker_buy``, ``taker_net
 
 from __future__ import annotations
 
+import bz2
+import csv
+import gzip
+import lzma
 from pathlib import Path
+from typing import IO, Callable
 
 import numpy as np
-import pandas as pd
 
 from ..bars import INTERVAL_MS, MAX_TIME_MS, Bars, bar_fault, iso, show_value
 from ..errors import DataError, InputError
@@ -45,25 +49,25 @@ def read_bars_csv(path: str | Path, *, venue: str = "csv", symbol: str = "BTCUSD
     """
     path = Path(path)
     try:
-        frame = pd.read_csv(path)
+        header, rows = _read_table(path)
     except FileNotFoundError:
         raise InputError(f"no such file: {path}") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as exc:
+    except (csv.Error, EOFError, UnicodeDecodeError, OSError, lzma.LZMAError) as exc:
         raise DataError(f"{path.name}: not a readable CSV ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
-    cols: dict[str, str] = {}
+    cols: dict[str, int] = {}
     for name, options in _ALIASES.items():
         for opt in options:
-            if opt in frame.columns:
-                cols[name] = opt
+            if opt in header:
+                cols[name] = header.index(opt)
                 break
     missing = [c for c in _REQUIRED if c not in cols]
     if missing:
-        raise DataError(f"{path.name}: missing column(s) {', '.join(missing)} (have: {', '.join(map(str, frame.columns[:12]))})")
+        raise DataError(f"{path.name}: missing column(s) {', '.join(missing)} (have: {', '.join(header[:12])})")
     data: dict[str, np.ndarray] = {}
-    for name, col in cols.items():
-        data[name] = _numbers(frame[col], col, path.name)
-    if len(frame) < 2:
-        raise DataError(f"{path.name}: {len(frame)} row(s) is too short for a map")
+    for name, i in cols.items():
+        data[name] = _numbers([row[i] if i < len(row) else "" for row in rows], header[i], path.name)
+    if len(rows) < 2:
+        raise DataError(f"{path.name}: {len(rows)} row(s) is too short for a map")
     t = data.pop("time")
     bad = (t != np.floor(t)) | (t < 0) | (t >= MAX_TIME_MS)
     if bad.any():
@@ -86,19 +90,46 @@ def read_bars_csv(path: str | Path, *, venue: str = "csv", symbol: str = "BTCUSD
     return Bars(venue, symbol, interval, t.astype(np.int64), **data)
 
 
-def _numbers(raw: pd.Series, col: str, file: str) -> np.ndarray:
+_OPENERS: dict[str, Callable[..., IO[str]]] = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+
+
+def _read_table(path: Path) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a CSV (plain, .gz, .bz2 or .xz), blank lines skipped.
+
+    The standard library is enough here and keeps pandas out of the sample path (startup time).
+    """
+    opener = _OPENERS.get(path.suffix.lower(), open)
+    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:
+        lines = [row for row in csv.reader(f) if row]
+    if not lines:
+        raise csv.Error("no columns to parse from file")
+    header, rows = lines[0], lines[1:]
+    for n, row in enumerate(rows, start=2):
+        if len(row) > len(header):
+            raise csv.Error(f"expected {len(header)} fields in line {n}, saw {len(row)}")
+    return header, rows
+
+
+def _float(cell: str) -> float:
+    try:
+        return float(cell)
+    except (ValueError, OverflowError):
+        return np.nan
+
+
+def _numbers(cells: list[str], col: str, file: str) -> np.ndarray:
     """A column as finite floats, or a DataError naming the first bad cell's row and column."""
-    if pd.api.types.is_numeric_dtype(raw.dtype):
-        values = raw.to_numpy(dtype=np.float64)
-    else:  # text, or integers too long for int64 that pandas kept as Python ints
-        values = pd.to_numeric(raw.astype(str).str.strip(), errors="coerce").to_numpy(dtype=np.float64)
+    try:
+        values = np.array(cells, dtype=np.float64)
+    except (ValueError, OverflowError):
+        values = np.array([_float(c) for c in cells], dtype=np.float64)
     if len(values) and np.isnan(values).all():
         raise DataError(f"{file}: column {col} holds no numbers")
     bad = ~np.isfinite(values)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        cell = raw.iloc[i]
-        shown = "empty or NaN" if pd.isna(cell) or str(cell).strip() == "" else show_value(cell)
+        cell = cells[i].strip()
+        shown = "empty or NaN" if cell == "" or cell.lower() == "nan" else show_value(cell)
         raise DataError(f"{file}: row {i + 1}: {col} is missing or not a number ({col} = {shown})")
     return values
 

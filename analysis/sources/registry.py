@@ -17,13 +17,14 @@ import importlib
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError
-from .base import Source
-from .csvfile import CsvSource, SampleSource
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .base import Source
 
 __all__ = ["make_sources", "live_sources", "recorded_sources", "aclose_sources", "SOURCE_HELP", "LIVE_VENUES"]
 
@@ -134,6 +135,8 @@ def make_sources(
     ``cache_dir`` holds the live bar cache (``bars.sqlite3``; default ``$LIQMAP_CACHE_DIR`` or
     ``~/.cache/liqmap``); ``transport`` replaces the network (tests).
     """
+    from .csvfile import CsvSource, SampleSource
+
     spec = str(spec).strip()
     if spec == "live":
         from .cache import BarCache, default_cache_path
