@@ -72,12 +72,12 @@ def read_bars_csv(path: str | Path, *, venue: str = "csv", symbol: str = "BTCUSD
     bad = (t != np.floor(t)) | (t < 0) | (t >= MAX_TIME_MS)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path.name}: row {i + 1}: {cols['time']} is not an epoch-ms timestamp, an integer from 0 "
-                        f"to {MAX_TIME_MS:.0e} ({cols['time']} = {show_value(t[i])})")
+        raise DataError(f"{path.name}: row {i + 1}: {header[cols['time']]} is not an epoch-ms timestamp, an integer from 0 "
+                        f"to {MAX_TIME_MS:.0e} ({header[cols['time']]} = {show_value(t[i])})")
     fault = bar_fault({**data, "time": np.arange(t.size)})  # values only: time order is Bars.validate's
     if fault is not None:
         i = fault.row
-        raise DataError(f"{path.name}: row {i + 1}: {fault.reason} ({cols[fault.column]} = {show_value(data[fault.column][i])})")
+        raise DataError(f"{path.name}: row {i + 1}: {fault.reason} ({header[cols[fault.column]]} = {show_value(data[fault.column][i])})")
     step = np.diff(t)
     pos = step[step > 0]
     if pos.size == 0:
@@ -129,7 +129,14 @@ def _numbers(cells: list[str], col: str, file: str) -> np.ndarray:
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         cell = cells[i].strip()
-        shown = "empty or NaN" if cell == "" or cell.lower() == "nan" else show_value(cell)
+        if cell == "" or cell.lower() == "nan":
+            shown = "empty or NaN"
+        elif cell.isdigit():  # an integer too long for a float: show its length, not 400 digits
+            shown = show_value(int(cell)) if len(cell) <= 4300 else f"a {len(cell)}-digit number"
+        elif np.isinf(values[i]):
+            shown = show_value(values[i])
+        else:
+            shown = show_value(cell)
         raise DataError(f"{file}: row {i + 1}: {col} is missing or not a number ({col} = {shown})")
     return values
 
