@@ -11,8 +11,8 @@ For each bar, in time order (see docs/methodology.md for the why of every step):
 3. **Open.** The OI increase plus the turnover reopens, times ``oi_scale``, opens at the bar's
    entry prices, split between longs and shorts by the side model and spread over a continuous
    leverage distribution. Each lands at its isolated-margin liquidation price
-   ``long: E(1-1/L)/(1-mmr)``, ``short: E(1+1/L)/(1+mmr)``. A level already beyond the bar's
-   close is swept in the same bar (every entry of a bar happens before its close).
+   ``long: E(1-1/L)/(1-mmr)``, ``short: E(1+1/L)/(1+mmr)``. A level already at or beyond the
+   bar's close is swept in the same bar (every entry of a bar happens before its close).
 
 The implementation is vectorized: a level opened at bar t0 is swept at the first later bar whose
 low (high) crosses it, found for all levels at once by binary lifting over a sparse table of
@@ -86,8 +86,8 @@ class ModelParams:
     oi_scale
         Multiplies opened notional, e.g. to scale one venue's OI to the whole market.
     open_bar_sweep
-        Which levels are swept in the bar that opens them: ``close`` (levels beyond the bar's close:
-        every entry happens before the close), ``range`` (beyond the bar's low/high), ``none``.
+        Which levels are swept in the bar that opens them: ``close`` (levels at or beyond the bar's
+        close: every entry happens before the close), ``range`` (at or beyond its low/high), ``none``.
     typical_position_usd, margin_table
         Which maintenance-margin bracket prices the levels; ``margin_table=None`` uses the shipped
         table for the symbol.

@@ -59,10 +59,13 @@ def reference_levels(bars: Bars, params: ModelParams):
                 e, lv_k = entry[t, k], lev[t, k]
                 mmr = table.mmr_for(float(lv_k), params.typical_position_usd)
                 for side, share in (("long", long_share[t]), ("short", 1.0 - long_share[t])):
+                    # entry times one factor, grouped as the model groups it: a level that sits
+                    # exactly on a bar's close or high (100.5 * 1.02 / 1.005 = 102) must round to
+                    # the same float in both, or the ties below put it in different bars
                     if side == "long":
-                        price = e * (1 - 1 / lv_k) / (1 - mmr)
+                        price = e * ((1 - 1 / lv_k) / (1 - mmr))
                     else:
-                        price = e * (1 + 1 / lv_k) / (1 + mmr)
+                        price = e * ((1 + 1 / lv_k) / (1 + mmr))
                     notional = opened[t] * share * slot_w[k]
                     rule = params.open_bar_sweep
                     if side == "long":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from analysis.bars import Bars
@@ -83,6 +83,21 @@ def test_level_beyond_the_close_is_swept_in_its_own_bar():
     m = build_map(make_bars(rows), hand_params(leverage=(100.0,)))
     assert m.swept.long.tolist() == pytest.approx([0, 0, 50])
     assert m.total_long == 0 and m.total_short == pytest.approx(50)
+
+
+@pytest.mark.parametrize("rule", ["close", "range"])
+def test_level_exactly_at_the_close_is_swept_in_its_own_bar(rule):
+    # VWAP entry 100.5 at 50x and a 0.5% maintenance margin: the short's liquidation price is
+    # 100.5 * 1.02 / 1.005 = 102, the bar's close and high. Reached is swept (<=), so it goes in
+    # that bar, not in the next one whose high passes it (the reference once rounded it above)
+    rows = [(100, 101, 99, 100, 1000), (100, 101, 99, 100, 1000), (100, 102, 99, 102, 1100), (102, 103, 101, 102, 1100)]
+    vol, quote = np.ones(4), np.array([100.0, 100.0, 100.5, 102.0])
+    bars = make_bars(rows, volume=vol, quote_volume=quote)
+    params = hand_params(leverage=(50.0,), margin_table=MarginTable("flat 0.5%", (Bracket(1e18, 200, 0.005),)),
+                         open_bar_sweep=rule)
+    m = build_map(bars, params)
+    assert m.swept.short.tolist() == pytest.approx([0, 0, 50, 0])
+    assert_matches_reference(bars, params)
 
 
 def test_taker_side_model_splits_by_net_flow():
@@ -222,8 +237,26 @@ params_strategy = st.builds(
 )
 
 
+def _flat_then_jump() -> Bars:
+    """Found by the property test: 10 flat bars at 100, a bar up to 102 (entries 100.5 and 101.5),
+    a last bar a little above: the 50x short from 100.5 sits exactly at 102 (see the test above)."""
+    rows = [(100.0, 100.0, 100.0, 100.0, 1e6)] * 10 + [(100.0, 102.0, 100.0, 102.0, 1e6), (102.0, 102.112, 102.0, 102.0, 1e6)]
+    return make_bars(rows)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bars=bar_series(), params=params_strategy)
+@example(
+    bars=_flat_then_jump(),
+    params=ModelParams(side_model="auto", entry_points=2, holding_days=0.5, oi_units="coin", open_bar_sweep="close",
+                       leverage_spread=0.0, leverage_nodes=1, levels_per_hour=0.0, min_bars=12),
+)
+@example(  # the same tie with the 'range' rule: typical entry (102 + 99.5 + 100) / 3 = 100.5 in bar 35
+    bars=make_bars([(100.0, 100.0, 100.0, 100.0, 1e6)] * 35
+                   + [(100.0, 102.0, 99.5, 100.0, 1_031_250.0), (100.0, 100.11, 100.0, 100.0, 1_031_250.0)]),
+    params=ModelParams(side_model="auto", entry_points=1, leverage_spread=0.0, leverage_nodes=1, levels_per_hour=0.0,
+                       holding_days=0.0, oi_units="coin", open_bar_sweep="range", min_bars=12),
+)
 def test_properties_match_reference_and_invariants(bars, params):
     m = build_map(bars, params)
     c = m.centers
