@@ -113,7 +113,8 @@ def build_service(settings: Settings):
     accepted = inspect.signature(registry.make_sources).parameters
     kwargs = {k: v for k, v in wanted.items() if k in accepted}
     sources = registry.make_sources(src.source, **kwargs)
-    return ReportService(sources, ttl=settings.schedule.report_ttl_seconds)
+    sch = settings.schedule
+    return ReportService(sources, ttl=sch.report_ttl_seconds, max_bytes=int(sch.report_cache_mb * 1024 * 1024))
 
 
 # -- logging -------------------------------------------------------------------------------------
@@ -438,7 +439,8 @@ async def dry_run(settings: Settings, **kw: Any) -> tuple[list[dict[str, Any]], 
             f"settings: {json.dumps(settings.safe_dict(), default=str)}",
             f"database: {bot.store.location if hasattr(bot.store, 'location') else redact_url(settings.database.url)} migrated; "
             f"{type(bot.store).__name__} with a cap of {bot.store.max_per_guild} subscriptions per server",
-            f"report service: venues {', '.join(bot.service.venues)}, cache {bot.service.ttl:g} s",
+            f"report service: venues {', '.join(bot.service.venues)}, cache {bot.service.ttl:g} s, "
+            f"up to {getattr(bot.service, 'max_bytes', 0) / 2**20:g} MB",
             f"dispatcher: {type(bot.scheduler).__name__} ready (not started)",
             f"commands: {len(defs)} ({', '.join('/' + d['name'] for d in defs)}), definitions {definitions_hash(defs)[:12]}",
         ]
