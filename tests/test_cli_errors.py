@@ -222,6 +222,14 @@ def test_a_400_digit_number_in_a_csv(tmp_path, capsys):
     one_error(capsys, main(["report", "--source", str(tmp_path / "big.csv"), "--out", str(tmp_path / "o")]), 2)
 
 
+@pytest.mark.xfail(reason="csvfile.py/bars.py: iso() of a timestamp past year 9999 raises ValueError (found by "
+                          "test_cli_fuzz.py); to be refused as DataError by the CSV reader's owner", strict=False)
+def test_a_timestamp_past_year_9999_in_a_csv(tmp_path, capsys):
+    rows = "0,100,101,99,100.5,1000\n300000,101,102,100,101.5,1001\n999999999999999,102,103,101,102.5,1002\n"
+    (tmp_path / "t.csv").write_text("timestamp,open,high,low,close,oi_usd\n" + rows)
+    one_error(capsys, main(["report", "--source", str(tmp_path / "t.csv"), "--out", str(tmp_path / "o")]), 2)
+
+
 # -- record -----------------------------------------------------------------------------------------
 
 def test_failed_record_leaves_nothing_that_blocks_the_retry(tmp_path, capsys, monkeypatch):

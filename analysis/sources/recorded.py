@@ -23,7 +23,7 @@ holds at most :data:`MAX_RESPONSE_BYTES` and the manifest at most :data:`MAX_MAN
 at most :data:`MAX_RESPONSES` entries; ``venue`` is a known venue, ``url`` an https URL,
 ``path`` and ``params`` match it, ``sha256`` is 64 hex digits.
 
-The manifest is written once, at the end of a recording that got at least one venue: a recording
+`liqmap record` writes the manifest once, at the end of a recording that got at least one venue: one
 that fails (every venue down, an error, Ctrl-C) removes the files it wrote, so the same ``--out``
 can be used again.
 """
@@ -124,12 +124,14 @@ def _write_atomic(path: Path, data: bytes) -> None:
 class Recorder:
     """Writes each response body to ``directory``; :meth:`save` writes ``manifest.json`` (atomically).
 
-    ``now_ms`` is the clock the recorded sources used; replay uses it again. :meth:`discard`
-    removes what this recorder wrote (a failed recording must not block a retry).
+    ``now_ms`` is the clock the recorded sources used; replay uses it again. With ``autosave`` the
+    manifest is rewritten after each response (a recorder used directly); :func:`record` turns it
+    off, saves once at the end and calls :meth:`discard` on failure, so a retry is never blocked.
     """
 
-    def __init__(self, directory: str | Path, *, now_ms: int | None = None) -> None:
+    def __init__(self, directory: str | Path, *, now_ms: int | None = None, autosave: bool = True) -> None:
         self.dir = Path(directory)
+        self.autosave = autosave
         self._made_dir = not self.dir.exists()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -157,6 +159,8 @@ class Recorder:
             "params": {k: str(v) for k, v in params.items()}, "status": status,
             "time": _iso(time.time()), "sha256": hashlib.sha256(body).hexdigest(),
         })
+        if self.autosave:
+            self.save()
 
     def save(self) -> None:
         """Write ``manifest.json`` (atomically)."""
@@ -174,6 +178,7 @@ class Recorder:
         for r in self.responses:
             (self.dir / r["file"]).unlink(missing_ok=True)
         self.responses = []
+        (self.dir / MANIFEST).unlink(missing_ok=True)
         if self._made_dir:
             try:
                 self.dir.rmdir()
@@ -364,7 +369,7 @@ async def record(
     key = str(exchange).strip().lower()
     if key != "all" and key not in LIVE_VENUES:
         raise InputError(f"unknown exchange {str(exchange)[:20]!r}; choose all or one of {', '.join(LIVE_VENUES)}")
-    rec = Recorder(out, now_ms=now_ms)
+    rec = Recorder(out, now_ms=now_ms, autosave=False)
     now = rec.now_ms
     saved = False
     try:
