@@ -178,8 +178,8 @@ def invocations(draw) -> tuple[str, list[str], dict[str, object]]:
 
 def _lay_out(tmp: Path, files: dict[str, object]) -> None:
     for name, content in files.items():
-        if name == "rec":
-            raw, bodies = content  # type: ignore[misc]
+        if isinstance(content, tuple):
+            raw, bodies = content
             (tmp / "rec").mkdir()
             (tmp / "rec" / "manifest.json").write_bytes(raw)
             for fname, body in bodies.items():
@@ -208,7 +208,9 @@ def _run(argv: list[str]) -> tuple[int, str]:
         worker.join(HANG_GUARD_S)
     assert not worker.is_alive(), f"liqmap {argv} hung (no result after {HANG_GUARD_S:.0f} s)"
     assert "escaped" not in out, f"liqmap {argv} raised {out.get('escaped')!r}"
-    return int(out["code"]), err.getvalue()  # type: ignore[call-overload]
+    code = out["code"]
+    assert isinstance(code, int), f"liqmap {argv} returned {code!r}"
+    return code, err.getvalue()
 
 
 @pytest.fixture(autouse=True)
