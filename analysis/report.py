@@ -1,8 +1,10 @@
 """The report service both front ends use: fetch -> model -> read -> render -> write.
 
 ``ReportService.report()`` returns a finished :class:`Report` (map, reading, PNG bytes, Markdown
-summary, JSON). It caches finished reports for ``ttl`` seconds and makes concurrent requests for
-the same key share one computation (single-flight). Venues that fail are named in the report;
+summary, JSON). It caches finished reports for ``ttl`` seconds in an LRU bounded by bytes
+(``max_bytes``, default :data:`DEFAULT_CACHE_BYTES`; each report counts its PNG, map arrays and
+text, see :attr:`Report.nbytes`), sweeps expired entries on every store, stores nothing when
+``ttl`` is 0, and makes concurrent requests for the same key share one computation (single-flight). Venues that fail are named in the report;
 only when every venue fails is it an error.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -23,11 +26,15 @@ from .sources.base import Source
 from .symbols import parse_symbol
 from .windows import Window, parse_window
 
-__all__ = ["Report", "ReportService", "ReportKey"]
+__all__ = ["Report", "ReportService", "ReportKey", "DEFAULT_CACHE_BYTES"]
 
 log = logging.getLogger(__name__)
 
 ReportKey = tuple[str, str, tuple[str, ...], str]
+
+#: Default byte budget of the report cache (a typical report is about 0.8 MB).
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+_OVERHEAD_BYTES = 4096  # the reading, dataclasses and dict slots: small, but never zero
 
 
 @dataclass(frozen=True, eq=False)
@@ -44,6 +51,16 @@ class Report:
     missing: Mapping[str, str] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
 
+    @property
+    def nbytes(self) -> int:
+        """What this report holds in memory, approximately: PNG, map arrays, text and a fixed overhead."""
+        m = self.map
+        arrays = m.long.nbytes + m.short.nbytes
+        if m.swept is not None:
+            arrays += m.swept.time.nbytes + m.swept.long.nbytes + m.swept.short.nbytes
+        text = len(self.summary.encode("utf-8")) + sum(len(n) for n in m.notes) + sum(len(v) for v in self.missing.values())
+        return len(self.png) + arrays + text + _OVERHEAD_BYTES
+
     def to_json(self) -> dict[str, Any]:
         out = self.map.to_json()
         out["reading"] = self.reading.to_json()
@@ -54,7 +71,8 @@ class Report:
 class ReportService:
     """Builds reports from a set of named sources, with a TTL cache and single-flight.
 
-    ``sources`` maps a venue name to its :class:`Source`. ``clock`` is injectable for tests.
+    ``sources`` maps a venue name to its :class:`Source`. ``ttl`` (seconds; 0 caches nothing) and
+    ``max_bytes`` bound the cache in time and memory. ``clock`` is injectable for tests.
     """
 
     def __init__(
@@ -64,24 +82,69 @@ class ReportService:
         params: ModelParams | None = None,
         metrics: MetricsParams | None = None,
         ttl: float = 60.0,
+        max_bytes: int = DEFAULT_CACHE_BYTES,
         clock: Callable[[], float] = time.monotonic,
         now_ms: Callable[[], int] | None = None,
     ) -> None:
         if not sources:
             raise ValueError("a report service needs at least one source")
+        if ttl < 0 or max_bytes < 0:
+            raise ValueError("ttl and max_bytes must not be negative")
         self.sources = dict(sources)
         self.params = params or ModelParams()
         self.metrics = metrics or MetricsParams()
         self.ttl = ttl
+        self.max_bytes = int(max_bytes)
         self._clock = clock
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
-        self._cache: dict[ReportKey, tuple[float, Report]] = {}
+        self._cache: OrderedDict[ReportKey, tuple[float, Report, int]] = OrderedDict()  # LRU order, oldest first
+        self._cache_bytes = 0
         self._inflight: dict[ReportKey, asyncio.Future[Report]] = {}
         self.computations = 0  # how many reports were actually built (for tests and benchmarks)
 
     @property
     def venues(self) -> tuple[str, ...]:
         return tuple(self.sources)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes the cached reports hold now (by :attr:`Report.nbytes`)."""
+        return self._cache_bytes
+
+    @property
+    def cache_size(self) -> int:
+        """How many reports are cached now."""
+        return len(self._cache)
+
+    def _cached(self, key: ReportKey) -> Report | None:
+        hit = self._cache.get(key)
+        if hit is None:
+            return None
+        if self._clock() - hit[0] >= self.ttl:
+            self._drop(key)
+            return None
+        self._cache.move_to_end(key)
+        return hit[1]
+
+    def _drop(self, key: ReportKey) -> None:
+        _, _, size = self._cache.pop(key)
+        self._cache_bytes -= size
+
+    def _store(self, key: ReportKey, rep: Report) -> None:
+        """Cache ``rep`` (unless ``ttl`` is 0 or it alone exceeds the budget), then sweep expired
+        entries and evict least recently used ones until the cache fits ``max_bytes``."""
+        now = self._clock()
+        if key in self._cache:
+            self._drop(key)
+        for k in [k for k, (t, _, _) in self._cache.items() if now - t >= self.ttl]:
+            self._drop(k)
+        size = rep.nbytes
+        if self.ttl <= 0 or size > self.max_bytes:
+            return
+        while self._cache and self._cache_bytes + size > self.max_bytes:
+            self._drop(next(iter(self._cache)))
+        self._cache[key] = (now, rep, size)
+        self._cache_bytes += size
 
     def resolve_venues(self, exchange: str) -> tuple[str, ...]:
         """``"all"`` -> every estimating venue; a venue name -> itself; anything else is an InputError.
@@ -114,9 +177,9 @@ class ReportService:
         if stack not in chart.STACKS:
             raise InputError(f"unknown stacking {str(stack)[:20]!r}; choose {' or '.join(chart.STACKS)}")
         key: ReportKey = (pair.symbol, win.label, venues, f"{theme}/{stack}")
-        hit = self._cache.get(key)
-        if hit and self._clock() - hit[0] < self.ttl:
-            return hit[1]
+        hit = self._cached(key)
+        if hit is not None:
+            return hit
         if key in self._inflight:
             return await asyncio.shield(self._inflight[key])
         fut: asyncio.Future[Report] = asyncio.get_running_loop().create_future()
@@ -128,7 +191,7 @@ class ReportService:
             fut.exception()  # mark retrieved: waiters re-raise it themselves
             raise
         else:
-            self._cache[key] = (self._clock(), rep)
+            self._store(key, rep)
             fut.set_result(rep)
             return rep
         finally:

@@ -2,13 +2,16 @@
 
 Accepted: ``BTC``, ``btc``, ``BTCUSDT``, ``BTC/USDT``, ``BTC-USDT``, ``BTC-USDT-SWAP``,
 ``BTCUSDT.P``. A bare base asset means its USDT perpetual. Input is validated against a strict
-pattern before it can reach a URL, a query or a template.
+pattern before it can reach a URL, a query or a template. Input is NFKC-normalised first, so
+fullwidth letters and the Kelvin sign (U+212A, a look-alike of K) become ASCII; the result must be
+ASCII, so invisible characters (zero-width joiners, direction marks) are refused, never kept.
 """
 
 from __future__ import annotations
 
 import difflib
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -17,7 +20,8 @@ from .errors import InputError
 __all__ = ["Pair", "parse_symbol", "suggest", "QUOTES"]
 
 QUOTES = ("USDT", "USDC", "USD")
-_ALLOWED = re.compile(r"^[A-Za-z0-9]{1,20}([/\-_:][A-Za-z0-9]{2,10})?(-SWAP|\.P|-PERP)?$", re.IGNORECASE)
+# re.ASCII: without it IGNORECASE lets U+212A (Kelvin) and U+017F (long s) match [A-Za-z].
+_ALLOWED = re.compile(r"^[A-Za-z0-9]{1,20}([/\-_:][A-Za-z0-9]{2,10})?(-SWAP|\.P|-PERP)?$", re.IGNORECASE | re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,10 @@ class Pair:
 
 def parse_symbol(text: str) -> Pair:
     """Parse user input into a :class:`Pair`; raise :class:`InputError` for anything else."""
-    raw = str(text).strip()
-    if not raw or not _ALLOWED.match(raw):
-        shown = raw[:24] if raw.isprintable() else repr(raw[:24])
-        raise InputError(
-            f"{shown!r} is not a symbol; use a ticker like BTC, BTCUSDT, BTC/USDT or BTC-USDT-SWAP"
-        )
+    raw = unicodedata.normalize("NFKC", str(text)).strip()
+    if not raw or not raw.isascii() or not _ALLOWED.match(raw):
+        shown = ascii(raw[:24])  # escapes direction marks and invisibles: the message reads as typed
+        raise InputError(f"{shown} is not a symbol; use a ticker like BTC, BTCUSDT, BTC/USDT or BTC-USDT-SWAP")
     s = raw.upper()
     for suffix in ("-SWAP", ".P", "-PERP"):
         if s.endswith(suffix):

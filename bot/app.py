@@ -31,7 +31,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from analysis.errors import InputError, LiqmapError, SourceError
+from analysis.errors import InputError, LiqmapError, SourceError, Unavailable
 
 from .settings import Settings, redact_url
 
@@ -50,6 +50,8 @@ __all__ = [
     "dry_run",
     "render_sample_report",
     "run",
+    "database_error",
+    "discord_error",
     "sync_commands",
     "RedactSecrets",
     "install_log_redaction",
@@ -114,7 +116,8 @@ def build_service(settings: Settings):
     accepted = inspect.signature(registry.make_sources).parameters
     kwargs = {k: v for k, v in wanted.items() if k in accepted}
     sources = registry.make_sources(src.source, **kwargs)
-    return ReportService(sources, ttl=settings.schedule.report_ttl_seconds)
+    sch = settings.schedule
+    return ReportService(sources, ttl=sch.report_ttl_seconds, max_bytes=int(sch.report_cache_mb * 1024 * 1024))
 
 
 # -- logging -------------------------------------------------------------------------------------
@@ -338,14 +341,25 @@ class LiqmapBot(commands.Bot):
         log.info("dispatcher started")
 
     async def _open_store(self) -> Any:
-        """Open the database and run its migrations (exchanges limited to the configured venues)."""
+        """Open the database and run its migrations (exchanges limited to the configured venues).
+
+        Start-up failures become one clear error (see :func:`database_error`), never a traceback.
+        """
         from .store import Store
 
-        store = await Store.open(
-            self.settings.database.url,
-            max_per_guild=self.settings.schedule.guild_subscription_cap,
-            exchanges=("all", *self.service.venues),
-        )
+        try:
+            store = await Store.open(
+                self.settings.database.url,
+                max_per_guild=self.settings.schedule.guild_subscription_cap,
+                exchanges=("all", *self.service.venues),
+            )
+        except LiqmapError:
+            raise
+        except Exception as exc:
+            mapped = database_error(exc, self.settings.database.url)
+            if mapped is None:
+                raise
+            raise mapped from exc
         log.info("database: %s (migrated)", store.location)
         return store
 
@@ -432,6 +446,75 @@ class LiqmapBot(commands.Bot):
         return done
 
 
+_DRIVERS = {"asyncpg": "pip install 'liqmap[postgres]'", "aiosqlite": "pip install aiosqlite"}
+
+
+def database_error(exc: BaseException, url: str) -> LiqmapError | None:
+    """The one-line error for a database that cannot be opened at start, or None for a bug.
+
+    A bad ``DATABASE_URL`` or a missing driver is :class:`InputError` (exit 2); a server that
+    cannot be reached now is :class:`Unavailable` (exit 75: a service manager retries). The URL is
+    shown without its password and the driver's message is not quoted (it may echo credentials).
+    """
+    from sqlalchemy import exc as sa
+
+    shown = redact_url(url)
+    scheme = url.partition("://")[0] or url[:20]
+    if isinstance(exc, ImportError):  # create_async_engine imports the driver named in the URL
+        name = (getattr(exc, "name", None) or "").split(".")[0]
+        hint = _DRIVERS.get(name, f"install the {name or 'database'} driver")
+        return InputError(f"DATABASE_URL {scheme}:// needs the {name or 'missing'} driver, which is not installed: {hint}")
+    if isinstance(exc, sa.NoSuchModuleError):
+        return InputError(f"DATABASE_URL names an unknown database kind {scheme[:30]!r}; use "
+                          "sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER:PASSWORD@HOST/DB")
+    if isinstance(exc, sa.ArgumentError):
+        return InputError(f"DATABASE_URL is not a database URL; write sqlite+aiosqlite:///FILE or "
+                          "postgresql+asyncpg://USER:PASSWORD@HOST/DB")
+    if isinstance(exc, sa.InvalidRequestError) and "async" in str(exc):
+        return InputError(f"DATABASE_URL {scheme}:// is not an asyncio driver; use sqlite+aiosqlite or postgresql+asyncpg")
+    cause = exc.orig if isinstance(exc, sa.DBAPIError) and exc.orig is not None else exc
+    if scheme.startswith("sqlite"):
+        if isinstance(exc, (sa.OperationalError, OSError)) and "locked" not in str(cause) and "busy" not in str(cause):
+            return InputError(f"cannot open the SQLite database of DATABASE_URL {shown} "
+                              f"({str(cause).splitlines()[0][:80] if str(cause) else type(cause).__name__}); "
+                              "check that its directory exists and is writable")
+        if isinstance(exc, (sa.OperationalError, OSError)):
+            return Unavailable(f"the SQLite database of DATABASE_URL {shown} is locked by another process; try again later")
+        return None
+    if isinstance(exc, (OSError, asyncio.TimeoutError, sa.OperationalError, sa.InterfaceError)) or isinstance(
+        cause, (OSError, asyncio.TimeoutError)
+    ) or type(cause).__module__.startswith("asyncpg"):
+        return Unavailable(f"the database at {shown} is unreachable right now ({type(cause).__name__}); "
+                           "will be retried when the service restarts")
+    return None
+
+
+def discord_error(exc: BaseException) -> LiqmapError | None:
+    """The one-line error for Discord failing at start, or None for a bug.
+
+    Network failures, timeouts and Discord's 5xx are :class:`Unavailable` (exit 75); a refused
+    token or missing access is :class:`InputError`. The token never appears: only the class and
+    the HTTP status are shown.
+    """
+    import aiohttp
+
+    if isinstance(exc, discord.LoginFailure):
+        return InputError("Discord rejected DISCORD_TOKEN (invalid or reset); copy a fresh token from the "
+                          "Developer Portal (Bot -> Reset Token)")
+    if isinstance(exc, discord.PrivilegedIntentsRequired):  # pragma: no cover - we request none
+        return InputError("Discord says a privileged intent is required; liqmap requests none")
+    if isinstance(exc, discord.Forbidden):
+        return InputError("Discord refused the request (HTTP 403): invite the bot with the applications.commands "
+                          "scope, or check the guild id")
+    if isinstance(exc, (discord.DiscordServerError, discord.GatewayNotFound)):
+        return Unavailable(f"Discord is unavailable right now ({type(exc).__name__}); try again later")
+    if isinstance(exc, discord.HTTPException) and exc.status in (408, 429):
+        return Unavailable(f"Discord is unavailable right now (HTTP {exc.status}); try again later")
+    if isinstance(exc, (aiohttp.ClientError, OSError, asyncio.TimeoutError, discord.ConnectionClosed)):
+        return Unavailable(f"cannot reach Discord right now ({type(exc).__name__}); try again later")
+    return None
+
+
 def _token(settings: Settings) -> str:
     if not settings.discord.has_token:
         raise InputError(
@@ -452,7 +535,8 @@ async def dry_run(settings: Settings, **kw: Any) -> tuple[list[dict[str, Any]], 
             f"settings: {json.dumps(settings.safe_dict(), default=str)}",
             f"database: {bot.store.location if hasattr(bot.store, 'location') else redact_url(settings.database.url)} migrated; "
             f"{type(bot.store).__name__} with a cap of {bot.store.max_per_guild} subscriptions per server",
-            f"report service: venues {', '.join(bot.service.venues)}, cache {bot.service.ttl:g} s",
+            f"report service: venues {', '.join(bot.service.venues)}, cache {bot.service.ttl:g} s, "
+            f"up to {getattr(bot.service, 'max_bytes', 0) / 2**20:g} MB",
             f"dispatcher: {type(bot.scheduler).__name__} ready (not started)",
             f"commands: {len(defs)} ({', '.join('/' + d['name'] for d in defs)}), definitions {definitions_hash(defs)[:12]}",
         ]
@@ -494,11 +578,13 @@ async def run(settings: Settings) -> None:
     async with bot:
         try:
             await bot.start(token)
-        except discord.LoginFailure:
-            raise InputError("Discord rejected DISCORD_TOKEN (invalid or reset); copy a fresh token from the "
-                             "Developer Portal (Bot -> Reset Token)") from None
-        except discord.PrivilegedIntentsRequired:  # pragma: no cover - we request none
-            raise InputError("Discord says a privileged intent is required; liqmap requests none") from None
+        except LiqmapError:
+            raise
+        except Exception as exc:
+            mapped = discord_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from None
 
 
 async def sync_commands(settings: Settings, *, guild_id: int | None = None) -> list[str]:
@@ -512,9 +598,14 @@ async def sync_commands(settings: Settings, *, guild_id: int | None = None) -> l
     async with bot:
         try:
             await bot.login(token)  # runs setup_hook in "sync" mode: store and cogs only
-        except discord.LoginFailure:
-            raise InputError("Discord rejected DISCORD_TOKEN (invalid or reset)") from None
-        line = await (bot.sync_guild(guild_id) if guild_id else bot.sync_global(force=True))
+            line = await (bot.sync_guild(guild_id) if guild_id else bot.sync_global(force=True))
+        except LiqmapError:
+            raise
+        except Exception as exc:
+            mapped = discord_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from None
     return [line]
 
 

@@ -2,7 +2,9 @@
 
 Each subcommand is an ``_add_<name>`` (arguments) and ``_run_<name>`` (work) pair registered in
 ``COMMANDS``. A :class:`~analysis.errors.LiqmapError` becomes a one-line ``error: ...`` on stderr and
-exit status 2; anything else is a bug, logged with its traceback and an error id (exit 1).
+its ``exit_code``: 2 for bad input or configuration, 75 (EX_TEMPFAIL) for
+:class:`~analysis.errors.Unavailable` (database or Discord unreachable at start: a service manager
+restarts the bot). Anything else is a bug, logged with its traceback and an error id (exit 1).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import io
 import json
 import logging
 import os
+import stat
 import sys
 import uuid
 from pathlib import Path
@@ -44,6 +47,9 @@ def _run_report(args: argparse.Namespace) -> int:
     from analysis.report import ReportService
     from analysis.sources.registry import aclose_sources, make_sources
 
+    out: Path = args.out
+    for name in ("liqmap.png", "summary.md", "liqmap.json"):
+        _check_output(out / name)
     sources = make_sources(args.source, coinglass_api_key=_coinglass_key() if args.source == "live" else None)
 
     async def build():
@@ -54,7 +60,6 @@ def _run_report(args: argparse.Namespace) -> int:
 
     rep = asyncio.run(build())
     text = f"{rep.summary}\n\n{commentary.footer(rep.map)}"  # a file has no embed footer: carry provenance inline
-    out: Path = args.out
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "liqmap.png").write_bytes(rep.png)
@@ -67,15 +72,42 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(path: Path) -> None:
+    """Refuse an output path that exists and is not a regular file (writing to a FIFO would block)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"cannot write {path}: it exists and is not a regular file")
+
+
+def _check_input(path: Path, what: str) -> None:
+    """Refuse an input path that is not a regular file before anything opens it (a FIFO would block)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"no such file: {path}") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{path} is a directory, not a {what}")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path} is not a regular file; {what} must be one")
+
+
 def _coinglass_key() -> str | None:
     """``COINGLASS_API_KEY`` from the environment or ``.env`` (never printed), or None."""
     from pydantic import ValidationError
 
-    from bot.settings import SourceSettings
+    from bot.settings import SourceSettings, check_env_file
 
     try:
+        check_env_file(".env")
         settings = SourceSettings()
-    except ValidationError:  # a malformed .env is reported by the bot; the CLI simply runs without CoinGlass
+    except (ValidationError, InputError):  # a malformed .env is reported by the bot; the CLI runs without CoinGlass
         return None
     return settings.coinglass_api_key.get_secret_value().strip() if settings.has_coinglass else None
 
@@ -190,8 +222,13 @@ def _run_backtest(args: argparse.Namespace) -> int:
 
     if not (1 <= args.boot <= 100_000):
         raise InputError(f"--boot must be between 1 and 100000, not {args.boot}")
+    if not (0 <= args.seed < 2**63):
+        raise InputError(f"--seed must be between 0 and 2**63-1, not {str(args.seed)[:24]}")
     params = params_with(args.overrides)
     parse_duration(args.warmup)  # fail before reading the file
+    _check_input(args.data, "CSV file")
+    if args.png is not None:
+        _check_output(args.png)
     hist = load_history(args.data, symbol=parse_symbol(args.symbol).symbol)
     result = run_backtest(hist, params, warmup=args.warmup, n_boot=args.boot, seed=args.seed)
     if args.png is not None:
@@ -246,17 +283,23 @@ def _configure_logging(args: argparse.Namespace) -> None:
     logs.configure(verbose=args.verbose, service=service)
 
 
+def _one_line(exc: LiqmapError) -> str:
+    """The error's text as one line (messages may quote outside text with newlines), bounded."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 1000 else text[:999] + "…"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``liqmap`` script; returns the process exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args)
     _, run = COMMANDS[args.command]
     try:
+        _configure_logging(args)
         return run(args)
     except LiqmapError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

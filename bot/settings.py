@@ -8,6 +8,8 @@ str and JSON dump show ``**********``, and validation errors never echo input va
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,11 @@ __all__ = [
     "Settings",
     "load_settings",
     "default_database_url",
+    "check_env_file",
+    "MAX_ENV_FILE_BYTES",
 ]
+
+MAX_ENV_FILE_BYTES = 1024 * 1024  # a settings file is a few dozen lines
 
 
 def _config(env_file: str | Path | None) -> SettingsConfigDict:
@@ -97,6 +103,7 @@ class ScheduleSettings(BaseSettings):
     delivery_retention_days: float = Field(30.0, validation_alias="LIQMAP_DELIVERY_RETENTION_DAYS", ge=3, le=3650)
     guild_subscription_cap: int = Field(25, validation_alias="LIQMAP_GUILD_SUBSCRIPTION_CAP", ge=1, le=1000)
     report_ttl_seconds: float = Field(120.0, validation_alias="LIQMAP_REPORT_TTL_SECONDS", ge=0, le=3600)
+    report_cache_mb: float = Field(64.0, validation_alias="LIQMAP_REPORT_CACHE_MB", ge=0, le=16384, allow_inf_nan=False)
     cooldown_uses: int = Field(2, validation_alias="LIQMAP_COOLDOWN_USES", ge=1, le=100)
     cooldown_seconds: float = Field(30.0, validation_alias="LIQMAP_COOLDOWN_SECONDS", ge=0, le=3600)
 
@@ -143,12 +150,53 @@ def redact_url(url: str) -> str:
     return f"{scheme}://{user}:***@{host}" if ":" in cred else url
 
 
+def check_env_file(env_file: str | Path | None) -> None:
+    """Refuse a settings file that exists but is not a regular UTF-8 text file of at most
+    :data:`MAX_ENV_FILE_BYTES` (InputError naming the file, never quoting its content).
+
+    Checked with ``stat`` before it is opened (a FIFO would block the reader) and read
+    non-blocking; a missing file is fine (the environment alone is used).
+    """
+    if env_file is None:
+        return
+    path = Path(env_file)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InputError(f"cannot read the settings file {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"the settings file {path} is not a regular file")
+    if st.st_size > MAX_ENV_FILE_BYTES:
+        raise InputError(f"the settings file {path} holds {st.st_size} bytes; at most {MAX_ENV_FILE_BYTES} are read")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise InputError(f"the settings file {path} is not a regular file")
+            data = os.read(fd, MAX_ENV_FILE_BYTES + 1)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise InputError(f"cannot read the settings file {path}: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise InputError(f"the settings file {path} is not UTF-8 text (line {line}); save it as UTF-8") from None
+    if "\x00" in text:
+        line = text[: text.index("\x00")].count("\n") + 1
+        raise InputError(f"the settings file {path} holds a NUL character (line {line}); it is not a text file")
+
+
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
     """Read every section from the environment and ``env_file`` (missing file is fine).
 
     ``overrides`` are keyword values by section field, e.g. ``load_settings(None, source="sample")``.
-    Raises :class:`InputError` naming the bad variable(s), never echoing their values.
+    Raises :class:`InputError` naming the bad variable(s) or file, never echoing their values.
     """
+    check_env_file(env_file)
     sections = {
         "discord": DiscordSettings,
         "database": DatabaseSettings,
@@ -166,6 +214,8 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
                 field = str(err["loc"][0]) if err["loc"] else name
                 alias = cls.model_fields[field].validation_alias if field in cls.model_fields else field
                 problems.append(f"{alias}: {err['msg']}")
+        except (ValueError, OSError) as exc:  # pydantic-settings' own SettingsError, an unreadable file
+            raise InputError(f"cannot read the settings ({type(exc).__name__}); check {env_file or 'the environment'}") from None
     unknown = set(overrides) - {f for cls in sections.values() for f in cls.model_fields}
     if unknown:
         problems.append(f"unknown setting(s): {', '.join(sorted(unknown))}")

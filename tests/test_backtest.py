@@ -154,7 +154,7 @@ def test_params_with_overrides():
         params_with(["holding_days"])
     with pytest.raises(InputError, match="holding_days: cannot read 'soon'"):
         params_with(["holding_days=soon"])
-    with pytest.raises(InputError, match="unknown oi_units"):
+    with pytest.raises(InputError, match="oi_units: 'eur' is not one of usd, coin"):
         params_with(["oi_units=eur"])
 
 
@@ -407,3 +407,33 @@ def test_dev_file_cli_json(capsys):
     assert main(["backtest", "--data", str(path), "--json", "--boot", "100"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["bars"] == 1910 and out["model"]["spearman_long"] > 0.8
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("bin_width=nan", "bin_width: cannot read 'nan' as a finite number or none"),
+        ("bin_width=inf", "bin_width: cannot read 'inf' as a finite number or none"),
+        ("holding_days=none", "holding_days: cannot read 'none' as a finite number"),
+        ("holding_days=-inf", "holding_days: cannot read '-inf' as a finite number"),
+        ("oi_scale=1e999", "oi_scale: cannot read '1e999' as a finite number"),
+        ("leverage=5,nan", "leverage: cannot read '5,nan' as comma-separated finite numbers"),
+        ("leverage=", "leverage: give at least one number"),
+        ("entry_points=2.5", "entry_points: cannot read '2.5' as a whole number"),
+        ("entry_points=none", "entry_points: cannot read 'none' as a whole number"),
+        ("entry_points=1e30", "entry_points: 1e\\+30 is outside 1..64"),
+        ("min_bars=" + "9" * 400, "min_bars: cannot read '9999"),
+        ("bin_pct=1e-12", "bin_pct: 1e-12 is outside"),
+        ("side_model=none", "side_model: 'none' is not one of auto, taker, neutral, price_direction"),
+        ("leverage=" + ",".join(["5"] * 21), "leverage: at most 20 values"),
+    ],
+)
+def test_params_with_refuses_non_finite_and_wrong_typed_values(item, message):
+    with pytest.raises(InputError, match=message):
+        params_with([item])
+
+
+def test_params_with_reads_none_and_whole_floats_where_the_type_allows():
+    p = params_with(["bin_width=none", "entry_points=3.0", "bin_width=25"])
+    assert p.bin_width == 25.0 and p.entry_points == 3 and isinstance(p.entry_points, int)
+    assert params_with(["bin_width=None"]).bin_width is None

@@ -16,7 +16,7 @@ KEY = "cg-0123456789abcdef-secret"
 ENV_NAMES = (
     "DISCORD_TOKEN", "DEV_GUILD_ID", "DATABASE_URL", "LIQMAP_SOURCE", "COINGLASS_API_KEY", "LIQMAP_CACHE_DIR",
     "LIQMAP_DAILY_GRACE_MINUTES", "LIQMAP_WATCH_INTERVAL_MINUTES", "LIQMAP_GUILD_SUBSCRIPTION_CAP",
-    "LIQMAP_REPORT_TTL_SECONDS", "LIQMAP_COOLDOWN_USES", "LIQMAP_COOLDOWN_SECONDS",
+    "LIQMAP_REPORT_TTL_SECONDS", "LIQMAP_REPORT_CACHE_MB", "LIQMAP_COOLDOWN_USES", "LIQMAP_COOLDOWN_SECONDS",
 )
 
 
@@ -132,9 +132,18 @@ def test_build_service_passes_source_settings_through(monkeypatch, tmp_path):
     monkeypatch.setenv("COINGLASS_API_KEY", KEY)
     monkeypatch.setenv("LIQMAP_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("LIQMAP_REPORT_TTL_SECONDS", "45")
+    monkeypatch.setenv("LIQMAP_REPORT_CACHE_MB", "1.5")
     service = build_service(load_settings(None))
     assert seen == {"spec": "live", "cache_dir": tmp_path / "cache", "key": KEY}
-    assert service.venues == ("binance",) and service.ttl == 45.0
+    assert service.venues == ("binance",) and service.ttl == 45.0 and service.max_bytes == 1536 * 1024
+
+
+def test_report_cache_budget_defaults_and_refusals(monkeypatch):
+    assert load_settings(None).schedule.report_cache_mb == 64
+    for bad in ("-1", "nan", "inf", "lots"):
+        monkeypatch.setenv("LIQMAP_REPORT_CACHE_MB", bad)
+        with pytest.raises(InputError, match="LIQMAP_REPORT_CACHE_MB"):
+            load_settings(None)
 
 
 def test_unknown_source_spec_is_a_clear_error(monkeypatch):

@@ -196,3 +196,28 @@ def test_fuzzed_csv_either_maps_or_is_one_liqmap_error(tmp_path, text):
         m.to_json()
     except LiqmapError as exc:
         assert str(exc) and "\n" not in str(exc)
+
+
+@pytest.mark.parametrize(
+    "text, symbol",
+    [
+        ("\u212aAS", "KASUSDT"),  # Kelvin sign, a look-alike of K
+        ("\uff22\uff34\uff23", "BTCUSDT"),  # fullwidth BTC
+        ("\uff42\uff54\uff43/\uff55\uff53\uff44\uff54", "BTCUSDT"),
+        ("BTC\u00a0", "BTCUSDT"),  # no-break space is whitespace after NFKC
+    ],
+)
+def test_look_alike_letters_normalise_to_ascii(text, symbol):
+    p = parse_symbol(text)
+    assert p.symbol == symbol and p.symbol.isascii() and p.base.isascii() and p.quote.isascii()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["BT\u200dC", "\u200bBTC", "BTC\u200c", "\u200fBTC", "\u202eBTC", "BTC\u2066", "\u0392TC", "\u0411TC", "BTC\ufeff"],
+    ids=["zwj", "zwsp", "zwnj", "rlm", "rlo", "lri", "greek-beta", "cyrillic", "bom"],
+)
+def test_invisible_and_foreign_characters_are_refused_and_shown_escaped(text):
+    with pytest.raises(InputError, match="is not a symbol") as err:
+        parse_symbol(text)
+    assert str(err.value).isascii()  # escaped: a direction mark cannot reorder the message

@@ -125,3 +125,68 @@ async def test_stack_by_venue_renders():
     svc = ReportService({"binance": CountingSource("binance"), "bybit": CountingSource("bybit")})
     rep = await svc.report("BTC", "1d", stack="venue")
     assert rep.png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# -- the cache is bounded in bytes and time ---------------------------------------------------------
+
+KEYS = [dict(theme="dark"), dict(theme="light"), dict(stack="venue")]  # three distinct cache keys
+
+
+async def test_report_size_counts_png_arrays_and_text():
+    rep = await ReportService({"binance": CountingSource("binance")}).report("BTC", "1d")
+    assert rep.nbytes >= len(rep.png) + rep.map.long.nbytes + rep.map.short.nbytes + len(rep.summary)
+
+
+async def test_cache_evicts_least_recently_used_by_bytes():
+    probe = ReportService({"binance": CountingSource("binance")}, max_bytes=10**9)
+    s1, s2, s3 = [(await probe.report("BTC", "1d", **k)).nbytes for k in KEYS]
+    budget = s2 + s3 + s1 // 2  # room for two reports, never three
+    svc = ReportService({"binance": CountingSource("binance")}, ttl=600, max_bytes=budget, clock=Clock())
+    for k in KEYS:
+        await svc.report("BTC", "1d", **k)
+    assert svc.cache_size == 2 and svc.cache_bytes <= budget and svc.computations == 3
+    await svc.report("BTC", "1d", **KEYS[1])  # a hit: now the most recently used
+    assert svc.computations == 3
+    await svc.report("BTC", "1d", **KEYS[0])  # evicted before: built again, evicting KEYS[2]
+    assert svc.computations == 4 and svc.cache_bytes <= budget
+    await svc.report("BTC", "1d", **KEYS[1])
+    assert svc.computations == 4
+    await svc.report("BTC", "1d", **KEYS[2])
+    assert svc.computations == 5
+
+
+async def test_a_report_larger_than_the_budget_is_served_but_not_kept():
+    svc = ReportService({"binance": CountingSource("binance")}, max_bytes=1000)
+    assert (await svc.report("BTC", "1d")).png
+    assert svc.cache_size == 0 and svc.cache_bytes == 0
+
+
+async def test_expired_entries_are_swept_on_every_store():
+    clock = Clock()
+    svc = ReportService({"binance": CountingSource("binance")}, ttl=10, clock=clock)
+    await svc.report("BTC", "1d", **KEYS[0])
+    clock.t = 5
+    await svc.report("BTC", "1d", **KEYS[1])
+    assert svc.cache_size == 2
+    clock.t = 12  # KEYS[0] expired (stored at 0); KEYS[1] (stored at 5) is still fresh
+    b = await svc.report("BTC", "1d", **KEYS[2])
+    assert svc.cache_size == 2 and svc.computations == 3
+    clock.t = 16  # KEYS[1] expired too: the next store sweeps it although nobody asked for it again
+    c = await svc.report("BTC", "1d", **KEYS[0])
+    assert svc.cache_size == 2 and svc.cache_bytes == b.nbytes + c.nbytes
+    assert await svc.report("BTC", "1d", **KEYS[2]) is b and svc.computations == 4
+
+
+async def test_ttl_zero_stores_nothing_but_still_shares_concurrent_work():
+    src = CountingSource("binance", delay=0.05)
+    svc = ReportService({"binance": src}, ttl=0)
+    reports = await asyncio.gather(*(svc.report("BTC", "1d") for _ in range(20)))
+    assert svc.computations == 1 and src.fetches == 1 and all(r is reports[0] for r in reports)
+    assert svc.cache_size == 0 and svc.cache_bytes == 0
+    await svc.report("BTC", "1d")
+    assert svc.computations == 2 and svc.cache_size == 0
+
+
+def test_negative_limits_are_refused():
+    with pytest.raises(ValueError):
+        ReportService({"binance": CountingSource("binance")}, max_bytes=-1)

@@ -14,6 +14,18 @@ record``). :class:`ReplayTransport` is an ``httpx`` transport that answers each 
 recorded body for the same host, path and query, after checking its sha256; a request that was
 not recorded gets a 404 whose message says so. Sources replay with the recording's ``now_ms``, so
 they ask for exactly the pages they asked for while recording.
+
+A manifest is outside input and checked field by field before anything is opened: ``file`` is a
+plain file name in the recording directory (no separators, no ``..``; a symlink must resolve
+inside the directory), every file must be a regular file (checked with ``stat`` before opening,
+and opened non-blocking, so a FIFO or device can never block or stream forever), a response file
+holds at most :data:`MAX_RESPONSE_BYTES` and the manifest at most :data:`MAX_MANIFEST_BYTES` with
+at most :data:`MAX_RESPONSES` entries; ``venue`` is a known venue, ``url`` an https URL,
+``path`` and ``params`` match it, ``sha256`` is 64 hex digits.
+
+`liqmap record` writes the manifest once, at the end of a recording that got at least one venue: one
+that fails (every venue down, an error, Ctrl-C) removes the files it wrote, so the same ``--out``
+can be used again.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -32,10 +45,24 @@ import httpx
 
 from ..errors import InputError, SourceError
 
-__all__ = ["Recorder", "ReplayTransport", "Manifest", "load_manifest", "record", "MANIFEST", "request_key"]
+__all__ = [
+    "Recorder", "ReplayTransport", "Manifest", "load_manifest", "record", "MANIFEST", "request_key",
+    "KNOWN_VENUES", "MAX_RESPONSE_BYTES", "MAX_MANIFEST_BYTES", "MAX_RESPONSES",
+]
 
 MANIFEST = "manifest.json"
 FORMAT = 1
+#: Venues whose responses a recording may hold.
+KNOWN_VENUES = ("binance", "bybit", "okx", "coinglass")
+#: Largest response file replay reads (a Binance exchangeInfo is about 1 MB, a klines page 0.2 MB).
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+#: Largest manifest.json, and most entries in it.
+MAX_MANIFEST_BYTES = 8 * 1024 * 1024
+MAX_RESPONSES = 20_000
+
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", re.ASCII)
+_SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+_URL_PATH = re.compile(r"/[A-Za-z0-9/._~%-]{0,300}", re.ASCII)
 
 
 def _iso(seconds: float) -> str:
@@ -46,6 +73,41 @@ def request_key(url: httpx.URL | str) -> tuple[str, str, tuple[tuple[str, str], 
     """What identifies a GET: host, path and the sorted query parameters."""
     u = httpx.URL(str(url))
     return (u.host, u.path, tuple(sorted((k, v) for k, v in u.params.multi_items())))
+
+
+def _shown(text: object, n: int = 60) -> str:
+    """An outside value, escaped and cut, for an error message."""
+    return ascii(str(text)[:n])
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else OSError/ValueError.
+
+    ``stat`` first, so a FIFO, device or directory is refused before it is opened; then opened
+    non-blocking and checked again on the descriptor (it may have been swapped meanwhile), and
+    read at most ``limit + 1`` bytes, so a file that grows cannot exhaust memory either.
+    """
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("not a regular file")
+    if st.st_size > limit:
+        raise ValueError(f"{st.st_size} bytes is over the limit of {limit}")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise ValueError(f"over the limit of {limit} bytes")
+    return b"".join(chunks)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -60,19 +122,24 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 class Recorder:
-    """Writes each response body to ``directory`` and keeps ``manifest.json`` up to date.
+    """Writes each response body to ``directory``; :meth:`save` writes ``manifest.json`` (atomically).
 
-    ``now_ms`` is the clock the recorded sources used; replay uses it again. The manifest is
-    rewritten atomically after each response, so an interrupted recording is still readable.
+    ``now_ms`` is the clock the recorded sources used; replay uses it again. With ``autosave`` the
+    manifest is rewritten after each response (a recorder used directly); :func:`record` turns it
+    off, saves once at the end and calls :meth:`discard` on failure, so a retry is never blocked.
     """
 
-    def __init__(self, directory: str | Path, *, now_ms: int | None = None) -> None:
+    def __init__(self, directory: str | Path, *, now_ms: int | None = None, autosave: bool = True) -> None:
         self.dir = Path(directory)
+        self.autosave = autosave
+        self._made_dir = not self.dir.exists()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise InputError(f"cannot create {self.dir}: {exc.strerror or exc}") from None
-        if (self.dir / MANIFEST).exists():
+        if not self.dir.is_dir():
+            raise InputError(f"{self.dir} is not a directory")
+        if os.path.lexists(self.dir / MANIFEST):
             raise InputError(f"{self.dir} already holds a recording; choose an empty directory")
         self.now_ms = int(now_ms if now_ms is not None else time.time() * 1000)
         self.created = time.time()
@@ -92,7 +159,8 @@ class Recorder:
             "params": {k: str(v) for k, v in params.items()}, "status": status,
             "time": _iso(time.time()), "sha256": hashlib.sha256(body).hexdigest(),
         })
-        self.save()
+        if self.autosave:
+            self.save()
 
     def save(self) -> None:
         """Write ``manifest.json`` (atomically)."""
@@ -105,9 +173,21 @@ class Recorder:
         except OSError as exc:
             raise InputError(f"cannot write the recording in {self.dir}: {exc.strerror or exc}") from None
 
+    def discard(self) -> None:
+        """Remove the files this recorder wrote (and the directory, if it made it and it is empty)."""
+        for r in self.responses:
+            (self.dir / r["file"]).unlink(missing_ok=True)
+        self.responses = []
+        (self.dir / MANIFEST).unlink(missing_ok=True)
+        if self._made_dir:
+            try:
+                self.dir.rmdir()
+            except OSError:  # something else is in it now: leave it
+                pass
+
 
 class Manifest:
-    """A loaded, checked ``manifest.json``."""
+    """A loaded, checked ``manifest.json`` (build it with :func:`load_manifest`)."""
 
     def __init__(self, directory: Path, data: dict[str, Any]) -> None:
         self.dir = directory
@@ -124,24 +204,114 @@ class Manifest:
                 seen.append(r["venue"])
         return seen
 
+    def read(self, entry: Mapping[str, Any]) -> bytes:
+        """The recorded body of ``entry`` (a regular file in the directory, size-capped), else OSError/ValueError."""
+        return _read_regular(self.dir / entry["file"], MAX_RESPONSE_BYTES)
+
+
+def _check_file(d: Path, root: Path, name: object) -> str:
+    """Why ``name`` is not a readable response file confined to ``d``, or "" when it is."""
+    if not isinstance(name, str) or not _FILE_NAME.fullmatch(name) or name == MANIFEST:
+        return f"file {_shown(name)} is not a plain file name in the recording directory"
+    path = d / name
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return f"file {name} is missing"
+    if real.parent != root:
+        return f"file {name} leads outside the recording directory"
+    try:
+        st = os.stat(real)
+    except OSError as exc:
+        return f"file {name} is unreadable ({exc.strerror or exc})"
+    if not stat.S_ISREG(st.st_mode):
+        return f"file {name} is not a regular file"
+    if st.st_size > MAX_RESPONSE_BYTES:
+        return f"file {name} holds {st.st_size} bytes, over the limit of {MAX_RESPONSE_BYTES}"
+    return ""
+
+
+def _check_entry(d: Path, root: Path, r: object) -> str:
+    """Why one ``responses`` entry is unusable, or "" when it is fine."""
+    if not isinstance(r, dict):
+        return "is not an object"
+    missing = {"file", "venue", "url", "sha256"} - r.keys()
+    if missing:
+        return f"lacks {', '.join(sorted(missing))}"
+    venue, url, sha = r["venue"], r["url"], r["sha256"]
+    if not isinstance(venue, str) or venue not in KNOWN_VENUES:
+        return f"venue {_shown(venue, 20)} is not a known venue ({', '.join(KNOWN_VENUES)})"
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        return "sha256 is not 64 lower-case hex digits"
+    if not isinstance(url, str) or len(url) > 4096 or not url.isascii():
+        return "url is not an https URL"
+    try:
+        u = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError):
+        return f"url {_shown(url)} is not an https URL"
+    if u.scheme != "https" or not u.host or u.userinfo or u.fragment:
+        return f"url {_shown(url)} is not an https URL"
+    path = r.get("path", u.path)
+    if not isinstance(path, str) or not _URL_PATH.fullmatch(path) or path != u.path:
+        return f"path {_shown(path)} is not the path of its url"
+    params = r.get("params", {})
+    if not isinstance(params, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in params.items()):
+        return "params is not an object of strings"
+    status = r.get("status", 200)
+    if type(status) is not int or not 200 <= status <= 299:
+        return f"status {_shown(status, 12)} is not a successful HTTP status"
+    return _check_file(d, root, r["file"])
+
+
+def _check_meta(meta: object) -> str:
+    """Why ``meta`` is unusable, or "" (its strings reach replay's messages)."""
+    if meta is None:
+        return ""
+    if not isinstance(meta, dict):
+        return "meta is not an object"
+    for key in ("symbol", "window", "exchange"):
+        value = meta.get(key)
+        if value is not None and not (isinstance(value, str) and re.fullmatch(r"[A-Za-z0-9]{1,30}", value, re.ASCII)):
+            return f"meta.{key} is not a short name"
+    return ""
+
 
 def load_manifest(directory: str | Path) -> Manifest:
-    """Read and check ``DIR/manifest.json``; InputError when it is absent or malformed."""
+    """Read and check ``DIR/manifest.json`` (see the module docstring); InputError naming what is wrong."""
     d = Path(directory)
     path = d / MANIFEST
-    if not path.is_file():
+    try:
+        root = d.resolve(strict=True)
+        is_dir = root.is_dir()
+    except (OSError, RuntimeError):
+        is_dir = False
+    if not is_dir or not os.path.lexists(path):
         raise InputError(f"no recording in {d} (no {MANIFEST}); make one with: liqmap record --out {d}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        ok = (
-            isinstance(data, dict) and data.get("format") == FORMAT and isinstance(data.get("now_ms"), int)
-            and isinstance(data.get("responses"), list)
-            and all(isinstance(r, dict) and {"file", "venue", "url", "sha256"} <= r.keys() for r in data["responses"])
-        )
-    except (ValueError, OSError) as exc:
-        raise InputError(f"{path} is not a readable recording manifest ({type(exc).__name__})") from None
+        if path.resolve(strict=True).parent != root:
+            raise ValueError("leads outside the recording directory")
+        raw = _read_regular(path, MAX_MANIFEST_BYTES)
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, OSError, RuntimeError, RecursionError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        if isinstance(exc, ValueError) and not isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+            why = str(exc)[:80]
+        raise InputError(f"{path} is not a readable recording manifest ({why})") from None
+    ok = (
+        isinstance(data, dict) and data.get("format") == FORMAT and type(data.get("now_ms")) is int
+        and 0 < data["now_ms"] < 10**14 and isinstance(data.get("responses"), list)
+    )
     if not ok:
         raise InputError(f"{path} is not a liqmap recording manifest (format {FORMAT})")
+    if len(data["responses"]) > MAX_RESPONSES:
+        raise InputError(f"{path} lists {len(data['responses'])} responses, over the limit of {MAX_RESPONSES}")
+    why = _check_meta(data.get("meta"))
+    if why:
+        raise InputError(f"{path}: {why}")
+    for i, r in enumerate(data["responses"], 1):
+        why = _check_entry(d, root, r)
+        if why:
+            raise InputError(f"{path}: response {i} {why}")
     return Manifest(d, data)
 
 
@@ -162,14 +332,15 @@ class ReplayTransport(httpx.AsyncBaseTransport):
             what = f" (recorded: {meta.get('symbol', '?')} {meta.get('window', '?')})" if meta else ""
             return httpx.Response(404, json={"msg": f"not in the recording at {self.manifest.dir}{what}: {request.url.path}"},
                                   request=request)
-        path = self.manifest.dir / entry["file"]
+        name = entry["file"]
         try:
-            body = path.read_bytes()
-        except OSError as exc:
-            raise SourceError(entry["venue"], entry.get("path", "?"), f"recorded file {path.name} is unreadable: {exc.strerror or exc}") from None
+            body = self.manifest.read(entry)
+        except (OSError, ValueError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SourceError(entry["venue"], entry.get("path", "?"), f"recorded file {name} is unreadable: {why}") from None
         if hashlib.sha256(body).hexdigest() != entry["sha256"]:
             raise SourceError(entry["venue"], entry.get("path", "?"),
-                              f"recorded file {path.name} does not match its sha256 in {MANIFEST}: it was modified or damaged")
+                              f"recorded file {name} does not match its sha256 in {MANIFEST}: it was modified or damaged")
         self.served += 1
         return httpx.Response(entry.get("status", 200), content=body, headers={"content-type": "application/json"},
                               request=request)
@@ -182,8 +353,10 @@ async def record(
     """Fetch ``symbol``'s bars for ``window`` from the live venues, recording every response in ``out``.
 
     Each venue starts from an empty in-memory cache, so the recording holds every page a cold
-    report needs; replay with ``--source recorded:OUT``. ``transport``/``now_ms`` are for tests. A venue that fails is named in the
-    manifest and the returned lines; only when all fail is it an error. Returns lines to print.
+    report needs; replay with ``--source recorded:OUT``. ``transport``/``now_ms`` are for tests. A
+    venue that fails is named in the manifest and the returned lines; only when all fail is it an
+    error, and then (as on any exception) the files written so far are removed and no manifest is
+    left, so a retry into the same ``out`` works. Returns lines to print.
     """
     from ..errors import LiqmapError
     from ..symbols import parse_symbol
@@ -196,27 +369,34 @@ async def record(
     key = str(exchange).strip().lower()
     if key != "all" and key not in LIVE_VENUES:
         raise InputError(f"unknown exchange {str(exchange)[:20]!r}; choose all or one of {', '.join(LIVE_VENUES)}")
-    rec = Recorder(out, now_ms=now_ms)
+    rec = Recorder(out, now_ms=now_ms, autosave=False)
     now = rec.now_ms
-    sources = live_sources(cache=BarCache(None), transport=transport, recorder=rec, now_ms=lambda: now,
-                           venues=None if key == "all" else (key,))
-    lines, failed, done = [], {}, []
+    saved = False
     try:
-        for venue, src in sources.items():
-            try:
-                bars = await src.bars(pair.symbol, win)
-            except LiqmapError as exc:
-                failed[venue] = str(exc)
-                lines.append(f"{venue}: failed: {exc}")
-                continue
-            done.append(venue)
-            lines.append(f"{venue}: {len(bars)} {bars.interval} bars of {pair.symbol}")
-    finally:
-        await aclose_sources(sources)
+        sources = live_sources(cache=BarCache(None), transport=transport, recorder=rec, now_ms=lambda: now,
+                               venues=None if key == "all" else (key,))
+        lines, failed, done = [], {}, []
+        try:
+            for venue, src in sources.items():
+                try:
+                    bars = await src.bars(pair.symbol, win)
+                except LiqmapError as exc:
+                    failed[venue] = str(exc)
+                    lines.append(f"{venue}: failed: {exc}")
+                    continue
+                done.append(venue)
+                lines.append(f"{venue}: {len(bars)} {bars.interval} bars of {pair.symbol}")
+        finally:
+            await aclose_sources(sources)
+        if not done:
+            raise SourceError("all", "record", "every venue failed (" + "; ".join(f"{v}: {why}" for v, why in failed.items())
+                              + f"); nothing was kept in {rec.dir}")
         rec.meta = {"symbol": pair.symbol, "window": win.label, "exchange": key, "venues": done, "failed": failed}
         rec.save()
-    if not done:
-        raise SourceError("all", "record", "every venue failed (" + "; ".join(f"{v}: {why}" for v, why in failed.items()) + ")")
+        saved = True
+    finally:
+        if not saved:
+            rec.discard()
     lines.append(f"recorded {len(rec.responses)} responses in {rec.dir}; replay with: "
                  f"liqmap report --source recorded:{rec.dir} --symbol {pair.symbol} --window {win.label}")
     return lines
