@@ -8,8 +8,6 @@ str and JSON dump show ``**********``, and validation errors never echo input va
 
 from __future__ import annotations
 
-import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from analysis import paths
 from analysis.errors import InputError
+from analysis.files import read_regular
 
 __all__ = [
     "DiscordSettings",
@@ -160,24 +159,12 @@ def check_env_file(env_file: str | Path | None) -> None:
     if env_file is None:
         return
     path = Path(env_file)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
+    if not path.exists() and not path.is_symlink():
         return
-    except OSError as exc:
-        raise InputError(f"cannot read the settings file {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"the settings file {path} is not a regular file")
-    if st.st_size > MAX_ENV_FILE_BYTES:
-        raise InputError(f"the settings file {path} holds {st.st_size} bytes; at most {MAX_ENV_FILE_BYTES} are read")
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise InputError(f"the settings file {path} is not a regular file")
-            data = os.read(fd, MAX_ENV_FILE_BYTES + 1)
-        finally:
-            os.close(fd)
+        data = read_regular(path, MAX_ENV_FILE_BYTES)
+    except ValueError as exc:
+        raise InputError(f"the settings file {path} is refused: {exc} (at most {MAX_ENV_FILE_BYTES} bytes of text)") from None
     except OSError as exc:
         raise InputError(f"cannot read the settings file {path}: {exc.strerror or exc}") from None
     try:

@@ -243,10 +243,10 @@ def test_a_device_is_refused_before_it_is_read(tmp_path):
     (d / MANIFEST).write_text((d / MANIFEST).read_text().replace("0001-binance-klines.json", "zero.json"))
     with pytest.raises(InputError, match="leads outside"):
         load_manifest(d)
-    from analysis.sources.recorded import _read_regular
+    from analysis.files import read_regular
 
     with pytest.raises(ValueError, match="not a regular file"):
-        _read_regular(Path("/dev/zero"), 1024)
+        read_regular(Path("/dev/zero"), 1024)
 
 
 def refused_without_blocking(d) -> str:

@@ -44,6 +44,7 @@ from typing import Any, Mapping
 import httpx
 
 from ..errors import InputError, SourceError
+from ..files import read_regular
 
 __all__ = [
     "Recorder", "ReplayTransport", "Manifest", "load_manifest", "record", "MANIFEST", "request_key",
@@ -78,36 +79,6 @@ def request_key(url: httpx.URL | str) -> tuple[str, str, tuple[tuple[str, str], 
 def _shown(text: object, n: int = 60) -> str:
     """An outside value, escaped and cut, for an error message."""
     return ascii(str(text)[:n])
-
-
-def _read_regular(path: Path, limit: int) -> bytes:
-    """The bytes of ``path`` if it is a regular file of at most ``limit`` bytes, else OSError/ValueError.
-
-    ``stat`` first, so a FIFO, device or directory is refused before it is opened; then opened
-    non-blocking and checked again on the descriptor (it may have been swapped meanwhile), and
-    read at most ``limit + 1`` bytes, so a file that grows cannot exhaust memory either.
-    """
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise ValueError("not a regular file")
-    if st.st_size > limit:
-        raise ValueError(f"{st.st_size} bytes is over the limit of {limit}")
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError("not a regular file")
-        chunks, size = [], 0
-        while size <= limit:
-            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-    finally:
-        os.close(fd)
-    if size > limit:
-        raise ValueError(f"over the limit of {limit} bytes")
-    return b"".join(chunks)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -206,7 +177,7 @@ class Manifest:
 
     def read(self, entry: Mapping[str, Any]) -> bytes:
         """The recorded body of ``entry`` (a regular file in the directory, size-capped), else OSError/ValueError."""
-        return _read_regular(self.dir / entry["file"], MAX_RESPONSE_BYTES)
+        return read_regular(self.dir / entry["file"], MAX_RESPONSE_BYTES)
 
 
 def _check_file(d: Path, root: Path, name: object) -> str:
@@ -290,7 +261,7 @@ def load_manifest(directory: str | Path) -> Manifest:
     try:
         if path.resolve(strict=True).parent != root:
             raise ValueError("leads outside the recording directory")
-        raw = _read_regular(path, MAX_MANIFEST_BYTES)
+        raw = read_regular(path, MAX_MANIFEST_BYTES)
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, OSError, RuntimeError, RecursionError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
