@@ -18,13 +18,12 @@ model minus the best baseline comes from a moving-block bootstrap over 24-hour b
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -330,34 +329,10 @@ def bootstrap_diff(
 def params_with(overrides: list[str] | tuple[str, ...] = ()) -> ModelParams:
     """Default :class:`ModelParams` with ``key=value`` overrides (what ``liqmap backtest --set`` takes).
 
-    Values are read as the field's type: numbers, names, or comma-separated tuples
-    (``leverage=5,10,25``). Unknown keys and unreadable values are :class:`InputError`.
+    The parser is :func:`analysis.model.parse_overrides`, the same one ``liqmap report --set`` and
+    ``LIQMAP_MODEL`` use, so a backtested parameter set can be published unchanged.
     """
-    base = ModelParams()
-    fields = {f.name: getattr(base, f.name) for f in dataclasses.fields(ModelParams)}
-    changes: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, raw = str(item).partition("=")
-        key, raw = key.strip(), raw.strip()
-        if not sep or key not in fields or key == "margin_table":
-            settable = ", ".join(k for k in fields if k != "margin_table")
-            raise InputError(f"cannot set {str(item)[:40]!r}; write key=value with a key among: {settable}")
-        current = fields[key]
-        try:
-            if isinstance(current, tuple):
-                value: Any = tuple(float(x) for x in raw.split(",") if x.strip())
-            elif isinstance(current, bool):
-                value = raw.lower() in ("1", "true", "yes")
-            elif isinstance(current, int):
-                value = int(raw)
-            elif isinstance(current, float) or (current is None and key == "bin_width"):
-                value = None if raw.lower() == "none" else float(raw)
-            else:
-                value = raw
-        except ValueError:
-            raise InputError(f"{key}: cannot read {raw[:20]!r} as a {type(current).__name__}") from None
-        changes[key] = value
-    return dataclasses.replace(base, **changes)
+    return ModelParams().with_overrides(overrides)
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -457,6 +432,7 @@ def run_backtest(
     n_boot: int = 1000,
     block_hours: float = 24.0,
     seed: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> BacktestResult:
     """Run the model through ``data`` and score it against realized liquidations.
 
@@ -464,9 +440,12 @@ def run_backtest(
     only builds up positions. Gaps in the bars (up to ``params.max_gap_bars``) are kept: the
     model books the OI change across a gap at the bar after it, and every present bar is scored
     (the missing bars have no realized value to compare with). Raises :class:`DataError` when the
-    history is too short for the warm-up or cannot carry a map.
+    history is too short for the warm-up or cannot carry a map. ``progress``, if given, hears one
+    short line per slow step (modelling, bootstrap).
     """
     import time as _time
+
+    say = progress or (lambda line: None)
 
     t_start = _time.perf_counter()
     hist = data if isinstance(data, History) else load_history(data)
@@ -484,6 +463,7 @@ def run_backtest(
             f"{max(n_scored, 0)} bar(s) after a {warmup} warm-up; at least {min_scored} are needed to score"
         )
     t_load = _time.perf_counter()
+    say(f"modelling {len(bars):,} bars")
     lmap = build_map(bars, params, window="backtest", now_ms=int(bars.end_ms))
     t_model = _time.perf_counter()
     assert lmap.swept is not None
@@ -499,6 +479,7 @@ def run_backtest(
     model_scores = score(ml, ms, rl, rs)
     base_scores = {k: score(*v, rl, rs) for k, v in base.items()}
     block = max(1, int(round(block_hours * 3_600_000 / bars.interval_ms)))
+    say(f"bootstrap ({n_boot:,} resamples)")
     intervals = bootstrap_diff((ml, ms), base, (rl, rs), block=block, n_boot=n_boot, seed=seed)
     t_boot = _time.perf_counter()
     gaps = [f"{g.missing} bar(s) missing after {iso(g.after_ms)}" for g in bars.gaps()]

@@ -96,25 +96,14 @@ def definitions_hash(defs: list[dict[str, Any]]) -> str:
 
 
 def build_service(settings: Settings):
-    """The report service over the configured sources (``LIQMAP_SOURCE``: live, sample or a CSV).
-
-    The CoinGlass key and cache dir are passed to ``make_sources`` when it accepts them.
-    """
-    import inspect
-
+    """The report service over the configured sources (``LIQMAP_SOURCE``, ``LIQMAP_CACHE_DIR``, the
+    CoinGlass key) and model (``LIQMAP_MODEL``), built as ``liqmap report`` builds its own."""
     from analysis.report import ReportService
-    from analysis.sources import registry
 
-    src = settings.sources
-    wanted: dict[str, Any] = {
-        "coinglass_api_key": src.coinglass_api_key.get_secret_value() if src.has_coinglass else None,
-    }
-    if src.cache_dir is not None:
-        wanted["cache_dir"] = src.cache_dir.expanduser()
-    accepted = inspect.signature(registry.make_sources).parameters
-    kwargs = {k: v for k, v in wanted.items() if k in accepted}
-    sources = registry.make_sources(src.source, **kwargs)
-    return ReportService(sources, ttl=settings.schedule.report_ttl_seconds)
+    from .settings import build_sources, model_params
+
+    return ReportService(build_sources(settings), params=model_params(settings.sources),
+                         ttl=settings.schedule.report_ttl_seconds)
 
 
 # -- logging -------------------------------------------------------------------------------------
