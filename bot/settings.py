@@ -204,7 +204,8 @@ def build_sources(settings: Settings, *, transport: httpx.AsyncBaseTransport | N
     from analysis.sources.registry import make_sources
 
     src = settings.sources
-    key = src.coinglass_api_key.get_secret_value().strip() if src.coinglass_api_key is not None else ""
+    # the key goes only where it is used: live data (CoinGlass is a live source)
+    key = src.coinglass_api_key.get_secret_value().strip() if src.has_coinglass and src.source.strip() == "live" else ""
     kwargs: dict[str, Any] = {"transport": transport} if transport is not None else {}
     return make_sources(src.source, cache_dir=src.cache_dir.expanduser() if src.cache_dir is not None else None,
                         coinglass_api_key=key or None, **kwargs)
