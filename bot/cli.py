@@ -16,7 +16,7 @@ import os
 import sys
 import uuid
 from pathlib import Path
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, TextIO
 
 from analysis.errors import InputError, LiqmapError
 from analysis.options import STACKS, THEMES
@@ -37,7 +37,7 @@ class Progress:
     Passed down to analysis as a plain ``Callable[[str], None]``; :meth:`done` clears the line.
     """
 
-    def __init__(self, stream: io.TextIOBase | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
         try:
             self.enabled = bool(self.stream.isatty())
