@@ -18,14 +18,12 @@ model minus the best baseline comes from a moving-block bootstrap over 24-hour b
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -331,89 +329,10 @@ def bootstrap_diff(
 def params_with(overrides: list[str] | tuple[str, ...] = ()) -> ModelParams:
     """Default :class:`ModelParams` with ``key=value`` overrides (what ``liqmap backtest --set`` takes).
 
-    Values are read as the field's declared type: finite numbers (``nan`` and ``inf`` are refused),
-    whole numbers for integer fields, ``none`` only where the field may be unset (``bin_width``),
-    one of the listed names for a choice, or comma-separated finite numbers for a tuple
-    (``leverage=5,10,25``). Unknown keys and unreadable values are :class:`InputError` naming the
-    key and the expected type.
+    The parser is :func:`analysis.model.parse_overrides`, the same one ``liqmap report --set`` and
+    ``LIQMAP_MODEL`` use, so a backtested parameter set can be published unchanged.
     """
-    hints = typing.get_type_hints(ModelParams)
-    fields = {f.name: hints[f.name] for f in dataclasses.fields(ModelParams) if f.name != "margin_table"}
-    changes: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, raw = str(item).partition("=")
-        key, raw = key.strip(), raw.strip()
-        if not sep or key not in fields:
-            raise InputError(f"cannot set {str(item)[:40]!r}; write key=value with a key among: {', '.join(fields)}")
-        value = _read_value(key, raw, fields[key])
-        lo, hi = _LIMITS.get(key, (None, None))
-        for v in value if isinstance(value, tuple) else (value,):
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and lo is not None and not lo <= v <= hi:
-                raise InputError(f"{key}: {v:g} is outside {lo:g}..{hi:g}")
-        if isinstance(value, tuple) and len(value) > _MAX_TIERS:
-            raise InputError(f"{key}: at most {_MAX_TIERS} values")
-        changes[key] = value
-    return dataclasses.replace(ModelParams(), **changes)
-
-
-# Bounds for ``--set`` on the knobs that size the work (memory and time stay bounded); ModelParams
-# itself checks the rest of each value's meaning.
-_LIMITS: dict[str, tuple[float, float]] = {
-    "entry_points": (1, 64), "leverage_nodes": (1, 64), "min_bars": (1, 1_000_000), "max_gap_bars": (0, 1_000_000),
-    "bin_pct": (1e-5, 0.5), "typical_position_usd": (0, 1e12), "taker_net_scale": (0, 1e6), "oi_scale": (1e-6, 1e6),
-}
-_MAX_TIERS = 20
-
-
-def _read_value(key: str, raw: str, kind: Any) -> Any:
-    """``raw`` read as a value of the annotation ``kind``; InputError naming ``key`` and the type."""
-    args = typing.get_args(kind)
-    optional = type(None) in args and typing.get_origin(kind) is not typing.Literal
-    if optional:
-        if raw.lower() == "none":
-            return None
-        kind = next(a for a in args if a is not type(None))
-        args = typing.get_args(kind)
-    origin = typing.get_origin(kind)
-    if origin is typing.Literal:
-        if raw not in args:
-            raise InputError(f"{key}: {str(raw)[:20]!r} is not one of {', '.join(map(str, args))}")
-        return raw
-    if origin is tuple:
-        try:
-            values = tuple(_number(x, float) for x in raw.split(",") if x.strip())
-        except ValueError:
-            raise InputError(f"{key}: cannot read {raw[:20]!r} as comma-separated finite numbers, e.g. 5,10,25") from None
-        if not values:
-            raise InputError(f"{key}: give at least one number, e.g. 5,10,25")
-        return values
-    if kind is bool:
-        if raw.lower() not in ("1", "true", "yes", "0", "false", "no"):
-            raise InputError(f"{key}: {raw[:20]!r} is not true or false")
-        return raw.lower() in ("1", "true", "yes")
-    if kind in (int, float):
-        try:
-            return _number(raw, kind)
-        except ValueError:
-            what = "a whole number" if kind is int else "a finite number"
-            tail = " or none" if optional else ""
-            raise InputError(f"{key}: cannot read {raw[:20]!r} as {what}{tail}") from None
-    return raw
-
-
-def _number(raw: str, kind: type) -> float | int:
-    """A finite float, or an int (also from ``"3.0"``); ValueError otherwise."""
-    text = raw.strip()
-    if len(text) > 40:  # no parameter needs more digits; keeps int() of a huge string cheap
-        raise ValueError(text)
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(text)
-    if kind is int:
-        if value != int(value):
-            raise ValueError(text)
-        return int(value)
-    return value
+    return ModelParams().with_overrides(overrides)
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -513,6 +432,7 @@ def run_backtest(
     n_boot: int = 1000,
     block_hours: float = 24.0,
     seed: int = 0,
+    progress: Callable[[str], None] | None = None,
 ) -> BacktestResult:
     """Run the model through ``data`` and score it against realized liquidations.
 
@@ -520,9 +440,12 @@ def run_backtest(
     only builds up positions. Gaps in the bars (up to ``params.max_gap_bars``) are kept: the
     model books the OI change across a gap at the bar after it, and every present bar is scored
     (the missing bars have no realized value to compare with). Raises :class:`DataError` when the
-    history is too short for the warm-up or cannot carry a map.
+    history is too short for the warm-up or cannot carry a map. ``progress``, if given, hears one
+    short line per slow step (modelling, bootstrap).
     """
     import time as _time
+
+    say = progress or (lambda line: None)
 
     t_start = _time.perf_counter()
     hist = data if isinstance(data, History) else load_history(data)
@@ -540,6 +463,7 @@ def run_backtest(
             f"{max(n_scored, 0)} bar(s) after a {warmup} warm-up; at least {min_scored} are needed to score"
         )
     t_load = _time.perf_counter()
+    say(f"modelling {len(bars):,} bars")
     lmap = build_map(bars, params, window="backtest", now_ms=int(bars.end_ms))
     t_model = _time.perf_counter()
     assert lmap.swept is not None
@@ -555,6 +479,7 @@ def run_backtest(
     model_scores = score(ml, ms, rl, rs)
     base_scores = {k: score(*v, rl, rs) for k, v in base.items()}
     block = max(1, int(round(block_hours * 3_600_000 / bars.interval_ms)))
+    say(f"bootstrap ({n_boot:,} resamples)")
     intervals = bootstrap_diff((ml, ms), base, (rl, rs), block=block, n_boot=n_boot, seed=seed)
     t_boot = _time.perf_counter()
     gaps = [f"{g.missing} bar(s) missing after {iso(g.after_ms)}" for g in bars.gaps()]

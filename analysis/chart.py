@@ -34,6 +34,7 @@ from . import numbers
 from .errors import DataError, InputError
 from .liqmap import LiquidationMap
 from .metrics import Reading
+from .options import STACKS, THEMES
 
 __all__ = [
     "THEMES",
@@ -50,8 +51,7 @@ __all__ = [
     "fmt_tick",
 ]
 
-THEMES: tuple[str, ...] = ("dark", "light")
-STACKS: tuple[str, ...] = ("tier", "venue")
+# THEMES and STACKS live in analysis.options (light, for the CLI's --help) and are re-exported here.
 
 
 @dataclass(frozen=True)

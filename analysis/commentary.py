@@ -24,6 +24,7 @@ from . import numbers
 from .errors import DataError, InputError, LiqmapError
 from .liqmap import LiquidationMap
 from .metrics import Cluster, Reading, SkewClass, Threshold
+from .model import non_default_params
 from .symbols import parse_symbol
 
 __all__ = [
@@ -344,11 +345,30 @@ def _footer_text(m: LiquidationMap, safe: Callable[[object, int], str]) -> str:
     parts.append(f"{safe(m.window, 8)} window")
     if m.end_ms and m.end_ms > 0:
         parts.append(f"data to {_fmt_time(m.end_ms)}")
+    changed = model_overrides_text(m)
+    if changed:
+        parts.append(f"model: {safe(changed, 1000)}")
     return " · ".join(parts)
 
 
+def _param_value(value: object) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(_param_value(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def model_overrides_text(m: LiquidationMap) -> str:
+    """The map's non-default model parameters as ``key=value`` items (``--set`` syntax), or ``""``."""
+    if m.kind != "estimated":
+        return ""
+    return ", ".join(f"{k}={_param_value(v)}" for k, v in non_default_params(m.params).items())
+
+
 def footer(m: LiquidationMap) -> str:
-    """One plain-text line for an embed footer (which renders no markdown): kind, venues, data time."""
+    """One plain-text line for an embed footer (which renders no markdown): kind, venues, data time,
+    and every model parameter that differs from its default."""
     return _footer_text(m, _plain_safe)
 
 

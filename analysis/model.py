@@ -21,10 +21,13 @@ range minima; its notional then is its weight times the product of shrink factor
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 import time as _time
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -35,12 +38,16 @@ from .margin import MarginTable, table_for
 
 __all__ = [
     "ModelParams", "SideModel", "OiUnits", "OpenBarSweep", "build_map", "Levels", "build_levels", "side_shares",
-    "entry_prices", "oi_flow", "level_inputs", "mmr_of", "clip_wicks",
+    "entry_prices", "oi_flow", "level_inputs", "mmr_of", "clip_wicks", "parse_overrides", "split_overrides",
+    "non_default_params",
 ]
 
 SideModel = Literal["auto", "taker", "neutral", "price_direction"]
 OiUnits = Literal["usd", "coin"]
 OpenBarSweep = Literal["close", "none", "range"]
+
+
+MAX_TIERS = 20  # leverage tiers a parameter set may list
 
 
 @dataclass(frozen=True)
@@ -157,6 +164,17 @@ class ModelParams:
             raise InputError("max_wick must be above 1 (inf switches wick clipping off)")
         if not (0 <= self.levels_per_hour <= 10_000):
             raise InputError("levels_per_hour must be between 0 (grid mode) and 10000")
+        # bounds on the knobs that size the work, so no setting can make memory or time unbounded
+        if len(self.leverage) > MAX_TIERS:
+            raise InputError(f"at most {MAX_TIERS} leverage tiers")
+        if self.entry_points > 64 or self.leverage_nodes > 64:
+            raise InputError("entry_points and leverage_nodes must be at most 64")
+        if not (1 <= self.min_bars <= 1_000_000 and 0 <= self.max_gap_bars <= 1_000_000):
+            raise InputError("min_bars must be 1..1,000,000 and max_gap_bars 0..1,000,000")
+        if not (1e-5 <= self.bin_pct <= 0.5):
+            raise InputError("bin_pct must be between 0.00001 and 0.5")
+        if not (0 < self.oi_scale <= 1e6 and 0 <= self.taker_net_scale <= 1e6 and 0 <= self.typical_position_usd <= 1e12):
+            raise InputError("oi_scale must be in (0, 1e6], taker_net_scale in [0, 1e6], typical_position_usd in [0, 1e12]")
 
     @property
     def tier_labels(self) -> tuple[str, ...]:
@@ -175,6 +193,14 @@ class ModelParams:
         tier = np.repeat(np.arange(tiers.size), self.leverage_nodes)
         return lev.ravel(), weights.ravel(), tier
 
+    def with_overrides(self, items: Iterable[str]) -> ModelParams:
+        """A copy with ``key=value`` overrides applied (see :func:`parse_overrides`)."""
+        return replace(self, **parse_overrides(items, self))
+
+    def non_default(self) -> dict[str, Any]:
+        """The described values (see :meth:`describe`) that differ from the defaults."""
+        return non_default_params(self.describe())
+
     def describe(self) -> dict:
         """The parameters as plain JSON-able values (for reports and the JSON output)."""
         d = asdict(self)
@@ -182,6 +208,99 @@ class ModelParams:
         d["leverage"] = list(self.leverage)
         d["leverage_weights"] = list(self.leverage_weights)
         return d
+
+
+# -- overrides (liqmap backtest/report --set, LIQMAP_MODEL) ----------------------------------------
+
+#: Choices of the named (Literal) parameters.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "side_model": get_args(SideModel), "oi_units": get_args(OiUnits), "open_bar_sweep": get_args(OpenBarSweep),
+}
+#: Parameters that may be ``none`` and those that may be ``inf`` (documented in ModelParams).
+_NONE_OK = ("bin_width",)
+_INF_OK = ("max_wick",)
+_NOT_SETTABLE = ("margin_table",)
+
+
+def _expected(key: str, default: Any) -> str:
+    if key in _CHOICES:
+        return "one of " + ", ".join(_CHOICES[key])
+    if isinstance(default, tuple):
+        return "comma-separated finite numbers, e.g. 5,10,25"
+    if isinstance(default, int) and not isinstance(default, bool):
+        return "an integer"
+    extra = " or none" if key in _NONE_OK else " or inf" if key in _INF_OK else ""
+    return f"a finite number{extra}"
+
+
+def _number(key: str, raw: str) -> float:
+    value = float(raw)  # ValueError for text; accepts nan/inf, refused below
+    if math.isnan(value) or (math.isinf(value) and not (key in _INF_OK and value > 0)):
+        raise ValueError(raw)
+    return value
+
+
+def parse_overrides(items: Iterable[str], base: ModelParams | None = None) -> dict[str, Any]:
+    """``["holding_days=7", "leverage=5,10,25"]`` -> ``{"holding_days": 7.0, "leverage": (5.0, 10.0, 25.0)}``.
+
+    The one parser of model overrides (``liqmap backtest --set``, ``liqmap report --set`` and the
+    bot's ``LIQMAP_MODEL``). Values are read as the field's type; an unknown key, a value of the
+    wrong type, ``nan``, ``inf`` (except ``max_wick``) or ``none`` (except ``bin_width``) is an
+    :class:`InputError` naming the key and what it expects. Ranges are checked by ``ModelParams``.
+    """
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelParams)}
+    settable = [k for k in defaults if k not in _NOT_SETTABLE]
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = str(item).partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or key not in settable:
+            raise InputError(f"cannot set {str(item)[:40]!r}; write key=value with a key among: {', '.join(settable)}")
+        default = defaults[key]
+        try:
+            value: Any
+            if key in _CHOICES:
+                if raw not in _CHOICES[key]:
+                    raise ValueError(raw)
+                value = raw
+            elif isinstance(default, tuple):
+                value = tuple(_number(key, x.strip()) for x in raw.split(","))
+            elif isinstance(default, int) and not isinstance(default, bool):
+                value = int(raw)
+            elif key in _NONE_OK and raw.lower() == "none":
+                value = None
+            else:
+                value = _number(key, raw)
+        except ValueError:
+            raise InputError(f"{key}: cannot read {raw[:20]!r}; expected {_expected(key, default)}") from None
+        out[key] = value
+    replace(base or ModelParams(), **out)  # range checks now, naming the parameter (InputError)
+    return out
+
+
+_ITEM_SPLIT = re.compile(r"[;\n]|,(?=\s*[A-Za-z_]\w*\s*=)")
+
+
+def split_overrides(text: str) -> list[str]:
+    """``"holding_days=7, leverage=5,10"`` -> ``["holding_days=7", "leverage=5,10"]``.
+
+    Items are separated by ``;``, a newline, or a comma followed by ``key=`` (so tuple values keep
+    their commas). Empty text gives no items.
+    """
+    return [part.strip() for part in _ITEM_SPLIT.split(str(text)) if part.strip()]
+
+
+def non_default_params(described: Mapping[str, Any]) -> dict[str, Any]:
+    """The configured parameters that differ from the defaults.
+
+    ``described`` is a map's ``params`` (which carries them as ``non_default_params``, set by
+    :func:`build_map`) or a ``ModelParams.describe()`` dict; other keys are ignored.
+    """
+    stored = described.get("non_default_params")
+    if isinstance(stored, Mapping):
+        return dict(stored)
+    defaults = ModelParams().describe()
+    return {k: v for k, v in described.items() if k in defaults and v != defaults[k]}
 
 
 # -- the per-bar inputs ----------------------------------------------------------------------------
@@ -496,7 +615,8 @@ def build_map(
             "OI change across a gap is booked after it and the unseen price path sweeps nothing"
         )
     p = params.describe()
-    p.update(info)
+    p.update(info)  # what was used (side model, margin table) may differ from what was configured ("auto")
+    p["non_default_params"] = params.non_default()  # as configured: what a front end shows as overrides
     return LiquidationMap(
         symbol=bars.symbol,
         venues=(bars.venue,),

@@ -21,9 +21,10 @@ from . import chart, commentary
 from .errors import InputError, LiqmapError, SourceError
 from .liqmap import LiquidationMap, merge
 from .metrics import MetricsParams, Reading, read
-from .model import ModelParams, build_map
+from .model import ModelParams, build_map, non_default_params
 from .sources.base import Source
 from .symbols import parse_symbol
+from .venues import get as venue_info
 from .windows import Window, parse_window
 
 __all__ = ["Report", "ReportService", "ReportKey", "DEFAULT_CACHE_BYTES"]
@@ -64,6 +65,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         out = self.map.to_json()
         out["reading"] = self.reading.to_json()
+        out["non_default_params"] = non_default_params(self.map.params) if self.map.kind == "estimated" else {}
         out["missing_venues"] = dict(self.missing)
         return out
 
@@ -158,16 +160,22 @@ class ReportService:
             return estimating or self.venues
         if key in self.sources:
             return (key,)
-        if key == "coinglass":
-            raise InputError("coinglass needs a CoinGlass API key (COINGLASS_API_KEY) and live data (--source live)")
+        known = venue_info(key)
+        if known is not None and known.kind == "map":
+            raise InputError(f"{key} is not available here: {known.notes}")
+        if known is not None:
+            raise InputError(f"{key} is not among this source's venues; choose all or one of {', '.join(self.sources)}")
         raise InputError(f"unknown exchange {str(exchange)[:20]!r}; choose all or one of {', '.join(self.sources)}")
 
     async def report(
-        self, symbol: str, window: str | Window = "7d", exchange: str = "all", theme: str = "dark", stack: str = "tier"
+        self, symbol: str, window: str | Window = "7d", exchange: str = "all", theme: str = "dark", stack: str = "tier",
+        *, progress: Callable[[str], None] | None = None,
     ) -> Report:
         """A finished report for the request, from the cache when fresh.
 
         ``stack`` is ``"tier"`` (bars stacked by leverage) or ``"venue"`` (by exchange).
+        ``progress``, if given, is called with one short line per slow step (fetching a venue,
+        modelling, rendering) of a report that is actually built.
         """
         pair = parse_symbol(symbol)
         win = window if isinstance(window, Window) else parse_window(window)
@@ -185,7 +193,7 @@ class ReportService:
         fut: asyncio.Future[Report] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
-            rep = await self._build(pair.symbol, win, venues, theme, stack)
+            rep = await self._build(pair.symbol, win, venues, theme, stack, progress)
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # mark retrieved: waiters re-raise it themselves
@@ -197,9 +205,12 @@ class ReportService:
         finally:
             self._inflight.pop(key, None)
 
-    async def maps(self, symbol: str, win: Window, venues: tuple[str, ...]) -> tuple[LiquidationMap, dict[str, str]]:
+    async def maps(
+        self, symbol: str, win: Window, venues: tuple[str, ...], progress: Callable[[str], None] | None = None,
+    ) -> tuple[LiquidationMap, dict[str, str]]:
         """Build and merge the venues' maps; return it with {venue: why} for the venues that failed."""
-        results = await asyncio.gather(*(self._venue_map(v, symbol, win) for v in venues), return_exceptions=True)
+        results = await asyncio.gather(*(self._venue_map(v, symbol, win, progress) for v in venues),
+                                       return_exceptions=True)
         maps, missing = [], {}
         for venue, res in zip(venues, results):
             if isinstance(res, LiquidationMap):
@@ -220,16 +231,27 @@ class ReportService:
             merged = merged.with_notes(*(f"{v} missing: {why}" for v, why in missing.items()))
         return merged, missing
 
-    async def _venue_map(self, venue: str, symbol: str, win: Window) -> LiquidationMap:
+    async def _venue_map(
+        self, venue: str, symbol: str, win: Window, progress: Callable[[str], None] | None = None,
+    ) -> LiquidationMap:
         source = self.sources[venue]
+        if progress is not None:
+            progress(f"fetching {venue} {symbol} {win.label}")
         if callable(getattr(source, "map", None)):  # a source of finished maps (CoinGlass)
             return await source.map(symbol, win)
         bars = await source.bars(symbol, win)
+        if progress is not None:
+            progress(f"modelling {venue} ({len(bars):,} bars)")
         return await asyncio.to_thread(build_map, bars, self.params, window=win.label, now_ms=self._now_ms())
 
-    async def _build(self, symbol: str, win: Window, venues: tuple[str, ...], theme: str, stack: str) -> Report:
+    async def _build(
+        self, symbol: str, win: Window, venues: tuple[str, ...], theme: str, stack: str,
+        progress: Callable[[str], None] | None = None,
+    ) -> Report:
         self.computations += 1
-        m, missing = await self.maps(symbol, win, venues)
+        m, missing = await self.maps(symbol, win, venues, progress)
+        if progress is not None:
+            progress("rendering the chart and text")
         reading = read(m, self.metrics)
         png, text = await asyncio.to_thread(_render, m, reading, theme, stack)
         return Report(symbol, win, m.venues, m, reading, png, text, missing)

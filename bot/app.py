@@ -98,26 +98,15 @@ def definitions_hash(defs: list[dict[str, Any]]) -> str:
 
 
 def build_service(settings: Settings):
-    """The report service over the configured sources (``LIQMAP_SOURCE``: live, sample or a CSV).
-
-    The CoinGlass key and cache dir are passed to ``make_sources`` when it accepts them.
-    """
-    import inspect
-
+    """The report service over the configured sources (``LIQMAP_SOURCE``, ``LIQMAP_CACHE_DIR``, the
+    CoinGlass key) and model (``LIQMAP_MODEL``), built as ``liqmap report`` builds its own."""
     from analysis.report import ReportService
-    from analysis.sources import registry
 
-    src = settings.sources
-    wanted: dict[str, Any] = {
-        "coinglass_api_key": src.coinglass_api_key.get_secret_value() if src.has_coinglass else None,
-    }
-    if src.cache_dir is not None:
-        wanted["cache_dir"] = src.cache_dir.expanduser()
-    accepted = inspect.signature(registry.make_sources).parameters
-    kwargs = {k: v for k, v in wanted.items() if k in accepted}
-    sources = registry.make_sources(src.source, **kwargs)
+    from .settings import build_sources, model_params
+
     sch = settings.schedule
-    return ReportService(sources, ttl=sch.report_ttl_seconds, max_bytes=int(sch.report_cache_mb * 1024 * 1024))
+    return ReportService(build_sources(settings), params=model_params(settings.sources),
+                         ttl=sch.report_ttl_seconds, max_bytes=int(sch.report_cache_mb * 1024 * 1024))
 
 
 # -- logging -------------------------------------------------------------------------------------
@@ -468,7 +457,7 @@ def database_error(exc: BaseException, url: str) -> LiqmapError | None:
         return InputError(f"DATABASE_URL names an unknown database kind {scheme[:30]!r}; use "
                           "sqlite+aiosqlite:///FILE or postgresql+asyncpg://USER:PASSWORD@HOST/DB")
     if isinstance(exc, sa.ArgumentError):
-        return InputError(f"DATABASE_URL is not a database URL; write sqlite+aiosqlite:///FILE or "
+        return InputError("DATABASE_URL is not a database URL; write sqlite+aiosqlite:///FILE or "
                           "postgresql+asyncpg://USER:PASSWORD@HOST/DB")
     if isinstance(exc, sa.InvalidRequestError) and "async" in str(exc):
         return InputError(f"DATABASE_URL {scheme}:// is not an asyncio driver; use sqlite+aiosqlite or postgresql+asyncpg")

@@ -19,12 +19,58 @@ import stat
 import sys
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NoReturn, TextIO
 
 from analysis.errors import InputError, LiqmapError
+from analysis.options import STACKS, THEMES
+from analysis.venues import EXCHANGES, LIVE_VENUES
 from analysis.windows import WINDOWS
 
 log = logging.getLogger("liqmap")
+
+
+def _choice(text: str) -> str:
+    """Option values are matched case-insensitively (``7D``, `` Binance ``)."""
+    return str(text).strip().lower()
+
+
+class Progress:
+    """A one-line progress reporter on stderr, rewritten in place; silent unless stderr is a terminal.
+
+    Passed down to analysis as a plain ``Callable[[str], None]``; :meth:`done` clears the line.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        try:
+            self.enabled = bool(self.stream.isatty())
+        except (AttributeError, ValueError, OSError):  # a closed or odd stream: stay silent
+            self.enabled = False
+        self._shown = 0
+
+    def __call__(self, line: str) -> None:
+        if not self.enabled:
+            return
+        text = "liqmap: " + " ".join(str(line).split())[:90] + " …"
+        self._write("\r" + text + " " * max(0, self._shown - len(text)))
+        self._shown = len(text)
+
+    def done(self) -> None:
+        """Clear the line (before results or an error are printed)."""
+        if self.enabled and self._shown:
+            self._write("\r" + " " * self._shown + "\r")
+            self._shown = 0
+
+    def _write(self, text: str) -> None:
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):
+            self.enabled = False
+
+
+def _progress() -> Progress:
+    return Progress()
 
 
 # -- report ------------------------------------------------------------------------------------------
@@ -34,31 +80,49 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("report", help="build a liquidation map and write liqmap.png, summary.md and liqmap.json")
     p.add_argument("--symbol", default="BTCUSDT", help="BTC, BTCUSDT, BTC/USDT or BTC-USDT-SWAP (default BTCUSDT)")
-    p.add_argument("--window", default="7d", help=f"lookback of open-interest flow: {', '.join(WINDOWS)} (default 7d)")
-    p.add_argument("--source", default="live", help=f"where bars come from: {SOURCE_HELP} (default live)")
-    p.add_argument("--exchange", default="all", help="all, or one venue of the source (default all)")
-    p.add_argument("--theme", default="dark", help="chart theme: dark or light (default dark)")
-    p.add_argument("--stack", default="tier", help="stack bars by leverage tier or by exchange: tier or venue (default tier)")
+    p.add_argument("--window", default="7d", type=_choice, choices=tuple(WINDOWS),
+                   help="lookback of open-interest flow (default 7d)")
+    p.add_argument("--source", default=None,
+                   help=f"where bars come from: {SOURCE_HELP} (default LIQMAP_SOURCE, else live)")
+    p.add_argument("--exchange", default="all", type=_choice, choices=EXCHANGES,
+                   help="all, or one venue of the source (default all; coinglass needs COINGLASS_API_KEY)")
+    p.add_argument("--theme", default="dark", type=_choice, choices=THEMES, help="chart theme (default dark)")
+    p.add_argument("--stack", default="tier", type=_choice, choices=STACKS,
+                   help="stack bars by leverage tier or by exchange (default tier)")
     p.add_argument("--out", required=True, type=Path, help="directory to write the three files into")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one model parameter, as liqmap backtest --set does (repeatable; applied after "
+                        "LIQMAP_MODEL; see docs/methodology.md)")
+    p.add_argument("--env-file", default=".env", help="settings file read besides the environment, as the bot reads "
+                                                      "it (default .env)")
 
 
 def _run_report(args: argparse.Namespace) -> int:
     from analysis import commentary
     from analysis.report import ReportService
-    from analysis.sources.registry import aclose_sources, make_sources
+    from analysis.sources.registry import aclose_sources
+    from bot.settings import build_sources, load_settings, model_params
 
     out: Path = args.out
     for name in ("liqmap.png", "summary.md", "liqmap.json"):
         _check_output(out / name)
-    sources = make_sources(args.source, coinglass_api_key=_coinglass_key() if args.source == "live" else None)
+    # the bot's settings (.env included): LIQMAP_SOURCE, LIQMAP_CACHE_DIR, COINGLASS_API_KEY, LIQMAP_MODEL
+    settings = load_settings(args.env_file, **({"source": args.source} if args.source is not None else {}))
+    params = model_params(settings.sources, args.overrides)
+    progress = _progress()
+    sources = build_sources(settings)
 
     async def build():
         try:
-            return await ReportService(sources).report(args.symbol, args.window, args.exchange, args.theme, args.stack)
+            return await ReportService(sources, params=params).report(
+                args.symbol, args.window, args.exchange, args.theme, args.stack, progress=progress)
         finally:
             await aclose_sources(sources)
 
-    rep = asyncio.run(build())
+    try:
+        rep = asyncio.run(build())
+    finally:
+        progress.done()
     text = f"{rep.summary}\n\n{commentary.footer(rep.map)}"  # a file has no embed footer: carry provenance inline
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -98,34 +162,29 @@ def _check_input(path: Path, what: str) -> None:
         raise InputError(f"{path} is not a regular file; {what} must be one")
 
 
-def _coinglass_key() -> str | None:
-    """``COINGLASS_API_KEY`` from the environment or ``.env`` (never printed), or None."""
-    from pydantic import ValidationError
-
-    from bot.settings import SourceSettings, check_env_file
-
-    try:
-        check_env_file(".env")
-        settings = SourceSettings()
-    except (ValidationError, InputError):  # a malformed .env is reported by the bot; the CLI runs without CoinGlass
-        return None
-    return settings.coinglass_api_key.get_secret_value().strip() if settings.has_coinglass else None
-
-
 # -- record ------------------------------------------------------------------------------------------
 
 def _add_record(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("record", help="save the raw venue responses behind a report, for offline replay (--source recorded:DIR)")
     p.add_argument("--symbol", default="BTCUSDT", help="BTC, BTCUSDT, BTC/USDT or BTC-USDT-SWAP (default BTCUSDT)")
-    p.add_argument("--window", default="1d", help=f"lookback: {', '.join(WINDOWS)} (default 1d)")
-    p.add_argument("--exchange", default="all", help="all, or one live venue: binance, bybit, okx (default all)")
+    p.add_argument("--window", default="1d", type=_choice, choices=tuple(WINDOWS), help="lookback (default 1d)")
+    p.add_argument("--exchange", default="all", type=_choice, choices=("all", *LIVE_VENUES),
+                   help="all, or one live venue (default all)")
     p.add_argument("--out", required=True, type=Path, help="an empty directory for the responses and manifest.json")
+    p.add_argument("--env-file", default=".env", help="settings file read besides the environment, as the bot reads "
+                                                      "it (default .env)")
 
 
 def _run_record(args: argparse.Namespace) -> int:
-    from analysis.sources.recorded import record
+    from analysis.sources.registry import record
+    from bot.settings import load_settings
 
-    lines = asyncio.run(record(args.symbol, args.window, args.exchange, args.out))
+    load_settings(args.env_file)  # the same settings as report and the bot: a bad .env fails here too
+    progress = _progress()
+    try:  # a recording starts from an empty in-memory cache on purpose (every page a cold report needs)
+        lines = asyncio.run(record(args.symbol, args.window, args.exchange, args.out, progress=progress))
+    finally:
+        progress.done()
     print("\n".join(lines))
     return 0
 
@@ -146,7 +205,12 @@ def _run_bot(args: argparse.Namespace) -> int:
 
     settings = load_settings(args.env_file)
     if args.dry_run:
-        defs, status = asyncio.run(app.dry_run(settings))
+        progress = _progress()
+        progress("dry run: database, dispatcher, command tree and a sample report")
+        try:
+            defs, status = asyncio.run(app.dry_run(settings))
+        finally:
+            progress.done()
         for line in status:
             print(line, file=sys.stderr)
         print(json.dumps(defs, indent=1, ensure_ascii=False))
@@ -229,11 +293,20 @@ def _run_backtest(args: argparse.Namespace) -> int:
     _check_input(args.data, "CSV file")
     if args.png is not None:
         _check_output(args.png)
-    hist = load_history(args.data, symbol=parse_symbol(args.symbol).symbol)
-    result = run_backtest(hist, params, warmup=args.warmup, n_boot=args.boot, seed=args.seed)
-    if args.png is not None:
+    progress = _progress()
+    png: bytes | None = None
+    try:
+        progress(f"reading {args.data.name}")
+        hist = load_history(args.data, symbol=parse_symbol(args.symbol).symbol)
+        result = run_backtest(hist, params, warmup=args.warmup, n_boot=args.boot, seed=args.seed, progress=progress)
+        if args.png is not None:
+            progress("rendering the plots")
+            png = render_png(result)
+    finally:
+        progress.done()
+    if args.png is not None and png is not None:
         try:
-            args.png.write_bytes(render_png(result))
+            args.png.write_bytes(png)
         except OSError as exc:
             raise InputError(f"cannot write {args.png}: {exc.strerror or exc}") from None
     if args.json:
@@ -265,13 +338,27 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class UsageError(Exception):
+    """A command line argparse refused; :func:`main` shows it as one ``error:`` line (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+_VERBOSE_HELP = "log debug detail to stderr"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="liqmap", description="Estimated liquidation maps for crypto perpetuals.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail to stderr")
+    parser = _Parser(prog="liqmap", description="Estimated liquidation maps for crypto perpetuals.")
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     parser.add_argument("--version", action="version", version=f"liqmap {_version()}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for add, _ in COMMANDS.values():
         add(sub)
+    for command in sub.choices.values():  # -v after the subcommand too; SUPPRESS keeps a -v given before it
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
     return parser
 
 
@@ -292,7 +379,11 @@ def _one_line(exc: LiqmapError) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``liqmap`` script; returns the process exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     _, run = COMMANDS[args.command]
     try:
         _configure_logging(args)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +18,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from analysis import paths
 from analysis.errors import InputError
 from analysis.files import read_regular
+
+if TYPE_CHECKING:
+    import httpx
+
+    from analysis.model import ModelParams
+    from analysis.sources.base import Source
 
 __all__ = [
     "DiscordSettings",
@@ -29,6 +35,8 @@ __all__ = [
     "default_database_url",
     "check_env_file",
     "MAX_ENV_FILE_BYTES",
+    "model_params",
+    "build_sources",
 ]
 
 MAX_ENV_FILE_BYTES = 1024 * 1024  # a settings file is a few dozen lines
@@ -80,6 +88,8 @@ class SourceSettings(BaseSettings):
     source: str = Field("live", validation_alias="LIQMAP_SOURCE", min_length=1)
     coinglass_api_key: SecretStr | None = Field(None, validation_alias="COINGLASS_API_KEY")
     cache_dir: Path | None = Field(None, validation_alias="LIQMAP_CACHE_DIR")
+    # model overrides in `--set` syntax, e.g. "holding_days=7, leverage_spread=0.3" (analysis.model)
+    model: str = Field("", validation_alias="LIQMAP_MODEL")
 
     @property
     def state_dir(self) -> Path:
@@ -206,6 +216,33 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
     unknown = set(overrides) - {f for cls in sections.values() for f in cls.model_fields}
     if unknown:
         problems.append(f"unknown setting(s): {', '.join(sorted(unknown))}")
+    sources = built.get("sources")
+    if isinstance(sources, SourceSettings):
+        try:
+            model_params(sources)
+        except InputError as exc:
+            problems.append(f"LIQMAP_MODEL: {exc}")
     if problems:
         raise InputError("invalid settings: " + "; ".join(problems))
     return Settings(**built)  # type: ignore[arg-type]
+
+
+def model_params(sources: SourceSettings, extra: Iterable[str] = ()) -> ModelParams:
+    """The model parameters: defaults, then ``LIQMAP_MODEL``, then ``extra`` (``--set KEY=VALUE``),
+    all read by :func:`analysis.model.parse_overrides`."""
+    from analysis.model import ModelParams, split_overrides
+
+    return ModelParams().with_overrides([*split_overrides(sources.model), *extra])
+
+
+def build_sources(settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None) -> dict[str, Source]:
+    """The named sources of ``LIQMAP_SOURCE`` with the CoinGlass key and ``LIQMAP_CACHE_DIR``: what the
+    bot and ``liqmap report`` both use. ``transport`` replaces the network (tests)."""
+    from analysis.sources.registry import make_sources
+
+    src = settings.sources
+    # the key goes only where it is used: live data (CoinGlass is a live source)
+    key = src.coinglass_api_key.get_secret_value().strip() if src.has_coinglass and src.source.strip() == "live" else ""
+    kwargs: dict[str, Any] = {"transport": transport} if transport is not None else {}
+    return make_sources(src.source, cache_dir=src.cache_dir.expanduser() if src.cache_dir is not None else None,
+                        coinglass_api_key=key or None, **kwargs)

@@ -85,6 +85,7 @@ from analysis.errors import InputError
 from analysis.hysteresis import HysteresisParams
 from analysis.symbols import parse_symbol
 from analysis.windows import parse_window
+from analysis.venues import EXCHANGES as VENUE_EXCHANGES
 
 __all__ = [
     "DEFAULT_URL",
@@ -105,7 +106,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "sqlite+aiosqlite:///liqmap.sqlite3"
-EXCHANGES = ("all", "binance", "bybit", "okx", "coinglass")
+EXCHANGES = VENUE_EXCHANGES  # all + every venue of analysis.venues
 MAX_SYMBOLS = 5
 DEFAULT_COOLDOWN_S = 3600
 MIN_COOLDOWN_S = 60

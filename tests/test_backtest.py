@@ -154,7 +154,7 @@ def test_params_with_overrides():
         params_with(["holding_days"])
     with pytest.raises(InputError, match="holding_days: cannot read 'soon'"):
         params_with(["holding_days=soon"])
-    with pytest.raises(InputError, match="oi_units: 'eur' is not one of usd, coin"):
+    with pytest.raises(InputError, match="oi_units: cannot read .eur.; expected one of usd, coin"):
         params_with(["oi_units=eur"])
 
 

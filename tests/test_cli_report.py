@@ -28,11 +28,16 @@ def test_report_writes_three_files(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--window", "2w"], "unknown window '2w'; choose one of 1d, 7d, 30d"),
+        (["--window", "2w"], "argument --window: invalid choice: '2w' (choose from '1d', '7d', '30d')"),
         (["--symbol", "ETH"], "only holds BTCUSDT"),
         (["--symbol", "<@1234>"], "is not a symbol"),
-        (["--exchange", "kraken"], "unknown exchange 'kraken'"),
-        (["--theme", "neon"], "unknown theme 'neon'"),
+        (["--exchange", "kraken"], "argument --exchange: invalid choice: 'kraken' (choose from 'all', 'binance', "),
+        (["--theme", "neon"], "argument --theme: invalid choice: 'neon' (choose from 'dark', 'light')"),
+        (["--stack", "pile"], "argument --stack: invalid choice: 'pile'"),
+        (["--exchange", "coinglass"], "coinglass is not available here: CoinGlass's own map; needs a CoinGlass API key"),
+        (["--set", "holding_days=nan"], "holding_days: cannot read 'nan'; expected a finite number"),
+        (["--set", "nonsense=1"], "cannot set 'nonsense=1'"),
+        (["--bogus"], "unrecognized arguments: --bogus"),
         (["--source", "nowhere"], "unknown source"),
     ],
 )

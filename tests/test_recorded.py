@@ -15,9 +15,9 @@ from pathlib import Path
 
 from analysis.errors import InputError, SourceError
 from analysis.sources.binance import KLINES
-from analysis.sources.recorded import MANIFEST, Recorder, ReplayTransport, load_manifest, record, request_key
+from analysis.sources.recorded import MANIFEST, Recorder, ReplayTransport, load_manifest, request_key
 from analysis.sources.cache import BarCache
-from analysis.sources.registry import aclose_sources, live_sources, make_sources
+from analysis.sources.registry import aclose_sources, live_sources, make_sources, record
 from analysis.windows import WINDOWS
 from bot.cli import main
 from fake_binance import FakeBinance
@@ -170,7 +170,7 @@ def test_cli_report_from_a_recording(fake, tmp_path, capsys):
 
 def test_cli_record_rejects_unknown_exchange(tmp_path, capsys):
     assert main(["record", "--exchange", "kraken", "--out", str(tmp_path / "r")]) == 2
-    assert "unknown exchange 'kraken'" in capsys.readouterr().err
+    assert "argument --exchange: invalid choice: 'kraken' (choose from 'all', 'binance', 'bybit', 'okx')" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 

@@ -63,9 +63,13 @@ async def test_aclose_sources_survives_a_failing_close():
     assert closed == ["b"]
 
 
-def test_report_defaults_to_live_and_sample_still_works(tmp_path):
+def test_report_defaults_to_live_and_sample_still_works(tmp_path, monkeypatch):
+    from bot.settings import load_settings
+
     args = build_parser().parse_args(["report", "--out", str(tmp_path)])
-    assert args.source == "live"
+    assert args.source is None  # the settings decide: LIQMAP_SOURCE, else live
+    monkeypatch.delenv("LIQMAP_SOURCE", raising=False)
+    assert load_settings(tmp_path / "no.env").sources.source == "live"
     assert main(["report", "--source", "sample", "--window", "1d", "--out", str(tmp_path)]) == 0
 
 

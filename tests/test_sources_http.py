@@ -572,3 +572,15 @@ async def test_abandoned_binance_fetch_frees_its_page_slots():
     bars = await asyncio.wait_for(src.bars("BTCUSDT", WINDOWS["1d"]), 5)
     assert len(bars) == 288
     await src.aclose()
+
+
+async def test_a_rate_limit_wait_and_a_retry_are_told_to_the_progress_callback():
+    ft = FakeTime()
+    h = scripted(httpx.Response(429, headers={"Retry-After": "7"}, json={"code": -1003, "msg": "Too many"}),
+                 httpx.Response(503), httpx.Response(200, json=[]))
+    c = client(h, ft, limiter=RateLimiter(100, 100, clock=ft.clock, sleep=ft.sleep))
+    seen: list[str] = []
+    c.progress = seen.append
+    assert await c.get_json("/x") == []
+    assert seen[0] == f"{c.venue}: rate limited, waiting 7s"
+    assert len(seen) == 2 and seen[1].startswith(f"{c.venue}: server error HTTP 503") and "retrying in" in seen[1]

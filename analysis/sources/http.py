@@ -50,17 +50,15 @@ import time
 import zlib
 from datetime import timezone
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 
 from ..errors import SourceError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .recorded import Recorder
+from ..venues import LIVE_VENUES
 
 __all__ = [
-    "RateLimiter", "VenueClient", "SingleFlight", "gather_or_cancel", "server_wait", "LIVE_VENUES", "USER_AGENT",
+    "RateLimiter", "VenueClient", "ResponseSink", "SingleFlight", "gather_or_cancel", "server_wait", "LIVE_VENUES", "USER_AGENT",
     "DEFAULT_MAX_BYTES", "ERROR_BODY_BYTES", "MAX_SERVER_WAIT_S", "DEFAULT_SERVER_WAIT_S", "DEFAULT_BAN_S",
     "DEFAULT_DEADLINE_S",
 ]
@@ -69,8 +67,15 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: Venues with live sources, in the order they are suggested when one is unavailable.
-LIVE_VENUES: tuple[str, ...] = ("binance", "bybit", "okx")
+# LIVE_VENUES (venues with live sources, in the order they are suggested when one is unavailable)
+# comes from analysis.venues, the one venue list.
+
+
+class ResponseSink(Protocol):
+    """What receives the raw body of every successful response (``liqmap record``'s Recorder)."""
+
+    def record(self, venue: str, url: str, path: str, params: Mapping[str, Any], status: int, body: bytes) -> None:
+        ...
 USER_AGENT = "liqmap/0.1 (+https://github.com/liqmap; public market data)"
 
 #: Largest decoded body of an endpoint whose venue module names no limit of its own.
@@ -373,7 +378,7 @@ class VenueClient:
         max_attempts: int = 4,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         on_response: Callable[[httpx.Response], None] | None = None,
-        recorder: "Recorder | None" = None,
+        recorder: ResponseSink | None = None,
         backoff_base_s: float = 0.5,
         backoff_cap_s: float = 8.0,
         rng: random.Random | None = None,
@@ -387,6 +392,8 @@ class VenueClient:
         self.max_attempts = max(1, int(max_attempts))
         self.on_response = on_response
         self.recorder = recorder
+        #: optional callback told of long waits (rate limits, backoff), one short line each
+        self.progress: Callable[[str], None] | None = None
         self.request_count = 0
         self._sleep = sleep
         self._clock = clock
@@ -512,6 +519,8 @@ class VenueClient:
                             status=status, retry_after=delay, body=resp.text[:500],
                         )
                     log.info("%s %s: 429, waiting %.1fs", self.venue, endpoint, delay)
+                    if self.progress is not None:
+                        self.progress(f"{self.venue}: rate limited, waiting {delay:.0f}s")
                     if self.limiter is not None:
                         self.limiter.pause(delay)  # concurrent requests wait too; our acquire waits it out
                     else:
@@ -532,6 +541,8 @@ class VenueClient:
             if self.budget_s - (used() + delay) < self.deadline_s / 4:
                 break  # too little left for a real attempt: its timeout would hide the actual failure
             log.info("%s %s: %s; retry %d in %.2fs", self.venue, endpoint, last_reason, attempt + 1, delay)
+            if self.progress is not None:
+                self.progress(f"{self.venue}: {last_reason}; retrying in {delay:.0f}s")
             await self._sleep(delay)
             spent += delay
         raise _sourceerror(

@@ -10,7 +10,8 @@ A recording directory holds one file per response body (exactly the bytes the ve
                     "params": {}, "status": 200, "time": "2026-11-25T13:40:02Z", "sha256": "…"}, …]}
 
 :class:`Recorder` is what :class:`~analysis.sources.http.VenueClient` writes into (``liqmap
-record``). :class:`ReplayTransport` is an ``httpx`` transport that answers each request with the
+record``, :func:`analysis.sources.registry.record`; it implements http's ``ResponseSink``, so this
+module depends only on the HTTP layer below it, never on the registry). :class:`ReplayTransport` is an ``httpx`` transport that answers each request with the
 recorded body for the same host, path and query, after checking its sha256; a request that was
 not recorded gets a 404 whose message says so. Sources replay with the recording's ``now_ms``, so
 they ask for exactly the pages they asked for while recording.
@@ -45,16 +46,17 @@ import httpx
 
 from ..errors import InputError, SourceError
 from ..files import read_regular
+from ..venues import VENUE_NAMES
 
 __all__ = [
-    "Recorder", "ReplayTransport", "Manifest", "load_manifest", "record", "MANIFEST", "request_key",
+    "Recorder", "ReplayTransport", "Manifest", "load_manifest", "MANIFEST", "request_key",
     "KNOWN_VENUES", "MAX_RESPONSE_BYTES", "MAX_MANIFEST_BYTES", "MAX_RESPONSES",
 ]
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 #: Venues whose responses a recording may hold.
-KNOWN_VENUES = ("binance", "bybit", "okx", "coinglass")
+KNOWN_VENUES = VENUE_NAMES
 #: Largest response file replay reads (a Binance exchangeInfo is about 1 MB, a klines page 0.2 MB).
 MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 #: Largest manifest.json, and most entries in it.
@@ -315,59 +317,3 @@ class ReplayTransport(httpx.AsyncBaseTransport):
         self.served += 1
         return httpx.Response(entry.get("status", 200), content=body, headers={"content-type": "application/json"},
                               request=request)
-
-
-async def record(
-    symbol: str, window: str, exchange: str, out: str | Path, *, transport: httpx.AsyncBaseTransport | None = None,
-    now_ms: int | None = None,
-) -> list[str]:
-    """Fetch ``symbol``'s bars for ``window`` from the live venues, recording every response in ``out``.
-
-    Each venue starts from an empty in-memory cache, so the recording holds every page a cold
-    report needs; replay with ``--source recorded:OUT``. ``transport``/``now_ms`` are for tests. A
-    venue that fails is named in the manifest and the returned lines; only when all fail is it an
-    error, and then (as on any exception) the files written so far are removed and no manifest is
-    left, so a retry into the same ``out`` works. Returns lines to print.
-    """
-    from ..errors import LiqmapError
-    from ..symbols import parse_symbol
-    from ..windows import parse_window
-    from .cache import BarCache
-    from .registry import LIVE_VENUES, aclose_sources, live_sources
-
-    pair = parse_symbol(symbol)
-    win = parse_window(window)
-    key = str(exchange).strip().lower()
-    if key != "all" and key not in LIVE_VENUES:
-        raise InputError(f"unknown exchange {str(exchange)[:20]!r}; choose all or one of {', '.join(LIVE_VENUES)}")
-    rec = Recorder(out, now_ms=now_ms, autosave=False)
-    now = rec.now_ms
-    saved = False
-    try:
-        sources = live_sources(cache=BarCache(None), transport=transport, recorder=rec, now_ms=lambda: now,
-                               venues=None if key == "all" else (key,))
-        lines, failed, done = [], {}, []
-        try:
-            for venue, src in sources.items():
-                try:
-                    bars = await src.bars(pair.symbol, win)
-                except LiqmapError as exc:
-                    failed[venue] = str(exc)
-                    lines.append(f"{venue}: failed: {exc}")
-                    continue
-                done.append(venue)
-                lines.append(f"{venue}: {len(bars)} {bars.interval} bars of {pair.symbol}")
-        finally:
-            await aclose_sources(sources)
-        if not done:
-            raise SourceError("all", "record", "every venue failed (" + "; ".join(f"{v}: {why}" for v, why in failed.items())
-                              + f"); nothing was kept in {rec.dir}")
-        rec.meta = {"symbol": pair.symbol, "window": win.label, "exchange": key, "venues": done, "failed": failed}
-        rec.save()
-        saved = True
-    finally:
-        if not saved:
-            rec.discard()
-    lines.append(f"recorded {len(rec.responses)} responses in {rec.dir}; replay with: "
-                 f"liqmap report --source recorded:{rec.dir} --symbol {pair.symbol} --window {win.label}")
-    return lines

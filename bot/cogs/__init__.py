@@ -19,6 +19,7 @@ from discord import app_commands
 
 from analysis.errors import InputError, LiqmapError
 from analysis.symbols import parse_symbol, suggest
+from analysis.venues import display_name
 from analysis.windows import WINDOWS
 
 from ..poster import REQUIRED_CHANNEL_PERMISSIONS, missing_channel_permissions
@@ -59,7 +60,6 @@ WINDOW_CHOICES = [
 ]
 assert [c.value for c in WINDOW_CHOICES] == list(WINDOWS)
 
-_EXCHANGE_LABELS = {"all": "All exchanges", "binance": "Binance", "bybit": "Bybit", "okx": "OKX", "coinglass": "CoinGlass"}
 # Shown first when present in the venues' lists (the most asked-for perpetuals), then A-Z.
 _MAJORS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "BNBUSDT", "ADAUSDT", "AVAXUSDT", "LINKUSDT")
 _MAJOR_RANK = {s: i for i, s in enumerate(_MAJORS)}
@@ -67,8 +67,8 @@ _MAJOR_RANK = {s: i for i, s in enumerate(_MAJORS)}
 
 def exchange_choices(venues: Iterable[str]) -> list[app_commands.Choice[str]]:
     """``all`` plus each venue the report service has (CoinGlass appears only with a key)."""
-    out = [app_commands.Choice(name=_EXCHANGE_LABELS["all"], value="all")]
-    out += [app_commands.Choice(name=_EXCHANGE_LABELS.get(v, v.title()), value=v) for v in venues]
+    out = [app_commands.Choice(name=display_name("all"), value="all")]
+    out += [app_commands.Choice(name=display_name(v), value=v) for v in venues]
     return out
 
 
