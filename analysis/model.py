@@ -240,6 +240,14 @@ def _number(key: str, raw: str) -> float:
     return value
 
 
+def _whole(raw: str) -> int:
+    """An integer, also written as ``3.0``; ValueError for anything else (long strings too: no knob needs them)."""
+    value = float(raw) if len(raw) <= 40 else math.nan
+    if not math.isfinite(value) or value != int(value):
+        raise ValueError(raw)
+    return int(value)
+
+
 def parse_overrides(items: Iterable[str], base: ModelParams | None = None) -> dict[str, Any]:
     """``["holding_days=7", "leverage=5,10,25"]`` -> ``{"holding_days": 7.0, "leverage": (5.0, 10.0, 25.0)}``.
 
@@ -266,7 +274,7 @@ def parse_overrides(items: Iterable[str], base: ModelParams | None = None) -> di
             elif isinstance(default, tuple):
                 value = tuple(_number(key, x.strip()) for x in raw.split(","))
             elif isinstance(default, int) and not isinstance(default, bool):
-                value = int(raw)
+                value = _whole(raw)
             elif key in _NONE_OK and raw.lower() == "none":
                 value = None
             else:
