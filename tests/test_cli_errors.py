@@ -75,9 +75,12 @@ def test_env_file_that_is_a_directory_or_huge(tmp_path, capsys):
     one_error(capsys, main(["bot", "--dry-run", "--env-file", str(tmp_path / "big.env")]), 2, "at most 1048576")
 
 
-def test_a_bad_dotenv_does_not_break_report(tmp_path, capsys):
+def test_report_reads_the_bots_settings_so_a_bad_dotenv_is_one_clear_error(tmp_path, capsys):
     (tmp_path / ".env").write_bytes(b"COINGLASS_API_KEY=\xff\n")
-    assert main(["report", "--source", "sample", "--window", "1d", "--out", str(tmp_path / "o")]) == 0
+    code = main(["report", "--source", "sample", "--window", "1d", "--out", str(tmp_path / "o"),
+                 "--env-file", str(tmp_path / ".env")])
+    line = one_error(capsys, code, 2, "not UTF-8")
+    assert "\xff" not in line and not (tmp_path / "o").exists()
 
 
 # -- the database at start --------------------------------------------------------------------------
@@ -190,8 +193,8 @@ def test_discord_error_mapping():
 @pytest.mark.parametrize(
     "item, fragment",
     [
-        ("bin_width=nan", "bin_width: cannot read 'nan' as a finite number"),
-        ("holding_days=none", "holding_days: cannot read 'none' as a finite number"),
+        ("bin_width=nan", "bin_width: cannot read 'nan'; expected a finite number"),
+        ("holding_days=none", "holding_days: cannot read 'none'; expected a finite number"),
         ("entry_points=1e30", "entry_points"),
     ],
 )
