@@ -178,7 +178,7 @@ CASES: dict[str, Case] = {
     "5xx": Case(_status(503, None, "Service Unavailable"), "HTTP 503"),
     "no-answer": Case(lambda v, g: Reply.silent(), "timed out"),
     "slow-drip": Case(lambda v, g: Reply.drip(g.body, 0.2, g.headers), "timed out"),
-    "reset-mid-body": Case(lambda v, g: Reply.reset(g.body, g.headers), "network error|timed out")  # a retry cut short by the budget reports its timeout,
+    "reset-mid-body": Case(lambda v, g: Reply.reset(g.body, g.headers), "network error|timed out"),  # out of budget: a timeout
     "truncated-json": Case(lambda v, g: Reply.send(200, g.body[: len(g.body) // 2], g.headers), "not valid JSON"),
     "wrong-types": Case(_rows_edit(_set(4, {"close": 1})), "should be a number, got dict"),
     "nan": Case(_rows_edit(_set(4, math.nan), allow_nan=True), "not finite"),
