@@ -19,6 +19,7 @@ from analysis.backtest import (
     bootstrap_diff,
     direction_share,
     load_history,
+    monthly_ratio,
     params_with,
     parse_duration,
     pearson,
@@ -110,6 +111,19 @@ def test_baselines_follow_their_definitions():
     np.testing.assert_allclose(b["directional_range"][0], [0.02, 0.05])
     np.testing.assert_allclose(b["directional_range"][1], [0.03, 0.01])
     np.testing.assert_allclose(b["directional_range_oi"][0], [0.02e6, 0.10e6])
+    # convex: the square of the directional range times OI, per side
+    np.testing.assert_allclose(b["range_sq_oi"][0], [0.02**2 * 1e6, 0.05**2 * 2e6])
+    np.testing.assert_allclose(b["range_sq_oi"][1], [0.03**2 * 1e6, 0.01**2 * 2e6])
+
+
+def test_monthly_ratio_groups_by_utc_month():
+    t = np.array([1767225600000 - 3_600_000, 1767225600000, 1767225600000 + 3_600_000])  # 2025-12-31T23Z, 2026-01-01T00Z, 01Z
+    rows = monthly_ratio(t, np.array([4.0, 6.0, 2.0]), np.array([3.0, 6.0, 1.0]), np.array([1.0, 2.0, 0.0]))
+    assert [r["month"] for r in rows] == ["2025-12", "2026-01"]
+    assert [r["bars"] for r in rows] == [1, 2]
+    assert rows[0]["swept_over_realized"] == 4.0 and rows[0]["map_only_over_realized"] == 3.0
+    assert rows[1]["swept_over_realized"] == 4.0 and rows[1]["map_only_over_realized"] == 3.5
+    assert monthly_ratio(t[:1], np.ones(1), np.ones(1), np.zeros(1))[0]["swept_over_realized"] is None
 
 
 def test_block_bootstrap_indices_are_contiguous_blocks():
@@ -185,7 +199,19 @@ def test_small_file_runs_and_scores_every_bar_after_the_warmup(tmp_path):
     res = run_backtest(write_history(tmp_path / "h.csv"), warmup="2d", n_boot=50)
     assert res.warmup_bars == 48 and res.bars == 24 * 12 - 48
     assert res.gaps == []
-    assert set(res.to_json()["model"]) == set(METRICS)
+    out = res.to_json()
+    assert set(out["model"]) == set(METRICS) and set(out["map_only"]) == set(METRICS)
+    assert set(out["map_only_minus_best_baseline"]) == set(METRICS)
+    assert (res.map_long <= res.model_long).all() and (res.map_short <= res.model_short).all()
+    assert sum(r["bars"] for r in out["monthly"]) == res.bars
+
+
+def test_map_only_score_equals_all_levels_when_nothing_is_swept_in_its_opening_bar(tmp_path):
+    res = run_backtest(write_history(tmp_path / "h.csv"), params_with(["open_bar_sweep=none"]), warmup="2d", n_boot=50)
+    out = res.to_json()
+    assert out["map_only"] == out["model"]
+    assert out["map_only_minus_best_baseline"] == out["model_minus_best_baseline"]
+    assert out["calibration"]["same_bar_share_of_swept"] == 0
 
 
 @pytest.mark.parametrize(
@@ -293,6 +319,44 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, capsys, args):
 
 
 # -- the model behind it -----------------------------------------------------------------------------
+
+def test_map_only_is_the_part_swept_from_earlier_bars(sample_bars):
+    """Map-only swept notional never exceeds all-levels; with default settings some sweeps are same-bar."""
+    m = build_map(sample_bars.slice(0, 600))
+    sw = m.swept
+    for total, prior in ((sw.long, sw.prior_long), (sw.short, sw.prior_short)):
+        assert prior is not None and (prior >= 0).all() and (prior <= total).all()
+    # the close rule sweeps some levels in their opening bar
+    assert sw.prior_long.sum() + sw.prior_short.sum() < sw.long.sum() + sw.short.sum()
+
+
+def test_map_only_equals_all_levels_without_same_bar_sweeps(sample_bars):
+    m = build_map(sample_bars.slice(0, 600), ModelParams(open_bar_sweep="none"))
+    np.testing.assert_array_equal(m.swept.prior_long, m.swept.long)
+    np.testing.assert_array_equal(m.swept.prior_short, m.swept.short)
+    assert m.swept.long.sum() > 0
+
+
+def test_map_only_split_on_a_hand_example():
+    """A long opened and swept in the same bar is all-levels only; a short swept a bar later is on the map."""
+    from analysis.margin import Bracket, MarginTable
+
+    rows = np.array([
+        # open  high   low   close   OI
+        (100, 101, 99, 100, 1000),
+        (100, 101, 99, 100, 1000),
+        (100, 100.5, 97.4, 97.45, 1100),  # +100 at typical 98.45: long 97.4655 >= close -> swept now
+        (97.45, 100, 97.0, 99.0, 1100),   # high 100 reaches the short at 98.45 * 1.01 = 99.4345
+    ])
+    t = H0 + 300_000 * np.arange(len(rows))
+    bars = Bars("t", "BTCUSDT", "5m", t, *(rows[:, i] for i in range(5)))
+    p = ModelParams(leverage=(100.0,), leverage_weights=(1.0,), side_model="neutral", bin_width=1.0, min_bars=3,
+                    margin_table=MarginTable("zero", (Bracket(1e18, 200, 0.0),)), oi_units="usd",
+                    holding_days=0.0, entry_points=1, leverage_spread=0.0, levels_per_hour=0.0)
+    sw = build_map(bars, p).swept
+    assert sw.long.tolist() == pytest.approx([0, 0, 50, 0]) and sw.prior_long.tolist() == [0, 0, 0, 0]
+    assert sw.short.tolist() == pytest.approx([0, 0, 0, 50]) and sw.prior_short.tolist() == pytest.approx([0, 0, 0, 50])
+
 
 @pytest.mark.parametrize(
     "params",
