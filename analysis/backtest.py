@@ -1,5 +1,11 @@
 """The backtest: how well the model's swept notional per bar matches realized liquidations.
 
+It is a *nowcast* given the bar's range: how much the map says sits in the path price took in
+that bar, not a forecast of where price goes. The headline score is *map-only*: it counts only
+levels opened in an earlier bar, i.e. the map a user would have seen as the bar opened. Levels
+opened and swept inside the same bar (which no map drawn before the bar could show) are added
+back in the *all-levels* score, reported beside it.
+
 The model runs once over the whole history with :func:`analysis.model.build_map`, the code path
 of the live map. That is the same as running it bar by bar: the model is causal (what it sweeps in
 bar t depends on bars up to t only), which ``tests/test_backtest.py`` checks. The first
@@ -13,7 +19,8 @@ Scores, for longs, shorts and the total (see docs/methodology.md, "Backtest"):
   predicted dominant side matches the realized one (a tie counts one half).
 
 The same scores are computed for naive baselines from the same bars, and a 95% interval for
-model minus the best baseline comes from a moving-block bootstrap over 24-hour blocks.
+model (map-only, and all-levels) minus the best baseline comes from a moving-block bootstrap over
+24-hour blocks. The swept/realized dollar ratio is also reported per calendar month (UTC).
 """
 
 from __future__ import annotations
@@ -49,6 +56,7 @@ __all__ = [
     "score",
     "baselines",
     "bootstrap_diff",
+    "monthly_ratio",
     "run_backtest",
     "params_with",
     "render_png",
@@ -58,7 +66,7 @@ METRICS = (
     "spearman_long", "spearman_short", "spearman_total",
     "pearson_long", "pearson_short", "pearson_total", "direction",
 )
-BASELINES = ("abs_return", "directional_range", "directional_range_oi")
+BASELINES = ("abs_return", "directional_range", "directional_range_oi", "range_sq_oi")
 REALIZED_COLUMNS = ("liquidation_long_usd", "liquidation_short_usd")
 DIRECTION_QUANTILE = 0.9
 
@@ -218,7 +226,8 @@ def baselines(bars: Bars) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
     ``abs_return`` is |close/open - 1| for both sides (it has no side, so its direction is one
     half by construction); ``directional_range`` is (open - low)/open for longs and
-    (high - open)/open for shorts; ``directional_range_oi`` multiplies that by the bar's OI (USD).
+    (high - open)/open for shorts; ``directional_range_oi`` multiplies that by the bar's OI (USD);
+    ``range_sq_oi`` is the convex one: the square of ``directional_range`` times OI, per side.
     """
     o = bars.open
     ret = np.abs(bars.close / o - 1.0)
@@ -228,7 +237,36 @@ def baselines(bars: Bars) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         "abs_return": (ret, ret),
         "directional_range": (down, up),
         "directional_range_oi": (down * bars.oi_usd, up * bars.oi_usd),
+        "range_sq_oi": (down * down * bars.oi_usd, up * up * bars.oi_usd),
     }
+
+
+def monthly_ratio(
+    time: np.ndarray,
+    swept: np.ndarray,
+    map_only: np.ndarray,
+    realized: np.ndarray,
+) -> list[dict[str, Any]]:
+    """Per calendar month (UTC): bars, realized USD, swept USD (all levels and map-only) and ratios.
+
+    ``swept``, ``map_only`` and ``realized`` are per-bar totals (long + short). A month with no
+    realized liquidations has ratio ``None``.
+    """
+    month = pd.to_datetime(np.asarray(time), unit="ms", utc=True).strftime("%Y-%m")
+    frame = pd.DataFrame({"month": month, "swept": swept, "map_only": map_only, "realized": realized})
+    out = []
+    for key, g in frame.groupby("month", sort=True):
+        real = float(g["realized"].sum())
+        out.append({
+            "month": str(key),
+            "bars": int(len(g)),
+            "realized_usd": round(real, 0),
+            "swept_usd": round(float(g["swept"].sum()), 0),
+            "map_only_usd": round(float(g["map_only"].sum()), 0),
+            "swept_over_realized": float(g["swept"].sum()) / real if real > 0 else None,
+            "map_only_over_realized": float(g["map_only"].sum()) / real if real > 0 else None,
+        })
+    return out
 
 
 # -- bootstrap -----------------------------------------------------------------------------------
@@ -350,6 +388,10 @@ class BacktestResult:
     model: Scores
     baselines: dict[str, Scores]
     intervals: dict[str, Interval]
+    map_long: np.ndarray
+    map_short: np.ndarray
+    map_only: Scores
+    map_intervals: dict[str, Interval]
     warmup_bars: int
     gaps: list[str]
     params: dict[str, Any]
@@ -359,29 +401,50 @@ class BacktestResult:
     def bars(self) -> int:
         return int(self.time.size)
 
+    def monthly(self) -> list[dict[str, Any]]:
+        """The swept/realized dollar ratio per calendar month (see :func:`monthly_ratio`)."""
+        return monthly_ratio(
+            self.time, self.model_long + self.model_short, self.map_long + self.map_short,
+            self.realized_long + self.realized_short,
+        )
+
     def to_json(self) -> dict[str, Any]:
-        def clean(v: float) -> float | None:
+        def clean(v: float | None) -> float | None:
             return None if v is None or not math.isfinite(v) else round(float(v), 4)
 
+        def diffs(intervals: dict[str, Interval]) -> dict[str, Any]:
+            return {
+                m: {"baseline": iv.baseline, "diff": clean(iv.diff), "ci95": [clean(iv.lo), clean(iv.hi)]}
+                for m, iv in intervals.items()
+            }
+
         rl, rs = self.realized_long.sum(), self.realized_short.sum()
+        swept, mapped = self.model_long.sum() + self.model_short.sum(), self.map_long.sum() + self.map_short.sum()
         return {
             "bars": self.bars,
             "first": iso(self.time[0]),
             "last": iso(self.time[-1]),
+            "map_only": {m: clean(self.map_only[m]) for m in METRICS},
             "model": {m: clean(self.model[m]) for m in METRICS},
             "baselines": {k: {m: clean(v[m]) for m in METRICS} for k, v in self.baselines.items()},
-            "model_minus_best_baseline": {
-                m: {"baseline": iv.baseline, "diff": clean(iv.diff), "ci95": [clean(iv.lo), clean(iv.hi)]}
-                for m, iv in self.intervals.items()
-            },
+            "map_only_minus_best_baseline": diffs(self.map_intervals),
+            "model_minus_best_baseline": diffs(self.intervals),
             "calibration": {
                 "realized_long_usd": round(float(rl), 0),
                 "realized_short_usd": round(float(rs), 0),
                 "model_long_usd": round(float(self.model_long.sum()), 0),
                 "model_short_usd": round(float(self.model_short.sum()), 0),
-                "model_over_realized": clean((self.model_long.sum() + self.model_short.sum()) / max(rl + rs, 1e-9)),
+                "model_over_realized": clean(swept / max(rl + rs, 1e-9)),
+                "map_only_long_usd": round(float(self.map_long.sum()), 0),
+                "map_only_short_usd": round(float(self.map_short.sum()), 0),
+                "map_only_over_realized": clean(mapped / max(rl + rs, 1e-9)),
+                "same_bar_share_of_swept": clean(1.0 - mapped / swept) if swept > 0 else None,
                 "bars_model_sweeps_nothing": int(np.sum((self.model_long + self.model_short) == 0)),
+                "bars_map_only_sweeps_nothing": int(np.sum((self.map_long + self.map_short) == 0)),
             },
+            "monthly": [
+                {k: clean(v) if k.endswith("_over_realized") else v for k, v in row.items()} for row in self.monthly()
+            ],
             "warmup_bars": self.warmup_bars,
             "gaps": self.gaps,
             "source": self.source,
@@ -389,32 +452,49 @@ class BacktestResult:
         }
 
     def table(self) -> str:
-        """A readable text table: model and baselines per metric, and model minus best baseline."""
-        rows = [("model", self.model)] + list(self.baselines.items())
+        """A readable text table: map-only, all-levels and baselines per metric, the bootstrap
+        intervals against the best baseline, and the swept/realized dollar ratio per month."""
+        rows = [("model, map-only", self.map_only), ("model, all levels", self.model)] + list(self.baselines.items())
         head = f"{'':22}" + "".join(f"{m.replace('_', ' '):>16}" for m in METRICS)
         lines = [
             f"backtest on {self.source}: {self.bars} scored bars, {iso(self.time[0])} .. {iso(self.time[-1])} "
             f"(after {self.warmup_bars} warm-up bars)",
+            "a nowcast given each bar's range: how much the map says sits in the path price took",
+            "(map-only: levels on the map when the bar opened; all levels: also those opened and swept in the bar)",
             "",
             head,
         ]
         for name, sc in rows:
             lines.append(f"{name:22}" + "".join(f"{_fmt(sc[m]):>16}" for m in METRICS))
-        lines.append("")
-        lines.append("model minus best baseline, 95% block-bootstrap interval (24h blocks):")
-        for m, iv in self.intervals.items():
-            verdict = "model better" if iv.lo > 0 else ("baseline better" if iv.hi < 0 else "not significant")
-            lines.append(
-                f"  {m:16} vs {iv.baseline:21} {iv.diff:+.3f}  [{iv.lo:+.3f}, {iv.hi:+.3f}]  {verdict}"
-            )
-        cal = self.to_json()["calibration"]
+        for title, intervals in (("map-only", self.map_intervals), ("all-levels", self.intervals)):
+            lines.append("")
+            lines.append(f"{title} model minus best baseline, 95% block-bootstrap interval (24h blocks):")
+            for m, iv in intervals.items():
+                verdict = "model better" if iv.lo > 0 else ("baseline better" if iv.hi < 0 else "not significant")
+                lines.append(
+                    f"  {m:16} vs {iv.baseline:21} {iv.diff:+.3f}  [{iv.lo:+.3f}, {iv.hi:+.3f}]  {verdict}"
+                )
+        out = self.to_json()
+        cal = out["calibration"]
         lines.append("")
         lines.append(
-            f"dollars: model swept {cal['model_long_usd'] / 1e9:.2f}B long / {cal['model_short_usd'] / 1e9:.2f}B short, "
+            f"dollars: model swept {cal['model_long_usd'] / 1e9:.2f}B long / {cal['model_short_usd'] / 1e9:.2f}B short "
+            f"(map-only {cal['map_only_long_usd'] / 1e9:.2f}B / {cal['map_only_short_usd'] / 1e9:.2f}B), "
             f"realized {cal['realized_long_usd'] / 1e9:.2f}B / {cal['realized_short_usd'] / 1e9:.2f}B "
-            f"(model/realized {_fmt(cal['model_over_realized'], 2)}); the model sweeps nothing in "
-            f"{cal['bars_model_sweeps_nothing']} of {self.bars} bars"
+            f"(model/realized {_fmt(cal['model_over_realized'], 2)}, map-only {_fmt(cal['map_only_over_realized'], 2)}); "
+            f"same-bar sweeps are {_fmt(100 * (cal['same_bar_share_of_swept'] or 0.0), 1)}% of swept dollars; "
+            f"the model sweeps nothing in {cal['bars_model_sweeps_nothing']} of {self.bars} bars "
+            f"(map-only: {cal['bars_map_only_sweeps_nothing']})"
         )
+        lines.append("")
+        lines.append("swept/realized dollars per month (UTC):")
+        lines.append(f"  {'month':8} {'bars':>5} {'realized $B':>12} {'swept $B':>9} {'ratio':>6} {'map-only $B':>12} {'ratio':>6}")
+        for row in out["monthly"]:
+            lines.append(
+                f"  {row['month']:8} {row['bars']:>5} {row['realized_usd'] / 1e9:>12.2f} {row['swept_usd'] / 1e9:>9.2f} "
+                f"{_fmt(row['swept_over_realized'], 2):>6} {row['map_only_usd'] / 1e9:>12.2f} "
+                f"{_fmt(row['map_only_over_realized'], 2):>6}"
+            )
         if self.gaps:
             lines.append(f"gaps (kept, see docs/methodology.md): {'; '.join(self.gaps)}")
         return "\n".join(lines)
@@ -469,6 +549,8 @@ def run_backtest(
     assert lmap.swept is not None
     s = slice(first_scored, None)
     ml, ms = lmap.swept.long[s], lmap.swept.short[s]
+    assert lmap.swept.prior_long is not None and lmap.swept.prior_short is not None
+    pl, ps = lmap.swept.prior_long[s], lmap.swept.prior_short[s]
     rl, rs = hist.realized_long[s], hist.realized_short[s]
     if not np.any(rl + rs > 0):
         raise DataError(
@@ -481,6 +563,7 @@ def run_backtest(
     block = max(1, int(round(block_hours * 3_600_000 / bars.interval_ms)))
     say(f"bootstrap ({n_boot:,} resamples)")
     intervals = bootstrap_diff((ml, ms), base, (rl, rs), block=block, n_boot=n_boot, seed=seed)
+    map_intervals = bootstrap_diff((pl, ps), base, (rl, rs), block=block, n_boot=n_boot, seed=seed)
     t_boot = _time.perf_counter()
     gaps = [f"{g.missing} bar(s) missing after {iso(g.after_ms)}" for g in bars.gaps()]
     return BacktestResult(
@@ -493,6 +576,10 @@ def run_backtest(
         model=model_scores,
         baselines=base_scores,
         intervals=intervals,
+        map_long=pl,
+        map_short=ps,
+        map_only=score(pl, ps, rl, rs),
+        map_intervals=map_intervals,
         warmup_bars=first_scored,
         gaps=gaps,
         params=lmap.params,

@@ -80,11 +80,18 @@ def nice_width(target: float) -> float:
 
 @dataclass(frozen=True, eq=False)
 class SweptSeries:
-    """Notional (USD) the model removed per bar, per side: its 'predicted liquidations'."""
+    """Notional (USD) the model removed per bar, per side: its swept notional.
+
+    ``long``/``short`` count every level swept in the bar. ``prior_long``/``prior_short`` count
+    only levels opened in an earlier bar, i.e. on the map as the bar opened (the rest were opened
+    and swept inside the bar); ``None`` when the producer does not split them.
+    """
 
     time: np.ndarray
     long: np.ndarray
     short: np.ndarray
+    prior_long: np.ndarray | None = None
+    prior_short: np.ndarray | None = None
 
 
 @dataclass(frozen=True, eq=False)

@@ -586,6 +586,7 @@ def build_map(
     t_short = sweep_bar(shorts, -bars.high, -shorts.price, now_short)
 
     swept_series = []
+    prior_series = []  # only levels opened in an earlier bar: on the map when the sweeping bar opened
     remaining = []
     for lv, t_sw in ((longs, t_long), (shorts, t_short)):
         swept = t_sw < n
@@ -593,6 +594,8 @@ def build_map(
         upto = np.where(swept, np.maximum(t_sw - 1, lv.t0), n - 1)
         amount = lv.weight * np.exp(log_c[upto] - log_c[lv.t0])
         swept_series.append(np.bincount(t_sw[swept], weights=amount[swept], minlength=n)[:n])
+        prior = swept & (t_sw > lv.t0)
+        prior_series.append(np.bincount(t_sw[prior], weights=amount[prior], minlength=n)[:n])
         remaining.append((lv.price[~swept], amount[~swept], lv.tier[~swept]))
 
     price = bars.price
@@ -639,7 +642,7 @@ def build_map(
         start_ms=bars.start_ms,
         end_ms=bars.end_ms,
         generated_ms=int(now_ms if now_ms is not None else _time.time() * 1000),
-        swept=SweptSeries(bars.time.copy(), swept_series[0], swept_series[1]),
+        swept=SweptSeries(bars.time.copy(), swept_series[0], swept_series[1], prior_series[0], prior_series[1]),
         notes=tuple(notes),
         params=p,
     )
