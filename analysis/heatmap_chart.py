@@ -284,7 +284,8 @@ def build_heatmap_figure(s: HeatmapStates, *, theme: str = "dark", size_px: tupl
     if empty:
         cax.set_xticks([])
     else:
-        cb.set_ticks(MaxNLocator(nbins=3, steps=[1, 2, 2.5, 5, 10]).tick_values(0.0, vmax))
+        cb.set_ticks([v for v in MaxNLocator(nbins=3, steps=[1, 2, 2.5, 5, 10]).tick_values(0.0, vmax)
+                      if 0 <= v <= vmax * 0.93])  # the last one clear of the bar's end
         cax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: numbers.usd(v) if v > 0 else "0"))
         cax.set_xlim(0.0, vmax)
     fig.text(0.59, 1 - 0.605 / h_in, f"per {_fmt_width(rows.width)}", ha="right", va="center", fontsize=8.5,
