@@ -37,9 +37,9 @@ from .liqmap import GRID_PCT, MAX_BINS, LiquidationMap, SweptSeries, bin_levels,
 from .margin import MarginTable, table_for
 
 __all__ = [
-    "ModelParams", "SideModel", "OiUnits", "OpenBarSweep", "build_map", "Levels", "build_levels", "side_shares",
-    "entry_prices", "oi_flow", "level_inputs", "mmr_of", "clip_wicks", "parse_overrides", "split_overrides",
-    "non_default_params",
+    "ModelParams", "SideModel", "OiUnits", "OpenBarSweep", "build_map", "ModelRun", "run_model", "map_from_run",
+    "Levels", "build_levels", "side_shares", "entry_prices", "oi_flow", "level_inputs", "mmr_of", "clip_wicks",
+    "parse_overrides", "split_overrides", "non_default_params",
 ]
 
 SideModel = Literal["auto", "taker", "neutral", "price_direction"]
@@ -552,19 +552,30 @@ def clip_wicks(bars: Bars, max_wick: float) -> tuple[Bars, list[str]]:
     return replace(bars, high=np.where(hi_bad, top, bars.high), low=np.where(lo_bad, bottom, bars.low)), notes
 
 
-def build_map(
-    bars: Bars,
-    params: ModelParams | None = None,
-    *,
-    window: str = "",
-    now_ms: int | None = None,
-) -> LiquidationMap:
-    """Run the model over ``bars`` and return the estimated :class:`LiquidationMap`.
+@dataclass(frozen=True, eq=False)
+class ModelRun:
+    """One run of the model over a series: the levels of both sides and the bar each is swept in.
 
-    ``window`` is a label for the output (e.g. ``"7d"``); ``now_ms`` stamps the generation time.
-    Raises :class:`DataError` if the bars cannot carry a map.
+    What both the snapshot map (:func:`build_map`) and the map states over time
+    (:func:`analysis.heatmap.build_states`) are computed from. ``bars`` are the validated bars
+    with bad-print wicks clipped; ``t_long``/``t_short`` hold each level's sweep bar
+    (``len(bars)`` when never swept); ``log_c`` is the log shrink cumsum, so a level opened at
+    ``t0`` still holds ``weight * exp(log_c[t] - log_c[t0])`` at the end of bar ``t < sweep``.
     """
-    params = params or ModelParams()
+
+    bars: Bars
+    longs: Levels
+    shorts: Levels
+    t_long: np.ndarray
+    t_short: np.ndarray
+    log_c: np.ndarray
+    info: dict
+    gaps: list
+    clip_notes: list[str]
+
+
+def run_model(bars: Bars, params: ModelParams) -> ModelRun:
+    """Validate and clip ``bars``, open every level and find the bar that sweeps it."""
     gaps = bars.validate(min_bars=params.min_bars, max_gap_bars=params.max_gap_bars)
     bars, clip_notes = clip_wicks(bars, params.max_wick)
     n = len(bars)
@@ -584,6 +595,30 @@ def build_map(
     now_short = (shorts.price <= ref_short[shorts.t0]) & (rule != "none")
     t_long = sweep_bar(longs, bars.low, longs.price, now_long)
     t_short = sweep_bar(shorts, -bars.high, -shorts.price, now_short)
+    return ModelRun(bars, longs, shorts, t_long, t_short, log_c, info, gaps, clip_notes)
+
+
+def build_map(
+    bars: Bars,
+    params: ModelParams | None = None,
+    *,
+    window: str = "",
+    now_ms: int | None = None,
+) -> LiquidationMap:
+    """Run the model over ``bars`` and return the estimated :class:`LiquidationMap`.
+
+    ``window`` is a label for the output (e.g. ``"7d"``); ``now_ms`` stamps the generation time.
+    Raises :class:`DataError` if the bars cannot carry a map.
+    """
+    params = params or ModelParams()
+    return map_from_run(run_model(bars, params), params, window=window, now_ms=now_ms)
+
+
+def map_from_run(run: ModelRun, params: ModelParams, *, window: str = "", now_ms: int | None = None) -> LiquidationMap:
+    """The snapshot map at the last bar of a :func:`run_model` run (what :func:`build_map` returns)."""
+    bars, longs, shorts, log_c, info, gaps = run.bars, run.longs, run.shorts, run.log_c, run.info, run.gaps
+    n = len(bars)
+    t_long, t_short = run.t_long, run.t_short
 
     swept_series = []
     prior_series = []  # only levels opened in an earlier bar: on the map when the sweeping bar opened
@@ -615,7 +650,7 @@ def build_map(
     def bin_side(p: np.ndarray, w: np.ndarray, tier: np.ndarray) -> np.ndarray:
         return bin_levels(p, w, tier, n_tiers, grid_lo, width, n_bins)
 
-    notes = list(bars.notes) + clip_notes
+    notes = list(bars.notes) + run.clip_notes
     off_note = left_off_note(off[0], off[1], price, params.grid_pct)
     if off_note:
         notes.append(off_note)
