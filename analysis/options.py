@@ -5,7 +5,8 @@
 
 from __future__ import annotations
 
-__all__ = ["THEMES", "STACKS"]
+__all__ = ["THEMES", "STACKS", "VIEWS"]
 
 THEMES: tuple[str, ...] = ("dark", "light")
 STACKS: tuple[str, ...] = ("tier", "venue")
+VIEWS: tuple[str, ...] = ("map", "heatmap", "both")  # what `liqmap report --view` draws

@@ -14,8 +14,8 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, TypeVar
 
 from . import chart, commentary
 from .errors import InputError, LiqmapError, SourceError
@@ -26,6 +26,11 @@ from .sources.base import Source
 from .symbols import parse_symbol
 from .venues import get as venue_info
 from .windows import Window, parse_window
+
+if TYPE_CHECKING:
+    from .heatmap import HeatmapStates
+
+T = TypeVar("T")
 
 __all__ = ["Report", "ReportService", "ReportKey", "DEFAULT_CACHE_BYTES"]
 
@@ -209,27 +214,74 @@ class ReportService:
         self, symbol: str, win: Window, venues: tuple[str, ...], progress: Callable[[str], None] | None = None,
     ) -> tuple[LiquidationMap, dict[str, str]]:
         """Build and merge the venues' maps; return it with {venue: why} for the venues that failed."""
-        results = await asyncio.gather(*(self._venue_map(v, symbol, win, progress) for v in venues),
-                                       return_exceptions=True)
-        maps, missing = [], {}
+        maps, missing = await self._per_venue(symbol, venues, lambda v: self._venue_map(v, symbol, win, progress))
+        merged = merge(maps)
+        if missing:
+            merged = merged.with_notes(*(f"{v} missing: {why}" for v, why in missing.items()))
+        return merged, missing
+
+    async def heatmap(
+        self, symbol: str, window: str | Window = "7d", exchange: str = "all", theme: str = "dark",
+        progress: Callable[[str], None] | None = None,
+    ) -> tuple[bytes, HeatmapStates, dict[str, str]]:
+        """The liquidation heatmap (PNG, the merged states, {venue: why} for failed venues).
+
+        The states come from the same model run as the venue's map (:func:`analysis.heatmap.build_states`).
+        Sources of finished snapshots (CoinGlass) have no history and are left out.
+        """
+        from .heatmap import build_states, merge_states
+        from .heatmap_chart import render_heatmap
+
+        pair = parse_symbol(symbol)
+        win = window if isinstance(window, Window) else parse_window(window)
+        if theme not in chart.THEMES:
+            raise InputError(f"unknown theme {str(theme)[:20]!r}; choose {' or '.join(chart.THEMES)}")
+        venues = tuple(v for v in self.resolve_venues(exchange) if not callable(getattr(self.sources[v], "map", None)))
+        if not venues:
+            raise InputError(f"{exchange} serves only a snapshot map; the heatmap needs an estimating venue")
+
+        async def one(venue: str) -> HeatmapStates:
+            if progress is not None:
+                progress(f"fetching {venue} {pair.symbol} {win.label}")
+            bars = await self.sources[venue].bars(pair.symbol, win)
+            if progress is not None:
+                progress(f"modelling {venue} over time ({len(bars):,} bars)")
+            return await asyncio.to_thread(build_states, bars, self.params, window=win.label)
+
+        states, missing = await self._per_venue(pair.symbol, venues, one)
+        merged = merge_states(states)
+        if missing:
+            merged = replace(merged, notes=tuple(merged.notes) + tuple(f"{v} missing: {why}" for v, why in missing.items()))
+        if progress is not None:
+            progress("rendering the heatmap")
+        png = await asyncio.to_thread(render_heatmap, merged, theme=theme)
+        return png, merged, missing
+
+    async def _per_venue(
+        self, symbol: str, venues: tuple[str, ...], work: Callable[[str], Awaitable[T]],
+    ) -> tuple[list[T], dict[str, str]]:
+        """``work`` for every venue at once: the results, and {venue: why} for those that failed.
+
+        Only when every venue fails is it an error (the venue's own when there is one venue).
+        """
+        results = await asyncio.gather(*(work(v) for v in venues), return_exceptions=True)
+        done: list[T] = []
+        missing: dict[str, str] = {}
         for venue, res in zip(venues, results):
-            if isinstance(res, LiquidationMap):
-                maps.append(res)
-            elif isinstance(res, LiqmapError):
+            if isinstance(res, LiqmapError):
                 missing[venue] = _reason(res)
-            else:
+            elif isinstance(res, BaseException):
                 raise res  # a bug, not a venue failure
-        if not maps:
+            else:
+                done.append(res)
+        if not done:
             if len(venues) == 1:
                 raise next(r for r in results if isinstance(r, BaseException))
             detail = "; ".join(f"{v}: {why}" for v, why in missing.items())
             exc = SourceError("all", "report", f"every venue failed ({detail})")
             exc.args = (f"no venue could serve {symbol}: every venue failed ({detail})",)  # reads as one sentence
             raise exc
-        merged = merge(maps)
-        if missing:
-            merged = merged.with_notes(*(f"{v} missing: {why}" for v, why in missing.items()))
-        return merged, missing
+        return done, missing
 
     async def _venue_map(
         self, venue: str, symbol: str, win: Window, progress: Callable[[str], None] | None = None,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, NoReturn, TextIO
 
 from analysis.errors import InputError, LiqmapError
-from analysis.options import STACKS, THEMES
+from analysis.options import STACKS, THEMES, VIEWS
 from analysis.venues import EXCHANGES, LIVE_VENUES
 from analysis.windows import WINDOWS
 
@@ -89,7 +89,10 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--theme", default="dark", type=_choice, choices=THEMES, help="chart theme (default dark)")
     p.add_argument("--stack", default="tier", type=_choice, choices=STACKS,
                    help="stack bars by leverage tier or by exchange (default tier)")
-    p.add_argument("--out", required=True, type=Path, help="directory to write the three files into")
+    p.add_argument("--view", default="map", type=_choice, choices=VIEWS,
+                   help="map (liqmap.png), heatmap over the window (heatmap.png) or both (default map)")
+    p.add_argument("--out", required=True, type=Path,
+                   help="directory to write into: liqmap.png and/or heatmap.png, summary.md, liqmap.json")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override one model parameter, as liqmap backtest --set does (repeatable; applied after "
                         "LIQMAP_MODEL; see docs/methodology.md)")
@@ -104,7 +107,8 @@ def _run_report(args: argparse.Namespace) -> int:
     from bot.settings import build_sources, load_settings, model_params
 
     out: Path = args.out
-    for name in ("liqmap.png", "summary.md", "liqmap.json"):
+    pictures = {"map": ("liqmap.png",), "heatmap": ("heatmap.png",), "both": ("liqmap.png", "heatmap.png")}[args.view]
+    for name in (*pictures, "summary.md", "liqmap.json"):
         _check_output(out / name)
     # the bot's settings (.env included): LIQMAP_SOURCE, LIQMAP_CACHE_DIR, COINGLASS_API_KEY, LIQMAP_MODEL
     settings = load_settings(args.env_file, **({"source": args.source} if args.source is not None else {}))
@@ -113,26 +117,33 @@ def _run_report(args: argparse.Namespace) -> int:
     sources = build_sources(settings)
 
     async def build():
+        service = ReportService(sources, params=params)
         try:
-            return await ReportService(sources, params=params).report(
-                args.symbol, args.window, args.exchange, args.theme, args.stack, progress=progress)
+            rep = await service.report(args.symbol, args.window, args.exchange, args.theme, args.stack, progress=progress)
+            heat = None
+            if "heatmap.png" in pictures:
+                heat = (await service.heatmap(args.symbol, args.window, args.exchange, args.theme, progress=progress))[0]
+            return rep, heat
         finally:
             await aclose_sources(sources)
 
     try:
-        rep = asyncio.run(build())
+        rep, heat = asyncio.run(build())
     finally:
         progress.done()
     text = f"{rep.summary}\n\n{commentary.footer(rep.map)}"  # a file has no embed footer: carry provenance inline
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "liqmap.png").write_bytes(rep.png)
+        if "liqmap.png" in pictures:
+            (out / "liqmap.png").write_bytes(rep.png)
+        if heat is not None:
+            (out / "heatmap.png").write_bytes(heat)
         (out / "summary.md").write_text(text + "\n", encoding="utf-8")
         (out / "liqmap.json").write_text(json.dumps(rep.to_json(), indent=1) + "\n", encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write to {out}: {exc.strerror or exc}") from None
     print(text)
-    print(f"\nwrote {out / 'liqmap.png'}, {out / 'summary.md'}, {out / 'liqmap.json'}")
+    print("\nwrote " + ", ".join(str(out / name) for name in (*pictures, "summary.md", "liqmap.json")))
     return 0
 
 

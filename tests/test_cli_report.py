@@ -104,3 +104,23 @@ def test_an_unexpected_exception_gets_an_error_id_not_a_traceback(monkeypatch, c
     assert main(["report", "--out", "x"]) == 1
     err = capsys.readouterr().err
     assert "unexpected internal error (id " in err and "Traceback" not in err.splitlines()[-1]
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("view, files", [("map", {"liqmap.png"}), ("heatmap", {"heatmap.png"}),
+                                         ("both", {"liqmap.png", "heatmap.png"})])
+def test_view_chooses_which_pictures_are_written(tmp_path, capsys, view, files):
+    out = tmp_path / "o"
+    assert main(["report", "--source", "sample", "--window", "1d", "--view", view, "--out", str(out)]) == 0
+    pngs = {p.name for p in out.glob("*.png")}
+    assert pngs == files
+    assert all((out / name).read_bytes().startswith(PNG) for name in files)
+    assert (out / "summary.md").exists() and (out / "liqmap.json").exists()
+
+
+def test_unknown_view_is_one_usage_error(tmp_path, capsys):
+    assert main(["report", "--source", "sample", "--view", "table", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "table" in err

@@ -190,3 +190,21 @@ async def test_ttl_zero_stores_nothing_but_still_shares_concurrent_work():
 def test_negative_limits_are_refused():
     with pytest.raises(ValueError):
         ReportService({"binance": CountingSource("binance")}, max_bytes=-1)
+
+
+async def test_heatmap_of_the_service_uses_its_sources_and_names_a_snapshot_only_venue():
+    from analysis.errors import InputError as _InputError
+    from analysis.sources.registry import make_sources
+
+    svc = ReportService(make_sources("sample"))
+    png, states, missing = await svc.heatmap("BTCUSDT", "1d", "all", "light")
+    assert png.startswith(b"\x89PNG") and not missing and states.n_columns > 1
+    assert states.venues == tuple(svc.venues)
+
+    class Snapshot:  # a source of finished maps only (as CoinGlass is)
+        async def map(self, symbol, win):  # pragma: no cover - never reached
+            raise AssertionError
+
+    snap = ReportService({"coinglass": Snapshot()})
+    with pytest.raises(_InputError, match="only a snapshot map"):
+        await snap.heatmap("BTCUSDT", "1d", "coinglass")
