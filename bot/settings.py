@@ -187,6 +187,11 @@ def check_env_file(env_file: str | Path | None) -> None:
         raise InputError(f"the settings file {path} holds a NUL character (line {line}); it is not a text file")
 
 
+def _alias(cls: type[BaseSettings], name: str) -> str:
+    alias = cls.model_fields[name].validation_alias
+    return alias if isinstance(alias, str) else name
+
+
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
     """Read every section from the environment and ``env_file`` (missing file is fine).
 
@@ -203,7 +208,8 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
     built: dict[str, BaseSettings] = {}
     problems: list[str] = []
     for name, cls in sections.items():
-        mine = {k: v for k, v in overrides.items() if k in cls.model_fields}
+        # by alias: older pydantic-settings let a .env value under the alias win over a field name
+        mine = {_alias(cls, k): v for k, v in overrides.items() if k in cls.model_fields}
         try:
             built[name] = cls(_env_file=env_file, **mine)  # type: ignore[call-arg]
         except ValidationError as exc:
