@@ -1,0 +1,1 @@
+"""liqmap's own tape of realized liquidations: venue feeds, normalised events, gaps."""
