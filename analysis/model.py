@@ -6,8 +6,9 @@ For each bar, in time order (see docs/methodology.md for the why of every step):
 1. **Consume.** Long levels at or above the bar's low and short levels at or below its high are
    liquidated: removed, and their notional booked as *swept* in that bar.
 2. **Close.** Positions already open shrink: by the OI decline (``q_t / q_{t-1}`` when OI fell,
-   ``q`` the OI in contracts by default) and by turnover (a share ``1 - exp(-dt/holding_days)``
-   of every position closes each bar).
+   ``q`` the OI in contracts by default) and by turnover (a share ``1 - exp(-a_t*dt/holding_days)``
+   of every position closes each bar, ``a_t`` the bar's activity: its range relative to the
+   recent typical range, to the power ``turnover_activity``).
 3. **Open.** The OI increase plus the turnover reopens, times ``oi_scale``, opens at the bar's
    entry prices, split between longs and shorts by the side model and spread over a continuous
    leverage distribution. Each lands at its isolated-margin liquidation price
@@ -30,6 +31,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
 
 import numpy as np
+import pandas as pd
 
 from .bars import Bars, iso
 from .errors import DataError, InputError
@@ -38,7 +40,7 @@ from .margin import MarginTable, table_for
 
 __all__ = [
     "ModelParams", "SideModel", "OiUnits", "OpenBarSweep", "build_map", "ModelRun", "run_model", "map_from_run",
-    "Levels", "build_levels", "side_shares", "entry_prices", "oi_flow", "level_inputs", "mmr_of", "clip_wicks",
+    "Levels", "build_levels", "side_shares", "entry_prices", "activity", "oi_flow", "level_inputs", "mmr_of", "clip_wicks",
     "parse_overrides", "split_overrides", "non_default_params",
 ]
 
@@ -90,6 +92,14 @@ class ModelParams:
         Mean holding time of a position. Each bar, the share ``1 - exp(-dt/holding_days)`` of every
         active position closes and the same amount reopens at the bar's prices (turnover that net
         OI does not show). 0 switches turnover off: positions live until OI falls or price hits them.
+    turnover_activity, max_activity
+        Turnover follows trading activity: the rate ``dt/holding_days`` is multiplied by the bar's
+        activity ``x_t / x_ref``, ``x_t = ((high - low)/close)^turnover_activity`` and ``x_ref`` the
+        exponentially weighted mean of ``x`` over the bars before it (time constant
+        ``holding_days``), so activity averages about 1 and the mean holding time stays about
+        ``holding_days``. 2 follows the mixture-of-distributions view of prices (a bar's variance,
+        so its squared range, grows with the volume traded in it); 0 is a constant rate. Activity
+        is capped at ``max_activity``, so one flash wick cannot turn the whole book over.
     oi_scale
         Multiplies opened notional, e.g. to scale one venue's OI to the whole market.
     open_bar_sweep
@@ -123,6 +133,8 @@ class ModelParams:
     taker_net_scale: float = 1.0
     oi_units: OiUnits = "coin"
     holding_days: float = 14.0
+    turnover_activity: float = 2.0
+    max_activity: float = 100.0
     oi_scale: float = 1.0
     open_bar_sweep: OpenBarSweep = "close"
     typical_position_usd: float = 100_000.0
@@ -156,6 +168,10 @@ class ModelParams:
             raise InputError(f"unknown open_bar_sweep {self.open_bar_sweep!r}; use close, range or none")
         if not (self.holding_days >= 0 and math.isfinite(self.holding_days)):
             raise InputError("holding_days must be a finite number >= 0 (0 switches turnover off)")
+        if not (0 <= self.turnover_activity <= 4):
+            raise InputError("turnover_activity must be between 0 (constant turnover) and 4")
+        if not (1 <= self.max_activity <= 1e6):
+            raise InputError("max_activity must be between 1 and 1,000,000")
         if not (math.isfinite(self.grid_pct) and self.grid_pct > 0):
             raise InputError("grid_pct must be a positive fraction of the price (1.0 = 100%)")
         if not (1 <= self.max_bins <= 10_000_000):
@@ -354,10 +370,32 @@ def side_shares(bars: Bars, d_oi: np.ndarray, entry: np.ndarray, params: ModelPa
     return 0.5 + 0.5 * np.tanh(x), model
 
 
+def activity(bars: Bars, params: ModelParams) -> np.ndarray:
+    """Each bar's turnover multiplier ``min(x_t / x_ref, max_activity)`` (see ``turnover_activity``).
+
+    ``x = (relative range)^turnover_activity``; ``x_ref`` is its exponentially weighted mean over
+    the bars *before* t (weights ``(1-k)^age``, ``k = 1 - exp(-interval/holding_days)``, normalised
+    over the bars there are), so the multiplier is causal. The first bar, and any bar with no
+    earlier range, gets 1.
+    """
+    n = len(bars)
+    if params.turnover_activity == 0 or params.holding_days <= 0 or n == 0:
+        return np.ones(n)
+    x = ((bars.high - bars.low) / bars.close) ** params.turnover_activity
+    decay = math.exp(-bars.interval_ms / (params.holding_days * 86_400_000.0))
+    ewm = pd.Series(x).ewm(alpha=1.0 - decay, adjust=True).mean().to_numpy()
+    ref = np.empty(n)
+    ref[0] = 0.0
+    ref[1:] = ewm[:-1]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        out = np.where(ref > 0, x / np.where(ref > 0, ref, 1.0), 1.0)
+    return np.minimum(out, params.max_activity)
+
+
 def oi_flow(bars: Bars, params: ModelParams) -> tuple[np.ndarray, np.ndarray]:
     """Per bar: USD notional of positions opened, and the factor by which older positions shrink.
 
-    With turnover share tau (see ``holding_days``) and OI quantity q (contracts or USD):
+    With turnover share tau (see ``holding_days`` and :func:`activity`) and OI quantity q (contracts or USD):
     opened = max(dq, 0) + tau*q[t-1]; shrink = ((1-tau)*q[t-1] - max(-dq, 0)) / q[t-1].
     Survivors plus opened equal q[t], so the model's book follows OI.
     """
@@ -366,7 +404,8 @@ def oi_flow(bars: Bars, params: ModelParams) -> tuple[np.ndarray, np.ndarray]:
     dq = np.diff(q)
     tau = 0.0
     if params.holding_days > 0:  # per actual time step, so a gap counts all its missing bars
-        tau = -np.expm1(-np.diff(bars.time) / (params.holding_days * 86_400_000.0))
+        rate = np.diff(bars.time) / (params.holding_days * 86_400_000.0) * activity(bars, params)[1:]
+        tau = -np.expm1(-rate)
     opened = np.zeros(n)
     opened[1:] = np.maximum(dq, 0.0) + tau * q[:-1]
     shrink = np.ones(n)

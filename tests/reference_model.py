@@ -18,6 +18,23 @@ from analysis.margin import table_for
 from analysis.model import ModelParams, level_inputs, side_shares
 
 
+def reference_activity(bars: Bars, params: ModelParams) -> list[float]:
+    """Turnover multiplier per bar: range^p over the weighted mean of range^p of the bars before, capped."""
+    n = len(bars)
+    out = [1.0] * n
+    if params.turnover_activity == 0 or params.holding_days <= 0:
+        return out
+    decay = math.exp(-bars.interval_ms / (params.holding_days * 86_400_000.0))
+    num = den = 0.0  # weighted sum of the earlier bars' range^p, and of their weights
+    for t in range(n):
+        x = ((bars.high[t] - bars.low[t]) / bars.close[t]) ** params.turnover_activity
+        if den > 0 and num > 0:
+            out[t] = min(x / (num / den), params.max_activity)
+        num = num * decay + x
+        den = den * decay + 1.0
+    return out
+
+
 def reference_levels(bars: Bars, params: ModelParams):
     """Return (active levels, swept_long, swept_short); levels are dicts with side/price/notional/tier/t0."""
     n = len(bars)
@@ -25,10 +42,12 @@ def reference_levels(bars: Bars, params: ModelParams):
     q = [bars.oi_usd[t] / bars.close[t] if coin else bars.oi_usd[t] for t in range(n)]
     opened = np.zeros(n)  # USD notional opened in each bar
     shrink = np.ones(n)  # factor on positions that were already open
+    act = reference_activity(bars, params)
     for t in range(1, n):
         tau = 0.0
         if params.holding_days > 0:
-            tau = 1.0 - math.exp(-(bars.time[t] - bars.time[t - 1]) / (params.holding_days * 86_400_000.0))
+            rate = (bars.time[t] - bars.time[t - 1]) / (params.holding_days * 86_400_000.0) * act[t]
+            tau = 1.0 - math.exp(-rate)
         dq = q[t] - q[t - 1]
         opened[t] = (max(dq, 0.0) + tau * q[t - 1]) * (bars.close[t] if coin else 1.0) * params.oi_scale
         shrink[t] = max(((1.0 - tau) * q[t - 1] - max(-dq, 0.0)) / q[t - 1], 1e-12)

@@ -400,7 +400,7 @@ def test_turnover_counts_the_time_a_gap_spans(sample_bars):
     keep = np.r_[0:20, 23:50]  # three bars missing before row 20 of the cut series
     gapped = Bars(bars.venue, bars.symbol, bars.interval, bars.time[keep], bars.open[keep], bars.high[keep],
                   bars.low[keep], bars.close[keep], bars.oi_usd[keep])
-    p = ModelParams(oi_units="coin", holding_days=1.0)
+    p = ModelParams(oi_units="coin", holding_days=1.0, turnover_activity=0.0)  # constant rate: the time step alone
     opened, shrink = oi_flow(gapped, p)
     q = gapped.oi_usd / gapped.close
     tau = 1 - math.exp(-4 * 300_000 / 86_400_000)
@@ -444,21 +444,35 @@ def test_dev_file_model_beats_the_best_baseline_on_ranking_and_sizing(dev_result
     """The documented result (docs/methodology.md): a regression test of the model's defaults.
 
     Map-only (the headline) beats every baseline's point estimate on ranking and sizing per side,
-    and significantly so on long ranking; all levels also rank both sides significantly better.
+    and significantly so on long ranking and long sizing; all levels also rank both sides
+    significantly better. (Map-only short ranking clears zero by a hair with 1,000 resamples, and
+    short sizing does not: neither is pinned here.) With constant turnover (the old default) the
+    sizing margin on longs is not significant.
     """
     for scores in (dev_result.map_only, dev_result.model):
         for m in ("spearman_long", "spearman_short", "pearson_long", "pearson_short"):
             best = max(b[m] for b in dev_result.baselines.values())
             assert scores[m] > best, m
-    assert dev_result.map_intervals["spearman_long"].lo > 0
+    for m in ("spearman_long", "pearson_long"):
+        assert dev_result.map_intervals[m].lo > 0, m
     for m in ("spearman_long", "spearman_short"):
         assert dev_result.intervals[m].lo > 0, m
         assert dev_result.map_only[m] < dev_result.model[m], m  # same-bar sweeps carry part of the ranking
 
 
+def test_dev_file_activity_turnover_is_what_lifts_the_scores():
+    """turnover_activity=0 (constant turnover) scores lower on all four per-side cells, map-only."""
+    hist = load_history(shared_file(DEV))
+    new = run_backtest(hist, n_boot=50)
+    old = run_backtest(hist, params_with(["turnover_activity=0"]), n_boot=50)
+    for m in ("spearman_long", "spearman_short", "pearson_long", "pearson_short"):
+        assert new.map_only[m] > old.map_only[m], m
+    assert old.map_intervals["pearson_long"].lo < 0 < new.map_intervals["pearson_long"].lo
+
+
 def test_dev_file_same_bar_sweeps_are_a_small_share_of_dollars(dev_result):
     cal = dev_result.to_json()["calibration"]
-    assert 0.005 < cal["same_bar_share_of_swept"] < 0.05
+    assert 0.005 < cal["same_bar_share_of_swept"] < 0.08  # 5.6% with activity-scaled turnover
     months = dev_result.to_json()["monthly"]
     assert [r["month"] for r in months] == ["2025-12", "2026-01", "2026-02"]
     assert all(2.0 < r["map_only_over_realized"] <= r["swept_over_realized"] < 6.0 for r in months)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -143,8 +145,10 @@ def test_matches_reference_on_hand_example():
         ModelParams(),
         ModelParams(side_model="neutral", entry_points=3),
         ModelParams(side_model="price_direction", leverage_spread=0.3, leverage_nodes=3),
+        ModelParams(turnover_activity=1.0, max_activity=5.0, holding_days=2.0),
+        ModelParams(turnover_activity=0.0),
     ],
-    ids=["default", "neutral-3-entries", "direction-spread"],
+    ids=["default", "neutral-3-entries", "direction-spread", "activity-1-capped", "constant-turnover"],
 )
 def test_matches_reference_on_real_data(sample_bars, params):
     # a day of real 5m bars keeps the pure-Python loop quick
@@ -231,6 +235,8 @@ params_strategy = st.builds(
     leverage_nodes=st.integers(1, 3),
     levels_per_hour=st.sampled_from([0.0, 12.0, 60.0]),
     holding_days=st.sampled_from([0.0, 0.5, 14.0]),
+    turnover_activity=st.sampled_from([0.0, 1.0, 2.0]),
+    max_activity=st.sampled_from([3.0, 100.0]),
     oi_units=st.sampled_from(["coin", "usd"]),
     open_bar_sweep=st.sampled_from(["close", "range", "none"]),
     min_bars=st.just(12),
@@ -413,7 +419,9 @@ def test_a_grid_finer_than_max_bins_is_a_data_error_not_a_memory_error(week):
         build_map(spoil(week, len(week) - 1, close=1e300, high=1e300), ModelParams(bin_width=50.0), now_ms=0)
 
 
-@pytest.mark.parametrize("kw", [{"grid_pct": 0.0}, {"grid_pct": float("nan")}, {"max_bins": 0}, {"max_wick": 1.0}])
+@pytest.mark.parametrize("kw", [{"grid_pct": 0.0}, {"grid_pct": float("nan")}, {"max_bins": 0}, {"max_wick": 1.0},
+                                {"turnover_activity": -1.0}, {"turnover_activity": 5.0},
+                                {"turnover_activity": float("nan")}, {"max_activity": 0.5}, {"max_activity": float("nan")}])
 def test_bound_parameters_are_checked(kw):
     with pytest.raises(InputError):
         ModelParams(**kw)
@@ -435,3 +443,42 @@ def test_merge_keeps_its_grid_around_the_price_whatever_another_map_holds(week):
     assert f"${far.total_long:,.0f} long and ${far.total_short:,.0f} short" in note
     with pytest.raises(DataError, match="max_bins"):
         merge([m, replace(m, venues=("other",))], max_bins=100)
+
+
+# -- turnover follows activity ----------------------------------------------------------------------------
+
+def test_turnover_rate_is_scaled_by_the_bars_range_relative_to_the_earlier_bars():
+    """activity_t = x_t / (weighted mean of x over the bars before t), x = (range/close)^p, capped."""
+    from analysis.model import activity
+
+    rows = [(100, 101, 99, 100, 1000), (100, 101, 99, 100, 1000), (100, 104, 100, 100, 1000),
+            (100, 100.5, 99.5, 100, 1000), (100, 100, 100, 100, 1000)]
+    bars = make_bars(rows)
+    p = ModelParams(holding_days=1.0, turnover_activity=2.0, max_activity=100.0, min_bars=3)
+    k = np.exp(-300_000 / 86_400_000)  # weight of a bar one step older
+    x = np.array([0.02, 0.02, 0.04, 0.01, 0.0]) ** 2
+    ref2 = x[0]  # bar 1 sees bar 0 only
+    ref3 = (x[1] + k * x[0]) / (1 + k)
+    ref4 = (x[2] + k * x[1] + k * k * x[0]) / (1 + k + k * k)
+    want = [1.0, x[1] / ref2, x[2] / ref3, x[3] / ref4, 0.0]
+    np.testing.assert_allclose(activity(bars, p), want, rtol=1e-12)
+    assert activity(bars, p)[2] == pytest.approx(4.0)  # twice the range of the bars before: 4x the turnover
+    # the rate in oi_flow is multiplied by it: a flat bar turns nothing over, OI unchanged
+    _, shrink = oi_flow(bars, p)
+    assert shrink[4] == 1.0
+    assert shrink[2] == pytest.approx(np.exp(-4.0 * 300_000 / 86_400_000), rel=1e-12)
+    # capped, and off with turnover_activity=0
+    assert activity(bars, replace(p, max_activity=2.0))[2] == 2.0
+    np.testing.assert_array_equal(activity(bars, replace(p, turnover_activity=0.0)), np.ones(5))
+
+
+def test_one_flash_wick_turns_over_at_most_max_activity_times_the_usual_share(week):
+    """A -98% wick has a range ~1000x the usual one; its turnover is capped at max_activity."""
+    from analysis.model import activity
+
+    i = len(week) // 2
+    crash = spoil(week, i, low=min(week.open[i], week.close[i]) / 50)
+    p = ModelParams()
+    a = activity(crash, p)
+    assert a[i] == p.max_activity
+    np.testing.assert_array_equal(a[:i], activity(week, p)[:i])  # causal: earlier bars do not see it
