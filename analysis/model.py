@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, get_args
 
 import numpy as np
-import pandas as pd
 
 from .bars import Bars, iso
 from .errors import DataError, InputError
@@ -382,14 +381,37 @@ def activity(bars: Bars, params: ModelParams) -> np.ndarray:
     if params.turnover_activity == 0 or params.holding_days <= 0 or n == 0:
         return np.ones(n)
     x = ((bars.high - bars.low) / bars.close) ** params.turnover_activity
-    decay = math.exp(-bars.interval_ms / (params.holding_days * 86_400_000.0))
-    ewm = pd.Series(x).ewm(alpha=1.0 - decay, adjust=True).mean().to_numpy()
+    log_d = -bars.interval_ms / (params.holding_days * 86_400_000.0)
+    t = np.arange(1, n + 1, dtype=np.float64)
+    ewm = _decayed_sum(x, log_d) / (np.expm1(t * log_d) / math.expm1(log_d))  # sum of the weights
     ref = np.empty(n)
     ref[0] = 0.0
     ref[1:] = ewm[:-1]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         out = np.where(ref > 0, x / np.where(ref > 0, ref, 1.0), 1.0)
     return np.minimum(out, params.max_activity)
+
+
+def _decayed_sum(x: np.ndarray, log_d: float) -> np.ndarray:
+    """``s_t = sum_{j<=t} d^(t-j) x_j`` for ``x >= 0``, ``d = exp(log_d) < 1``, without a loop over bars.
+
+    Within a chunk ``s_{c+i} = d^i * cumsum(x_{c+k} d^-k)_i + d^(i+1) s_{c-1}``; chunks are short
+    enough that ``d^-k`` stays below 1e87, so nothing overflows and (all terms positive) nothing cancels.
+    """
+    n = x.size
+    if log_d < -27.0:  # d < 2e-12: earlier bars weigh nothing
+        return x.astype(np.float64, copy=True)
+    block = max(1, min(n, int(200.0 / -log_d)))
+    k = np.arange(block, dtype=np.float64)
+    down, up = np.exp(k * log_d), np.exp(-k * log_d)
+    out = np.empty(n)
+    carry = 0.0
+    for c in range(0, n, block):
+        seg = x[c : c + block]
+        m = seg.size
+        out[c : c + m] = np.cumsum(seg * up[:m]) * down[:m] + carry * math.exp(log_d) * down[:m]
+        carry = float(out[c + m - 1])
+    return out
 
 
 def oi_flow(bars: Bars, params: ModelParams) -> tuple[np.ndarray, np.ndarray]:

@@ -482,3 +482,14 @@ def test_one_flash_wick_turns_over_at_most_max_activity_times_the_usual_share(we
     a = activity(crash, p)
     assert a[i] == p.max_activity
     np.testing.assert_array_equal(a[:i], activity(week, p)[:i])  # causal: earlier bars do not see it
+
+
+@pytest.mark.parametrize("holding_days", [0.0001, 0.01, 14.0])  # one bar's memory, 576-bar chunks, one chunk
+def test_activity_matches_the_reference_loop_over_many_bars(sample_bars, holding_days):
+    from analysis.model import activity
+
+    from reference_model import reference_activity
+
+    bars = sample_bars.slice(0, 1500)
+    p = ModelParams(holding_days=holding_days)
+    np.testing.assert_allclose(activity(bars, p), reference_activity(bars, p), rtol=1e-9)
