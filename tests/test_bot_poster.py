@@ -295,7 +295,7 @@ def test_pause_reasons_in_lists_are_escaped():
 
     at = datetime(2026, 6, 1, tzinfo=timezone.utc)
     s = SimpleNamespace(id=1, symbols=("BTCUSDT",), window="1d", exchange="all", local_time="09:00", timezone="UTC",
-                        channel_id=5, paused=True, paused_at=at, paused_reason=f"missing permissions: {EVIL}")
+                        view="map", channel_id=5, paused=True, paused_at=at, paused_reason=f"missing permissions: {EVIL}")
     w = SkewWatch(2, 3, 5, "BTCUSDT", "7d", "all", None, None, None, None, 3600, None, None, None,
                   f"cannot build BTCUSDT: {EVIL}", at, 7, at)
     for text in (describe_schedule(s), describe_watch(w)):
