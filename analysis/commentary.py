@@ -522,7 +522,8 @@ def _step_text(ms: int) -> str:
 
 def heatmap_summary(states: "HeatmapStates", *, limit: int = EMBED_LIMIT) -> str:
     """The text beside a liquidation heatmap (≤ ``limit`` chars): what the picture shows, what is
-    still active at the end per side, the largest active band per side (the rows the chart labels),
+    still active at the end per side, the largest active band per side (on the chart's row grid; the
+    chart may leave a band unlabelled where its label would cover the price path),
     venues, column step and data time, then the states' notes (missing venues among them).
 
     It describes where estimated liquidations rest, never where price goes.
