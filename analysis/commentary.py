@@ -1,7 +1,8 @@
 """Written commentary: a map's reading as Discord-markdown text, via Jinja2 templates in ``templates/``.
 
 ``summary()`` is the /liqmap embed description, ``daily()`` the daily report, ``notice()`` the
-skew-change message and ``footer()`` the one-line provenance for an embed footer. All logic lives
+skew-change message, ``heatmap_summary()`` the text beside a liquidation heatmap and ``footer()``
+the one-line provenance for an embed footer. All logic lives
 here: each function builds a view model of ready-to-print strings and the templates only lay it
 out. Every string that can come from outside (symbol, venue names, notes, tier labels) passes
 through :func:`_md_safe` before it reaches a template, and every output is cut to Discord's limits
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFound
 
@@ -27,8 +28,11 @@ from .metrics import Cluster, Reading, SkewClass, Threshold
 from .model import non_default_params
 from .symbols import parse_symbol
 
+if TYPE_CHECKING:
+    from .heatmap import HeatmapStates
+
 __all__ = [
-    "summary", "daily", "notice", "footer", "usd", "price_str", "skew_sentence", "near_sentence", "md_safe",
+    "summary", "daily", "notice", "heatmap_summary", "footer", "usd", "price_str", "skew_sentence", "near_sentence", "md_safe",
     "md_safe_text", "missing_venues",
     "EMBED_LIMIT", "MESSAGE_LIMIT", "TEMPLATES", "TemplatesMissing", "templates_dir",
 ]
@@ -505,3 +509,65 @@ def notice(old: SkewClass, reading: Reading, m: LiquidationMap) -> str:
         notes=_notes([n for n in reading.notes if not str(n).startswith("data:")], 3),
         footer=_footer_text(m, _md_safe),
     )
+
+
+def _step_text(ms: int) -> str:
+    minutes = int(ms) // 60_000
+    if minutes >= 1440 and minutes % 1440 == 0:
+        return f"{minutes // 1440} d"
+    if minutes >= 60 and minutes % 60 == 0:
+        return f"{minutes // 60} h"
+    return f"{minutes} min"
+
+
+def heatmap_summary(states: "HeatmapStates", *, limit: int = EMBED_LIMIT) -> str:
+    """The text beside a liquidation heatmap (≤ ``limit`` chars): what the picture shows, what is
+    still active at the end per side, the largest active band per side (on the chart's row grid; the
+    chart may leave a band unlabelled where its label would cover the price path),
+    venues, column step and data time, then the states' notes (missing venues among them).
+
+    It describes where estimated liquidations rest, never where price goes.
+    """
+    from .heatmap_chart import display_rows, price_window
+
+    price = float(states.price)
+    if not (math.isfinite(price) and price > 0):
+        raise DataError(f"cannot describe the heatmap of {_plain_safe(states.symbol, 24)}: no valid current price")
+    window = _md_safe(states.window, 8) if states.window else "window"
+    headline = (f"**{_md_safe(states.symbol, 24)}** {price_str(price)} · {window} liquidation heatmap · "
+                "**estimated**")
+    what = ("Time runs left to right, price upward; the brighter a cell, the more estimated liquidation "
+            "notional rested at that price at that time. A band ends where price swept it.")
+    lines: list[str] = []
+    if states.n_columns:
+        long_now = states.long[:, -1, :].sum(axis=0)
+        short_now = states.short[:, -1, :].sum(axis=0)
+        total_long, total_short = _finite(float(long_now.sum())), _finite(float(short_now.sum()))
+        lines.append(f"Active now: {usd(total_long)} of longs below price · {usd(total_short)} of shorts above.")
+        rows = display_rows(states, *price_window(states))
+        centers = states.centers
+        for side, amounts, label in (("short", short_now, "Largest short band"), ("long", long_now, "Largest long band")):
+            best: tuple[float, float, float] | None = None  # (amount, row low, row high)
+            for i in range(rows.z.shape[1]):
+                lo, hi = float(rows.edges[i]), float(rows.edges[i + 1])
+                mid = (lo + hi) / 2
+                if (side == "long") != (mid < price):
+                    continue
+                amount = _finite(float(amounts[(centers >= lo) & (centers < hi)].sum()))
+                if amount > 0 and (best is None or amount > best[0]):
+                    best = (amount, lo, hi)
+            if best is not None:
+                amount, lo, hi = best
+                lines.append(f"{label}: {usd(amount)} at {price_str(lo)}–{price_str(hi)} "
+                             f"({_pct(((lo + hi) / 2 / price - 1) * 100)}).")
+    venues = " + ".join(_md_safe(_venue(v), 20) for v in states.venues[:8]) or "no venue"
+    parts = [f"Estimated from OI flow · {venues}"]
+    if states.step_ms > 0:
+        parts.append(f"columns of {_step_text(states.step_ms)}")
+    if states.n_columns and states.end_ms > 0:
+        parts.append(f"data to {_fmt_time(states.end_ms)}")
+    provenance = "*" + " · ".join(parts) + "*"
+    # provenance notes ("data: ...", "heatmap: one column per ...") are in the line above already
+    notes = _notes([n for n in states.notes if not str(n).startswith(("data:", "heatmap:"))], 3)
+    return _render("heatmap.md.j2", limit, headline=headline, what=what, lines=tuple(lines), provenance=provenance,
+                   notes=notes)

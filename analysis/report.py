@@ -6,6 +6,10 @@ summary, JSON). It caches finished reports for ``ttl`` seconds in an LRU bounded
 text, see :attr:`Report.nbytes`), sweeps expired entries on every store, stores nothing when
 ``ttl`` is 0, and makes concurrent requests for the same key share one computation (single-flight). Venues that fail are named in the report;
 only when every venue fails is it an error.
+
+``ReportService.heatmap()`` is cached and single-flighted the same way, under its own key
+(``theme`` part ``heatmap/<theme>``) and in the same byte budget (PNG plus the state arrays, see
+:func:`heatmap_nbytes`).
 """
 
 from __future__ import annotations
@@ -32,11 +36,12 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-__all__ = ["Report", "ReportService", "ReportKey", "DEFAULT_CACHE_BYTES"]
+__all__ = ["Report", "ReportService", "ReportKey", "HeatmapResult", "heatmap_nbytes", "DEFAULT_CACHE_BYTES"]
 
 log = logging.getLogger(__name__)
 
-ReportKey = tuple[str, str, tuple[str, ...], str]
+ReportKey = tuple[str, str, tuple[str, ...], str]  # (symbol, window, venues, "theme/stack" or "heatmap/theme")
+HeatmapResult = tuple[bytes, "HeatmapStates", dict[str, str]]  # (PNG, merged states, {venue: why it is missing})
 
 #: Default byte budget of the report cache (a typical report is about 0.8 MB).
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
@@ -75,6 +80,14 @@ class Report:
         return out
 
 
+def heatmap_nbytes(result: HeatmapResult) -> int:
+    """What a cached heatmap holds in memory, approximately: PNG, state arrays, text and a fixed overhead."""
+    png, st, missing = result
+    arrays = sum(a.nbytes for a in (st.times, st.long, st.short, st.open, st.high, st.low, st.close))
+    text = sum(len(n) for n in st.notes) + sum(len(v) for v in missing.values())
+    return len(png) + arrays + text + _OVERHEAD_BYTES
+
+
 class ReportService:
     """Builds reports from a set of named sources, with a TTL cache and single-flight.
 
@@ -104,10 +117,12 @@ class ReportService:
         self.max_bytes = int(max_bytes)
         self._clock = clock
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
-        self._cache: OrderedDict[ReportKey, tuple[float, Report, int]] = OrderedDict()  # LRU order, oldest first
+        # reports and heatmaps in one LRU (oldest first) and one byte budget: (stored at, value, bytes)
+        self._cache: OrderedDict[ReportKey, tuple[float, Any, int]] = OrderedDict()
         self._cache_bytes = 0
-        self._inflight: dict[ReportKey, asyncio.Future[Report]] = {}
+        self._inflight: dict[ReportKey, asyncio.Future[Any]] = {}
         self.computations = 0  # how many reports were actually built (for tests and benchmarks)
+        self.heatmap_computations = 0  # how many heatmaps were actually built
 
     @property
     def venues(self) -> tuple[str, ...]:
@@ -115,15 +130,15 @@ class ReportService:
 
     @property
     def cache_bytes(self) -> int:
-        """Bytes the cached reports hold now (by :attr:`Report.nbytes`)."""
+        """Bytes the cached reports and heatmaps hold now (by :attr:`Report.nbytes` / :func:`heatmap_nbytes`)."""
         return self._cache_bytes
 
     @property
     def cache_size(self) -> int:
-        """How many reports are cached now."""
+        """How many reports and heatmaps are cached now."""
         return len(self._cache)
 
-    def _cached(self, key: ReportKey) -> Report | None:
+    def _cached(self, key: ReportKey) -> Any:
         hit = self._cache.get(key)
         if hit is None:
             return None
@@ -137,15 +152,14 @@ class ReportService:
         _, _, size = self._cache.pop(key)
         self._cache_bytes -= size
 
-    def _store(self, key: ReportKey, rep: Report) -> None:
-        """Cache ``rep`` (unless ``ttl`` is 0 or it alone exceeds the budget), then sweep expired
-        entries and evict least recently used ones until the cache fits ``max_bytes``."""
+    def _store(self, key: ReportKey, rep: Any, size: int) -> None:
+        """Cache ``rep`` of ``size`` bytes (unless ``ttl`` is 0 or it alone exceeds the budget), then
+        sweep expired entries and evict least recently used ones until the cache fits ``max_bytes``."""
         now = self._clock()
         if key in self._cache:
             self._drop(key)
         for k in [k for k, (t, _, _) in self._cache.items() if now - t >= self.ttl]:
             self._drop(k)
-        size = rep.nbytes
         if self.ttl <= 0 or size > self.max_bytes:
             return
         while self._cache and self._cache_bytes + size > self.max_bytes:
@@ -190,23 +204,29 @@ class ReportService:
         if stack not in chart.STACKS:
             raise InputError(f"unknown stacking {str(stack)[:20]!r}; choose {' or '.join(chart.STACKS)}")
         key: ReportKey = (pair.symbol, win.label, venues, f"{theme}/{stack}")
+        rep: Report = await self._single_flight(
+            key, lambda: self._build(pair.symbol, win, venues, theme, stack, progress), lambda r: r.nbytes)
+        return rep
+
+    async def _single_flight(self, key: ReportKey, build: Callable[[], Awaitable[T]], size: Callable[[T], int]) -> T:
+        """The cached value of ``key`` when fresh; else one ``build()`` shared by every concurrent caller."""
         hit = self._cached(key)
         if hit is not None:
             return hit
         if key in self._inflight:
             return await asyncio.shield(self._inflight[key])
-        fut: asyncio.Future[Report] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
-            rep = await self._build(pair.symbol, win, venues, theme, stack, progress)
+            value = await build()
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # mark retrieved: waiters re-raise it themselves
             raise
         else:
-            self._store(key, rep)
-            fut.set_result(rep)
-            return rep
+            self._store(key, value, size(value))
+            fut.set_result(value)
+            return value
         finally:
             self._inflight.pop(key, None)
 
@@ -220,35 +240,55 @@ class ReportService:
             merged = merged.with_notes(*(f"{v} missing: {why}" for v, why in missing.items()))
         return merged, missing
 
+    def heatmap_venues(self, exchange: str) -> tuple[str, ...]:
+        """The venues a heatmap for ``exchange`` is built from (no I/O): the estimating ones.
+
+        Sources of finished snapshots (CoinGlass) have no history; asking for only those is an InputError.
+        """
+        venues = tuple(v for v in self.resolve_venues(exchange) if not callable(getattr(self.sources[v], "map", None)))
+        if not venues:
+            raise InputError(f"{str(exchange)[:20]} serves only a snapshot map; the heatmap needs an estimating venue "
+                             "(choose all or one of the exchanges whose data the map is estimated from)")
+        return venues
+
     async def heatmap(
         self, symbol: str, window: str | Window = "7d", exchange: str = "all", theme: str = "dark",
         progress: Callable[[str], None] | None = None,
-    ) -> tuple[bytes, HeatmapStates, dict[str, str]]:
+    ) -> HeatmapResult:
         """The liquidation heatmap (PNG, the merged states, {venue: why} for failed venues).
 
         The states come from the same model run as the venue's map (:func:`analysis.heatmap.build_states`).
-        Sources of finished snapshots (CoinGlass) have no history and are left out.
+        Sources of finished snapshots (CoinGlass) have no history and are left out (see
+        :meth:`heatmap_venues`). Cached and shared by concurrent requests like :meth:`report`.
         """
-        from .heatmap import build_states, merge_states
-        from .heatmap_chart import render_heatmap
-
         pair = parse_symbol(symbol)
         win = window if isinstance(window, Window) else parse_window(window)
         if theme not in chart.THEMES:
             raise InputError(f"unknown theme {str(theme)[:20]!r}; choose {' or '.join(chart.THEMES)}")
-        venues = tuple(v for v in self.resolve_venues(exchange) if not callable(getattr(self.sources[v], "map", None)))
-        if not venues:
-            raise InputError(f"{exchange} serves only a snapshot map; the heatmap needs an estimating venue")
+        venues = self.heatmap_venues(exchange)
+        key: ReportKey = (pair.symbol, win.label, venues, f"heatmap/{theme}")
+        png, states, missing = await self._single_flight(
+            key, lambda: self._build_heatmap(pair.symbol, win, venues, theme, progress), heatmap_nbytes)
+        return png, states, dict(missing)  # a copy: the cached mapping stays as built
+
+    async def _build_heatmap(
+        self, symbol: str, win: Window, venues: tuple[str, ...], theme: str,
+        progress: Callable[[str], None] | None = None,
+    ) -> HeatmapResult:
+        from .heatmap import build_states, merge_states
+        from .heatmap_chart import render_heatmap
+
+        self.heatmap_computations += 1
 
         async def one(venue: str) -> HeatmapStates:
             if progress is not None:
-                progress(f"fetching {venue} {pair.symbol} {win.label}")
-            bars = await self.sources[venue].bars(pair.symbol, win)
+                progress(f"fetching {venue} {symbol} {win.label}")
+            bars = await self.sources[venue].bars(symbol, win)
             if progress is not None:
                 progress(f"modelling {venue} over time ({len(bars):,} bars)")
             return await asyncio.to_thread(build_states, bars, self.params, window=win.label)
 
-        states, missing = await self._per_venue(pair.symbol, venues, one)
+        states, missing = await self._per_venue(symbol, venues, one)
         merged = merge_states(states)
         if missing:
             merged = replace(merged, notes=tuple(merged.notes) + tuple(f"{v} missing: {why}" for v, why in missing.items()))

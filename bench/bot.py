@@ -47,7 +47,8 @@ class NoopPoster:
     def __init__(self) -> None:
         self.sent = 0
 
-    async def post(self, channel_id: int, *, content: Any, embed: Any, png: bytes, filename: str, nonce: str) -> int:
+    async def post(self, channel_id: int, *, content: Any, embed: Any, png: bytes, filename: str, nonce: str,
+                   extra: Any = ()) -> int:
         self.sent += 1
         return 10**17 + self.sent
 

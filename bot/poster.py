@@ -1,10 +1,12 @@
 """How a finished report becomes a Discord message: the embed, the PNG attachment, the sender.
 
-:func:`report_embed` builds the ``/liqmap`` embed. :class:`DiscordPoster` is the discord.py
-implementation of the dispatcher's :class:`~bot.scheduler.Poster`: it sends daily reports and
-skew notices to channels. The PNG is attached as ``liqmap.png`` and shown in the embed through
-``attachment://liqmap.png``; every send gets a fresh :class:`discord.File` over the same bytes (a
-File is consumed by one send). Messages never ping anyone.
+:func:`report_embed` builds the ``/liqmap`` map embed, :func:`heatmap_embed` the heatmap embed and
+:func:`view_message` the embeds and files of a view (map, heatmap or both: one message, two embeds
+and two attachments, within Discord's 6000 characters per message). :class:`DiscordPoster` is the
+discord.py implementation of the dispatcher's :class:`~bot.scheduler.Poster`: it sends daily
+reports and skew notices to channels. The map is attached as ``liqmap.png`` and the heatmap as
+``heatmap.png``, each shown in its embed through ``attachment://<name>``; every send gets a fresh
+:class:`discord.File` over the same bytes (a File is consumed by one send). Messages never ping anyone.
 
 Failures the dispatcher acts on: a deleted or invisible channel raises
 :class:`~bot.scheduler.ChannelGone`; a missing permission raises
@@ -19,15 +21,18 @@ from __future__ import annotations
 import io
 import logging
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Sequence
 
 import discord
 
-from analysis.commentary import missing_venues
+from analysis.commentary import heatmap_summary, missing_venues
 
 __all__ = [
     "ATTACHMENT",
+    "HEATMAP_ATTACHMENT",
     "report_embed",
+    "heatmap_embed",
+    "view_message",
     "png_file",
     "footer_text",
     "SKEW_COLOURS",
@@ -39,6 +44,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ATTACHMENT = "liqmap.png"
+HEATMAP_ATTACHMENT = "heatmap.png"
 EMBED_DESCRIPTION_MAX = 4096
 EMBED_FIELD_MAX = 1024
 EMBED_TOTAL_MAX = 6000
@@ -52,9 +58,9 @@ SKEW_COLOURS = {
 }
 
 
-def png_file(png: bytes) -> discord.File:
+def png_file(png: bytes, filename: str = ATTACHMENT) -> discord.File:
     """A fresh attachment over ``png`` (call once per send)."""
-    return discord.File(io.BytesIO(png), filename=ATTACHMENT)
+    return discord.File(io.BytesIO(png), filename=filename)
 
 
 def _clip(text: str, limit: int) -> str:
@@ -89,6 +95,42 @@ def report_embed(report: Any, *, title: str | None = None, description: str | No
     if excess > 0 and embed.description:
         embed.description = _clip(embed.description, max(1, len(embed.description) - excess))
     return embed
+
+
+def heatmap_embed(symbol: str, window: str, heat: Any, *, description: str | None = None) -> discord.Embed:
+    """The embed for a heatmap ``(png, states, missing)`` of :meth:`ReportService.heatmap`: the
+    :func:`~analysis.commentary.heatmap_summary` text, ``attachment://heatmap.png``, missing venues
+    (escaped), the footer with sources, data time and "Estimated"."""
+    from .scheduler import default_heatmap_embed
+
+    _, states, missing = heat
+    text = description if description is not None else heatmap_summary(states)
+    data = default_heatmap_embed(states, missing, f"{symbol} liquidation heatmap · {window}", text, "")
+    embed = discord.Embed.from_dict(data)
+    embed.colour = discord.Colour.dark_grey()
+    return embed
+
+
+def view_message(view: str, report: Any = None, heat: Any = None) -> tuple[list[discord.Embed], list[discord.File]]:
+    """Embeds and fresh files of one ``/liqmap`` answer: the map (``map``), the heatmap
+    (``heatmap``) or both in one message (``both``), clipped to 6000 characters together."""
+    from .scheduler import fit_embeds
+
+    embeds: list[discord.Embed] = []
+    files: list[discord.File] = []
+    if view in ("map", "both"):
+        embeds.append(report_embed(report))
+        files.append(png_file(report.png, ATTACHMENT))
+    if view in ("heatmap", "both"):
+        embeds.append(heatmap_embed(report.symbol if report is not None else heat[1].symbol,
+                                    report.window.label if report is not None else heat[1].window, heat))
+        files.append(png_file(heat[0], HEATMAP_ATTACHMENT))
+    if len(embeds) > 1:
+        dicts = [e.to_dict() for e in embeds]
+        fit_embeds(dicts)
+        for e, d in zip(embeds, dicts):
+            e.description = d.get("description")
+    return embeds, files
 
 
 # What the bot needs in a channel it posts reports to, in the order shown to users.
@@ -159,16 +201,20 @@ class DiscordPoster:
         return MissingAccess(f"Discord refused the post in channel {channel_id}: {exc.text or exc.status}"[:200])
 
     async def post(self, channel_id: int, *, content: str | None, embed: dict | None, png: bytes,
-                   filename: str = ATTACHMENT, nonce: str) -> int:
-        """Send one message (fresh attachment over ``png``) and return its id."""
+                   filename: str = ATTACHMENT, nonce: str, extra: Sequence[tuple[dict, bytes, str]] = ()) -> int:
+        """Send one message (fresh attachments over ``png`` and each of ``extra``'s) and return its id."""
         channel = self._target(channel_id)
+        embeds = ([discord.Embed.from_dict(embed)] if embed else []) + [discord.Embed.from_dict(e) for e, _, _ in extra]
+        files = [discord.File(io.BytesIO(png), filename=filename)]
+        files += [discord.File(io.BytesIO(data), filename=name) for _, data, name in extra]
+        more: dict[str, Any] = {"embeds": embeds} if embeds else {}
         try:
             message = await channel.send(
                 content=content,
-                embed=discord.Embed.from_dict(embed) if embed else None,
-                file=discord.File(io.BytesIO(png), filename=filename),
+                files=files,
                 nonce=nonce,
                 allowed_mentions=discord.AllowedMentions.none(),
+                **more,
             )
         except (discord.NotFound, discord.Forbidden) as exc:
             if isinstance(exc, discord.NotFound) and exc.code == UNKNOWN_MESSAGE:

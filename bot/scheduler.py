@@ -6,6 +6,11 @@ and report function are injected, so tests drive it with a fake clock and a fake
 
 Rendering: within a tick each distinct (symbol, window, exchange) is rendered once and the same
 PNG bytes are fanned out to every channel (the poster wraps a fresh ``discord.File`` per send).
+A schedule's ``view`` picks what is posted: ``map`` (the map embed with ``liqmap.png``),
+``heatmap`` (the heatmap embed with ``heatmap.png``) or ``both`` (one message, two embeds, both
+files). Maps and heatmaps are rendered once per distinct key each, whatever views share them; a
+``both`` post needs both (either failing counts as the report failing). The view changes only what
+is rendered and posted: claims, markers (in the first embed's footer) and records are the same.
 
 Exactly-once order for a daily post (schedule x local date x symbol):
 
@@ -76,11 +81,12 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, Awaitable, Callable, Iterable, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Protocol, Sequence
 
 from analysis.errors import InputError, LiqmapError
 from analysis.hysteresis import step
 from analysis.metrics import SKEW_CLASSES
+from analysis.options import VIEWS
 
 from .store import Claim, DailySchedule, Outcome, SkewWatch, Store, local_date_of, next_occurrence
 
@@ -94,6 +100,8 @@ __all__ = [
     "Dispatcher",
     "make_dispatcher",
     "ATTACHMENT",
+    "HEATMAP_ATTACHMENT",
+    "default_heatmap_embed",
     "BLIND_RETRY_WINDOW",
 ]
 
@@ -101,7 +109,9 @@ log = logging.getLogger(__name__)
 
 UTC = timezone.utc
 ATTACHMENT = "liqmap.png"
+HEATMAP_ATTACHMENT = "heatmap.png"
 Key = tuple[str, str, str]  # (symbol, window, exchange)
+ViewKey = tuple[str, str, str, str]  # (symbol, window, exchange, view)
 EMBED_TOTAL_MAX = 6000  # Discord's limit on an embed's title, description, fields and footer together
 MAX_MISSED_RECORDED = 31  # after a longer outage the older missed days are not recorded one by one
 PRUNE_EVERY = timedelta(days=1)  # how often old final delivery records are pruned
@@ -129,8 +139,9 @@ class Poster(Protocol):
     """What the dispatcher needs from Discord (``bot/poster.py`` implements it with discord.py)."""
 
     async def post(self, channel_id: int, *, content: str | None, embed: dict | None, png: bytes,
-                   filename: str, nonce: str) -> int:
-        """Send one message with ``png`` attached as ``filename``; return its id.
+                   filename: str, nonce: str, extra: Sequence[tuple[dict, bytes, str]] = ()) -> int:
+        """Send one message with ``png`` attached as ``filename`` (and, after ``embed``, each
+        ``(embed, png, filename)`` of ``extra``: one message, distinct file names); return its id.
 
         Raises :class:`ChannelGone` / :class:`MissingAccess` when the channel is gone / not allowed,
         :class:`AlreadyPosted` when Discord reports the nonce's message as posted and deleted since.
@@ -144,7 +155,9 @@ class Poster(Protocol):
 
 
 ReportFn = Callable[[str, str, str], Awaitable[Any]]  # ReportService.report(symbol, window, exchange)
+HeatmapFn = Callable[[str, str, str], Awaitable[Any]]  # ReportService.heatmap -> (png, states, missing)
 EmbedFn = Callable[[Any, str, str, str], dict]  # (report, title, description, marker) -> embed dict
+HeatmapEmbedFn = Callable[[Any, Any, str, str, str], dict]  # (states, missing, title, description, marker)
 
 
 @dataclass(frozen=True)
@@ -254,6 +267,46 @@ def default_embed(report: Any, title: str, description: str, marker: str) -> dic
     return embed
 
 
+def default_heatmap_embed(states: Any, missing: Any, title: str, description: str, marker: str) -> dict:
+    """The heatmap as an embed dict: text, ``attachment://heatmap.png``, missing venues, footer (+ marker)."""
+    when = datetime.fromtimestamp(int(states.end_ms) / 1000, tz=UTC)
+    tail = f" · {marker}" if marker else ""
+    footer = _clip(f"Sources: {', '.join(states.venues)} · data to {when:%Y-%m-%d %H:%M} UTC · "
+                   "Estimated from open-interest flow", 2048 - len(tail)) + tail
+    embed: dict[str, Any] = {
+        "type": "rich",
+        "title": _clip(title, 256),
+        "timestamp": when.isoformat(),
+        "image": {"url": f"attachment://{HEATMAP_ATTACHMENT}"},
+        "footer": {"text": footer},
+    }
+    if missing:  # a venue's error text is outside text: escaped like any other
+        from analysis.commentary import missing_venues
+
+        embed["fields"] = [{"name": "Missing venues (heatmap built without them)",
+                            "value": missing_venues(dict(missing), 1024), "inline": False}]
+    embed["description"] = _clip(description, min(4096, EMBED_TOTAL_MAX - embed_length(embed)))
+    return embed
+
+
+def embed_length(embed: dict) -> int:
+    """What Discord counts towards its 6000-character limit: title, description, fields, footer, author."""
+    return (len(embed.get("title") or "") + len(embed.get("description") or "")
+            + len((embed.get("footer") or {}).get("text") or "") + len((embed.get("author") or {}).get("name") or "")
+            + sum(len(f.get("name") or "") + len(f.get("value") or "") for f in embed.get("fields") or ()))
+
+
+def fit_embeds(embeds: Sequence[dict]) -> None:
+    """Clip descriptions, the first embed's first, until all of ``embeds`` together stay within
+    Discord's 6000 characters per message (the limit counts every embed of a message)."""
+    for e in embeds:
+        excess = sum(embed_length(x) for x in embeds) - EMBED_TOTAL_MAX
+        if excess <= 0:
+            return
+        if e.get("description"):
+            e["description"] = _clip(e["description"], max(1, len(e["description"]) - excess))
+
+
 def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1].rstrip() + "…"
 
@@ -262,6 +315,25 @@ def _daily_text(report: Any) -> str:
     from analysis import commentary
 
     return commentary.daily(report.reading, report.map)
+
+
+def _heatmap_text(states: Any) -> str:
+    from analysis import commentary
+
+    return commentary.heatmap_summary(states)
+
+
+async def _no_heatmap(symbol: str, window: str, exchange: str) -> Any:
+    raise InputError("this bot has no heatmap renderer configured; choose the map view")
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    """What a (symbol, window, exchange, view) key posts: the map report, the heatmap, or both."""
+
+    view: str
+    report: Any = None  # the map report (map and both)
+    heat: Any = None  # (png, states, missing) (heatmap and both)
 
 
 def _notice_text(old: Any, reading: Any, m: Any) -> str:
@@ -312,10 +384,16 @@ class Dispatcher:
         daily_text: Callable[[Any], str] = _daily_text,
         notice_text: Callable[[Any, Any, Any], str] = _notice_text,
         heartbeat: Callable[[datetime], None] | None = None,
+        heatmap: HeatmapFn | None = None,
+        heatmap_embed: HeatmapEmbedFn = default_heatmap_embed,
+        heatmap_text: Callable[[Any], str] = _heatmap_text,
     ) -> None:
         self.store = store
         self.poster = poster
         self.report = report
+        self.heatmap: HeatmapFn = heatmap or _no_heatmap
+        self.heatmap_embed = heatmap_embed
+        self.heatmap_text = heatmap_text
         self.params = params or DispatcherParams()
         self.now = now
         self.sleep = sleep
@@ -411,8 +489,11 @@ class Dispatcher:
 
     # -- rendering ----------------------------------------------------------------------------------
 
-    async def _render_all(self, keys: Iterable[Key], stats: TickStats) -> dict[Key, Any]:
-        """Each distinct key rendered once; value is the report or the LiqmapError that stopped it."""
+    async def _render_all(self, keys: Iterable[Key], stats: TickStats, *, build: ReportFn | None = None,
+                          what: str = "report") -> dict[Key, Any]:
+        """Each distinct key rendered once (by ``build``, default the report function); value is the
+        result or the LiqmapError that stopped it."""
+        build = build or self.report
         sem = asyncio.Semaphore(self.params.render_concurrency)
         keys = sorted(set(keys))
 
@@ -420,22 +501,60 @@ class Dispatcher:
             async with sem:
                 stats.renders += 1
                 try:
-                    return await asyncio.wait_for(self.report(*key), self.params.render_timeout_s)
+                    return await asyncio.wait_for(build(*key), self.params.render_timeout_s)
                 except LiqmapError as exc:
                     stats.render_failures += 1
-                    log.warning("report %s %s %s unavailable: %s", *key, exc)
+                    log.warning("%s %s %s %s unavailable: %s", what, *key, exc)
                     return exc
                 except asyncio.TimeoutError:
                     stats.render_failures += 1
-                    log.warning("report %s %s %s timed out", *key)
-                    return LiqmapError(f"building the report took over {self.params.render_timeout_s:g} s")
+                    log.warning("%s %s %s %s timed out", what, *key)
+                    return LiqmapError(f"building the {what} took over {self.params.render_timeout_s:g} s")
                 except Exception as exc:  # a bug in the report path: keep the traceback, spare the others
                     stats.render_failures += 1
-                    log.exception("report %s %s %s failed unexpectedly", *key)
+                    log.exception("%s %s %s %s failed unexpectedly", what, *key)
                     return LiqmapError(f"internal error ({type(exc).__name__})")
 
         results = await asyncio.gather(*(one(k) for k in keys))
         return dict(zip(keys, results))
+
+    async def _render_views(self, keys: Iterable[ViewKey], stats: TickStats) -> dict[ViewKey, Any]:
+        """Per (symbol, window, exchange, view): a :class:`_Rendered`, or the error that stopped it.
+        Each map and each heatmap is built once, however many views share it."""
+        keys = set(keys)
+        maps = await self._render_all({k[:3] for k in keys if k[3] in ("map", "both")}, stats)
+        heats = await self._render_all({k[:3] for k in keys if k[3] in ("heatmap", "both")}, stats,
+                                       build=self.heatmap, what="heatmap")
+        out: dict[ViewKey, Any] = {}
+        for k in keys:
+            if k[3] not in VIEWS:  # only a hand-edited row can hold one: pause it with the reason
+                out[k] = InputError(f"unknown view {k[3][:20]!r}; choose one of {', '.join(VIEWS)}")
+                continue
+            rep = maps[k[:3]] if k[3] in ("map", "both") else None
+            heat = heats[k[:3]] if k[3] in ("heatmap", "both") else None
+            failed = next((x for x in (rep, heat) if isinstance(x, BaseException)), None)
+            out[k] = failed if failed is not None else _Rendered(k[3], rep, heat)
+        return out
+
+    def _daily_message(self, rendered: _Rendered, symbol: str, window: str, marker: str,
+                       texts: dict[tuple[ViewKey, str], str], key: ViewKey) -> tuple[dict, bytes, str, list]:
+        """The post of one view: (first embed with the marker, its PNG, its file name, extra embeds)."""
+        embeds: list[tuple[dict, bytes, str]] = []
+        if rendered.report is not None:
+            if (key, "map") not in texts:
+                texts[(key, "map")] = self.daily_text(rendered.report)
+            embeds.append((self.embed(rendered.report, f"Daily {symbol} liquidation map · {window}",
+                                      texts[(key, "map")], marker), rendered.report.png, ATTACHMENT))
+        if rendered.heat is not None:
+            png, states, missing = rendered.heat
+            if (key, "heatmap") not in texts:
+                texts[(key, "heatmap")] = self.heatmap_text(states)
+            title = f"Daily {symbol} liquidation heatmap · {window}"
+            embeds.append((self.heatmap_embed(states, missing, title, texts[(key, "heatmap")],
+                                              "" if embeds else marker), png, HEATMAP_ATTACHMENT))
+        fit_embeds([e for e, _, _ in embeds])
+        (embed, png, filename), *extra = embeds
+        return embed, png, filename, extra
 
     # -- daily reports ------------------------------------------------------------------------------
 
@@ -478,8 +597,8 @@ class Dispatcher:
             for r in p.runs():
                 r.symbols = [s for s in r.symbols if not _final(existing.get((p.sched.id, r.day, s)))]
 
-        keys = {(s, p.sched.window, p.sched.exchange) for p in plans if p.current for s in p.current.symbols}
-        reports = await self._render_all(keys, stats)
+        keys = {(s, p.sched.window, p.sched.exchange, p.sched.view) for p in plans if p.current for s in p.current.symbols}
+        reports = await self._render_views(keys, stats)
 
         claims: list[Claim] = []
         skips: list[tuple[Claim, str]] = list((c, _missed(c.due_at, grace)) for c in missed)
@@ -494,7 +613,7 @@ class Dispatcher:
             if p.current:
                 for s in p.current.symbols:
                     c = Claim(p.sched, p.current.day, s, p.current.occ)
-                    rep = reports[(s, p.sched.window, p.sched.exchange)]
+                    rep = reports[(s, p.sched.window, p.sched.exchange, p.sched.view)]
                     if not isinstance(rep, BaseException):
                         claims.append(c)
                     elif isinstance(rep, InputError):  # will not fix itself (e.g. an exchange no longer configured)
@@ -521,7 +640,7 @@ class Dispatcher:
         won = await self.store.claim_many(claims, now=claimed_at, lease=self.params.claim_lease)
         late_days = {(p.sched.id, p.late.day) for p in plans if p.late}
         scheds = {p.sched.id: p.sched for p in plans}
-        texts: dict[Key, str] = {}
+        texts: dict[tuple[ViewKey, str], str] = {}
         sem = asyncio.Semaphore(self.params.post_concurrency)
         gone: dict[int, str] = {}
 
@@ -552,14 +671,12 @@ class Dispatcher:
                     if (sched.id, d.local_date) in late_days:
                         stats.skipped += 1
                         return Outcome(d.id, "skipped", detail=_missed(d.due_at, self.params.grace), attempts=d.attempts)
-                    key = (d.symbol, sched.window, sched.exchange)
-                    rep = reports[key]
-                    if key not in texts:
-                        texts[key] = self.daily_text(rep)
-                    embed = self.embed(rep, f"Daily {d.symbol} liquidation map · {sched.window}", texts[key], d.marker)
+                    key = (d.symbol, sched.window, sched.exchange, sched.view)
+                    embed, png, filename, extra = self._daily_message(reports[key], d.symbol, sched.window,
+                                                                      d.marker, texts, key)
                     msg_id = await asyncio.wait_for(
-                        self.poster.post(d.channel_id, content=None, embed=embed, png=rep.png, filename=ATTACHMENT,
-                                         nonce=d.nonce),
+                        self.poster.post(d.channel_id, content=None, embed=embed, png=png, filename=filename,
+                                         nonce=d.nonce, extra=extra),
                         self.params.post_timeout_s,
                     )
                     stats.posted += 1
@@ -717,4 +834,8 @@ def make_dispatcher(store: Store, service: Any, poster: Poster, settings: Any = 
     async def report(symbol: str, window: str, exchange: str) -> Any:
         return await service.report(symbol, window, exchange)
 
+    async def heatmap(symbol: str, window: str, exchange: str) -> Any:
+        return await service.heatmap(symbol, window, exchange)
+
+    kw.setdefault("heatmap", heatmap if callable(getattr(service, "heatmap", None)) else None)
     return Dispatcher(store, poster, report, params=params, **kw)

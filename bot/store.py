@@ -15,7 +15,8 @@ API for the Discord layer (all ``async``)::
     store = await Store.open(url=None, max_per_guild=25)     # url None -> DEFAULT_URL
     await store.close()
     await store.add_daily(guild_id, channel_id, symbols="BTC, ETH", window="1d", exchange="all",
-                          time="09:30", timezone="Europe/London", created_by=user_id) -> DailySchedule
+                          time="09:30", timezone="Europe/London", created_by=user_id,
+                          view="map") -> DailySchedule               # view: map, heatmap or both
     await store.list_daily(guild_id) -> list[DailySchedule]        # paused ones included, with reason
     await store.remove_daily(guild_id, schedule_id) -> DailySchedule
     await store.resume_daily(guild_id, schedule_id) -> DailySchedule  # next run recomputed from now
@@ -33,7 +34,7 @@ API for the Discord layer (all ``async``)::
 Ids are range-checked before any query: Discord ids 1..2**63-1 (else InputError), subscription
 ids 1..2**31-1 (else "no such id": None, False or an InputError saying so).
 
-Every refusal is an ``InputError`` (bad time/timezone/symbol/window/exchange/threshold/cooldown,
+Every refusal is an ``InputError`` (bad time/timezone/symbol/window/exchange/view/threshold/cooldown,
 duplicate (decided by the table's unique key, see ``_insert_subscription``), cap reached, unknown id in this guild). The cap counts daily reports and skew notices
 together, paused ones included.
 
@@ -83,6 +84,7 @@ from sqlalchemy.types import TypeDecorator
 
 from analysis.errors import InputError
 from analysis.hysteresis import HysteresisParams
+from analysis.options import VIEWS
 from analysis.symbols import parse_symbol
 from analysis.windows import parse_window
 from analysis.venues import EXCHANGES as VENUE_EXCHANGES
@@ -99,6 +101,7 @@ __all__ = [
     "parse_time",
     "parse_timezone",
     "parse_symbols",
+    "parse_view",
     "next_occurrence",
     "delivery_marker",
 ]
@@ -168,6 +171,14 @@ def parse_symbols(symbols: str | Iterable[str]) -> tuple[str, ...]:
     if len(out) > MAX_SYMBOLS:
         raise InputError(f"at most {MAX_SYMBOLS} symbols per daily report (got {len(out)}); split them over two schedules")
     return tuple(out)
+
+
+def parse_view(text: str) -> str:
+    """``map``, ``heatmap`` or ``both`` (what a daily report posts), case-insensitive."""
+    key = str(text).strip().lower()
+    if key not in VIEWS:
+        raise InputError(f"unknown view {str(text)[:20]!r}; choose one of {', '.join(VIEWS)}")
+    return key
 
 
 def _parse_exchange(text: str, allowed: Sequence[str]) -> str:
@@ -299,6 +310,9 @@ class DailyRow(Base):
     paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_by: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # what is posted (analysis.options.VIEWS); not part of the natural key: one schedule per
+    # channel, symbols, window, exchange and time, whose view is map, heatmap or both (migration 0004)
+    view: Mapped[str] = mapped_column(String(8), default="map", server_default="map")
 
 
 class WatchRow(Base):
@@ -379,6 +393,7 @@ class DailySchedule:
     paused_at: datetime | None
     created_by: int
     created_at: datetime
+    view: str = "map"  # map, heatmap or both
 
     @property
     def paused(self) -> bool:
@@ -387,7 +402,8 @@ class DailySchedule:
     @classmethod
     def _of(cls, r: DailyRow) -> "DailySchedule":
         return cls(r.id, r.guild_id, r.channel_id, tuple(r.symbols.split(",")), r.window, r.exchange,
-                   r.local_time, r.timezone, r.next_run_at, r.paused_reason, r.paused_at, r.created_by, r.created_at)
+                   r.local_time, r.timezone, r.next_run_at, r.paused_reason, r.paused_at, r.created_by, r.created_at,
+                   r.view)
 
 
 @dataclass(frozen=True)
@@ -590,8 +606,10 @@ class Store:
         timezone: str,
         created_by: int,
         now: datetime | None = None,
+        view: str = "map",
     ) -> DailySchedule:
-        """Validate and store a daily report; its first run is the next ``time`` in ``timezone``."""
+        """Validate and store a daily report; its first run is the next ``time`` in ``timezone``.
+        ``view`` is what it posts: the map, the heatmap or both."""
         guild_id, channel_id = _parse_id(guild_id, "server id"), _parse_id(channel_id, "channel id")
         created_by = _parse_id(created_by, "user id")
         syms = parse_symbols(symbols)
@@ -599,11 +617,12 @@ class Store:
         exch = _parse_exchange(exchange, self.exchanges)
         hhmm = parse_time(time)
         tz = parse_timezone(timezone)
+        shown = parse_view(view)
         now = _aware(now)
         values = dict(
             guild_id=guild_id, channel_id=channel_id, symbols=",".join(syms), window=win, exchange=exch,
             local_time=hhmm, timezone=tz, next_run_at=next_occurrence(hhmm, tz, now),
-            created_by=created_by, created_at=now,
+            created_by=created_by, created_at=now, view=shown,
         )
         return await self._insert_subscription(DailyRow, values, DailySchedule._of, "daily report")
 

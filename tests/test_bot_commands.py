@@ -54,10 +54,14 @@ async def test_command_definitions_match_the_committed_snapshot(live_like):
 def test_snapshot_reads_naturally_in_the_picker():
     defs = {d["name"]: d for d in json.loads(SNAPSHOT.read_text(encoding="utf-8"))}
     assert set(defs) == {"liqmap", "daily", "skew-alerts"}
-    assert [o["name"] for o in defs["liqmap"]["options"]] == ["symbol", "window", "exchange", "private"]
+    assert [o["name"] for o in defs["liqmap"]["options"]] == ["symbol", "window", "exchange", "private", "view"]
     exch = next(o for o in defs["liqmap"]["options"] if o["name"] == "exchange")
     assert [c["value"] for c in exch["choices"]] == ["all", *LIVE_VENUES]
     assert [o["name"] for o in defs["daily"]["options"]] == ["set", "list", "remove", "resume"]
+    daily_set = next(o for o in defs["daily"]["options"] if o["name"] == "set")
+    for options in (defs["liqmap"]["options"], daily_set["options"]):
+        (view,) = [o for o in options if o["name"] == "view"]
+        assert [c["value"] for c in view["choices"]] == ["map", "heatmap", "both"] and not view.get("required")
     assert [o["name"] for o in defs["skew-alerts"]["options"]] == ["subscribe", "list", "unsubscribe", "resume"]
 
     def walk(options):

@@ -333,3 +333,128 @@ def test_user_cooldown_is_a_sliding_window_per_user():
     off = UserCooldown(1, 0)
     off.charge(1)
     off.charge(1)  # 0 s disables it
+
+
+# -- view: map, heatmap or both ----------------------------------------------------------------------
+
+def _embed_chars(e: dict) -> int:
+    return (len(e.get("title", "")) + len(e.get("description", "")) + len(e.get("footer", {}).get("text", ""))
+            + sum(len(f["name"]) + len(f["value"]) for f in e.get("fields", [])))
+
+
+async def test_heatmap_view_answers_with_the_heatmap_embed_and_png(h):
+    calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "window": "1d", "view": "heatmap"}))
+    assert [c.method for c in calls] == ["POST", "POST"]
+    defer, followup = calls
+    assert defer.body == {"type": CALLBACK_DEFER}
+    body = followup.body
+    assert body["allowed_mentions"] == {"parse": []} and not (body.get("flags", 0) & EPHEMERAL)
+    (embed,) = body["embeds"]
+    assert embed["image"]["url"] == "attachment://heatmap.png"
+    assert embed["title"] == "BTCUSDT liquidation heatmap · 1d"
+    text = embed["description"]
+    assert "1d liquidation heatmap" in text and "**estimated**" in text and "Largest long band" in text
+    assert "Time runs left to right" in text and "Binance" in text
+    assert "Estimated" in embed["footer"]["text"] and "Sources: binance" in embed["footer"]["text"]
+    ((name, png),) = followup.files
+    assert name == "heatmap.png" and png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
+    assert [a["filename"] for a in body["attachments"]] == ["heatmap.png"]
+    assert h.bot.service.computations == 0 and h.bot.service.heatmap_computations == 1
+
+
+async def test_both_view_sends_two_embeds_and_two_attachments_in_one_message_and_charges_once(tmp_path):
+    h = await make_harness(tmp_path / "bot.db", cogs=("bot.cogs.liqmap",), cooldown_uses=1, cooldown_seconds=60)
+    try:
+        calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "window": "7d", "view": "both"}))
+        assert [c.method for c in calls] == ["POST", "POST"]
+        body = calls[1].body
+        assert body["allowed_mentions"] == {"parse": []}
+        mapped, heat = body["embeds"]
+        assert mapped["image"]["url"] == "attachment://liqmap.png" and mapped["title"] == "BTCUSDT liquidation map · 7d"
+        assert heat["image"]["url"] == "attachment://heatmap.png" and heat["title"] == "BTCUSDT liquidation heatmap · 7d"
+        assert sum(_embed_chars(e) for e in body["embeds"]) <= 6000
+        assert [n for n, _ in calls[1].files] == ["liqmap.png", "heatmap.png"]
+        assert [a["filename"] for a in body["attachments"]] == ["liqmap.png", "heatmap.png"]
+        (a, b) = [png for _, png in calls[1].files]
+        assert a.startswith(b"\x89PNG") and b.startswith(b"\x89PNG") and a != b
+        svc = h.bot.service
+        assert (svc.computations, svc.heatmap_computations) == (1, 1)
+        # one command, one charge: the second use within the minute is refused
+        again = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "view": "map"}))
+        assert "another map in" in _callback(again)["data"]["content"]
+    finally:
+        await h.stop()
+
+
+async def test_identical_heatmap_requests_at_once_share_one_computation(h):
+    payloads = [interaction_payload("liqmap", {"symbol": "BTC", "window": "1d", "view": "heatmap"},
+                                    user_id=930000000000000100 + i) for i in range(3)]
+    await asyncio.gather(*(h.dispatch(p) for p in payloads))  # (the harness's per-call slices interleave here)
+    followups = [c for c in h.web.calls if c.files]
+    assert len(followups) == 3 and all(c.files[0][0] == "heatmap.png" for c in followups)
+    assert h.bot.service.heatmap_computations == 1
+    assert len({c.files[0][1] for c in followups}) == 1  # the same picture for all three
+
+
+class SnapshotOnly:
+    """A source of finished maps only, as CoinGlass is (no bars, no history)."""
+
+    name = "coinglass"
+
+    async def symbols(self):
+        return ["BTCUSDT"]
+
+    async def map(self, symbol, window):  # pragma: no cover - refused before any fetch
+        raise AssertionError("must not be fetched")
+
+
+@pytest.mark.parametrize("view", ["heatmap", "both"])
+async def test_heatmap_of_a_snapshot_only_venue_is_refused_privately_before_deferring(tmp_path, view):
+    sources = dict(make_sources("sample"))
+    sources["coinglass"] = SnapshotOnly()
+    h = await make_harness(tmp_path / "bot.db", sources=sources, cogs=("bot.cogs.liqmap",), cooldown_uses=1)
+    try:
+        calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "exchange": "coinglass", "view": view}))
+        body = _callback(calls)
+        assert len(calls) == 1 and body["type"] == CALLBACK_MESSAGE and body["data"]["flags"] == EPHEMERAL
+        assert "coinglass serves only a snapshot map; the heatmap needs an estimating venue" in body["data"]["content"]
+        assert body["data"]["allowed_mentions"] == {"parse": []}
+        svc = h.bot.service
+        assert (svc.computations, svc.heatmap_computations) == (0, 0)
+        ok = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "view": "heatmap"}))  # cooldown unspent
+        assert ok[0].body["type"] == CALLBACK_DEFER and ok[1].files[0][0] == "heatmap.png"
+    finally:
+        await h.stop()
+
+
+async def test_a_venue_failing_for_the_heatmap_is_named_and_escaped(tmp_path):
+    from discord_safe import assert_inert
+
+    sources = dict(make_sources("sample"))
+    sources["okx"] = StubSource("okx", ("BTCUSDT",), SourceError("okx", "/api/v5/market/candles",
+                                                                  "HTTP 503 <@&1> @everyone", status=503))
+    h = await make_harness(tmp_path / "bot.db", sources=sources, cogs=("bot.cogs.liqmap",))
+    try:
+        calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "window": "1d", "view": "heatmap"}))
+        (embed,) = calls[1].body["embeds"]
+        (field,) = embed["fields"]
+        assert field["name"] == "Missing venues (heatmap built without them)"
+        assert field["value"].startswith("**okx**: HTTP 503")
+        assert_inert(field["value"])
+        assert "Sources: binance ·" in embed["footer"]["text"] and calls[1].files[0][0] == "heatmap.png"
+        # only the broken venue: the heatmap cannot be built, a clear private message after the defer
+        calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "exchange": "okx", "view": "heatmap"}))
+        assert [c.method for c in calls] == ["POST", "DELETE", "POST"]
+        body = calls[2].body
+        assert body["flags"] & EPHEMERAL and body["content"].startswith("Market data is unavailable right now: okx")
+        assert body["allowed_mentions"] == {"parse": []}
+    finally:
+        await h.stop()
+
+
+async def test_a_hand_made_unknown_view_is_refused_privately(h):
+    calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "view": "candles"}))
+    body = _callback(calls)
+    assert body["type"] == CALLBACK_MESSAGE and body["data"]["flags"] == EPHEMERAL
+    assert body["data"]["content"] == "unknown view 'candles'; choose one of map, heatmap, both"
+    assert h.bot.service.computations == 0 and h.bot.service.heatmap_computations == 0

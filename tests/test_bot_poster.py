@@ -295,9 +295,46 @@ def test_pause_reasons_in_lists_are_escaped():
 
     at = datetime(2026, 6, 1, tzinfo=timezone.utc)
     s = SimpleNamespace(id=1, symbols=("BTCUSDT",), window="1d", exchange="all", local_time="09:00", timezone="UTC",
-                        channel_id=5, paused=True, paused_at=at, paused_reason=f"missing permissions: {EVIL}")
+                        view="map", channel_id=5, paused=True, paused_at=at, paused_reason=f"missing permissions: {EVIL}")
     w = SkewWatch(2, 3, 5, "BTCUSDT", "7d", "all", None, None, None, None, 3600, None, None, None,
                   f"cannot build BTCUSDT: {EVIL}", at, 7, at)
     for text in (describe_schedule(s), describe_watch(w)):
         reason = text.split("paused since", 1)[1].split(" — ", 1)[0]
         assert_inert(reason)
+
+
+async def test_dispatcher_posts_a_both_view_as_one_message_with_two_embeds_and_two_files(h):
+    """/daily set view:both through the real tree, then one REST send with liqmap.png and heatmap.png."""
+    bot = h.bot
+    await h.dispatch(interaction_payload("daily", {"channel": Channel(OTHER_CHANNEL_ID), "time": "09:30",
+                                                   "timezone": "UTC", "symbols": "BTC", "view": "both"},
+                                         sub="set", perms=MANAGER_PERMS))
+    (s,) = await bot.store.list_daily(GUILD_ID)
+    assert s.view == "both"
+    bot.scheduler.now = lambda: s.next_run_at + timedelta(minutes=1)
+    stats = await bot.scheduler.run_daily()
+    assert stats.posted == 1 and stats.renders == 2
+    (post,) = [c for c in h.rest.calls if c.method == "POST"]
+    assert post.path == f"/channels/{OTHER_CHANNEL_ID}/messages"
+    assert [name for name, _ in post.files] == ["liqmap.png", "heatmap.png"]
+    assert all(png.startswith(b"\x89PNG") for _, png in post.files)
+    assert [a["filename"] for a in post.json["attachments"]] == ["liqmap.png", "heatmap.png"]
+    first, second = post.json["embeds"]
+    assert first["image"]["url"] == "attachment://liqmap.png" and second["image"]["url"] == "attachment://heatmap.png"
+    assert f"liqmap-d{s.id}-" in first["footer"]["text"] and "liquidation heatmap" in second["description"]
+    assert post.json["allowed_mentions"] == {"parse": []} and post.json["enforce_nonce"] is True
+
+
+def test_heatmap_embed_escapes_venue_errors():
+    from types import SimpleNamespace
+
+    from bot.poster import heatmap_embed
+
+    from discord_safe import EVIL, assert_inert
+
+    states = SimpleNamespace(symbol="BTCUSDT", window="1d", venues=("binance",), end_ms=1_780_000_000_000)
+    e = heatmap_embed("BTCUSDT", "1d", (PNG, states, {"okx": EVIL}), description="text")
+    assert e.image.url == "attachment://heatmap.png" and e.title == "BTCUSDT liquidation heatmap · 1d"
+    assert "Estimated" in e.footer.text
+    for line in e.fields[0].value.split("\n"):
+        assert_inert(line)

@@ -357,3 +357,39 @@ def test_id_options_carry_the_range_discord_enforces():
     defs = json.loads((Path(__file__).parent / "fixtures" / "commands.json").read_text(encoding="utf-8"))
     ids = [o for d in defs for sub in d.get("options", []) for o in sub.get("options", []) if o["name"] == "id"]
     assert len(ids) == 4 and all((o["min_value"], o["max_value"]) == (1, 2**31 - 1) for o in ids)
+
+
+# -- the daily view --------------------------------------------------------------------------------
+
+async def test_daily_set_with_a_view_stores_it_and_lists_it(h):
+    text = answer(await h.dispatch(daily("set", channel=REPORTS, time="09:30", timezone="UTC", view="both")))
+    assert "· map + heatmap ·" in text
+    answer(await h.dispatch(daily("set", channel=REPORTS, time="10:30", timezone="UTC", view="heatmap")))
+    answer(await h.dispatch(daily("set", channel=REPORTS, time="11:30", timezone="UTC")))
+    assert [s.view for s in await h.bot.store.list_daily(GUILD_ID)] == ["both", "heatmap", "map"]
+    listing = answer(await h.dispatch(daily("list")))
+    lines = [ln for ln in listing.splitlines() if ln.startswith("`#")]
+    assert ["· map + heatmap ·" in lines[0], "· heatmap ·" in lines[1], "· map ·" in lines[2]] == [True] * 3
+
+
+async def test_daily_heatmap_of_a_snapshot_only_venue_or_an_unknown_view_is_refused_before_storing(tmp_path):
+    class SnapshotOnly:
+        async def symbols(self):
+            return ["BTCUSDT"]
+
+        async def map(self, symbol, window):  # pragma: no cover - never fetched
+            raise AssertionError
+
+    sources = {**_sources(), "coinglass": SnapshotOnly()}
+    h = await make_harness(tmp_path / "bot.db", sources=sources)
+    try:
+        text = refusal(await h.dispatch(daily("set", channel=REPORTS, time="09:30", timezone="UTC",
+                                              exchange="coinglass", view="heatmap")))
+        assert "coinglass serves only a snapshot map; the heatmap needs an estimating venue" in text
+        text = refusal(await h.dispatch(daily("set", channel=REPORTS, time="09:30", timezone="UTC", view="candles")))
+        assert text == "unknown view 'candles'; choose one of map, heatmap, both"
+        assert await h.bot.store.list_daily(GUILD_ID) == []
+        # the map of the same venue is still allowed
+        answer(await h.dispatch(daily("set", channel=REPORTS, time="09:30", timezone="UTC", exchange="coinglass")))
+    finally:
+        await h.stop()

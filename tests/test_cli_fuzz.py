@@ -208,6 +208,9 @@ def clean_env(monkeypatch, tmp_path):
     for name in ENV_NAMES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LIQMAP_CACHE_DIR", str(tmp_path / "state"))
+    # the default database lives in the data dir: without this the runs would share the user's
+    # ~/.local/state/liqmap database with whatever else ran there (another checkout's migrations)
+    monkeypatch.setenv("LIQMAP_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
 
 

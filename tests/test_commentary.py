@@ -515,3 +515,58 @@ def test_missing_venues_escapes_each_venue_and_reason():
     for line in lines:
         assert_inert(line)
     assert len(missing_venues({f"v{i}": "HTTP 503 " * 30 for i in range(40)}, 1024)) <= 1024
+
+
+# -- heatmap_summary ---------------------------------------------------------------------------------
+
+def _sample_states(window: str = "1d"):
+    import asyncio
+
+    from analysis.heatmap import build_states
+    from analysis.sources import SampleSource
+    from analysis.windows import parse_window
+
+    bars = asyncio.run(SampleSource().bars("BTCUSDT", parse_window(window)))
+    return build_states(bars, window=window)
+
+
+def test_heatmap_summary_says_what_it_shows_and_matches_the_states():
+    from analysis.commentary import heatmap_summary
+
+    s = _sample_states("7d")
+    text = heatmap_summary(s)
+    lines = text.splitlines()
+    assert lines[0] == f"**BTCUSDT** {price_str(s.price)} · 7d liquidation heatmap · **estimated**"
+    assert "Time runs left to right" in lines[1] and "A band ends where price swept it" in lines[1]
+    long_now, short_now = s.long[:, -1].sum(), s.short[:, -1].sum()
+    assert f"Active now: {usd(long_now)} of longs below price · {usd(short_now)} of shorts above." in text
+    # the largest band per side is on its side of the price, with its distance
+    for label, sign in (("Largest long band", "−"), ("Largest short band", "+")):
+        (line,) = [ln for ln in lines if ln.startswith(label)]
+        assert f"({sign}" in line
+    assert "Binance" in text and "columns of 1 h" in text and "data to 2026-06-22" in text
+    assert "heatmap: one column per" not in text  # the provenance note is the line above already
+    for word in ("squeeze", "target", "will ", "expect"):
+        assert word not in text.lower()  # describes positioning, never predicts price
+    assert len(text) <= EMBED_LIMIT
+
+
+def test_heatmap_summary_escapes_outside_text_and_respects_its_limit():
+    from analysis.commentary import heatmap_summary
+
+    from discord_safe import EVIL, assert_inert
+
+    s = replace(_sample_states(), symbol=EVIL, venues=(EVIL,), window="1d",
+                notes=tuple(f"okx missing: {EVIL} {i}" for i in range(10)))
+    text = heatmap_summary(s)
+    for line in text.splitlines():
+        assert_inert(line)
+    assert "… and 7 more note(s)" in text
+    assert len(heatmap_summary(s, limit=300)) <= 300
+
+
+def test_heatmap_summary_of_states_without_a_price_is_a_data_error():
+    from analysis.commentary import heatmap_summary
+
+    with pytest.raises(DataError, match="no valid current price"):
+        heatmap_summary(replace(_sample_states(), price=float("nan")))

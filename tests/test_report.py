@@ -208,3 +208,71 @@ async def test_heatmap_of_the_service_uses_its_sources_and_names_a_snapshot_only
     snap = ReportService({"coinglass": Snapshot()})
     with pytest.raises(_InputError, match="only a snapshot map"):
         await snap.heatmap("BTCUSDT", "1d", "coinglass")
+
+
+# -- the heatmap: cached and single-flighted like reports, in the same byte budget ---------------------
+
+async def test_concurrent_identical_heatmaps_make_one_computation_and_are_then_cached():
+    src, clock = CountingSource("binance", delay=0.05), Clock()
+    svc = ReportService({"binance": src}, ttl=60, clock=clock)
+    results = await asyncio.gather(*(svc.heatmap("BTC", "1d") for _ in range(20)))
+    assert src.fetches == 1 and svc.heatmap_computations == 1 and svc.computations == 0
+    assert all(r[0] is results[0][0] and r[1] is results[0][1] for r in results)  # the very same PNG and states
+    again = await svc.heatmap("BTCUSDT", "1d", "binance")
+    assert again[0] is results[0][0] and svc.heatmap_computations == 1
+    await svc.heatmap("BTC", "1d", theme="light")  # another theme is another picture
+    assert svc.heatmap_computations == 2
+    clock.t = 61
+    await svc.heatmap("BTC", "1d")
+    assert svc.heatmap_computations == 3  # expired
+
+
+async def test_a_heatmap_and_a_map_of_the_same_request_are_cached_apart_in_one_byte_budget():
+    from analysis.report import heatmap_nbytes
+
+    svc = ReportService({"binance": CountingSource("binance")}, ttl=60)
+    rep = await svc.report("BTC", "1d")
+    heat = await svc.heatmap("BTC", "1d")
+    assert svc.cache_size == 2 and svc.cache_bytes == rep.nbytes + heatmap_nbytes(heat)
+    assert heatmap_nbytes(heat) > len(heat[0]) + heat[1].long.nbytes
+    assert (await svc.report("BTC", "1d")) is rep and svc.computations == 1
+    # a budget that holds only one of them evicts the least recently used
+    small = ReportService({"binance": CountingSource("binance")}, ttl=60,
+                          max_bytes=max(rep.nbytes, heatmap_nbytes(heat)) + 1)
+    await small.report("BTC", "1d")
+    await small.heatmap("BTC", "1d")
+    assert small.cache_size == 1 and small.cache_bytes <= small.max_bytes
+    await small.heatmap("BTC", "1d")
+    assert small.heatmap_computations == 1  # the heatmap stayed
+    await small.report("BTC", "1d")
+    assert small.computations == 2  # the map was evicted
+
+
+async def test_a_heatmap_failure_reaches_every_waiter_and_is_not_cached():
+    src = CountingSource("binance", delay=0.02, fail=SourceError("binance", "/fapi/v1/klines", "HTTP 503"))
+    svc = ReportService({"binance": src})
+    results = await asyncio.gather(*(svc.heatmap("BTC", "1d") for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, SourceError) for r in results) and src.fetches == 1 and svc.cache_size == 0
+    src.fail = None
+    assert (await svc.heatmap("BTC", "1d"))[0].startswith(b"\x89PNG")
+
+
+async def test_a_cached_heatmap_hands_out_its_missing_venues_as_a_copy():
+    svc = ReportService({"binance": CountingSource("binance"),
+                         "okx": CountingSource("okx", fail=SourceError("okx", "/api/v5/market/candles", "HTTP 500"))})
+    _, states, missing = await svc.heatmap("BTC", "1d")
+    assert missing == {"okx": "HTTP 500"} and states.venues == ("binance",)
+    assert any("okx missing" in n for n in states.notes)
+    missing.clear()
+    assert (await svc.heatmap("BTC", "1d"))[2] == {"okx": "HTTP 500"} and svc.heatmap_computations == 1
+
+
+def test_heatmap_venues_decides_without_io():
+    class Snapshot:
+        async def map(self, symbol, win):  # pragma: no cover - never reached
+            raise AssertionError
+
+    svc = ReportService({"binance": CountingSource("binance"), "coinglass": Snapshot()})
+    assert svc.heatmap_venues("all") == ("binance",)
+    with pytest.raises(InputError, match="coinglass serves only a snapshot map"):
+        svc.heatmap_venues("coinglass")

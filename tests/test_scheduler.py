@@ -53,8 +53,10 @@ class FakePoster:
     finds: int = 0
     next_id: int = 5000
 
-    async def post(self, channel_id, *, content, embed, png, filename, nonce):
-        assert isinstance(png, bytes) and filename == "liqmap.png" and len(nonce) <= 25
+    async def post(self, channel_id, *, content, embed, png, filename, nonce, extra=()):
+        assert isinstance(png, bytes) and filename in ("liqmap.png", "heatmap.png") and len(nonce) <= 25
+        names = [filename] + [name for _, _, name in extra]
+        assert len(set(names)) == len(names)  # one message's attachments need distinct names
         if channel_id in self.gone:
             raise ChannelGone("Unknown Channel (10003)")
         if channel_id in self.no_access:
@@ -64,7 +66,8 @@ class FakePoster:
             raise RuntimeError("503 Service Unavailable")
         self.next_id += 1
         self.messages.setdefault(channel_id, []).append(
-            {"id": self.next_id, "embed": embed, "png": png, "nonce": nonce, "content": content})
+            {"id": self.next_id, "embed": embed, "png": png, "nonce": nonce, "content": content,
+             "filename": filename, "extra": list(extra)})
         if self.crash_after_send:
             raise Crash()
         return self.next_id
@@ -120,11 +123,29 @@ async def store(url):
     await s.close()
 
 
-def dispatcher(store, poster, reports, clock, **params) -> Dispatcher:
+class FakeHeatmaps:
+    """heatmap(symbol, window, exchange) -> (png, states, missing), like ReportService.heatmap."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, str]] = []
+        self.down: dict[str, BaseException] = {}  # symbol -> what building its heatmap raises
+        self.missing: dict[str, str] = {}
+
+    async def __call__(self, symbol, window, exchange):
+        self.calls.append((symbol, window, exchange))
+        await asyncio.sleep(0)
+        if symbol in self.down:
+            raise self.down[symbol]
+        states = SimpleNamespace(symbol=symbol, window=window, venues=("binance", "bybit"), end_ms=1_780_000_000_000)
+        return f"HEAT {symbol} {window} {exchange}".encode(), states, dict(self.missing)
+
+
+def dispatcher(store, poster, reports, clock, heatmaps=None, heatmap_text=None, **params) -> Dispatcher:
     return Dispatcher(
         store, poster, reports, params=DispatcherParams(**params), now=clock, sleep=clock.sleep,
         daily_text=lambda rep: f"daily {rep.symbol} ratio {rep.reading.imbalance}",
         notice_text=lambda old, reading, m: f"{reading.symbol}: {old.key} -> {reading.skew.key}",
+        heatmap=heatmaps, heatmap_text=heatmap_text or (lambda st: f"heatmap {st.symbol} {st.window}"),
     )
 
 
@@ -1008,3 +1029,163 @@ async def test_a_skew_notice_that_timed_out_is_not_resent_blindly_at_the_next_ch
     await d.run_skew()
     assert poster.count(1) == 1  # not announced a second time with a new nonce
     assert (await store.get_watch(w.id)).last_class == "heavily_short"
+
+
+# -- the daily view: map, heatmap or both -------------------------------------------------------------
+
+async def test_each_view_posts_its_pictures_and_each_map_and_heatmap_is_rendered_once(store):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster, reports, heats = FakePoster(), FakeReports(), FakeHeatmaps()
+    m = await daily(store, clock, channel=1)
+    h = await daily(store, clock, channel=2, view="heatmap")
+    b = await daily(store, clock, channel=3, view="both")
+    await daily(store, clock, channel=4, view="both")
+    await daily(store, clock, channel=5, view="heatmap", window="7d")
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    stats = await dispatcher(store, poster, reports, clock, heats).run_daily()
+    assert stats.posted == 5
+    assert reports.calls == [("BTCUSDT", "1d", "all")]  # one map for the map and both views
+    assert sorted(heats.calls) == [("BTCUSDT", "1d", "all"), ("BTCUSDT", "7d", "all")]
+    assert stats.renders == 3
+
+    (mm,) = poster.messages[1]
+    assert (mm["filename"], mm["png"], mm["extra"]) == ("liqmap.png", b"PNG BTCUSDT 1d all", [])
+    assert f"liqmap-d{m.id}-2026-06-01-BTCUSDT" in mm["embed"]["footer"]["text"]
+
+    (hm,) = poster.messages[2]
+    assert (hm["filename"], hm["png"], hm["extra"]) == ("heatmap.png", b"HEAT BTCUSDT 1d all", [])
+    e = hm["embed"]
+    assert e["image"]["url"] == "attachment://heatmap.png" and e["title"] == "Daily BTCUSDT liquidation heatmap · 1d"
+    assert e["description"] == "heatmap BTCUSDT 1d"
+    assert f"liqmap-d{h.id}-2026-06-01-BTCUSDT" in e["footer"]["text"] and "Estimated" in e["footer"]["text"]
+
+    (bm,) = poster.messages[3]
+    assert (bm["filename"], bm["png"]) == ("liqmap.png", b"PNG BTCUSDT 1d all")
+    assert bm["embed"]["image"]["url"] == "attachment://liqmap.png"
+    assert f"liqmap-d{b.id}-2026-06-01-BTCUSDT" in bm["embed"]["footer"]["text"]  # the marker, in the first embed
+    ((he, hpng, hname),) = bm["extra"]
+    assert (hname, hpng) == ("heatmap.png", b"HEAT BTCUSDT 1d all") and hpng is hm["png"]  # shared bytes
+    assert he["image"]["url"] == "attachment://heatmap.png" and "liqmap-d" not in he["footer"]["text"]
+    assert poster.messages[5][0]["png"] == b"HEAT BTCUSDT 7d all"
+    for x in (m, h, b):
+        assert [r.state for r in await store.deliveries(x.id)] == ["sent"]
+
+
+async def test_both_views_fit_discords_6000_characters_per_message(store):
+    from bot.scheduler import embed_length
+
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster, heats = FakePoster(), FakeHeatmaps()
+    heats.missing = {"okx": "HTTP 500 " * 40}
+    s = await daily(store, clock, view="both")
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    d = Dispatcher(store, poster, FakeReports(), now=clock, heatmap=heats,
+                   daily_text=lambda rep: "map words " * 500, heatmap_text=lambda st: "heat words " * 300)
+    assert (await d.run_daily()).posted == 1
+    (msg,) = poster.messages[1]
+    ((he, _, _),) = msg["extra"]
+    assert embed_length(msg["embed"]) + embed_length(he) <= 6000
+    assert len(he["description"]) <= 4096 and msg["embed"]["description"].endswith("…")
+    assert he["fields"][0]["name"].startswith("Missing venues") and "okx" in he["fields"][0]["value"]
+    assert f"liqmap-d{s.id}-2026-06-01-BTCUSDT" in msg["embed"]["footer"]["text"]  # the marker is never clipped
+
+
+async def test_a_failing_heatmap_holds_only_the_views_that_need_it_then_skips_them(store):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster, reports, heats = FakePoster(), FakeReports(), FakeHeatmaps()
+    heats.down["BTCUSDT"] = SourceError("all", "report", "every venue failed (binance: HTTP 503)")
+    m = await daily(store, clock, channel=1)
+    b = await daily(store, clock, channel=2, view="both")
+    h = await daily(store, clock, channel=3, view="heatmap")
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    d = dispatcher(store, poster, reports, clock, heats, tick_s=300)
+    stats = await d.run_daily()
+    assert stats.posted == 1 and stats.deferred == 2 and poster.count(1) == 1
+    assert poster.count(2) == poster.count(3) == 0
+    assert await store.deliveries(b.id) == [] and await store.deliveries(h.id) == []  # nothing claimed
+    while clock() < datetime(2026, 6, 1, 11, 30, tzinfo=UTC):
+        await d.run_daily()
+        clock.t += timedelta(minutes=5)
+    for x in (b, h):
+        (rec,) = await store.deliveries(x.id)
+        assert rec.state == "skipped" and "503" in rec.detail
+        assert not (await store.get_daily(x.id)).paused
+    assert poster.count() == 1 and [r.state for r in await store.deliveries(m.id)] == ["sent"]
+
+
+async def test_a_heatmap_the_service_refuses_pauses_that_schedule(store):
+    from analysis.errors import InputError
+
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster, heats = FakePoster(), FakeHeatmaps()
+    heats.down["BTCUSDT"] = InputError("coinglass serves only a snapshot map; the heatmap needs an estimating venue")
+    s = await daily(store, clock, view="heatmap")
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    stats = await dispatcher(store, poster, FakeReports(), clock, heats).run_daily()
+    assert stats.paused == 1 and poster.count() == 0
+    got = await store.get_daily(s.id)
+    assert got.paused and "only a snapshot map" in got.paused_reason
+    # a dispatcher built without a heatmap renderer refuses the same way, and says so
+    s2 = await daily(store, clock, channel=2, view="both")
+    clock.t = datetime(2026, 6, 2, 9, 0, tzinfo=UTC)
+    await dispatcher(store, poster, FakeReports(), clock).run_daily()
+    assert "no heatmap renderer" in (await store.get_daily(s2.id)).paused_reason
+
+
+async def test_a_hand_edited_unknown_view_pauses_with_the_valid_ones(store):
+    from sqlalchemy import text
+
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    s = await daily(store, clock)
+    async with store.engine.begin() as conn:
+        await conn.execute(text("UPDATE daily_schedules SET view = 'candles' WHERE id = :i"), {"i": s.id})
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    reports = FakeReports()
+    await dispatcher(store, FakePoster(), reports, clock, FakeHeatmaps()).run_daily()
+    got = await store.get_daily(s.id)
+    assert got.paused and "unknown view 'candles'; choose one of map, heatmap, both" in got.paused_reason
+    assert reports.calls == []
+
+
+@pytest.mark.parametrize("view", ["heatmap", "both"])
+async def test_a_crash_after_sending_a_heatmap_view_never_posts_it_twice(url, view):
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster, heats = FakePoster(crash_after_send=True), FakeHeatmaps()
+    st = await Store.open(url)
+    s = await daily(st, clock, view=view)
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    with pytest.raises(Crash):
+        await dispatcher(st, poster, FakeReports(), clock, heats).run_daily()
+    await st.close()
+    poster.crash_after_send = False
+    st = await Store.open(url)
+    try:
+        d = dispatcher(st, poster, FakeReports(), clock, heats)
+        clock.t += timedelta(minutes=11)  # lease over: found by its marker, recorded, not resent
+        stats = await d.run_daily()
+        assert poster.count(1) == 1 and stats.recovered == 1 and stats.posted == 0
+        (rec,) = await st.deliveries(s.id)
+        assert rec.state == "sent" and rec.message_id == poster.messages[1][0]["id"]
+    finally:
+        await st.close()
+
+
+async def test_make_dispatcher_posts_the_real_heatmap_of_the_service(store):
+    from analysis.report import ReportService
+    from analysis.sources.registry import make_sources
+
+    service = ReportService(make_sources("sample"))
+    clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
+    poster = FakePoster()
+    s = await store.add_daily(G, 1, symbols="BTC", window="1d", exchange="all", time="09:00", timezone="UTC",
+                              created_by=U, now=clock(), view="both")
+    clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
+    d = make_dispatcher(store, service, poster, None, now=clock)
+    await d.run_daily()
+    assert service.computations == 1 and service.heatmap_computations == 1
+    (msg,) = poster.messages[1]
+    assert msg["png"].startswith(b"\x89PNG") and "BTCUSDT daily liquidation map" in msg["embed"]["description"]
+    ((he, hpng, name),) = msg["extra"]
+    assert name == "heatmap.png" and hpng.startswith(b"\x89PNG") and hpng != msg["png"]
+    assert "liquidation heatmap" in he["description"] and "estimated" in he["description"]
+    assert f"liqmap-d{s.id}-2026-06-01-BTCUSDT" in msg["embed"]["footer"]["text"]

@@ -18,7 +18,7 @@ from bot.store import (
 )
 
 UTC = timezone.utc
-HEAD = "0003_delivery_retention"
+HEAD = "0004_daily_view"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 G, C, U = 111, 222, 333
 
@@ -93,6 +93,7 @@ async def test_add_and_list_daily_computes_next_run(store):
         ({"symbols": "BT C$"}, "not a symbol"),
         ({"window": "2d"}, "unknown window"),
         ({"exchange": "kraken"}, "unknown exchange"),
+        ({"view": "candles"}, r"unknown view 'candles'; choose one of map, heatmap, both"),
         ({"channel": 0}, "channel id"),
         ({"guild": -5}, "server id"),
     ],
@@ -101,6 +102,26 @@ async def test_add_daily_refuses_bad_input_and_stores_nothing(store, kw, msg):
     with pytest.raises(InputError, match=msg):
         await add_daily(store, **kw)
     assert await store.list_daily(G) == []
+
+
+async def test_daily_view_is_validated_stored_and_survives_a_restart(url):
+    s = await Store.open(url)
+    try:
+        assert (await add_daily(s)).view == "map"  # the default
+        both = await add_daily(s, time="10:00", view=" Both ")
+        heat = await add_daily(s, time="11:00", view="heatmap")
+        assert (both.view, heat.view) == ("both", "heatmap")
+        # the view is not part of what makes two schedules identical
+        with pytest.raises(InputError, match=f"already exists.*id {heat.id}"):
+            await add_daily(s, time="11:00", view="map")
+    finally:
+        await s.close()
+    s2 = await Store.open(url)
+    try:
+        assert [d.view for d in await s2.list_daily(G)] == ["map", "both", "heatmap"]
+        assert (await s2.get_daily(both.id)).view == "both"
+    finally:
+        await s2.close()
 
 
 async def test_duplicate_daily_refused(store):
@@ -544,6 +565,30 @@ async def test_migration_0002_merges_duplicates_keeping_the_oldest_and_their_del
         with pytest.raises(InputError, match=r"already exists in this channel \(id 1\)"):
             await st.add_daily(G, C, symbols="BTC, ETH", window="1d", exchange="all", time="09:30",
                                timezone="Europe/London", created_by=U, now=NOW)
+    finally:
+        await st.close()
+
+
+async def test_migration_0004_gives_existing_schedules_the_map_view_and_keeps_their_deliveries(url):
+    old = await _schema_at(url, "0003_delivery_retention")
+    async with old.engine.begin() as conn:
+        await conn.execute(text(
+            "INSERT INTO daily_schedules (id, guild_id, channel_id, symbols, \"window\", exchange, local_time, timezone, "
+            "next_run_at, created_by, created_at) VALUES (7, :g, :c, 'BTCUSDT', '1d', 'all', '09:30', 'UTC', :n, :u, :a)"),
+            {"g": G, "c": C, "n": datetime(2026, 3, 2, 9, 30), "u": U, "a": datetime(2026, 3, 1, 12, 0)})
+        await conn.execute(text(
+            "INSERT INTO deliveries (id, schedule_id, local_date, symbol, channel_id, state, marker, nonce, attempts, "
+            "due_at) VALUES (1, 7, :d, 'BTCUSDT', :c, 'sent', 'liqmap-d7-2026-03-01-BTCUSDT', 'n1', 1, :due)"),
+            {"d": date(2026, 3, 1), "c": C, "due": datetime(2026, 3, 1, 9, 30)})
+    await old.close()
+
+    st = await Store.open(url)  # upgrades to head
+    try:
+        (d,) = await st.list_daily(G)
+        assert (d.id, d.view, d.symbols, d.next_run_at) == (7, "map", ("BTCUSDT",), datetime(2026, 3, 2, 9, 30, tzinfo=UTC))
+        assert [(x.id, x.state) for x in await st.deliveries(7)] == [(1, "sent")]  # no table rebuild, no cascade
+        async with st.engine.connect() as conn:
+            assert (await conn.execute(text("select version_num from alembic_version"))).scalar_one() == HEAD
     finally:
         await st.close()
 

@@ -1,6 +1,6 @@
 """The bot's cogs, one per feature, each a module with ``async def setup(bot)``.
 
-Shared here: option choices (windows, exchanges), the symbol index behind symbol autocomplete,
+Shared here: option choices (windows, exchanges, views), the symbol index behind symbol autocomplete,
 timezone autocomplete, the Manage Server command group with its runtime check, and the check of
 the bot's own permissions in a target channel.
 """
@@ -18,6 +18,7 @@ import discord
 from discord import app_commands
 
 from analysis.errors import InputError, LiqmapError
+from analysis.options import VIEWS
 from analysis.symbols import parse_symbol, suggest
 from analysis.venues import display_name
 from analysis.windows import WINDOWS
@@ -27,6 +28,7 @@ from ..store import ITEM_ID_MAX
 
 __all__ = [
     "WINDOW_CHOICES",
+    "VIEW_CHOICES",
     "exchange_choices",
     "SymbolIndex",
     "symbol_choices",
@@ -59,6 +61,13 @@ WINDOW_CHOICES = [
     app_commands.Choice(name="30 days", value="30d"),
 ]
 assert [c.value for c in WINDOW_CHOICES] == list(WINDOWS)
+
+VIEW_CHOICES = [
+    app_commands.Choice(name="Map (where liquidations sit now)", value="map"),
+    app_commands.Choice(name="Heatmap (liquidation levels over the window)", value="heatmap"),
+    app_commands.Choice(name="Both (map and heatmap in one message)", value="both"),
+]
+assert [c.value for c in VIEW_CHOICES] == list(VIEWS)
 
 # Shown first when present in the venues' lists (the most asked-for perpetuals), then A-Z.
 _MAJORS = ("BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "BNBUSDT", "ADAUSDT", "AVAXUSDT", "LINKUSDT")

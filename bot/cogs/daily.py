@@ -2,6 +2,8 @@
 
 For people with Manage Server (hidden from others by ``default_permissions`` and checked again at
 runtime). Options are validated before anything is stored, and refusals say what would be valid.
+``view`` picks what each report posts: the map (default), the heatmap over the window, or both;
+a heatmap of a snapshot-only venue (CoinGlass) is refused before anything is stored.
 Creating a schedule also checks the bot's own permissions in the target channel. The dispatcher
 (``bot/scheduler.py``) posts each report once per local day; a schedule whose channel vanished or
 whose permissions were removed is paused with the reason, shown by ``/daily list`` and undone by
@@ -25,6 +27,7 @@ from analysis.windows import parse_window
 
 from . import (
     SubscriptionId,
+    VIEW_CHOICES,
     WINDOW_CHOICES,
     ManagerGroup,
     check_listed,
@@ -52,9 +55,12 @@ def _ts(at: datetime | None, style: str = "f") -> str:
     return f"<t:{int(at.timestamp())}:{style}>"
 
 
+_VIEW_LABELS = {"map": "map", "heatmap": "heatmap", "both": "map + heatmap"}
+
+
 def describe_schedule(s: Any) -> str:
-    """One list line: id, symbols, window, exchange, local time and zone, channel, next run or pause."""
-    head = (f"`#{s.id}` **{', '.join(s.symbols)}** · {s.window} · {s.exchange} · "
+    """One list line: id, symbols, window, exchange, view, local time and zone, channel, next run or pause."""
+    head = (f"`#{s.id}` **{', '.join(s.symbols)}** · {s.window} · {s.exchange} · {_VIEW_LABELS.get(s.view, md_safe_text(s.view, 8))} · "
             f"{s.local_time} {s.timezone} → <#{s.channel_id}>")
     if s.paused:  # the reason quotes outside text (a channel name, Discord's or a venue's error)
         return (f"{head}\n  ⏸ paused since {_ts(s.paused_at, 'R')}: {md_safe_text(s.paused_reason, 300)} — "
@@ -89,11 +95,13 @@ class DailyCog(commands.Cog):
             symbols="Up to 5 perpetuals, comma-separated, e.g. BTC, ETH, SOL (default BTC)",
             window="How far back open-interest flow is read (default 1 day)",
             exchange="Which exchange's data to use (default: all exchanges combined)",
+            view="Post the map, the heatmap over the window, or both (default map)",
         )
-        @app_commands.choices(window=WINDOW_CHOICES, exchange=exchange_choices(service.venues))
+        @app_commands.choices(window=WINDOW_CHOICES, exchange=exchange_choices(service.venues), view=VIEW_CHOICES)
         async def daily_set(interaction: discord.Interaction, channel: discord.TextChannel, time: str,
-                            timezone: str, symbols: str = "BTC", window: str = "1d", exchange: str = "all") -> None:
-            await cog.do_set(interaction, channel, time, timezone, symbols, window, exchange)
+                            timezone: str, symbols: str = "BTC", window: str = "1d", exchange: str = "all",
+                            view: str = "map") -> None:
+            await cog.do_set(interaction, channel, time, timezone, symbols, window, exchange, view)
 
         @daily_set.autocomplete("timezone")
         async def tz_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -143,18 +151,22 @@ class DailyCog(commands.Cog):
         return out[:25]
 
     async def do_set(self, interaction: discord.Interaction, channel: discord.TextChannel, time: str, tz: str,
-                  symbols: str, window: str, exchange: str) -> None:
-        from ..store import parse_symbols, parse_time, parse_timezone
+                  symbols: str, window: str, exchange: str, view: str = "map") -> None:
+        from ..store import parse_symbols, parse_time, parse_timezone, parse_view
 
         store = self.store
         hhmm, zone, syms = parse_time(time), parse_timezone(tz), parse_symbols(symbols)
         win = parse_window(window).label
-        check_listed(self.bot.symbols, self.bot.service, syms, exchange)  # type: ignore[attr-defined]
+        shown = parse_view(view)
+        service = self.bot.service  # type: ignore[attr-defined]
+        check_listed(self.bot.symbols, service, syms, exchange)  # type: ignore[attr-defined]
+        if shown != "map":
+            service.heatmap_venues(exchange)  # a snapshot-only venue has no heatmap: refused now, not at 09:30
         check_target_channel(interaction, channel)
         await interaction.response.defer(ephemeral=True, thinking=True)
         s = await store.add_daily(
             interaction.guild_id, channel.id, symbols=syms, window=win, exchange=exchange, time=hhmm,
-            timezone=zone, created_by=interaction.user.id,
+            timezone=zone, created_by=interaction.user.id, view=shown,
         )
         log.info("guild %s added daily report %s", interaction.guild_id, s.id)
         await reply_private(interaction, f"Daily report set.\n{describe_schedule(s)}{history_hint(interaction, channel)}")

@@ -1,9 +1,12 @@
 """``/liqmap``: an estimated liquidation map for one perpetual, as an embed with the chart.
 
 The command validates its options (pure, microseconds), charges the per-user cooldown
-(``LIQMAP_COOLDOWN_USES`` per ``LIQMAP_COOLDOWN_SECONDS``; a refused request does not count),
-defers, asks the report service for the report (cached for ``LIQMAP_REPORT_TTL_SECONDS``, shared
-by concurrent requests) and sends one followup with the embed and the PNG. Validation runs
+(``LIQMAP_COOLDOWN_USES`` per ``LIQMAP_COOLDOWN_SECONDS``; a refused request does not count; one
+charge per command whatever the view), defers, asks the report service for the report and/or the
+heatmap (each cached for ``LIQMAP_REPORT_TTL_SECONDS``, shared by concurrent requests) and sends
+one followup: ``view`` map (default) is the map embed with ``liqmap.png``, heatmap the heatmap
+embed with ``heatmap.png``, both the two embeds and files in one message. A heatmap of a
+snapshot-only venue (CoinGlass) is refused before the defer. Validation runs
 before the defer on purpose: a refusal must be ephemeral, and after a public defer Discord cannot
 make the first followup ephemeral.
 
@@ -15,18 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any, Awaitable
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from analysis.errors import SourceError
+from analysis.errors import InputError, SourceError
+from analysis.options import VIEWS
 from analysis.symbols import parse_symbol
 from analysis.windows import parse_window
 
 from ..app import NO_MENTIONS
-from ..poster import png_file, report_embed
-from . import WINDOW_CHOICES, SymbolIndex, UserCooldown, check_listed, exchange_choices, symbol_choices
+from ..poster import view_message
+from . import VIEW_CHOICES, WINDOW_CHOICES, SymbolIndex, UserCooldown, check_listed, exchange_choices, symbol_choices
 
 __all__ = ["LiqmapCog", "setup"]
 
@@ -55,11 +60,12 @@ class LiqmapCog(commands.Cog):
             window="How far back open-interest flow is read (default 7 days)",
             exchange="Which exchange's data to use (default: all exchanges combined)",
             private="Only you see the answer (default: everyone in the channel)",
+            view="Map now, heatmap over the window, or both (default map)",
         )
-        @app_commands.choices(window=WINDOW_CHOICES, exchange=exchange_choices(self.service.venues))
+        @app_commands.choices(window=WINDOW_CHOICES, exchange=exchange_choices(self.service.venues), view=VIEW_CHOICES)
         async def liqmap(interaction: discord.Interaction, symbol: str, window: str = "7d",
-                         exchange: str = "all", private: bool = False) -> None:
-            await cog.answer(interaction, symbol, window, exchange, private)
+                         exchange: str = "all", private: bool = False, view: str = "map") -> None:
+            await cog.answer(interaction, symbol, window, exchange, private, view)
 
         @liqmap.autocomplete("symbol")
         async def symbol_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
@@ -73,26 +79,39 @@ class LiqmapCog(commands.Cog):
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.command.name)
 
-    def validate(self, symbol: str, window: str, exchange: str) -> tuple[str, str, tuple[str, ...]]:
-        """Check the options without I/O; InputError says what would be valid."""
+    def validate(self, symbol: str, window: str, exchange: str, view: str = "map") -> tuple[str, str, tuple[str, ...]]:
+        """Check the options without I/O; InputError says what would be valid (a heatmap of a
+        snapshot-only venue included)."""
         pair = parse_symbol(symbol)
         win = parse_window(window)
+        if view not in VIEWS:  # Discord offers only the choices; a hand-made request is refused
+            raise InputError(f"unknown view {str(view)[:20]!r}; choose one of {', '.join(VIEWS)}")
         venues = check_listed(self.index, self.service, [pair.symbol], exchange)
+        if view != "map":
+            self.service.heatmap_venues(exchange)
         return pair.symbol, win.label, venues
 
-    async def answer(self, interaction: discord.Interaction, symbol: str, window: str, exchange: str, private: bool) -> None:
-        sym, win, _ = self.validate(symbol, window, exchange)
-        self.cooldown.charge(interaction.user.id)
+    async def answer(self, interaction: discord.Interaction, symbol: str, window: str, exchange: str, private: bool,
+                     view: str = "map") -> None:
+        sym, win, _ = self.validate(symbol, window, exchange, view)
+        self.cooldown.charge(interaction.user.id)  # once, whatever the view
         await interaction.response.defer(ephemeral=private, thinking=True)
         interaction.extras["public_defer"] = not private
+        work: list[Awaitable[Any]] = []
+        if view in ("map", "both"):
+            work.append(self.service.report(sym, win, exchange))
+        if view in ("heatmap", "both"):
+            work.append(self.service.heatmap(sym, win, exchange))
+        # shielded: giving up on this answer must not cancel a computation others may share
+        shielded = [asyncio.shield(w) for w in work]
         try:
-            # shielded: giving up on this answer must not cancel a computation others may share
-            report = await asyncio.wait_for(asyncio.shield(self.service.report(sym, win, exchange)), REPORT_TIMEOUT)
+            results = await asyncio.wait_for(asyncio.gather(*shielded), REPORT_TIMEOUT)
         except asyncio.TimeoutError:
             raise SourceError("liqmap", "report", f"no answer from the exchanges within {REPORT_TIMEOUT:.0f} s") from None
-        await interaction.followup.send(
-            embed=report_embed(report), file=png_file(report.png), ephemeral=private, allowed_mentions=NO_MENTIONS
-        )
+        report = results[0] if view in ("map", "both") else None
+        heat = results[-1] if view in ("heatmap", "both") else None
+        embeds, files = view_message(view, report, heat)
+        await interaction.followup.send(embeds=embeds, files=files, ephemeral=private, allowed_mentions=NO_MENTIONS)
         interaction.extras["public_defer"] = False
 
 
