@@ -64,6 +64,8 @@ class Report:
         arrays = m.long.nbytes + m.short.nbytes
         if m.swept is not None:
             arrays += m.swept.time.nbytes + m.swept.long.nbytes + m.swept.short.nbytes
+        if m.path is not None:
+            arrays += m.path.nbytes
         text = len(self.summary.encode("utf-8")) + sum(len(n) for n in m.notes) + sum(len(v) for v in self.missing.values())
         return len(self.png) + arrays + text + _OVERHEAD_BYTES
 
