@@ -29,7 +29,7 @@ from .model import non_default_params
 from .symbols import parse_symbol
 
 __all__ = [
-    "summary", "daily", "notice", "footer", "usd", "price_str", "skew_sentence", "near_sentence", "md_safe",
+    "summary", "daily", "change", "notice", "footer", "usd", "price_str", "skew_sentence", "near_sentence", "md_safe",
     "md_safe_text", "missing_venues",
     "EMBED_LIMIT", "MESSAGE_LIMIT", "TEMPLATES", "TemplatesMissing", "templates_dir",
 ]
@@ -499,6 +499,15 @@ def daily(reading: Reading, m: LiquidationMap, *, previous: Reading | None = Non
         change=_change(previous, reading, m.path, change_params) if previous is not None else None,
         footer=_footer_text(m, _md_safe) if with_footer else "",
     )
+
+
+def change(previous: Reading, reading: Reading, m: LiquidationMap, *, params: ChangeParams | None = None) -> str:
+    """The "since the last report" section alone (≤ 4096 chars), as the daily report words it:
+    what changed from ``previous`` to ``reading`` (same symbol, else :class:`InputError`), sweeps
+    read from ``m.path``."""
+    _check(reading)
+    _check(previous, "previous reading")
+    return _render("change.md.j2", EMBED_LIMIT, change=_change(previous, reading, m.path, params))
 
 
 def notice(old: SkewClass, reading: Reading, m: LiquidationMap) -> str:

@@ -23,7 +23,7 @@ from .metrics import SKEW_CLASSES, Cluster, Reading, Side, Threshold
 
 __all__ = [
     "RECORD_FORMAT", "RECORD_VERSION", "MAX_RECORD_BYTES", "MAX_USD", "to_record", "from_record", "loads_record",
-    "dumps_record", "record_of_report",
+    "dumps_record", "record_of_report", "loads_json",
 ]
 
 RECORD_FORMAT = "liqmap.reading"
@@ -184,7 +184,7 @@ def _parse(rec: Any) -> Reading:
         raise _Bad("format", f"not a liqmap reading record (expected {RECORD_FORMAT!r})")
     version = rec.get("version")
     if version != RECORD_VERSION or isinstance(version, bool):
-        raise _Bad("version", f"{str(version)[:12]!r} is not supported (this liqmap reads version {RECORD_VERSION})")
+        raise _Bad("version", f"{str(version)[:12]} is not supported (this liqmap reads version {RECORD_VERSION})")
     end_ms = _get(rec, "end_ms")
     if isinstance(end_ms, bool) or not isinstance(end_ms, int) or not 0 <= end_ms <= MAX_MS:
         raise _Bad("end_ms", "expected whole milliseconds since 1970 before the year 10000")
@@ -256,7 +256,7 @@ def from_record(rec: Any, what: str = "reading record") -> Reading:
 
 def loads_record(text: str | bytes, what: str = "reading record") -> Reading:
     """:func:`from_record` of JSON text of at most :data:`MAX_RECORD_BYTES`."""
-    return from_record(_loads(text, what, MAX_RECORD_BYTES), what)
+    return from_record(loads_json(text, what, MAX_RECORD_BYTES), what)
 
 
 def record_of_report(doc: Any, what: str = "report") -> Reading:
@@ -269,7 +269,8 @@ def record_of_report(doc: Any, what: str = "report") -> Reading:
     return from_record(doc["record"], f"reading record in the {what}")
 
 
-def _loads(text: str | bytes, what: str, limit: int) -> Any:
+def loads_json(text: str | bytes, what: str, limit: int) -> Any:
+    """JSON text of at most ``limit`` bytes (no NaN/Infinity constants); else an :class:`InputError` about ``what``."""
     if len(text) > limit:
         raise InputError(f"the {what} is larger than {limit:,} bytes")
     try:

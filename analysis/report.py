@@ -22,6 +22,7 @@ from .errors import InputError, LiqmapError, SourceError
 from .liqmap import LiquidationMap, merge
 from .metrics import MetricsParams, Reading, read
 from .model import ModelParams, build_map, non_default_params
+from .readings import to_record
 from .sources.base import Source
 from .symbols import parse_symbol
 from .venues import get as venue_info
@@ -72,6 +73,7 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         out = self.map.to_json()
         out["reading"] = self.reading.to_json()
+        out["record"] = to_record(self.reading)  # what a later `liqmap report --since` compares with
         out["non_default_params"] = non_default_params(self.map.params) if self.map.kind == "estimated" else {}
         out["missing_venues"] = dict(self.missing)
         return out
