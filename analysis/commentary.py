@@ -23,7 +23,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, TemplateNotFo
 
 from . import numbers
 from .errors import DataError, InputError, LiqmapError
-from .liqmap import LiquidationMap
+from .change import ChangeParams, compare
+from .liqmap import LiquidationMap, PricePath
 from .metrics import Cluster, Reading, SkewClass, Threshold
 from .model import non_default_params
 from .symbols import parse_symbol
@@ -32,7 +33,8 @@ if TYPE_CHECKING:
     from .heatmap import HeatmapStates
 
 __all__ = [
-    "summary", "daily", "notice", "heatmap_summary", "footer", "usd", "price_str", "skew_sentence", "near_sentence", "md_safe",
+    "summary", "daily", "change", "notice", "heatmap_summary", "footer", "usd", "price_str", "skew_sentence", "near_sentence",
+    "md_safe",
     "md_safe_text", "missing_venues",
     "EMBED_LIMIT", "MESSAGE_LIMIT", "TEMPLATES", "TemplatesMissing", "templates_dir",
 ]
@@ -206,6 +208,7 @@ class BodyView:
 class ChangeView:
     """Change since the previous reading, ready to print."""
 
+    title: str
     lines: tuple[str, ...]
 
 
@@ -376,38 +379,59 @@ def footer(m: LiquidationMap) -> str:
     return _footer_text(m, _plain_safe)
 
 
-def _change(prev: Reading, r: Reading) -> ChangeView:
+_MAX_CHANGE_CLUSTERS = 4  # appeared / swept lines each
+
+
+def _change(prev: Reading, r: Reading, path: PricePath | None, params: ChangeParams | None = None) -> ChangeView:
+    """The "since the last report" lines: skew, price, totals within ±5%, clusters that appeared
+    and earlier clusters price traded through (:func:`analysis.change.compare`)."""
+    ch = compare(prev, r, path, params)
     lines = []
-    if prev.skew.key == r.skew.key:
+    if ch.skew_before.key == ch.skew_after.key:
         lines.append(f"Skew: unchanged ({_label(r.skew)})")
     else:
-        lines.append(f"Skew: {_label(prev.skew)} → {_label(r.skew)}")
+        lines.append(f"Skew: {_label(ch.skew_before)} → {_label(ch.skew_after)}")
     if _finite(prev.price) > 0 and _finite(r.price) > 0:
         move = _pct((r.price / prev.price - 1) * 100)
         lines.append(f"Price: {price_str(prev.price)} → {price_str(r.price)} ({move})")
-    # totals are only comparable between maps built the same way from the same venues
-    venues = lambda x: " + ".join(_md_safe(_venue(v), 20) for v in x.venues[:8]) or "none"  # noqa: E731
-    for what, before, after in (
-        ("band", f"±{_band(prev.band)}", f"±{_band(r.band)}"),
-        ("map window", _md_safe(prev.window, 8), _md_safe(r.window, 8)),
-        ("map kind", _md_safe(prev.kind, 12), _md_safe(r.kind, 12)),
-        ("venues", venues(prev), venues(r)),
-    ):
-        if before != after:
-            lines.append(f"Band totals not compared: the {what} changed from {before} to {after}.")
-            return ChangeView(tuple(lines))
-    band = _band(r.band)
-    for name, before, after in (
-        (f"Shorts within +{band}", prev.short_in_band, r.short_in_band),
-        (f"Longs within {MINUS}{band}", prev.long_in_band, r.long_in_band),
-    ):
-        b, a = _finite(before), _finite(after)
+    dist = _band(ch.distance)
+    if ch.not_compared is not None:
+        # totals are only comparable between maps built the same way from the same venues
+        venues = lambda x: " + ".join(_md_safe(_venue(v), 20) for v in x.venues[:8]) or "none"  # noqa: E731
+        shown = {
+            "band": (f"±{_band(prev.band)}", f"±{_band(r.band)}"),
+            "map window": (_md_safe(prev.window, 8), _md_safe(r.window, 8)),
+            "map kind": (_md_safe(prev.kind, 12), _md_safe(r.kind, 12)),
+            "venues": (venues(prev), venues(r)),
+        }
+        what = ch.not_compared[0]
+        before, after = shown.get(what, ("?", "?"))
+        lines.append(f"Totals and clusters not compared: the {what} changed from {before} to {after}.")
+    elif ch.totals_missing:
+        lines.append(f"Totals not compared: a reading has no ±{dist} point.")
+    for t in ch.totals:
+        name = f"Shorts within +{dist}" if t.side == "short" else f"Longs within {MINUS}{dist}"
+        b, a = t.before, t.after
         if b > 0:
             delta = f" ({_pct((a / b - 1) * 100, 0)})"
         else:
             delta = " (new)" if a > 0 else ""
         lines.append(f"{name}: {usd(b)} → {usd(a)}{delta}")
-    return ChangeView(tuple(lines))
+    tiers: tuple[str, ...] = ()
+    for c in [c for c in ch.appeared if _usable(c)][:_MAX_CHANGE_CLUSTERS]:
+        lines.append(_cluster_line(c, tiers, f"New {c.side} cluster"))
+    for s in [s for s in ch.swept if _usable(s.cluster)][:_MAX_CHANGE_CLUSTERS]:
+        c, word = s.cluster, "low" if s.cluster.side == "long" else "high"
+        lines.append(f"Swept: the {c.side} cluster of ~{usd(c.notional)} around {price_str(c.price)} "
+                     f"(price {word} since then {price_str(s.extreme)}).")
+    if ch.sweep_note:
+        lines.append(f"Sweeps not checked: {ch.sweep_note}.")
+    elif ch.path_from_ms is not None and ch.path_from_ms > ch.since_ms:
+        lines.append(f"Sweeps checked only from {_fmt_time(ch.path_from_ms)}: this map's bars start there.")
+    title = "Since the last report"
+    if prev.end_ms > 0:
+        title += f" (data to {_fmt_time(prev.end_ms)})"
+    return ChangeView(title, tuple(lines))
 
 
 # -- output -------------------------------------------------------------------------------------
@@ -457,11 +481,12 @@ def summary(reading: Reading, m: LiquidationMap, *, with_footer: bool = False) -
     )
 
 
-def daily(reading: Reading, m: LiquidationMap, *, previous: Reading | None = None, with_footer: bool = False) -> str:
+def daily(reading: Reading, m: LiquidationMap, *, previous: Reading | None = None, with_footer: bool = False,
+          change_params: ChangeParams | None = None) -> str:
     """The daily report (≤ 4096 chars): headline, the summary content, and the change since ``previous``.
 
-    ``previous`` is yesterday's reading of the same symbol; another symbol is an :class:`InputError`.
-    ``with_footer`` as in :func:`summary`.
+    ``previous`` is the last report's reading of the same symbol (another symbol is an
+    :class:`InputError`); the sweeps since it are read from ``m.path``. ``with_footer`` as in :func:`summary`.
     """
     _check(reading)
     if previous is not None:
@@ -476,9 +501,18 @@ def daily(reading: Reading, m: LiquidationMap, *, previous: Reading | None = Non
     return _render(
         "daily.md.j2", EMBED_LIMIT,
         headline=headline, sub=sub, body=_body(reading, m, _DAILY_LEVELS),
-        change=_change(previous, reading) if previous is not None else None,
+        change=_change(previous, reading, m.path, change_params) if previous is not None else None,
         footer=_footer_text(m, _md_safe) if with_footer else "",
     )
+
+
+def change(previous: Reading, reading: Reading, m: LiquidationMap, *, params: ChangeParams | None = None) -> str:
+    """The "since the last report" section alone (≤ 4096 chars), as the daily report words it:
+    what changed from ``previous`` to ``reading`` (same symbol, else :class:`InputError`), sweeps
+    read from ``m.path``."""
+    _check(reading)
+    _check(previous, "previous reading")
+    return _render("change.md.j2", EMBED_LIMIT, change=_change(previous, reading, m.path, params))
 
 
 def notice(old: SkewClass, reading: Reading, m: LiquidationMap) -> str:

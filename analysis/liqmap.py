@@ -17,7 +17,7 @@ from .bars import iso
 from .errors import DataError
 
 __all__ = [
-    "LiquidationMap", "SweptSeries", "merge", "nice_width", "MapKind", "GRID_PCT", "MAX_BINS", "price_grid",
+    "LiquidationMap", "SweptSeries", "PricePath", "merge", "merge_paths", "nice_width", "MapKind", "GRID_PCT", "MAX_BINS", "price_grid",
     "bin_levels", "left_off_note",
 ]
 
@@ -95,12 +95,57 @@ class SweptSeries:
 
 
 @dataclass(frozen=True, eq=False)
+class PricePath:
+    """The range price traded in each bar behind a map: bar open time (epoch ms), high and low.
+
+    What the model swept levels with (bad-print wicks clipped), so a later reading can tell which
+    earlier levels price has traded through since (:mod:`analysis.change`). ``interval_ms`` is
+    the bar length; a merged map's path is the envelope of its venues' paths.
+    """
+
+    time: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    interval_ms: int
+
+    @property
+    def start_ms(self) -> int:
+        return int(self.time[0]) if self.time.size else 0
+
+    def since(self, t_ms: int) -> tuple[float, float, int] | None:
+        """``(low, high, bars)`` over the bars that opened at or after ``t_ms``; None when there are none."""
+        i = int(np.searchsorted(self.time, int(t_ms), side="left"))
+        if i >= self.time.size:
+            return None
+        return float(self.low[i:].min()), float(self.high[i:].max()), int(self.time.size - i)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.time.nbytes + self.high.nbytes + self.low.nbytes)
+
+
+def merge_paths(paths: "list[PricePath | None]") -> PricePath | None:
+    """The envelope of several venues' paths: per bar open time the highest high and lowest low
+    (a level of the merged map is swept where any venue's price reached it). None if none has one."""
+    have = [p for p in paths if p is not None and p.time.size]
+    if len(have) <= 1:
+        return have[0] if have else None
+    times, inv = np.unique(np.concatenate([p.time for p in have]), return_inverse=True)
+    high = np.full(times.size, -np.inf)
+    low = np.full(times.size, np.inf)
+    np.maximum.at(high, inv, np.concatenate([p.high for p in have]))
+    np.minimum.at(low, inv, np.concatenate([p.low for p in have]))
+    return PricePath(times, high, low, max(p.interval_ms for p in have))
+
+
+@dataclass(frozen=True, eq=False)
 class LiquidationMap:
     """Liquidation notional in USD per (venue, price bin, leverage tier), for each side.
 
     ``long``/``short`` have shape ``(len(venues), n_bins, len(tiers))``. Bin ``i`` covers
     ``[grid_lo + i*bin_width, grid_lo + (i+1)*bin_width)``. Long levels sit below ``price`` and
-    short levels above it by construction.
+    short levels above it by construction. ``path`` is the price path of the bars behind an
+    estimated map (None for a finished snapshot such as CoinGlass's).
     """
 
     symbol: str
@@ -119,6 +164,7 @@ class LiquidationMap:
     swept: SweptSeries | None = None
     notes: tuple[str, ...] = field(default=())
     params: dict[str, Any] = field(default_factory=dict)
+    path: PricePath | None = None
 
     # -- grid -----------------------------------------------------------------------------------
     @property
@@ -260,4 +306,5 @@ def merge(maps: list[LiquidationMap], *, grid_pct: float | None = None, max_bins
         swept=None,
         notes=tuple(notes),
         params=maps[0].params,
+        path=merge_paths([m.path for m in maps]),
     )

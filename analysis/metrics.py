@@ -114,7 +114,8 @@ class Threshold:
 
 @dataclass(frozen=True)
 class Reading:
-    """Everything the chart and the commentary say about a map."""
+    """Everything the chart and the commentary say about a map. ``end_ms`` is the map's data time
+    (close of its last bar; 0 when unknown): when the reading was true."""
 
     symbol: str
     price: float
@@ -136,6 +137,7 @@ class Reading:
     total_long: float
     total_short: float
     notes: tuple[str, ...] = field(default=())
+    end_ms: int = 0
 
     @property
     def empty(self) -> bool:
@@ -279,4 +281,5 @@ def read(m: LiquidationMap, params: MetricsParams | None = None) -> Reading:
         total_long=m.total_long,
         total_short=m.total_short,
         notes=m.notes,
+        end_ms=int(m.end_ms),
     )

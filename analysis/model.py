@@ -34,7 +34,7 @@ import numpy as np
 
 from .bars import Bars, iso
 from .errors import DataError, InputError
-from .liqmap import GRID_PCT, MAX_BINS, LiquidationMap, SweptSeries, bin_levels, left_off_note, nice_width, price_grid
+from .liqmap import GRID_PCT, MAX_BINS, LiquidationMap, PricePath, SweptSeries, bin_levels, left_off_note, nice_width, price_grid
 from .margin import MarginTable, table_for
 
 __all__ = [
@@ -741,4 +741,5 @@ def map_from_run(run: ModelRun, params: ModelParams, *, window: str = "", now_ms
         swept=SweptSeries(bars.time.copy(), swept_series[0], swept_series[1], prior_series[0], prior_series[1]),
         notes=tuple(notes),
         params=p,
+        path=PricePath(bars.time.copy(), bars.high.copy(), bars.low.copy(), bars.interval_ms),
     )

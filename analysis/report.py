@@ -26,6 +26,7 @@ from .errors import InputError, LiqmapError, SourceError
 from .liqmap import LiquidationMap, merge
 from .metrics import MetricsParams, Reading, read
 from .model import ModelParams, build_map, non_default_params
+from .readings import to_record
 from .sources.base import Source
 from .symbols import parse_symbol
 from .venues import get as venue_info
@@ -69,12 +70,15 @@ class Report:
         arrays = m.long.nbytes + m.short.nbytes
         if m.swept is not None:
             arrays += m.swept.time.nbytes + m.swept.long.nbytes + m.swept.short.nbytes
+        if m.path is not None:
+            arrays += m.path.nbytes
         text = len(self.summary.encode("utf-8")) + sum(len(n) for n in m.notes) + sum(len(v) for v in self.missing.values())
         return len(self.png) + arrays + text + _OVERHEAD_BYTES
 
     def to_json(self) -> dict[str, Any]:
         out = self.map.to_json()
         out["reading"] = self.reading.to_json()
+        out["record"] = to_record(self.reading)  # what a later `liqmap report --since` compares with
         out["non_default_params"] = non_default_params(self.map.params) if self.map.kind == "estimated" else {}
         out["missing_venues"] = dict(self.missing)
         return out

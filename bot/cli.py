@@ -96,8 +96,48 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override one model parameter, as liqmap backtest --set does (repeatable; applied after "
                         "LIQMAP_MODEL; see docs/methodology.md)")
+    p.add_argument("--since", default=None, metavar="FILE|DIR|last",
+                   help="also say what changed since an earlier report: its liqmap.json, the directory it was "
+                        "written to, or 'last' for the liqmap.json already in --out (summary.md gains the section, "
+                        "liqmap.json a \"change\" object)")
     p.add_argument("--env-file", default=".env", help="settings file read besides the environment, as the bot reads "
                                                       "it (default .env)")
+
+
+#: the largest earlier liqmap.json --since reads (a 50,000-bin map's is about 10 MB)
+MAX_SINCE_BYTES = 32 * 1024 * 1024
+
+
+def _since_path(since: str, out: Path) -> Path:
+    """The earlier liqmap.json ``--since`` names: a file, a report directory, or ``last`` (in ``out``)."""
+    path = out / "liqmap.json" if since == "last" else Path(since)
+    try:
+        if path.is_dir():
+            path = path / "liqmap.json"
+    except OSError:
+        pass  # reported by _read_since with the reason
+    return path
+
+
+def _read_since(path: Path, symbol: str):
+    """The reading recorded in an earlier report's liqmap.json; anything else is one InputError."""
+    from analysis.files import read_regular
+    from analysis.readings import loads_json, record_of_report
+
+    what = f"--since {path}"
+    try:
+        raw = read_regular(path, MAX_SINCE_BYTES)
+    except FileNotFoundError:
+        raise InputError(f"{what}: no such file (give an earlier report's liqmap.json or its directory)") from None
+    except OSError as exc:
+        raise InputError(f"{what}: cannot read it: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise InputError(f"{what}: {exc}") from None
+    doc = loads_json(raw, f"report {path}", MAX_SINCE_BYTES)
+    previous = record_of_report(doc, f"report {path}")
+    if previous.symbol != symbol:
+        raise InputError(f"{what} is a report for {previous.symbol[:32]!r}, not {symbol}")
+    return previous
 
 
 def _run_report(args: argparse.Namespace) -> int:
@@ -110,6 +150,12 @@ def _run_report(args: argparse.Namespace) -> int:
     pictures = {"map": ("liqmap.png",), "heatmap": ("heatmap.png",), "both": ("liqmap.png", "heatmap.png")}[args.view]
     for name in (*pictures, "summary.md", "liqmap.json"):
         _check_output(out / name)
+    previous = None
+    if args.since is not None:
+        from analysis.symbols import parse_symbol
+
+        # read before anything is written: --since last names the liqmap.json this run replaces
+        previous = _read_since(_since_path(args.since, out), parse_symbol(args.symbol).symbol)
     # the bot's settings (.env included): LIQMAP_SOURCE, LIQMAP_CACHE_DIR, COINGLASS_API_KEY, LIQMAP_MODEL
     settings = load_settings(args.env_file, **({"source": args.source} if args.source is not None else {}))
     params = model_params(settings.sources, args.overrides)
@@ -131,7 +177,14 @@ def _run_report(args: argparse.Namespace) -> int:
         rep, heat = asyncio.run(build())
     finally:
         progress.done()
-    text = f"{rep.summary}\n\n{commentary.footer(rep.map)}"  # a file has no embed footer: carry provenance inline
+    doc = rep.to_json()
+    body = rep.summary
+    if previous is not None:
+        from analysis.change import compare
+
+        body += "\n\n" + commentary.change(previous, rep.reading, rep.map)
+        doc["change"] = compare(previous, rep.reading, rep.map.path).to_json()
+    text = f"{body}\n\n{commentary.footer(rep.map)}"  # a file has no embed footer: carry provenance inline
     try:
         out.mkdir(parents=True, exist_ok=True)
         if "liqmap.png" in pictures:
@@ -139,7 +192,7 @@ def _run_report(args: argparse.Namespace) -> int:
         if heat is not None:
             (out / "heatmap.png").write_bytes(heat)
         (out / "summary.md").write_text(text + "\n", encoding="utf-8")
-        (out / "liqmap.json").write_text(json.dumps(rep.to_json(), indent=1) + "\n", encoding="utf-8")
+        (out / "liqmap.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     except OSError as exc:
         raise InputError(f"cannot write to {out}: {exc.strerror or exc}") from None
     print(text)

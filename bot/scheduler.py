@@ -40,6 +40,15 @@ Blind retries: a resend without a marker search (discord.py's own retries of one
 only within :data:`BLIND_RETRY_WINDOW` of the first attempt, inside Discord's nonce window; every
 later retry searches for the marker first (``post_timeout_s`` may not exceed the window).
 
+What changed since the last report: every report this dispatcher posts has its reading record
+(:mod:`analysis.readings`) kept in ``daily_readings`` in the same transaction as its ``sent``
+outcome (:meth:`Store.finish_many`), the latest few per (schedule, symbol). At the next run the
+latest ones of all posts being made are loaded in one query and passed to the text as
+``previous`` (each distinct (key, previous) rendered once). A post recovered by marker or refused
+as :class:`AlreadyPosted` keeps no reading (what it said is not known for sure): the next report
+then compares with the one before. A kept record that does not parse, or one of another symbol,
+is ignored with a log line; a reading that cannot be recorded is not kept; neither stops a post.
+
 Retention: once a day (:data:`PRUNE_EVERY`) final delivery records due more than ``retention`` ago
 are pruned in bounded batches; see :meth:`Store.prune_deliveries` for why this can never let a
 post be made twice.
@@ -88,7 +97,7 @@ from analysis.hysteresis import step
 from analysis.metrics import SKEW_CLASSES
 from analysis.options import VIEWS
 
-from .store import Claim, DailySchedule, Outcome, SkewWatch, Store, local_date_of, next_occurrence
+from .store import Claim, DailySchedule, Outcome, ReadingIn, SkewWatch, Store, local_date_of, next_occurrence
 
 __all__ = [
     "Poster",
@@ -311,9 +320,15 @@ def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1].rstrip() + "…"
 
 
-def _daily_text(report: Any) -> str:
+def _daily_text(report: Any, previous: Any = None) -> str:
+    """The daily report's text; with ``previous`` (the last posted reading) it says what changed since."""
     from analysis import commentary
 
+    if previous is not None:
+        try:
+            return commentary.daily(report.reading, report.map, previous=previous)
+        except LiqmapError as exc:  # a previous reading that cannot be compared must not stop the report
+            log.warning("daily %s: not compared with the previous report: %s", report.reading.symbol, exc)
     return commentary.daily(report.reading, report.map)
 
 
@@ -334,6 +349,25 @@ class _Rendered:
     view: str
     report: Any = None  # the map report (map and both)
     heat: Any = None  # (png, states, missing) (heatmap and both)
+
+
+def _reading_record(report: Any) -> str:
+    """The JSON record of the reading behind a posted report (kept for the next report to compare with)."""
+    from analysis.readings import dumps_record
+
+    return dumps_record(report.reading)
+
+
+def _previous_reading(stored: Any, symbol: str) -> Any:
+    """The Reading a kept record describes, or None (logged) if it cannot be read or is another symbol's."""
+    from analysis.readings import loads_record
+
+    try:
+        reading = loads_record(stored.record, "kept reading record")
+    except LiqmapError as exc:
+        log.warning("daily %s %s: the kept reading %s is not used: %s", stored.schedule_id, symbol, stored.id, exc)
+        return None
+    return reading if reading.symbol == symbol else None
 
 
 def _notice_text(old: Any, reading: Any, m: Any) -> str:
@@ -381,7 +415,8 @@ class Dispatcher:
         now: Callable[[], datetime] = _utcnow,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         embed: EmbedFn = default_embed,
-        daily_text: Callable[[Any], str] = _daily_text,
+        daily_text: Callable[[Any, Any], str] = _daily_text,
+        reading_record: Callable[[Any], str] = _reading_record,
         notice_text: Callable[[Any, Any, Any], str] = _notice_text,
         heartbeat: Callable[[datetime], None] | None = None,
         heatmap: HeatmapFn | None = None,
@@ -398,7 +433,8 @@ class Dispatcher:
         self.now = now
         self.sleep = sleep
         self.embed = embed
-        self.daily_text = daily_text
+        self.daily_text = daily_text  # (report, previous reading or None) -> text
+        self.reading_record = reading_record
         self.notice_text = notice_text
         self.heartbeat = heartbeat  # called with now() after every loop iteration (bot.health.Heartbeat)
         self._task: asyncio.Task | None = None
@@ -537,20 +573,27 @@ class Dispatcher:
         return out
 
     def _daily_message(self, rendered: _Rendered, symbol: str, window: str, marker: str,
-                       texts: dict[tuple[ViewKey, str], str], key: ViewKey) -> tuple[dict, bytes, str, list]:
-        """The post of one view: (first embed with the marker, its PNG, its file name, extra embeds)."""
+                       texts: dict[tuple[ViewKey, str, int | None], str], key: ViewKey,
+                       prev: Any = None, prev_id: int | None = None) -> tuple[dict, bytes, str, list]:
+        """The post of one view: (first embed with the marker, its PNG, its file name, extra embeds).
+
+        ``prev`` is the reading of the schedule's last posted report (``prev_id`` its kept record's
+        id, part of the text cache key), compared with in the map text.
+        """
         embeds: list[tuple[dict, bytes, str]] = []
         if rendered.report is not None:
-            if (key, "map") not in texts:
-                texts[(key, "map")] = self.daily_text(rendered.report)
+            tkey = (key, "map", prev_id)
+            if tkey not in texts:
+                texts[tkey] = self.daily_text(rendered.report, prev)
             embeds.append((self.embed(rendered.report, f"Daily {symbol} liquidation map · {window}",
-                                      texts[(key, "map")], marker), rendered.report.png, ATTACHMENT))
+                                      texts[tkey], marker), rendered.report.png, ATTACHMENT))
         if rendered.heat is not None:
             png, states, missing = rendered.heat
-            if (key, "heatmap") not in texts:
-                texts[(key, "heatmap")] = self.heatmap_text(states)
+            hkey = (key, "heatmap", None)
+            if hkey not in texts:
+                texts[hkey] = self.heatmap_text(states)
             title = f"Daily {symbol} liquidation heatmap · {window}"
-            embeds.append((self.heatmap_embed(states, missing, title, texts[(key, "heatmap")],
+            embeds.append((self.heatmap_embed(states, missing, title, texts[hkey],
                                               "" if embeds else marker), png, HEATMAP_ATTACHMENT))
         fit_embeds([e for e, _, _ in embeds])
         (embed, png, filename), *extra = embeds
@@ -640,7 +683,12 @@ class Dispatcher:
         won = await self.store.claim_many(claims, now=claimed_at, lease=self.params.claim_lease)
         late_days = {(p.sched.id, p.late.day) for p in plans if p.late}
         scheds = {p.sched.id: p.sched for p in plans}
-        texts: dict[tuple[ViewKey, str], str] = {}
+        # the reading behind each schedule's last posted report: one query for the whole tick
+        kept = await self.store.latest_readings({(d.schedule_id, d.symbol) for d, _ in won})
+        previous = {k: _previous_reading(v, k[1]) for k, v in kept.items()}
+        texts: dict[tuple[ViewKey, str, int | None], str] = {}
+        records: dict[ViewKey, str | None] = {}
+        posted: list[ReadingIn] = []
         sem = asyncio.Semaphore(self.params.post_concurrency)
         gone: dict[int, str] = {}
 
@@ -672,14 +720,22 @@ class Dispatcher:
                         stats.skipped += 1
                         return Outcome(d.id, "skipped", detail=_missed(d.due_at, self.params.grace), attempts=d.attempts)
                     key = (d.symbol, sched.window, sched.exchange, sched.view)
-                    embed, png, filename, extra = self._daily_message(reports[key], d.symbol, sched.window,
-                                                                      d.marker, texts, key)
+                    rendered = reports[key]
+                    prev = previous.get((sched.id, d.symbol))
+                    prev_id = kept[(sched.id, d.symbol)].id if prev is not None else None
+                    embed, png, filename, extra = self._daily_message(rendered, d.symbol, sched.window,
+                                                                      d.marker, texts, key, prev, prev_id)
                     msg_id = await asyncio.wait_for(
                         self.poster.post(d.channel_id, content=None, embed=embed, png=png, filename=filename,
                                          nonce=d.nonce, extra=extra),
                         self.params.post_timeout_s,
                     )
                     stats.posted += 1
+                    # a heatmap-only post has no map reading to keep for the next comparison
+                    if key not in records:
+                        records[key] = self._record(rendered.report) if rendered.report is not None else None
+                    if records[key] is not None:
+                        posted.append(ReadingIn(sched.id, d.symbol, d.local_date, records[key]))
                     return Outcome(d.id, "sent", message_id=int(msg_id), attempts=d.attempts)
                 except AlreadyPosted as exc:
                     stats.recovered += 1
@@ -701,8 +757,9 @@ class Dispatcher:
                     return Outcome(d.id, "failed", detail=f"{type(exc).__name__}: {exc}", attempts=d.attempts)
 
         outcomes = await asyncio.gather(*(deliver(d, rec) for d, rec in won))
-        # written only where the claim is still ours (see Store.finish_many)
-        await self.store.finish_many([o for o in outcomes if o is not None], now=self.now())
+        # written only where the claim is still ours (see Store.finish_many); the readings of the
+        # reports posted in this tick go in the same transaction
+        await self.store.finish_many([o for o in outcomes if o is not None], now=self.now(), readings=posted)
 
         # move next_run_at: hold it on a run that is not final yet, else past the current run
         final = await self.store.deliveries_for((p.sched.id, r.day) for p in plans for r in p.runs())
@@ -723,6 +780,15 @@ class Dispatcher:
                 moves.append((p.sched.id, p.sched.next_run_at, target))
         await self.store.advance_many(moves)
         return stats
+
+    def _record(self, rep: Any) -> str | None:
+        """The reading record to keep for a posted report, or None (logged) if it cannot be made."""
+        try:
+            return self.reading_record(rep)
+        except LiqmapError as exc:
+            log.warning("the reading of %s is not kept (the next report will not compare with it): %s",
+                        getattr(rep, "symbol", "?"), exc)
+            return None
 
     # -- skew notices -------------------------------------------------------------------------------
 

@@ -30,6 +30,8 @@ API for the Discord layer (all ``async``)::
     await store.pause_channel(channel_id, reason) -> int          # every subscription posting there
     await store.deliveries(schedule_id, local_date=None) -> list[Delivery]
     await store.prune_deliveries(before, batch=5000, max_batches=100) -> int  # final records due before
+    await store.latest_readings([(schedule_id, symbol), ...]) -> {(id, symbol): StoredReading}
+    await store.readings(schedule_id, symbol=None) -> list[StoredReading]   # the last KEEP_READINGS kept
 
 Ids are range-checked before any query: Discord ids 1..2**63-1 (else InputError), subscription
 ids 1..2**31-1 (else "no such id": None, False or an InputError saying so).
@@ -43,7 +45,8 @@ Validators usable on their own (e.g. in autocomplete or a pre-check): :func:`par
 :func:`local_occurrence` (the DST policy).
 
 The dispatcher (``bot/scheduler.py``) uses :meth:`Store.due_daily`, :meth:`Store.deliveries_for`,
-:meth:`Store.claim_many`, :meth:`Store.finish_many`, :meth:`Store.skip_many`,
+:meth:`Store.claim_many`, :meth:`Store.finish_many` (which also keeps the readings of the posted
+reports), :meth:`Store.latest_readings`, :meth:`Store.skip_many`,
 :meth:`Store.advance_many`, :meth:`Store.active_watches`, :meth:`Store.record_baselines` and
 :meth:`Store.set_watch_class` (one transaction per step per tick, not per channel).
 """
@@ -69,6 +72,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Text,
     UniqueConstraint,
     bindparam,
     delete,
@@ -85,6 +89,7 @@ from sqlalchemy.types import TypeDecorator
 from analysis.errors import InputError
 from analysis.hysteresis import HysteresisParams
 from analysis.options import VIEWS
+from analysis.readings import MAX_RECORD_BYTES
 from analysis.symbols import parse_symbol
 from analysis.windows import parse_window
 from analysis.venues import EXCHANGES as VENUE_EXCHANGES
@@ -98,6 +103,9 @@ __all__ = [
     "Delivery",
     "Claim",
     "Outcome",
+    "ReadingIn",
+    "StoredReading",
+    "KEEP_READINGS",
     "parse_time",
     "parse_timezone",
     "parse_symbols",
@@ -639,6 +647,7 @@ class Store:
             row = await self._owned(s, DailyRow, guild_id, schedule_id, "daily report")
             out = DailySchedule._of(row)
             await s.execute(delete(DeliveryRow).where(DeliveryRow.schedule_id == schedule_id))
+            await s.execute(delete(DailyReadingRow).where(DailyReadingRow.schedule_id == schedule_id))
             await s.delete(row)
             return out
 
@@ -1015,14 +1024,20 @@ class Store:
                     out.append((d, rec))
             return out
 
-    async def finish_many(self, outcomes: Sequence[Outcome], *, now: datetime) -> None:
+    async def finish_many(self, outcomes: Sequence[Outcome], *, now: datetime,
+                          readings: Sequence["ReadingIn"] = ()) -> None:
         """Record the outcomes of many claimed deliveries in one transaction.
 
         An outcome with ``attempts`` is written only while the record is still that claim (state
         ``claimed``, same attempt number): if another dispatcher took the claim over meanwhile (its
         lease ran out), its record wins and this stale outcome is dropped.
+
+        ``readings`` (the records of the reports just posted, :class:`ReadingIn`) are kept in the
+        same transaction, so a posted report is never recorded without its reading; they are kept
+        even when the outcome is dropped as stale (the post was made, with that reading). A
+        schedule removed meanwhile simply loses its readings.
         """
-        if not outcomes:
+        if not outcomes and not readings:
             return
         now = _aware(now)
         plain, guarded = [], []
@@ -1040,16 +1055,26 @@ class Store:
         t = DeliveryRow.__table__
         values = dict(state=bindparam("b_state"), message_id=bindparam("b_message_id"),
                       finished_at=bindparam("b_finished_at", type_=UTCDateTime()), detail=bindparam("b_detail"))
-        async with self._session() as s, s.begin():  # (executemany: rowcount is not reliable on asyncpg)
-            if plain:
-                await s.execute(update(t).where(t.c.id == bindparam("b_id")).values(**values), plain)
-            if guarded:
-                await s.execute(
-                    update(t)
-                    .where(t.c.id == bindparam("b_id"), t.c.state == "claimed", t.c.attempts == bindparam("b_attempts"))
-                    .values(**values),
-                    guarded,
-                )
+        keep = [r for r in readings if _valid_item_id(r.schedule_id)]
+        for attempt in range(2):
+            try:
+                async with self._session() as s, s.begin():  # (executemany: rowcount is not reliable on asyncpg)
+                    if plain:
+                        await s.execute(update(t).where(t.c.id == bindparam("b_id")).values(**values), plain)
+                    if guarded:
+                        await s.execute(
+                            update(t)
+                            .where(t.c.id == bindparam("b_id"), t.c.state == "claimed",
+                                   t.c.attempts == bindparam("b_attempts"))
+                            .values(**values),
+                            guarded,
+                        )
+                    await self._keep_readings(s, keep, now)
+                return
+            except IntegrityError:
+                if attempt or not keep:
+                    raise
+                keep = await self._live_readings(keep)  # a schedule was removed meanwhile: drop its readings
 
     async def renew_claim(self, delivery_id: int, attempts: int, *, now: datetime) -> bool:
         """Refresh the lease of a claim still held (state ``claimed``, same attempt number).
@@ -1236,6 +1261,61 @@ class Store:
         return row
 
 
+    # -- daily readings (see DailyReadingRow at the end of the file) ---------------------------------
+
+    async def _keep_readings(self, s: AsyncSession, items: Sequence[ReadingIn], now: datetime) -> None:
+        """Insert ``items`` and drop all but the latest :data:`KEEP_READINGS` of each (schedule, symbol)."""
+        items = [r for r in items if len(r.record) <= MAX_RECORD_BYTES and len(r.symbol) <= 32]
+        if not items:
+            return
+        t = DailyReadingRow.__table__
+        await s.execute(t.insert(), [{"schedule_id": r.schedule_id, "symbol": r.symbol, "local_date": r.local_date,
+                                      "posted_at": now, "record": r.record} for r in items])
+        newest = (select(t.c.id).where(t.c.schedule_id == bindparam("b_s"), t.c.symbol == bindparam("b_y"))
+                  .order_by(t.c.id.desc()).limit(KEEP_READINGS))
+        pairs = sorted({(r.schedule_id, r.symbol) for r in items})
+        await s.execute(
+            delete(t).where(t.c.schedule_id == bindparam("b_s"), t.c.symbol == bindparam("b_y"),
+                            t.c.id.not_in(newest.scalar_subquery())),
+            [{"b_s": sid, "b_y": sym} for sid, sym in pairs],
+        )
+
+    async def _live_readings(self, items: Sequence[ReadingIn]) -> list[ReadingIn]:
+        """``items`` whose schedule still exists."""
+        ids = sorted({r.schedule_id for r in items})
+        live: set[int] = set()
+        async with self._session() as s:
+            for chunk in _chunks(ids, 500):
+                live.update(await s.scalars(select(DailyRow.id).where(DailyRow.id.in_(chunk))))
+        return [r for r in items if r.schedule_id in live]
+
+    async def latest_readings(self, keys: Iterable[tuple[int, str]]) -> dict[tuple[int, str], StoredReading]:
+        """The latest kept reading of each (schedule id, symbol) that has one: one query (per 500 schedules)."""
+        wanted = {(sid, sym) for sid, sym in keys if _valid_item_id(sid)}
+        if not wanted:
+            return {}
+        t = DailyReadingRow
+        out: dict[tuple[int, str], StoredReading] = {}
+        async with self._session() as s:
+            for chunk in _chunks(sorted({sid for sid, _ in wanted}), 500):
+                latest = (select(func.max(t.id)).where(t.schedule_id.in_(chunk))
+                          .group_by(t.schedule_id, t.symbol).scalar_subquery())
+                for r in await s.scalars(select(t).where(t.id.in_(latest))):
+                    if (r.schedule_id, r.symbol) in wanted:
+                        out[(r.schedule_id, r.symbol)] = StoredReading._of(r)
+        return out
+
+    async def readings(self, schedule_id: int, symbol: str | None = None) -> list[StoredReading]:
+        """The kept readings of a schedule (one symbol, or all), oldest first."""
+        if not _valid_item_id(schedule_id):
+            return []
+        q = select(DailyReadingRow).where(DailyReadingRow.schedule_id == schedule_id)
+        if symbol is not None:
+            q = q.where(DailyReadingRow.symbol == symbol)
+        async with self._session() as s:
+            return [StoredReading._of(r) for r in await s.scalars(q.order_by(DailyReadingRow.id))]
+
+
 def _reclaimable(row: DeliveryRow, now: datetime, lease: timedelta) -> bool:
     """A record may be taken over when its send failed, or its claimer has held it longer than ``lease``."""
     if row.state == "failed":
@@ -1271,3 +1351,48 @@ def _finite(x: float | None) -> float | None:
     import math
 
     return float(x) if x is not None and math.isfinite(x) else None
+
+
+# -- daily readings (what a daily report compares itself with) ----------------------------------------
+# The table and its records; the Store methods are at the end of the Store class.
+
+#: how many posted readings are kept per (schedule, symbol); only the latest is compared with
+KEEP_READINGS = 3
+
+
+class DailyReadingRow(Base):
+    __tablename__ = "daily_readings"
+    __table_args__ = (Index("ix_daily_readings_latest", "schedule_id", "symbol", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    schedule_id: Mapped[int] = mapped_column(Integer, ForeignKey("daily_schedules.id", ondelete="CASCADE"))
+    symbol: Mapped[str] = mapped_column(String(32))
+    local_date: Mapped[date] = mapped_column(Date)
+    posted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    record: Mapped[str] = mapped_column(Text)
+
+
+@dataclass(frozen=True)
+class ReadingIn:
+    """The reading record (JSON text, :mod:`analysis.readings`) of one posted daily report, to keep."""
+
+    schedule_id: int
+    symbol: str
+    local_date: date
+    record: str
+
+
+@dataclass(frozen=True)
+class StoredReading:
+    """A kept reading record: what the daily report of ``schedule_id``/``symbol`` said on ``local_date``."""
+
+    id: int
+    schedule_id: int
+    symbol: str
+    local_date: date
+    posted_at: datetime
+    record: str
+
+    @classmethod
+    def _of(cls, r: DailyReadingRow) -> "StoredReading":
+        return cls(r.id, r.schedule_id, r.symbol, r.local_date, r.posted_at, r.record)

@@ -349,10 +349,10 @@ def test_daily_headline_and_change_since_yesterday():
     assert "• Price: $63,100 → $64,592 (+2.4%)" in d
     assert "• Shorts within +5%: $100M → $500M (+400%)" in d
     assert "• Longs within −5%: $100M → $120M (+20%)" in d
-    assert "Since yesterday" not in daily(today, make_map())
+    assert "Since the last report" not in daily(today, make_map())
     notes = ("okx missing: timeout",)
     d = daily(replace(today, notes=notes), make_map(notes=notes), previous=prev, with_footer=True)
-    assert d.index("**Since yesterday**") < d.index("⚠️ okx missing: timeout") < d.index("*Estimated from OI flow")
+    assert d.index("**Since the last report**") < d.index("⚠️ okx missing: timeout") < d.index("*Estimated from OI flow")
 
 
 def test_daily_change_edge_cases():
@@ -360,13 +360,13 @@ def test_daily_change_edge_cases():
     d = daily(today, make_map(), previous=make_reading(0, 1e8))
     assert "• Shorts within +5%: $0 → $200M (new)" in d and not bad_numbers(d)
     d = daily(today, make_map(), previous=replace(make_reading(2e8, 1e8), band=0.03))
-    assert "Band totals not compared: the band changed from ±3% to ±5%." in d and "Shorts within" not in d
+    assert "Totals and clusters not compared: the band changed from ±3% to ±5%." in d and "Shorts within" not in d
     assert "• Skew: unchanged (short-skewed)" in daily(today, make_map(), previous=today)
     d = daily(today, make_map(), previous=replace(make_reading(2e8, 1e8), window="1d"))
     assert "the map window changed from 1d to 7d" in d and "Shorts within" not in d
     # a venue missing today would shrink the totals: say so instead of reporting a drop
     d = daily(today, make_map(), previous=replace(make_reading(2e8, 1e8), venues=("binance", "okx")))
-    assert "Band totals not compared: the venues changed from Binance + OKX to Binance." in d
+    assert "Totals and clusters not compared: the venues changed from Binance + OKX to Binance." in d
     assert "Shorts within" not in d
     d = daily(today, make_map(), previous=replace(make_reading(2e8, 1e8), kind="coinglass"))
     assert "the map kind changed from coinglass to estimated" in d

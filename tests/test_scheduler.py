@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from analysis.errors import SourceError
-from analysis.metrics import SKEW_CLASSES, classify
+from analysis.metrics import SKEW_CLASSES, Reading, classify
 from bot.scheduler import (
     ChannelGone,
     Dispatcher,
@@ -88,11 +88,13 @@ class FakePoster:
         return len(self.messages.get(channel_id, []))
 
 
-@dataclass(frozen=True)
-class FakeReading:
-    symbol: str
-    imbalance: float
-    skew: object
+def fake_reading(symbol: str, ratio: float, end_ms: int) -> Reading:
+    """A real Reading whose imbalance is ``ratio`` (all the dispatcher's tests look at)."""
+    short = ratio if math.isfinite(ratio) and ratio >= 0 else 0.0
+    return Reading(symbol=symbol, price=100.0, venues=("binance", "bybit"), kind="estimated", window="1d", band=0.05,
+                   distances=(0.05,), cum_long=(1.0,), cum_short=(short,), long_in_band=1.0, short_in_band=short,
+                   imbalance=ratio, skew=classify(ratio), clusters=(), nearest_long=None, nearest_short=None,
+                   thresholds=(), total_long=1.0, total_short=short, end_ms=end_ms)
 
 
 class FakeReports:
@@ -103,6 +105,7 @@ class FakeReports:
         self.down: dict[str, str] = {}  # symbol -> reason
         self.ratio: dict[str, float] = {}
         self.missing: dict[str, str] = {}
+        self.end_ms = 1_780_000_000_000
 
     async def __call__(self, symbol, window, exchange):
         self.calls.append((symbol, window, exchange))
@@ -110,8 +113,8 @@ class FakeReports:
         if symbol in self.down:
             raise SourceError("all", "report", f"every venue failed ({self.down[symbol]})")
         r = self.ratio.get(symbol, 1.0)
-        reading = FakeReading(symbol, r, classify(r))
-        m = SimpleNamespace(venues=("binance", "bybit"), kind="estimated", end_ms=1_780_000_000_000)
+        reading = fake_reading(symbol, r, self.end_ms)
+        m = SimpleNamespace(venues=("binance", "bybit"), kind="estimated", end_ms=self.end_ms)
         return SimpleNamespace(symbol=symbol, png=f"PNG {symbol} {window} {exchange}".encode(), reading=reading,
                                map=m, missing=dict(self.missing), summary=f"summary {symbol}")
 
@@ -143,7 +146,7 @@ class FakeHeatmaps:
 def dispatcher(store, poster, reports, clock, heatmaps=None, heatmap_text=None, **params) -> Dispatcher:
     return Dispatcher(
         store, poster, reports, params=DispatcherParams(**params), now=clock, sleep=clock.sleep,
-        daily_text=lambda rep: f"daily {rep.symbol} ratio {rep.reading.imbalance}",
+        daily_text=lambda rep, prev: f"daily {rep.symbol} ratio {rep.reading.imbalance}",
         notice_text=lambda old, reading, m: f"{reading.symbol}: {old.key} -> {reading.skew.key}",
         heatmap=heatmaps, heatmap_text=heatmap_text or (lambda st: f"heatmap {st.symbol} {st.window}"),
     )
@@ -1080,7 +1083,7 @@ async def test_both_views_fit_discords_6000_characters_per_message(store):
     s = await daily(store, clock, view="both")
     clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
     d = Dispatcher(store, poster, FakeReports(), now=clock, heatmap=heats,
-                   daily_text=lambda rep: "map words " * 500, heatmap_text=lambda st: "heat words " * 300)
+                   daily_text=lambda rep, prev: "map words " * 500, heatmap_text=lambda st: "heat words " * 300)
     assert (await d.run_daily()).posted == 1
     (msg,) = poster.messages[1]
     ((he, _, _),) = msg["extra"]

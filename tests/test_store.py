@@ -18,7 +18,7 @@ from bot.store import (
 )
 
 UTC = timezone.utc
-HEAD = "0004_daily_view"
+HEAD = "0005_daily_readings"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 G, C, U = 111, 222, 333
 
