@@ -224,9 +224,10 @@ def _accumulate(lv: Levels, js: np.ndarray, je: np.ndarray, keep: np.ndarray, lo
     removed.fill(0.0)
     active.fill(0)
     for c in range(0, keep.size, _CHUNK):
-        k = keep[c : c + _CHUNK]
-        t0, weight, js_c, je_c = lv.t0[c : c + _CHUNK][k], lv.weight[c : c + _CHUNK][k], js[c : c + _CHUNK][k], je[c : c + _CHUNK][k]
-        b = np.clip(np.floor((lv.price[c : c + _CHUNK][k] - grid_lo) / width), 0, n_bins - 1).astype(np.int64)
+        part = slice(c, c + _CHUNK)
+        k = keep[part]
+        t0, weight, js_c, je_c = lv.t0[part][k], lv.weight[part][k], js[part][k], je[part][k]
+        b = np.clip(np.floor((lv.price[part][k] - grid_lo) / width), 0, n_bins - 1).astype(np.int64)
         ends = je_c < t_cols
         start_idx, end_idx = js_c * n_bins + b, je_c[ends] * n_bins + b[ends]
         np.add.at(out, start_idx, weight * np.exp(log_end[js_c] - log_c[t0]))
@@ -274,19 +275,41 @@ def merge_states(states: list[HeatmapStates], *, max_cells: int = MAX_CELLS) -> 
     if t_cols * n_bins > max_cells:
         width *= math.ceil(t_cols * n_bins / max_cells)
         grid_lo, n_bins = price_grid(base.price, width, lo, hi, max_bins=cap)
-    longs, shorts = [], []
+    n_venues = sum(len(s.venues) for s in states)
+    long, short = np.zeros((n_venues, t_cols, n_bins)), np.zeros((n_venues, t_cols, n_bins))
+    v0 = 0
     for s in states:
         k = np.searchsorted(s.times[1:], base.times[1:], side="right") - 1  # latest column ended by then
         idx = np.clip(np.floor((s.centers - grid_lo) / width).astype(np.int64), 0, n_bins - 1)
-        for src, dst in ((s.long, longs), (s.short, shorts)):
-            out = np.zeros((src.shape[0], t_cols, n_bins))
-            picked = np.where((k >= 0)[None, :, None], src[:, np.maximum(k, 0)], 0.0)
-            np.add.at(out, (slice(None), slice(None), idx), picked)
-            dst.append(out)
+        same_columns = k.size == s.n_columns and np.array_equal(k, np.arange(k.size))
+        for src, dst in ((s.long, long), (s.short, short)):
+            picked = src if same_columns else np.where((k >= 0)[None, :, None], src[:, np.maximum(k, 0)], 0.0)
+            _sum_into_bins(picked, idx, dst[v0 : v0 + src.shape[0]])
+        v0 += len(s.venues)
     return HeatmapStates(
         symbol=base.symbol, venues=tuple(v for s in states for v in s.venues), window=base.window,
         times=base.times, step_ms=base.step_ms, grid_lo=grid_lo, bin_width=width,
-        long=np.concatenate(longs), short=np.concatenate(shorts),
+        long=long, short=short,
         open=base.open, high=base.high, low=base.low, close=base.close, price=base.price,
         notes=tuple(dict.fromkeys(n for s in states for n in s.notes)), params=base.params,
     )
+
+
+def _sum_into_bins(src: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
+    """``out[..., idx[i]] += src[..., i]`` for every ``i`` in order, for a non-decreasing ``idx``
+    (``out`` starts at zero).
+
+    The same sums, in the same order, as ``np.add.at``, a rank at a time: the ``r``-th source of
+    every run of equal ``idx`` goes in one vectorised step (no target twice in a step); a run is
+    the few bins merged into one, so there are few steps.
+    """
+    if idx.size == 0:
+        return
+    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+    rank = np.arange(idx.size) - np.repeat(starts, np.diff(np.r_[starts, idx.size]))
+    if rank.max() > 64:  # e.g. many bins clipped onto an edge: the plain loop is cheaper then
+        np.add.at(out, (Ellipsis, idx), src)
+        return
+    for r in range(int(rank.max()) + 1):
+        sel = np.flatnonzero(rank == r)
+        out[..., idx[sel]] += src[..., sel]

@@ -191,6 +191,32 @@ def test_merge_stacks_venues_on_one_grid(week):
     np.testing.assert_allclose(m.long[1, -1].sum(), b.long[0, -1].sum(), rtol=1e-9)
 
 
+def merge_by_add_at(states: list[HeatmapStates], m: HeatmapStates) -> tuple[np.ndarray, np.ndarray]:
+    """The merge onto ``m``'s grid by the first implementation: ``np.add.at`` of every venue's bins."""
+    longs, shorts = [], []
+    for s in states:
+        k = np.searchsorted(s.times[1:], m.times[1:], side="right") - 1
+        idx = np.clip(np.floor((s.centers - m.grid_lo) / m.bin_width).astype(np.int64), 0, m.n_bins - 1)
+        for src, dst in ((s.long, longs), (s.short, shorts)):
+            out = np.zeros((src.shape[0], m.n_columns, m.n_bins))
+            picked = np.where((k >= 0)[None, :, None], src[:, np.maximum(k, 0)], 0.0)
+            np.add.at(out, (slice(None), slice(None), idx), picked)
+            dst.append(out)
+    return np.concatenate(longs), np.concatenate(shorts)
+
+
+def test_merge_is_bit_identical_to_add_at(week):
+    a = build_states(week, window="7d")
+    later = build_states(week.slice(len(week) // 2), window="7d", step_ms=a.step_ms)
+    coarse = build_states(week, ModelParams(bin_pct=0.0025), window="7d", step_ms=a.step_ms)
+    fine = build_states(week, ModelParams(bin_pct=0.0003), window="7d", step_ms=a.step_ms)
+    assert len({a.bin_width, coarse.bin_width, fine.bin_width}) == 3  # runs of 1, 2 and 10 bins merge
+    for combo in ([a, later], [a, coarse], [fine, a, later, coarse], [later, fine]):
+        m = merge_states(combo)
+        long, short = merge_by_add_at(combo, m)
+        assert m.long.any() and np.array_equal(m.long, long) and np.array_equal(m.short, short)
+
+
 # -- the chart -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("theme", ["dark", "light"])
