@@ -106,7 +106,8 @@ def earlier_rows(label: str, doc: Path = DOC) -> list[str]:
     rows = []
     for line in m.group(1).splitlines():
         r = ROW.match(line)
-        if r and not line.startswith(("| run ", "|---")) and r.group("label").split(" (")[0] != label:
+        mine = r is not None and (r.group("label") == label or r.group("label").startswith(label + " ("))
+        if r and not mine and not line.startswith(("| run ", "|---")):
             rows.append(line)
     return rows
 
