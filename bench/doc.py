@@ -17,7 +17,9 @@ They are medians over repeated runs; machines are noisy, so treat them as orders
 compare ratios within one run. Re-run the command to refresh a section (it rewrites only its own).
 Each section starts with its run's calibration line (bench/calibrate.py): one fixed numpy pass and
 one fixed pure-Python loop, timed in the same process at the start and at the end of the run, so
-sections from different days or machines compare by their ratio to these.
+sections from different days or machines compare by their ratio to these. The machine these were
+measured on has 2 CPUs shared with other jobs; a start/end spread in a calibration line shows a
+busy spell during that run.
 """
 
 
