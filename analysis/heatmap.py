@@ -158,15 +158,16 @@ def states_from_run(
     price = snapshot.price
     lo_bound, hi_bound = price * (1 - params.grid_pct), price * (1 + params.grid_pct)
     # per side: the levels active in at least one column, with their first and end column
+    col_or_never = np.append(col, t_cols)  # a sweep bar of len(bars) means never swept
     sides = []
     for lv, t_sw in ((run.longs, run.t_long), (run.shorts, run.t_short)):
-        js = col[lv.t0]
-        je = np.where(t_sw < n, col[np.minimum(t_sw, n - 1)], t_cols)
+        js, je = col[lv.t0], col_or_never[t_sw]
         keep = (js < je) & (lv.price >= lo_bound) & (lv.price <= hi_bound)
-        sides.append((Levels(lv.t0[keep], lv.price[keep], lv.weight[keep], lv.tier[keep]), js[keep], je[keep]))
-    lo = min(snapshot.grid_lo, float(b.low.min()), *(float(s[0].price.min()) for s in sides if s[0].price.size))
-    hi = max(snapshot.edges[-1] - 1e-9 * snapshot.bin_width, float(b.high.max()),
-             *(float(s[0].price.max()) for s in sides if s[0].price.size))
+        sides.append((lv, js, je, keep))
+    kept = [(float(lv.price.min(where=k, initial=np.inf)), float(lv.price.max(where=k, initial=-np.inf)))
+            for lv, _, _, k in sides if k.any()]
+    lo = min(snapshot.grid_lo, float(b.low.min()), *(p_lo for p_lo, _ in kept))
+    hi = max(snapshot.edges[-1] - 1e-9 * snapshot.bin_width, float(b.high.max()), *(p_hi for _, p_hi in kept))
     lo, hi = max(lo, lo_bound), min(hi, hi_bound)
     width = snapshot.bin_width
     grid_lo, n_bins = price_grid(price, width, lo, hi, max_bins=params.max_bins)
@@ -176,9 +177,9 @@ def states_from_run(
 
     log_end = run.log_c[last]  # log shrink cumsum at the end of each column
     growth = np.exp(np.diff(log_end))
-    arrays = []
-    for lv, js, je in sides:
-        arrays.append(_accumulate(lv, js, je, run.log_c, log_end, growth, grid_lo, width, n_bins, t_cols)[None])
+    scratch = _Scratch(t_cols * n_bins)
+    arrays = [_accumulate(lv, js, je, keep, run.log_c, log_end, growth, grid_lo, width, n_bins, t_cols,
+                          scratch)[None] for lv, js, je, keep in sides]
 
     step_note = f"heatmap: one column per {_fmt_step(step)} ({t_cols} columns); each shows the map at its end"
     return HeatmapStates(
@@ -191,27 +192,58 @@ def states_from_run(
     )
 
 
-def _accumulate(lv: Levels, js: np.ndarray, je: np.ndarray, log_c: np.ndarray, log_end: np.ndarray,
-                growth: np.ndarray, grid_lo: float, width: float, n_bins: int, t_cols: int) -> np.ndarray:
-    """(columns, bins) notional of levels active from column ``js`` until (not including) ``je``."""
+#: levels per chunk in :func:`_accumulate`: its temporaries stay small (cached, not mmapped afresh)
+_CHUNK = 8192
+
+
+class _Scratch:
+    """Work arrays of one columns x bins grid, shared by both sides."""
+
+    def __init__(self, cells: int) -> None:
+        self.removed = np.empty(cells)
+        self.active = np.empty(cells, dtype=np.int32)
+        self.empty = np.empty(cells, dtype=bool)
+        self.ones = np.ones(_CHUNK, dtype=np.int32)  # same dtype as ``active``: ufunc.at's fast path
+
+
+def _accumulate(lv: Levels, js: np.ndarray, je: np.ndarray, keep: np.ndarray, log_c: np.ndarray,
+                log_end: np.ndarray, growth: np.ndarray, grid_lo: float, width: float, n_bins: int, t_cols: int,
+                scratch: _Scratch) -> np.ndarray:
+    """(columns, bins) notional of the ``keep`` levels, active from column ``js`` until (not
+    including) ``je``.
+
+    Each level adds its notional valued at ``js`` and ``removed`` takes it back valued at ``je``
+    (both ufunc.at, adding in level order from zero, like a bincount); ``active`` counts levels.
+    Work goes chunk by chunk through small temporaries and the shared scratch: a fresh large
+    array costs its page faults, more than the arithmetic on it.
+    """
     cells = t_cols * n_bins
-    b = np.clip(np.floor((lv.price - grid_lo) / width), 0, n_bins - 1).astype(np.int64)
-    ends = je < t_cols
-    at_start = lv.weight * np.exp(log_end[js] - log_c[lv.t0])
-    at_end = lv.weight[ends] * np.exp(log_end[je[ends]] - log_c[lv.t0[ends]])
-    start_idx, end_idx = js * n_bins + b, je[ends] * n_bins + b[ends]
-    diff = np.bincount(start_idx, at_start, cells) - np.bincount(end_idx, at_end, cells)
-    count = np.bincount(start_idx, minlength=cells) - np.bincount(end_idx, minlength=cells)
-    diff = diff.reshape(t_cols, n_bins)
-    out = np.empty((t_cols, n_bins))
-    state = np.zeros(n_bins)
-    for j in range(t_cols):
-        if j:
-            state *= growth[j - 1]
-        state += diff[j]
-        out[j] = state
-    active = np.cumsum(count.reshape(t_cols, n_bins), axis=0)
-    out[active == 0] = 0.0  # exactly empty where no level is (no residue of the subtractions)
+    out = np.empty(cells)
+    out.fill(0.0)  # touched in order now: faulting its pages in at random in np.add.at costs more
+    removed, active, empty, ones = scratch.removed, scratch.active, scratch.empty, scratch.ones
+    removed.fill(0.0)
+    active.fill(0)
+    for c in range(0, keep.size, _CHUNK):
+        part = slice(c, c + _CHUNK)
+        k = keep[part]
+        t0, weight, js_c, je_c = lv.t0[part][k], lv.weight[part][k], js[part][k], je[part][k]
+        b = np.clip(np.floor((lv.price[part][k] - grid_lo) / width), 0, n_bins - 1).astype(np.int64)
+        ends = je_c < t_cols
+        start_idx, end_idx = js_c * n_bins + b, je_c[ends] * n_bins + b[ends]
+        np.add.at(out, start_idx, weight * np.exp(log_end[js_c] - log_c[t0]))
+        np.add.at(removed, end_idx, weight[ends] * np.exp(log_end[je_c[ends]] - log_c[t0[ends]]))
+        np.add.at(active, start_idx, ones[: start_idx.size])
+        np.subtract.at(active, end_idx, ones[: end_idx.size])
+    np.subtract(out, removed, out=out)
+    out = out.reshape(t_cols, n_bins)
+    carried = np.empty(n_bins)
+    for j in range(1, t_cols):  # row j becomes the state: diff[j] + state[j-1] * growth (S[j] above)
+        np.multiply(out[j - 1], growth[j - 1], out=carried)
+        out[j] += carried
+    grid = active.reshape(t_cols, n_bins)
+    np.cumsum(grid, axis=0, out=grid)  # levels active per cell
+    np.equal(grid, 0, out=empty.reshape(t_cols, n_bins))
+    np.copyto(out, 0.0, where=empty.reshape(t_cols, n_bins))  # exactly empty where no level is
     np.maximum(out, 0.0, out=out)
     return out
 
@@ -243,19 +275,41 @@ def merge_states(states: list[HeatmapStates], *, max_cells: int = MAX_CELLS) -> 
     if t_cols * n_bins > max_cells:
         width *= math.ceil(t_cols * n_bins / max_cells)
         grid_lo, n_bins = price_grid(base.price, width, lo, hi, max_bins=cap)
-    longs, shorts = [], []
+    n_venues = sum(len(s.venues) for s in states)
+    long, short = np.zeros((n_venues, t_cols, n_bins)), np.zeros((n_venues, t_cols, n_bins))
+    v0 = 0
     for s in states:
         k = np.searchsorted(s.times[1:], base.times[1:], side="right") - 1  # latest column ended by then
         idx = np.clip(np.floor((s.centers - grid_lo) / width).astype(np.int64), 0, n_bins - 1)
-        for src, dst in ((s.long, longs), (s.short, shorts)):
-            out = np.zeros((src.shape[0], t_cols, n_bins))
-            picked = np.where((k >= 0)[None, :, None], src[:, np.maximum(k, 0)], 0.0)
-            np.add.at(out, (slice(None), slice(None), idx), picked)
-            dst.append(out)
+        same_columns = k.size == s.n_columns and np.array_equal(k, np.arange(k.size))
+        for src, dst in ((s.long, long), (s.short, short)):
+            picked = src if same_columns else np.where((k >= 0)[None, :, None], src[:, np.maximum(k, 0)], 0.0)
+            _sum_into_bins(picked, idx, dst[v0 : v0 + src.shape[0]])
+        v0 += len(s.venues)
     return HeatmapStates(
         symbol=base.symbol, venues=tuple(v for s in states for v in s.venues), window=base.window,
         times=base.times, step_ms=base.step_ms, grid_lo=grid_lo, bin_width=width,
-        long=np.concatenate(longs), short=np.concatenate(shorts),
+        long=long, short=short,
         open=base.open, high=base.high, low=base.low, close=base.close, price=base.price,
         notes=tuple(dict.fromkeys(n for s in states for n in s.notes)), params=base.params,
     )
+
+
+def _sum_into_bins(src: np.ndarray, idx: np.ndarray, out: np.ndarray) -> None:
+    """``out[..., idx[i]] += src[..., i]`` for every ``i`` in order, for a non-decreasing ``idx``
+    (``out`` starts at zero).
+
+    The same sums, in the same order, as ``np.add.at``, a rank at a time: the ``r``-th source of
+    every run of equal ``idx`` goes in one vectorised step (no target twice in a step); a run is
+    the few bins merged into one, so there are few steps.
+    """
+    if idx.size == 0:
+        return
+    starts = np.flatnonzero(np.r_[True, idx[1:] != idx[:-1]])
+    rank = np.arange(idx.size) - np.repeat(starts, np.diff(np.r_[starts, idx.size]))
+    if rank.max() > 64:  # e.g. many bins clipped onto an edge: the plain loop is cheaper then
+        np.add.at(out, (Ellipsis, idx), src)
+        return
+    for r in range(int(rank.max()) + 1):
+        sel = np.flatnonzero(rank == r)
+        out[..., idx[sel]] += src[..., sel]

@@ -33,6 +33,7 @@ from analysis.windows import Window
 from bot.scheduler import Dispatcher, DispatcherParams
 from bot.store import Store
 
+from .calibrate import Calibration
 from .doc import write_section
 
 UTC = timezone.utc
@@ -195,7 +196,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--database-url", help="run on this (empty) server database instead of a temporary SQLite "
                         "file, e.g. postgresql+asyncpg://...; its tables are dropped afterwards")
     args = parser.parse_args(argv)
+    cal = Calibration()
     r = asyncio.run(bench(args.days, args.database_url))
+    cal.finish()
     sf, ss, sx, real = r["skew_first"], r["skew_steady"], r["skew_flip"], r["real"]
     backend = ("SQLite file database (WAL)" if r["backend"] == "sqlite" else
                f"{r['backend']} server database on the same machine (its server's CPU is not counted below)")
@@ -217,13 +220,13 @@ Renders per due tick on each simulated day: {', '.join(str(x) for x in r['render
 symbol x window x exchange, fanned out to 100 channels each). Creating the 2,000 subscriptions through
 the store's validated API took {r['populate_s']:.1f} s.
 """
-    print(body.strip())
+    print(cal.line(), body.strip(), sep="\n\n")
     if not args.no_write:
         if args.database_url:
             write_section("bot-server", f"Discord dispatcher on {r['backend']}: 1,000 channels over 10 symbols",
-                          "python -m bench.bot --database-url <server>", body)
+                          "python -m bench.bot --database-url <server>", body, cal)
         else:
-            write_section("bot", "Discord dispatcher: 1,000 channels over 10 symbols", "python -m bench.bot", body)
+            write_section("bot", "Discord dispatcher: 1,000 channels over 10 symbols", "python -m bench.bot", body, cal)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from analysis.metrics import read
 from analysis.model import build_map
 from analysis.sources import SAMPLE_PATH, read_bars_csv
 
+from .calibrate import Calibration
 from .doc import write_section
 
 DAY_BARS = 288
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeat", type=int, default=15, help="runs per figure (median reported)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
     args = ap.parse_args(argv)
+    cal = Calibration()
 
     real = read_bars_csv(SAMPLE_PATH, venue="binance", symbol="BTCUSDT")
     month = tiled(real, 30 * DAY_BARS)
@@ -115,9 +117,10 @@ def main(argv: list[str] | None = None) -> None:
         f"report took {report_rows[-1][1]:.0f} ms (target <= 350 ms).",
     ]
     body = "\n".join(lines)
-    print(body)
+    cal.finish()
+    print(cal.line(), body, sep="\n\n")
     if not args.no_write:
-        write_section("model", "Model and full report", "python -m bench", body)
+        write_section("model", "Model and full report", "python -m bench", body, cal)
         print("\nwrote docs/benchmarks.md")
 
 

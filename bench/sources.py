@@ -33,6 +33,7 @@ from analysis.sources.binance import BinanceSource  # noqa: E402
 from analysis.sources.cache import BarCache  # noqa: E402
 from analysis.windows import WINDOWS  # noqa: E402
 
+from .calibrate import Calibration  # noqa: E402
 from .doc import write_section  # noqa: E402
 from .model import tiled  # noqa: E402
 
@@ -202,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
     args = ap.parse_args(argv)
+    cal = Calibration()
     real = read_bars_csv(SAMPLE_PATH, venue="binance", symbol="BTCUSDT")
     bars = tiled(real, DAYS * 288)
     frame = bars.to_frame()
@@ -242,9 +244,11 @@ def main(argv: list[str] | None = None) -> None:
         "and page sizes; their wall time includes their rate limiters' real waits.",
     ]
     body = "\n".join(lines)
-    print(body)
+    cal.finish()
+    print(cal.line(), body, sep="\n\n")
     if not args.no_write:
-        write_section("sources", "Live sources: requests and local CPU (offline)", "python -m bench.sources", body)
+        write_section("sources", "Live sources: requests and local CPU (offline)", "python -m bench.sources", body,
+                      cal)
         print("\nwrote docs/benchmarks.md")
 
 

@@ -2,8 +2,8 @@
 
 Times ``liqmap --help`` and ``liqmap report --source sample --symbol BTC --window 7d`` as
 subprocesses (median of ``--runs``), next to ``python -c pass`` (the interpreter alone) and a
-calibration line measured in the same run: one fixed numpy pass and one pure-Python loop, so
-figures from different days or machines can be compared by ratio. Each run is one row of the
+calibration measured in the same run (bench/calibrate.py), so figures from different days or
+machines can be compared by ratio. Each run is one row of the
 section's table, kept under its ``--label`` (a later run with the same label replaces it), so the
 "before" and "after" rows of a change sit side by side. Also lists the largest imports of the
 report (``python -X importtime``, cumulative).
@@ -24,6 +24,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .calibrate import Calibration
 from .doc import DOC, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,33 +36,6 @@ TABLE_HEAD = (
     "| run | numpy pass | Python loop | `python -c pass` | `liqmap --help` | sample report |\n"
     "|---|---:|---:|---:|---:|---:|"
 )
-
-
-def calibration(repeat: int = 5) -> tuple[float, float]:
-    """Median ms of one fixed numpy pass and one fixed pure-Python loop, in this process."""
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    data = rng.standard_normal(2_000_000)
-
-    def numpy_pass() -> None:
-        np.sort(np.sqrt(np.abs(data)) * 1.5 + 1.0)
-
-    def python_loop() -> None:
-        total = 0
-        for i in range(1_000_000):
-            total += i * i % 7
-
-    out = []
-    for fn in (numpy_pass, python_loop):
-        fn()
-        samples = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            fn()
-            samples.append(time.perf_counter() - t)
-        out.append(statistics.median(samples) * 1000)
-    return out[0], out[1]
 
 
 def liqmap_command() -> list[str]:
@@ -132,7 +106,8 @@ def earlier_rows(label: str, doc: Path = DOC) -> list[str]:
     rows = []
     for line in m.group(1).splitlines():
         r = ROW.match(line)
-        if r and not line.startswith(("| run ", "|---")) and r.group("label").split(" (")[0] != label:
+        mine = r is not None and (r.group("label") == label or r.group("label").startswith(label + " ("))
+        if r and not mine and not line.startswith(("| run ", "|---")):
             rows.append(line)
     return rows
 
@@ -152,25 +127,25 @@ def main(argv: list[str] | None = None) -> None:
         env["PYTHONPATH"] = str(args.tree.resolve())
     with tempfile.TemporaryDirectory() as tmp:
         report = liqmap + ["report", "--source", "sample", "--symbol", "BTC", "--window", "7d", "--out", tmp]
-        np_ms, py_ms = calibration()
+        cal = Calibration()
         bare, bare_cpu = timed([sys.executable, "-c", "pass"], args.runs)
         helps, helps_cpu = timed(liqmap + ["--help"], args.runs, env)
         rep, rep_cpu = timed(report, args.runs, env)
-        np_ms2, py_ms2 = calibration()  # again after: a busy machine shows as a spread here
+        cal.finish()  # again after: a busy machine shows as a spread here
         imports = largest_imports(report, env)
 
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%MZ")
-    row = (f"| {args.label} ({revision(args.tree)}, {stamp}) | {np_ms:.0f} / {np_ms2:.0f} ms "
-           f"| {py_ms:.0f} / {py_ms2:.0f} ms | {bare:.0f} ms ({bare_cpu:.0f}) | {helps:.0f} ms ({helps_cpu:.0f}) "
+    start, end = cal.start, cal.end or cal.start
+    row = (f"| {args.label} ({revision(args.tree)}, {stamp}) | {start.numpy_ms:.0f} / {end.numpy_ms:.0f} ms "
+           f"| {start.loop_ms:.0f} / {end.loop_ms:.0f} ms | {bare:.0f} ms ({bare_cpu:.0f}) | {helps:.0f} ms ({helps_cpu:.0f}) "
            f"| {rep:.0f} ms ({rep_cpu:.0f}) |")
     rows = earlier_rows(args.label) + [row]
     body = "\n".join([
         "Wall time of a fresh process, median of "
         f"{args.runs} runs after one warm-up, output to /dev/null; in brackets the process's own CPU time "
-        "(user + system, median), which a shared machine inflates less than wall time. Calibration, timed in the same run before and "
-        "after the commands (before / after): *numpy pass* is one sort of sqrt(|x|)·1.5+1 over 2,000,000 "
-        "normals, *Python loop* is 1,000,000 iterations of `total += i * i % 7`; compare rows by their ratio "
-        "to these. *Sample report* is `liqmap report --source sample --symbol BTC --window 7d --out TMP` "
+        "(user + system, median), which a shared machine inflates less than wall time. Each row carries its own "
+        "run's calibration (bench/calibrate.py), timed before and after the commands (before / after): *numpy pass* "
+        "is a cumsum of 1e7 floats, *Python loop* is 1e6 integer adds; compare rows by their ratio to these. *Sample report* is `liqmap report --source sample --symbol BTC --window 7d --out TMP` "
         "(read the bundled CSV, model, chart PNG, text, JSON). Target: sample report <= 1.0 s.",
         "",
         TABLE_HEAD,
@@ -181,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     ])
     print(body)
     if not args.no_write:
-        write_section(NAME, TITLE, COMMAND, body)
+        write_section(NAME, TITLE, COMMAND, body, cal)
         print("\nwrote docs/benchmarks.md")
 
 

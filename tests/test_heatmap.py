@@ -10,9 +10,9 @@ from PIL import Image
 
 from analysis import numbers
 from analysis.errors import InputError
-from analysis.heatmap import HeatmapStates, build_states, column_step, merge_states
+from analysis.heatmap import HeatmapStates, _columns, build_states, column_step, merge_states
 from analysis.heatmap_chart import build_heatmap_figure, render_heatmap
-from analysis.model import ModelParams, build_map
+from analysis.model import ModelParams, build_map, run_model
 
 from reference_model import reference_levels
 from test_model import HAND_ROWS, hand_params, make_bars
@@ -83,6 +83,52 @@ def test_states_match_a_brute_force_loop_over_bars(sample_bars, step_bars):
     np.testing.assert_allclose(s.short[0], short, rtol=1e-9, atol=1e-9 * scale)
 
 
+def states_by_full_bincount(bars, params, s: HeatmapStates) -> tuple[np.ndarray, np.ndarray]:
+    """The states on ``s``'s grid by the first implementation: whole-array bincounts per side (the
+    chunked ufunc.at version must give the very same bits)."""
+    run = run_model(bars, params)
+    n = len(run.bars)
+    col, _, last = _columns(run.bars, s.step_ms)
+    t_cols, n_bins, cells = s.n_columns, s.n_bins, s.n_columns * s.n_bins
+    price = s.price
+    lo_bound, hi_bound = price * (1 - params.grid_pct), price * (1 + params.grid_pct)
+    log_end = run.log_c[last]
+    growth = np.exp(np.diff(log_end))
+    out = []
+    for lv, t_sw in ((run.longs, run.t_long), (run.shorts, run.t_short)):
+        js = col[lv.t0]
+        je = np.where(t_sw < n, col[np.minimum(t_sw, n - 1)], t_cols)
+        keep = (js < je) & (lv.price >= lo_bound) & (lv.price <= hi_bound)
+        t0, p_, w, js, je = lv.t0[keep], lv.price[keep], lv.weight[keep], js[keep], je[keep]
+        b = np.clip(np.floor((p_ - s.grid_lo) / s.bin_width), 0, n_bins - 1).astype(np.int64)
+        ends = je < t_cols
+        at_start = w * np.exp(log_end[js] - run.log_c[t0])
+        at_end = w[ends] * np.exp(log_end[je[ends]] - run.log_c[t0[ends]])
+        start_idx, end_idx = js * n_bins + b, je[ends] * n_bins + b[ends]
+        diff = (np.bincount(start_idx, at_start, cells) - np.bincount(end_idx, at_end, cells)).reshape(t_cols, n_bins)
+        count = np.bincount(start_idx, minlength=cells) - np.bincount(end_idx, minlength=cells)
+        state, side = np.zeros(n_bins), np.empty((t_cols, n_bins))
+        for j in range(t_cols):
+            if j:
+                state *= growth[j - 1]
+            state += diff[j]
+            side[j] = state
+        side[np.cumsum(count.reshape(t_cols, n_bins), axis=0) == 0] = 0.0
+        out.append(np.maximum(side, 0.0))
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("days,step_ms,max_cells", [(1, None, 1_000_000), (7, None, 1_000_000),
+                                                     (27, None, 1_000_000), (7, 1_800_000, 30_000)])
+def test_states_are_bit_identical_to_whole_array_bincounts(sample_bars, days, step_ms, max_cells):
+    bars = sample_bars.last(days * DAY)
+    params = ModelParams()
+    s = build_states(bars, params, step_ms=step_ms, max_cells=max_cells)
+    long, short = states_by_full_bincount(bars, params, s)
+    assert s.long[0].any() and s.short[0].any()
+    assert np.array_equal(s.long[0], long) and np.array_equal(s.short[0], short)
+
+
 def test_hand_example_states_bar_by_bar():
     s = build_states(make_bars(HAND_ROWS), hand_params(), step_ms=300_000)
     centers = s.centers
@@ -143,6 +189,32 @@ def test_merge_stacks_venues_on_one_grid(week):
     assert m.long[1].sum() == pytest.approx(b.long.sum(), rel=1e-9)
     assert not m.long[1, : a.n_columns // 3].any()  # before the later venue starts it has nothing
     np.testing.assert_allclose(m.long[1, -1].sum(), b.long[0, -1].sum(), rtol=1e-9)
+
+
+def merge_by_add_at(states: list[HeatmapStates], m: HeatmapStates) -> tuple[np.ndarray, np.ndarray]:
+    """The merge onto ``m``'s grid by the first implementation: ``np.add.at`` of every venue's bins."""
+    longs, shorts = [], []
+    for s in states:
+        k = np.searchsorted(s.times[1:], m.times[1:], side="right") - 1
+        idx = np.clip(np.floor((s.centers - m.grid_lo) / m.bin_width).astype(np.int64), 0, m.n_bins - 1)
+        for src, dst in ((s.long, longs), (s.short, shorts)):
+            out = np.zeros((src.shape[0], m.n_columns, m.n_bins))
+            picked = np.where((k >= 0)[None, :, None], src[:, np.maximum(k, 0)], 0.0)
+            np.add.at(out, (slice(None), slice(None), idx), picked)
+            dst.append(out)
+    return np.concatenate(longs), np.concatenate(shorts)
+
+
+def test_merge_is_bit_identical_to_add_at(week):
+    a = build_states(week, window="7d")
+    later = build_states(week.slice(len(week) // 2), window="7d", step_ms=a.step_ms)
+    coarse = build_states(week, ModelParams(bin_pct=0.0025), window="7d", step_ms=a.step_ms)
+    fine = build_states(week, ModelParams(bin_pct=0.0003), window="7d", step_ms=a.step_ms)
+    assert len({a.bin_width, coarse.bin_width, fine.bin_width}) == 3  # runs of 1, 2 and 10 bins merge
+    for combo in ([a, later], [a, coarse], [fine, a, later, coarse], [later, fine]):
+        m = merge_states(combo)
+        long, short = merge_by_add_at(combo, m)
+        assert m.long.any() and np.array_equal(m.long, long) and np.array_equal(m.short, short)
 
 
 # -- the chart -------------------------------------------------------------------------------------
