@@ -120,6 +120,7 @@ class LoopbackWS:
         self.errors: list[BaseException] = []
         self._server: Server | None = None
         self._timer: asyncio.Task[None] | None = None
+        self._handlers: set[asyncio.Task[Any]] = set()
 
     @property
     def url(self) -> str:
@@ -131,6 +132,9 @@ class LoopbackWS:
         if len(self.peers) >= self.max_connections:
             await ws.close(1013, "loopback server: connection limit")
             return
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
         peer = Peer(len(self.peers), ws, self.auto_pong)
         self.peers.append(peer)
         reader = asyncio.create_task(peer._reader())
@@ -166,6 +170,8 @@ class LoopbackWS:
     async def __aexit__(self, *exc: object) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        for task in self._handlers:  # scripts still waiting (holding a connection open) end now
+            task.cancel()
         if self._server is not None:
             self._server.close(close_connections=True)
             await asyncio.wait_for(self._server.wait_closed(), 10)

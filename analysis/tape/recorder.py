@@ -340,7 +340,8 @@ class Recorder:
             elif state.gap_start is None:  # never healthy since start
                 state.gap_start = self._started_ms
             if not state.gap_written and state.gap_start is not None:
-                self._put_gap(Gap(venue, None, state.gap_start, None, reason[:200]))
+                state.gap_reason = reason[:200]
+                self._put_gap(Gap(venue, None, state.gap_start, None, state.gap_reason))
                 st.gaps += 1
                 state.gap_written = True
             st.reconnects += 1
@@ -421,7 +422,7 @@ class Recorder:
         st.last_error = None
         state = self._state[venue]
         if state.gap_written and state.gap_start is not None:
-            self._put_gap(Gap(venue, None, state.gap_start, self._wall_ms(), "reconnected"))
+            self._put_gap(Gap(venue, None, state.gap_start, self._wall_ms(), state.gap_reason))
         state.gap_start, state.gap_written = None, False
 
     def _accept(self, venue: str, events: list[LiquidationEvent]) -> None:
@@ -570,3 +571,4 @@ class _Session:
 class _VenueState:
     gap_start: int | None = None  # the start of the venue's current gap (open or about to be)
     gap_written: bool = False  # its open record was queued
+    gap_reason: str = ""
