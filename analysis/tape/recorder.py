@@ -200,7 +200,10 @@ async def okx_contract_values(inst_ids: Sequence[str]) -> dict[str, float]:
     try:
         out: dict[str, float] = {}
         for inst_id in inst_ids:
-            inst = await source.resolve(inst_id)
+            try:
+                inst = await source.resolve(inst_id)
+            except InputError:  # not listed or not live: left out, its events are counted as unconverted
+                continue
             out[inst.venue_id] = inst.contract_value
         return out
     finally:
@@ -510,6 +513,10 @@ class Recorder:
                     pass
             try:
                 await self._flush_once()
+                if failures:
+                    for s in self._stats.values():
+                        if s.last_error and s.last_error.startswith("sink failed"):
+                            s.last_error = None
                 failures = 0
             except asyncio.CancelledError:
                 raise
