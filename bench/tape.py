@@ -320,8 +320,10 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"tracemalloc peak {rep['peak_mb']:.2f} MB. From the first quarter to the end, traced memory moved by "
         f"{last[2] - first[2]:+.2f} MB and RSS by {last[3] - first[3]:+.1f} MB while {last[4] - first[4]:,} more events "
-        f"went through. The only state that grows with events is the de-duplication memory, bounded at "
-        f"`dedupe_keys` ({RecorderParams().dedupe_keys:,}) keys per venue; the buffer to the sink is bounded at "
+        f"went through. The only state that grows with events is the de-duplication memory: per venue at most "
+        f"`dedupe_keys` ({RecorderParams().dedupe_keys:,}) keys and none older than `dedupe_window_s` "
+        f"({RecorderParams().dedupe_window_s:.0f} s) of venue time, so it follows the last 10 minutes' event rate "
+        f"(higher after a burst) instead of the hour's total; the buffer to the sink is bounded at "
         f"`queue_bound` and stays near empty with a healthy sink. Recorder CPU during the replay "
         f"(server included): {rep['cpu']:.1f} s over {rep['wall']:.0f} s.",
         "",

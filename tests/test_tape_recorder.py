@@ -385,3 +385,16 @@ def test_params_and_arguments_are_checked() -> None:
     assert rec.symbols == ("BTCUSDT", "ETHUSDT")
     assert rec.urls["binance"].startswith("wss://fstream.binance.com/market/")
     assert {v: s.coverage for v, s in rec.status().items()} == {"okx": "sampled", "bybit": "complete", "binance": "sampled"}
+
+
+def test_the_dedupe_memory_is_bounded_by_count_and_by_venue_time() -> None:
+    from analysis.tape.recorder import _Recent
+
+    recent = _Recent(size=100, window_ms=10_000)
+    for i in range(1000):
+        assert not recent.seen(f"k{i}", T0 + i)  # 1 ms apart: the count bound holds
+    assert len(recent) == 100 and recent.seen("k999", T0 + 999) and not recent.seen("k0", T0 + 1000)
+    recent = _Recent(size=10**6, window_ms=10_000)
+    for i in range(1000):
+        recent.seen(f"k{i}", T0 + i * 1000)  # 1 s apart: only the last 10 s are kept
+    assert len(recent) == 11

@@ -86,8 +86,10 @@ class RecorderParams:
     queue_bound: int = 100_000
     #: gap records waiting for the sink; beyond it the oldest are dropped (counted)
     gap_queue_bound: int = 10_000
-    #: recent event keys remembered per venue to drop replays after a reconnect
+    #: recent event keys remembered per venue to drop replays after a reconnect: at most this many,
+    #: and none older than ``dedupe_window_s`` of venue time before the newest event
     dedupe_keys: int = 50_000
+    dedupe_window_s: float = 600.0
     #: sink retry backoff after a failed write
     sink_retry_base_s: float = 0.5
     sink_retry_cap_s: float = 30.0
@@ -98,7 +100,7 @@ class RecorderParams:
 
     def __post_init__(self) -> None:
         positive = ("backoff_base_s", "backoff_cap_s", "open_timeout_s", "subscribe_timeout_s", "flush_interval_s",
-                    "sink_retry_base_s", "sink_retry_cap_s", "contract_refresh_s")
+                    "sink_retry_base_s", "sink_retry_cap_s", "contract_refresh_s", "dedupe_window_s")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise InputError(f"RecorderParams.{name} must be positive, got {getattr(self, name)!r}")
@@ -168,19 +170,29 @@ class _Stats:
 
 
 class _Recent:
-    """A bounded memory of recent keys (insertion order; the oldest forgotten first)."""
+    """A bounded memory of recent keys: at most ``size``, and none older than ``window_ms`` of venue time."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, window_ms: int) -> None:
         self.size = size
-        self._keys: OrderedDict[str, None] = OrderedDict()
+        self.window_ms = window_ms
+        self._keys: OrderedDict[str, int] = OrderedDict()
+        self._newest = 0
 
-    def seen(self, key: str) -> bool:
-        """True if ``key`` was seen; remembers it either way."""
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def seen(self, key: str, time_ms: int) -> bool:
+        """True if ``key`` was seen; remembers it either way (forgetting the oldest)."""
         if key in self._keys:
             return True
-        self._keys[key] = None
-        if len(self._keys) > self.size:
-            self._keys.popitem(last=False)
+        self._keys[key] = time_ms
+        self._newest = max(self._newest, time_ms)
+        keys = self._keys
+        while len(keys) > self.size:
+            keys.popitem(last=False)
+        horizon = self._newest - self.window_ms
+        while keys and next(iter(keys.values())) < horizon:  # insertion order is about time order
+            keys.popitem(last=False)
         return False
 
 
@@ -244,7 +256,7 @@ class Recorder:
         self._ct: dict[str, float] = {}
         self._ct_tried = -float("inf")
         self._stats = {v: _Stats(v) for v in self.venues}
-        self._recent = {v: _Recent(self.params.dedupe_keys) for v in self.venues}
+        self._recent = {v: _Recent(self.params.dedupe_keys, int(self.params.dedupe_window_s * 1000)) for v in self.venues}
         self._events: deque[LiquidationEvent] = deque()
         self._gaps: deque[Gap] = deque()
         self._wake = asyncio.Event()
@@ -433,7 +445,7 @@ class Recorder:
         recent = self._recent[venue]
         bound = self.params.queue_bound
         for ev in events:
-            if recent.seen(ev.key):
+            if recent.seen(ev.key, ev.time_ms):
                 st.duplicates += 1
                 continue
             st.events += 1
