@@ -359,7 +359,8 @@ async def test_a_refused_subscription_is_retried_with_backoff_and_reported() -> 
         await record(rec, lambda: rec.status()["bybit"].reconnects >= 2)
     st = rec.status()["bybit"]
     assert not st.connected and "handler not found" in (st.last_error or "")
-    assert len(sink.gaps_now()) == 1 and sink.gaps_now()[0].end_ms is None  # down since start: one open gap
+    assert [g.end_ms is None for g in sink.gap_log] == [True, False]  # down since start: one gap, closed at stop
+    assert len(sink.gaps_now()) == 1 and sink.gaps_now()[0].start_ms == sink.gap_log[0].start_ms
 
 
 async def test_an_unreachable_venue_never_raises_and_stops_promptly() -> None:

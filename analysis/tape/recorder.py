@@ -293,6 +293,10 @@ class Recorder:
             for v, s in self._stats.items():
                 s.connected = False
                 self._close_unconverted(v, now)
+                state = self._state[v]
+                if state.gap_written and state.gap_start is not None:  # closed at stop: our own downtime is no gap
+                    self._put_gap(Gap(v, None, state.gap_start, now, state.gap_reason))
+                    state.gap_start, state.gap_written = None, False
             writer_stop.set()
             self._wake.set()
             try:
