@@ -334,7 +334,8 @@ class Recorder:
             except (_Silence, _Refused) as exc:
                 reason = str(exc)
             except websockets.exceptions.ConnectionClosed as exc:
-                if isinstance(exc.__cause__, websockets.exceptions.PayloadTooBig):
+                too_big = exc.sent is not None and exc.sent.code == 1009  # we refused a frame: "message too big"
+                if too_big or isinstance(exc.__cause__, websockets.exceptions.PayloadTooBig):
                     st.malformed += 1
                     reason = f"a frame over {p.max_frame_bytes} bytes was refused"
                 elif exc.rcvd is not None:
