@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import json
 import socket
 from collections.abc import Callable
@@ -16,8 +17,7 @@ import httpx
 import pytest
 
 from analysis.errors import InputError
-from analysis.sources.okx import OkxSource
-from analysis.tape.recorder import Recorder, RecorderParams
+from analysis.tape.recorder import Recorder, RecorderParams, okx_contract_values
 from fake_clock import FakeTime
 from loopback_ws import BYBIT_SUBSCRIBED, OKX_SUBSCRIBED, LoopbackWS, Peer
 from tape_memory import MemorySink
@@ -248,18 +248,14 @@ async def test_okx_sizes_are_converted_with_ct_val_from_the_instrument_list_and_
         await peer.send(okx_frame(0))
         await peer.send(okx_frame(1, "ETH-USDT-SWAP"))
         await peer.send(okx_frame(2, "DOGE-USDT-SWAP"))  # not recorded: another swap of the channel
+        await peer.send(okx_frame(3, "LUNA-USDT-SWAP"))  # suspended in the instrument list: no ctVal
         await asyncio.sleep(10)
 
-    async def load(inst_ids: list[str]) -> dict[str, float]:
-        source = OkxSource(transport=okx_instruments())
-        try:
-            return {i: (await source.resolve(i)).contract_value for i in inst_ids}
-        finally:
-            await source.aclose()
+    load = functools.partial(okx_contract_values, transport=okx_instruments())  # the default loader, offline
 
     sink = MemorySink()
     async with LoopbackWS(venue, auto_pong="okx") as server:
-        rec = Recorder(sink, ["okx"], ["BTCUSDT", "ETHUSDT"], urls={"okx": server.url}, params=FAST,
+        rec = Recorder(sink, ["okx"], ["BTCUSDT", "ETHUSDT", "LUNAUSDT"], urls={"okx": server.url}, params=FAST,
                        contract_values=load)
         loop = asyncio.get_running_loop()
         t = loop.time()
@@ -267,6 +263,7 @@ async def test_okx_sizes_are_converted_with_ct_val_from_the_instrument_list_and_
     btc, eth = sorted(sink.events, key=lambda e: e.symbol)
     assert (btc.symbol, btc.qty, btc.side) == ("BTCUSDT", pytest.approx(0.01), "long")  # 1 contract x 0.01 BTC
     assert (eth.symbol, eth.qty) == ("ETHUSDT", pytest.approx(0.2))  # 2 contracts x 0.1 ETH
+    assert rec.status()["okx"].unconverted == 1  # LUNA: never assumed to be 1 coin per contract
     assert peers[0].app_pings >= 1 and "ping" in peers[0].received
     assert json.loads(peers[0].received[0]) == {"op": "subscribe", "args": [{"channel": "liquidation-orders", "instType": "SWAP"}]}
 

@@ -26,7 +26,7 @@ import random
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Awaitable, Callable, Mapping, Sequence
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
@@ -204,11 +204,11 @@ class _Refused(Exception):
     pass
 
 
-async def okx_contract_values(inst_ids: Sequence[str]) -> dict[str, float]:
+async def okx_contract_values(inst_ids: Sequence[str], *, transport: Any = None) -> dict[str, float]:
     """``ctVal`` of each OKX swap from OKX's public instrument list (through the OKX source)."""
     from ..sources.okx import OkxSource
 
-    source = OkxSource()
+    source = OkxSource(transport=transport)
     try:
         out: dict[str, float] = {}
         for inst_id in inst_ids:
