@@ -49,6 +49,7 @@ from .store import DEFAULT_URL, Base, _sqlite_pragmas, _upgrade
 __all__ = [
     "TapeStore",
     "TapeRunner",
+    "supervise",
     "Totals",
     "HourlySum",
     "TAPE_VENUES",
@@ -603,3 +604,56 @@ class TapeRunner:
                 self.status_cb(self.status_line())
                 next_status = now + self.status_s
             await asyncio.sleep(max(0.05, min(next_prune, next_status) - loop.time()))
+
+
+async def supervise(tape: TapeStore, stop: asyncio.Event, *, venues: Sequence[str], symbols: Sequence[str] = (),
+                    urls: Mapping[str, str] | None = None, retention_days: float = 30.0, refresh_s: float = 900.0,
+                    retry_s: float = 60.0, recorder_factory: RecorderFactory | None = None) -> None:
+    """The bot's tape task: a :class:`TapeRunner` until ``stop`` is set.
+
+    With no ``symbols`` configured it records what the bot needs (:func:`needed_symbols`), re-read
+    every ``refresh_s``; when that set changes the recorder is restarted with the new one (the
+    restart is marked as a gap). A recorder that fails is logged and started again after ``retry_s``.
+    """
+    while not stop.is_set():
+        try:
+            current = tuple(symbols) or await needed_symbols(tape.engine)
+        except Exception:
+            log.exception("tape: reading the symbols the bot needs failed; retrying in %g s", retry_s)
+            await _sleep_unless(stop, retry_s)
+            continue
+        inner = asyncio.Event()
+        runner = TapeRunner(tape, venues, current, urls=urls, retention_days=retention_days,
+                            status=log.info, status_s=refresh_s, recorder_factory=recorder_factory)
+        log.info("tape: recording %s from %s", ", ".join(current), ", ".join(runner.venues))
+        task = asyncio.create_task(runner.run(inner), name="liqmap-tape")
+        while not task.done() and not stop.is_set():
+            await _wait_any(task, stop, refresh_s)
+            if task.done() or stop.is_set() or symbols:
+                continue
+            try:
+                if await needed_symbols(tape.engine) != current:
+                    break
+            except Exception:
+                log.exception("tape: reading the symbols the bot needs failed; keeping %s", ", ".join(current))
+        inner.set()
+        try:
+            await task
+        except Exception:
+            log.exception("tape: the recorder failed; restarting in %g s", retry_s)
+            await _sleep_unless(stop, retry_s)
+
+
+async def _wait_any(task: asyncio.Task[Any], stop: asyncio.Event, timeout: float) -> None:
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+    except asyncio.TimeoutError:
+        pass
