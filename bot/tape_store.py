@@ -212,9 +212,11 @@ def _dialect_insert(dialect: str) -> Any:
     raise InputError(f"the tape needs SQLite or PostgreSQL, not {dialect}")
 
 
-def insert_events_stmt(dialect: str, rows: Sequence[dict[str, Any]]) -> Any:
-    """The bulk insert: ``INSERT ... ON CONFLICT (venue, key) DO NOTHING RETURNING id``."""
-    return (_dialect_insert(dialect)(EVENTS).values(list(rows))
+def insert_events_stmt(dialect: str) -> Any:
+    """The bulk insert, executed with a list of rows: ``INSERT ... ON CONFLICT (venue, key) DO
+    NOTHING RETURNING id``; SQLAlchemy sends it as multi-row VALUES batches ("insertmanyvalues",
+    within each driver's parameter limit) and returns only the rows actually inserted."""
+    return (_dialect_insert(dialect)(EVENTS)
             .on_conflict_do_nothing(index_elements=["venue", "key"]).returning(EVENTS.c.id))
 
 
@@ -273,7 +275,7 @@ class TapeStore:
         self.stored = 0  # new events stored since start
         self.duplicates = 0  # events already stored (a replay after a reconnect)
         self.dialect = engine.dialect.name
-        _dialect_insert(self.dialect)  # refuse another database now, not at the first write
+        self._insert_events = insert_events_stmt(self.dialect)  # also refuses another database now
 
     @classmethod
     async def open(cls, url: str | None = None, *, migrate: bool = True,
@@ -323,13 +325,8 @@ class TapeStore:
                         ", ".join(f"{k}: {n}" for k, n in sorted(bad.items())))
         if not rows:
             return 0
-        new = 0
-        items = list(rows.values())
         async with self.engine.begin() as conn:
-            # 9 parameters a row: 500 rows stay under SQLite's 32,766-parameter limit (and asyncpg's 32,767)
-            for i in range(0, len(items), 500):
-                res = await conn.execute(insert_events_stmt(self.dialect, items[i : i + 500]))
-                new += len(res.all())
+            new = len((await conn.execute(self._insert_events, list(rows.values()))).all())
         self.stored += new
         self.duplicates += len(events) - sum(bad.values()) - new
         return new

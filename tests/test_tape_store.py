@@ -72,7 +72,7 @@ def test_another_database_is_refused():
     from bot.tape_store import insert_events_stmt
 
     with pytest.raises(InputError, match="SQLite or PostgreSQL, not mysql"):
-        insert_events_stmt("mysql", [])
+        insert_events_stmt("mysql")
 
 
 async def test_an_empty_or_all_bad_batch_writes_nothing(tape):
@@ -224,9 +224,8 @@ def test_postgresql_sql_compiles_with_on_conflict():
 
     from bot.tape_store import insert_events_stmt, upsert_gap_stmt
 
-    stmt = insert_events_stmt("postgresql", [{"venue": "bybit", "symbol": "BTCUSDT", "time_ms": T0, "side": "long",
-                                     "price": 1.0, "qty": 1.0, "usd": 1.0, "sampled": False, "key": "k"}])
-    sql = str(stmt.compile(dialect=postgresql.dialect()))
+    sql = str(insert_events_stmt("postgresql").compile(dialect=postgresql.dialect()))
+    assert sql.startswith("INSERT INTO tape_events (id, venue, symbol, time_ms, side, price, qty, usd, sampled, key)")
     assert "ON CONFLICT (venue, key) DO NOTHING RETURNING tape_events.id" in sql
     sql = str(upsert_gap_stmt("postgresql", Gap("okx", None, T0, None, "r")).compile(dialect=postgresql.dialect()))
     assert "ON CONFLICT (venue, symbol, start_ms) DO UPDATE SET end_ms = coalesce(excluded.end_ms, tape_gaps.end_ms)" in sql
