@@ -560,9 +560,20 @@ async def dry_run(settings: Settings, **kw: Any) -> tuple[list[dict[str, Any]], 
             f"up to {getattr(bot.service, 'max_bytes', 0) / 2**20:g} MB",
             f"dispatcher: {type(bot.scheduler).__name__} ready (not started)",
             f"commands: {len(defs)} ({', '.join('/' + d['name'] for d in defs)}), definitions {definitions_hash(defs)[:12]}",
+            await _tape_status(bot),
         ]
     status.append(await render_sample_report())
     return defs, status
+
+
+async def _tape_status(bot: LiqmapBot) -> str:
+    tape_cfg = bot.settings.tape
+    if not tape_cfg.tape_enabled:
+        return "tape: off (LIQMAP_TAPE=false; `liqmap tape` records standalone)"
+    from .tape_store import needed_symbols
+
+    symbols = tape_cfg.symbol_list or await needed_symbols(bot.store.engine)
+    return f"tape: would record {', '.join(symbols)} from {', '.join(tape_cfg.venue_list)} (not started)"
 
 
 async def render_sample_report(symbol: str = "BTCUSDT", window: str = "7d") -> str:

@@ -297,3 +297,16 @@ async def test_supervisor_restarts_a_failed_recorder_after_a_pause(tmp_path, mon
         stop.set()
         await asyncio.wait_for(task, 5)
         await tape.close()
+
+
+async def test_the_dry_run_says_what_the_tape_would_record(tmp_path):
+    from bot import app
+
+    on = load_settings(None, source="sample", url=f"sqlite+aiosqlite:///{tmp_path / 'a.sqlite3'}",
+                       cache_dir=tmp_path / "cache", tape_enabled=True, tape_venues="okx,bybit")
+    _, status = await app.dry_run(on)
+    assert "tape: would record BTCUSDT, ETHUSDT from okx, bybit (not started)" in status
+    off = load_settings(None, source="sample", url=f"sqlite+aiosqlite:///{tmp_path / 'b.sqlite3'}",
+                        cache_dir=tmp_path / "cache")
+    _, status = await app.dry_run(off)
+    assert any(line.startswith("tape: off") for line in status)
