@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from sqlalchemy import BigInteger, Boolean, Float, Index, Integer, String, UniqueConstraint, and_, delete, event, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -75,6 +76,8 @@ MIN_TIME_MS = 1_420_070_400_000
 MAX_AHEAD_MS = DAY_MS
 MAX_VALUE = 1e15  # a price, quantity or USD value above this is a corrupt frame, not a trade
 MAX_KEY = 128
+#: pauses before retrying a write after a transient database error (then the error is raised)
+WRITE_RETRIES = (0.2, 1.0)
 MAX_REASON = 300
 _VENUE = re.compile(r"[a-z][a-z0-9_]{0,15}", re.ASCII)
 _SYMBOL = re.compile(r"[A-Z0-9]{2,32}", re.ASCII)
@@ -325,8 +328,7 @@ class TapeStore:
                         ", ".join(f"{k}: {n}" for k, n in sorted(bad.items())))
         if not rows:
             return 0
-        async with self.engine.begin() as conn:
-            new = len((await conn.execute(self._insert_events, list(rows.values()))).all())
+        new = await self._retrying(self._insert_rows, list(rows.values()))
         self.stored += new
         self.duplicates += len(events) - sum(bad.values()) - new
         return new
@@ -334,8 +336,28 @@ class TapeStore:
     async def write_gap(self, gap: Gap) -> None:
         """Record or close (same venue, symbol and start) a gap; a malformed gap is InputError."""
         gap = check_gap(gap, self._wall_ms())
+        await self._retrying(self._upsert_gap, gap)
+
+    async def _insert_rows(self, rows: list[dict[str, Any]]) -> int:
+        async with self.engine.begin() as conn:
+            return len((await conn.execute(self._insert_events, rows)).all())
+
+    async def _upsert_gap(self, gap: Gap) -> None:
         async with self.engine.begin() as conn:
             await conn.execute(upsert_gap_stmt(self.dialect, gap))
+
+    async def _retrying(self, write: Callable[[Any], Any], arg: Any) -> Any:
+        """Run an idempotent write, again after a transient database error (a lock held past the
+        busy timeout, a dropped server connection): :data:`WRITE_RETRIES` more tries, then raise,
+        so the recorder keeps the batch. Both writes are idempotent, so a retry never doubles a row."""
+        for attempt, pause in enumerate((*WRITE_RETRIES, None)):
+            try:
+                return await write(arg)
+            except (OperationalError, InterfaceError, OSError) as exc:
+                if pause is None:
+                    raise
+                log.warning("tape: database write failed (%s), retry %d in %g s", type(exc).__name__, attempt + 1, pause)
+                await asyncio.sleep(pause)
 
     async def close_open_gaps(self, venues: Sequence[str], end_ms: int, reason: str | None = None) -> int:
         """Close every open gap of ``venues`` that started at or before ``end_ms`` (a recorder

@@ -315,3 +315,27 @@ async def test_runner_surfaces_a_recorder_failure_after_marking_the_stop(tape):
     with pytest.raises(RuntimeError, match="boom"):
         await runner.run(asyncio.Event())
     assert [g.reason for g in await tape.gaps(T0, WALL + 1)] == ["recorder stopped"]
+
+
+async def test_a_transient_database_error_is_retried_and_a_lasting_one_raised(tape, monkeypatch, caplog):
+    from sqlalchemy.exc import OperationalError
+
+    import bot.tape_store as ts
+
+    monkeypatch.setattr(ts, "WRITE_RETRIES", (0.0, 0.0))
+    real = tape._insert_rows
+    fails = [2]
+
+    async def flaky(rows):
+        if fails[0]:
+            fails[0] -= 1
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        return await real(rows)
+
+    monkeypatch.setattr(tape, "_insert_rows", flaky)
+    assert await tape.write_events([ev(1), ev(2)]) == 2  # the third try succeeds
+    assert caplog.text.count("database write failed (OperationalError)") == 2
+    fails[0] = 3
+    with pytest.raises(OperationalError):  # the recorder keeps the batch and tries again later
+        await tape.write_events([ev(3)])
+    assert await tape.write_events([ev(3), ev(1)]) == 1  # and nothing is doubled
