@@ -310,3 +310,28 @@ async def test_the_dry_run_says_what_the_tape_would_record(tmp_path):
                         cache_dir=tmp_path / "cache")
     _, status = await app.dry_run(off)
     assert any(line.startswith("tape: off") for line in status)
+
+
+async def test_the_bot_starts_the_tape_in_run_mode_and_stops_it_on_close(tmp_path, fake_recorder, monkeypatch):
+    from analysis.report import ReportService
+    from analysis.sources.registry import make_sources
+    from bot.app import LiqmapBot
+
+    async def no_sync(self):
+        return []
+
+    monkeypatch.setattr(LiqmapBot, "sync_commands", no_sync)  # no Discord HTTP here
+    settings = load_settings(None, source="sample", url=f"sqlite+aiosqlite:///{tmp_path / 'r.sqlite3'}",
+                             cache_dir=tmp_path / "cache", tape_enabled=True, tape_symbols="SOL")
+    bot = LiqmapBot(settings, mode="run", service=ReportService(make_sources("sample")))
+    async with bot:
+        await bot.setup_hook()  # what login runs
+        assert bot.tape_task is not None
+        for _ in range(300):
+            await asyncio.sleep(0.01)
+            if fake_recorder.made and fake_recorder.made[0].sink.events:
+                break
+        (rec,) = fake_recorder.made
+        assert rec.symbols == ("SOLUSDT",) and rec.venues == ("bybit", "binance", "okx")
+        await bot.close()
+        assert rec.stopped and bot.tape_task is None
