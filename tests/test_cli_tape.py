@@ -205,7 +205,7 @@ def test_tape_settings_refused_naming_the_variable_not_the_value(monkeypatch, na
 # -- the bot's task -----------------------------------------------------------------------------------
 
 async def test_the_bot_runs_the_tape_when_enabled_and_stops_it_on_close(tmp_path, fake_recorder):
-    from tests.bot_harness import DISCORD_OK, make_harness
+    from bot_harness import DISCORD_OK, make_harness
 
     if not DISCORD_OK:
         pytest.skip("discord.py version not pinned for the harness")
@@ -233,7 +233,7 @@ async def test_the_bot_runs_the_tape_when_enabled_and_stops_it_on_close(tmp_path
 
 
 async def test_the_bot_does_not_record_when_the_tape_is_off(tmp_path, fake_recorder):
-    from tests.bot_harness import DISCORD_OK, make_harness
+    from bot_harness import DISCORD_OK, make_harness
 
     if not DISCORD_OK:
         pytest.skip("discord.py version not pinned for the harness")
