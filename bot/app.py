@@ -284,6 +284,8 @@ class LiqmapBot(commands.Bot):
         self.symbols: Any = None
         self.cog_modules = cogs
         self._owns_store = store is None
+        self.tape_task: asyncio.Task[None] | None = None  # the realized-liquidation recorder (LIQMAP_TAPE)
+        self._tape_stop = asyncio.Event()
         self.sync_state_path = sync_state_path or settings.sources.state_dir / "command-sync.json"
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -305,6 +307,35 @@ class LiqmapBot(commands.Bot):
             await self.sync_commands()
             if self.scheduler is not None:
                 self.loop.create_task(self._start_dispatcher(), name="liqmap-start-dispatcher")
+            self.start_tape()
+
+    def start_tape(self, **kw: Any) -> bool:
+        """Start the tape recorder task when ``LIQMAP_TAPE`` is on (it shares the store's engine);
+        ``kw`` goes to :func:`bot.tape_store.supervise` (tests pass a fake recorder)."""
+        tape_cfg = self.settings.tape
+        if not tape_cfg.tape_enabled or self.store is None or self.tape_task is not None:
+            return False
+        from .tape_store import TapeStore, supervise
+
+        tape = TapeStore(self.store.engine)
+        self.tape_task = asyncio.get_running_loop().create_task(supervise(
+            tape, self._tape_stop, venues=tape_cfg.venue_list, symbols=tape_cfg.symbol_list, urls=tape_cfg.urls,
+            retention_days=tape_cfg.tape_retention_days, **kw), name="liqmap-tape-supervisor")
+        return True
+
+    async def stop_tape(self) -> None:
+        """Stop the recorder (its stop gaps written) before the store's engine closes."""
+        task, self.tape_task = self.tape_task, None
+        if task is None:
+            return
+        self._tape_stop.set()
+        done, _ = await asyncio.wait({task}, timeout=15.0)
+        if not done:
+            log.warning("the tape recorder did not stop within 15 s; cancelled")
+            task.cancel()
+        results = await asyncio.gather(task, return_exceptions=True)
+        if isinstance(results[0], Exception):
+            log.error("the tape recorder failed", exc_info=results[0])
 
     async def on_ready(self) -> None:
         # Logging only: command sync never happens here (see the module docstring).
@@ -368,6 +399,7 @@ class LiqmapBot(commands.Bot):
     async def close(self) -> None:
         if self.symbols is not None:
             self.symbols.stop()
+        await self.stop_tape()
         if self.scheduler is not None:
             try:
                 await self.scheduler.stop()
@@ -528,9 +560,20 @@ async def dry_run(settings: Settings, **kw: Any) -> tuple[list[dict[str, Any]], 
             f"up to {getattr(bot.service, 'max_bytes', 0) / 2**20:g} MB",
             f"dispatcher: {type(bot.scheduler).__name__} ready (not started)",
             f"commands: {len(defs)} ({', '.join('/' + d['name'] for d in defs)}), definitions {definitions_hash(defs)[:12]}",
+            await _tape_status(bot),
         ]
     status.append(await render_sample_report())
     return defs, status
+
+
+async def _tape_status(bot: LiqmapBot) -> str:
+    tape_cfg = bot.settings.tape
+    if not tape_cfg.tape_enabled:
+        return "tape: off (LIQMAP_TAPE=false; `liqmap tape` records standalone)"
+    from .tape_store import needed_symbols
+
+    symbols = tape_cfg.symbol_list or await needed_symbols(bot.store.engine)
+    return f"tape: would record {', '.join(symbols)} from {', '.join(tape_cfg.venue_list)} (not started)"
 
 
 async def render_sample_report(symbol: str = "BTCUSDT", window: str = "7d") -> str:

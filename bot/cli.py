@@ -19,12 +19,15 @@ import stat
 import sys
 import uuid
 from pathlib import Path
-from typing import Callable, NoReturn, TextIO
+from typing import TYPE_CHECKING, Callable, NoReturn, TextIO
 
 from analysis.errors import InputError, LiqmapError
 from analysis.options import STACKS, THEMES, VIEWS
 from analysis.venues import EXCHANGES, LIVE_VENUES
 from analysis.windows import WINDOWS
+
+if TYPE_CHECKING:
+    from bot.tape_store import TapeStore
 
 log = logging.getLogger("liqmap")
 
@@ -325,6 +328,134 @@ def _run_health(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+# -- tape --------------------------------------------------------------------------------------------
+
+def _tape_venues_help() -> str:
+    from analysis.tape.events import FEED_SAMPLED, feed_coverage
+    from analysis.venues import display_name
+
+    notes = {"bybit": "every liquidation", "binance": "at most one per symbol per second", "okx": "not every order is pushed"}
+    return "; ".join(f"{v} ({display_name(v)}: {feed_coverage(v)}, {notes.get(v, '')})".replace(", )", ")")
+                     for v in FEED_SAMPLED)
+
+
+def _add_tape(sub: argparse._SubParsersAction) -> None:
+    from analysis.tape.events import FEED_SAMPLED
+
+    venues = ",".join(FEED_SAMPLED)
+    p = sub.add_parser(
+        "tape", help="record realized liquidations from the Bybit, Binance and OKX public feeds into the database "
+                     "(standalone; the bot can run the same recorder with LIQMAP_TAPE=true)",
+        description="Record the realized-liquidation feeds into the database (the same tables the bot reads), "
+                    f"until SIGINT/SIGTERM or --duration. Venues: {_tape_venues_help()}. A sampled feed's figures "
+                    "are lower bounds. Spans without a connection are stored as gaps.",
+    )
+    p.add_argument("--venues", default=None, help=f"comma-separated, from {venues} (default LIQMAP_TAPE_VENUES, else all)")
+    p.add_argument("--symbols", default=None,
+                   help="comma-separated tickers, e.g. BTC,ETH,SOL (default LIQMAP_TAPE_SYMBOLS, else BTC, ETH and "
+                        "the symbols of the bot's active daily reports and notices in the database)")
+    p.add_argument("--db", default=None, metavar="URL_OR_FILE",
+                   help="database URL (sqlite+aiosqlite:///FILE, postgresql+asyncpg://...) or a SQLite file "
+                        "(default DATABASE_URL, else the bot's SQLite file)")
+    p.add_argument("--duration", default=None, help="stop after this long, e.g. 90s, 10m, 2h, 1d (default: until stopped)")
+    p.add_argument("--status-every", type=float, default=60.0, metavar="SECONDS",
+                   help="print a status line to stderr this often (default 60)")
+    p.add_argument("--env-file", default=".env", help="settings file read besides the environment (default .env)")
+
+
+def _seconds(text: str, what: str) -> float:
+    import math
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text).lower())
+    value = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)] if m else math.nan
+    if not (0 < value <= 366 * 86400):
+        raise InputError(f"cannot read {what} {str(text)[:20]!r}; write e.g. 90s, 10m, 2h or 1d (at most 366d)")
+    return value
+
+
+def _tape_db(text: str | None, default: str) -> str:
+    if text is None or not text.strip():
+        return default
+    raw = text.strip()
+    if "://" in raw:
+        return raw
+    path = Path(raw).expanduser()
+    if path.is_dir():
+        raise InputError(f"--db {path} is a directory; name a SQLite file or a database URL")
+    if path.exists() and not path.is_file():
+        raise InputError(f"--db {path} is not a regular file")
+    return f"sqlite+aiosqlite:///{path.resolve()}"
+
+
+def _run_tape(args: argparse.Namespace) -> int:
+    import signal
+
+    from bot.settings import load_settings, parse_tape_symbols
+    from bot.tape_store import parse_venues
+
+    if not (1 <= args.status_every <= 86400):
+        raise InputError(f"--status-every must be between 1 and 86400 seconds, not {args.status_every:g}")
+    duration = _seconds(args.duration, "--duration") if args.duration is not None else None
+    settings = load_settings(args.env_file)
+    venues = parse_venues(args.venues if args.venues is not None else settings.tape.venue_list)
+    symbols: tuple[str, ...] = ()
+    if args.symbols is not None:
+        try:
+            symbols = parse_tape_symbols(args.symbols)
+        except ValueError as exc:
+            raise InputError(f"--symbols: {exc}") from None
+        if not symbols:
+            raise InputError("--symbols names no symbol; write e.g. BTC,ETH")
+    symbols = symbols or settings.tape.symbol_list
+    url = _tape_db(args.db, settings.database.url)
+
+    async def main() -> int:
+        from bot.app import database_error
+        from bot.tape_store import TapeRunner, TapeStore, needed_symbols
+
+        try:
+            tape = await TapeStore.open(url)
+        except LiqmapError:
+            raise
+        except Exception as exc:
+            mapped = database_error(exc, url)
+            if mapped is None:
+                raise
+            raise mapped from None
+        try:
+            syms = symbols or await needed_symbols(tape.engine)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(sig, stop.set)
+                except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
+                    pass
+            if duration is not None:
+                loop.call_later(duration, stop.set)
+
+            def status(line: str) -> None:
+                print(line, file=sys.stderr, flush=True)
+
+            runner = TapeRunner(tape, venues, syms, urls=settings.tape.urls, retention_days=settings.tape.tape_retention_days,
+                                status=status, status_s=args.status_every)
+            print(f"tape: recording {', '.join(syms)} from {', '.join(venues)} into {_tape_location(tape)}",
+                  file=sys.stderr, flush=True)
+            await runner.run(stop)
+            print(f"tape: stopped; {runner.sink.events} new events, {runner.sink.gaps} gap(s) written, "
+                  f"{runner.pruned} old row(s) pruned", file=sys.stderr, flush=True)
+        finally:
+            await tape.close()
+        return 0
+
+    return asyncio.run(main())
+
+
+def _tape_location(tape: TapeStore) -> str:
+    return tape.engine.url.render_as_string(hide_password=True)
+
+
 # -- backtest ----------------------------------------------------------------------------------------
 
 def _add_backtest(sub: argparse._SubParsersAction) -> None:
@@ -389,6 +520,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable
     "sync-commands": (_add_sync_commands, _run_sync_commands),
     "backtest": (_add_backtest, _run_backtest),
     "health": (_add_health, _run_health),
+    "tape": (_add_tape, _run_tape),
 }
 
 
@@ -430,7 +562,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
     """LIQMAP_LOG_LEVEL / LIQMAP_LOG_FORMAT (bot.logs): INFO for the running bot, WARNING otherwise."""
     from bot import logs
 
-    service = args.command == "bot" and not getattr(args, "dry_run", False)
+    service = args.command in ("bot", "tape") and not getattr(args, "dry_run", False)
     logs.configure(verbose=args.verbose, service=service)
 
 

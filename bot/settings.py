@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from pydantic import Field, SecretStr, ValidationError
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from analysis import paths
@@ -30,7 +30,10 @@ __all__ = [
     "DatabaseSettings",
     "SourceSettings",
     "ScheduleSettings",
+    "TapeSettings",
     "Settings",
+    "parse_ws_url",
+    "parse_tape_symbols",
     "load_settings",
     "default_database_url",
     "check_env_file",
@@ -117,6 +120,111 @@ class ScheduleSettings(BaseSettings):
     cooldown_seconds: float = Field(30.0, validation_alias="LIQMAP_COOLDOWN_SECONDS", ge=0, le=3600)
 
 
+TAPE_DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+MAX_TAPE_SYMBOLS = 50  # one subscription topic per symbol per venue; venues cap topics per connection
+
+
+def parse_ws_url(text: str) -> str:
+    """A ``ws://`` or ``wss://`` URL with a host (a venue override), else ``ValueError``."""
+    from urllib.parse import urlsplit
+
+    raw = str(text).strip()
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018  (a bad port raises here)
+    except ValueError:
+        raise ValueError("not a URL; write e.g. wss://relay.example/ws or ws://127.0.0.1:8765") from None
+    if parts.scheme not in ("ws", "wss") or not parts.hostname or len(raw) > 2000 or any(c.isspace() for c in raw):
+        raise ValueError("must be a ws:// or wss:// URL with a host, e.g. wss://relay.example/ws or ws://127.0.0.1:8765")
+    return raw
+
+
+def parse_tape_symbols(text: str) -> tuple[str, ...]:
+    """``"BTC, ethusdt"`` -> ``("BTCUSDT", "ETHUSDT")`` (deduplicated, at most 50), else ``ValueError``."""
+    import re
+
+    from analysis.symbols import parse_symbol
+
+    out: list[str] = []
+    items = [item for item in re.split(r"[\s,;]+", str(text)) if item]
+    for n, item in enumerate(items, 1):
+        if item:
+            try:
+                sym = parse_symbol(item).symbol
+            except InputError:  # settings errors never quote the value
+                raise ValueError(f"item {n} is not a symbol; use tickers like BTC, ETHUSDT or SOL-USDT-SWAP") from None
+            if sym not in out:
+                out.append(sym)
+    if len(out) > MAX_TAPE_SYMBOLS:
+        raise ValueError(f"at most {MAX_TAPE_SYMBOLS} symbols (got {len(out)})")
+    return tuple(out)
+
+
+class TapeSettings(BaseSettings):
+    """The realized-liquidation tape (issue 11): whether the bot records it, what, how long it is kept.
+
+    Off by default: recording keeps three websocket connections open and writes to the database
+    around the clock, which an operator should choose (``liqmap tape`` runs it as its own process).
+    """
+
+    model_config = _config(".env")
+
+    tape_enabled: bool = Field(False, validation_alias="LIQMAP_TAPE")
+    tape_venues: str = Field("bybit,binance,okx", validation_alias="LIQMAP_TAPE_VENUES")
+    # empty: what the bot needs, i.e. BTC and ETH plus the symbols of active daily reports and notices
+    tape_symbols: str = Field("", validation_alias="LIQMAP_TAPE_SYMBOLS")
+    # 30 days: the live score's longest --days plus the 24 h overlays, about 100 MB at a busy month's rate
+    tape_retention_days: float = Field(30.0, validation_alias="LIQMAP_TAPE_RETENTION_DAYS", ge=1, le=3650, allow_inf_nan=False)
+    tape_url_bybit: str | None = Field(None, validation_alias="LIQMAP_TAPE_URL_BYBIT")
+    tape_url_binance: str | None = Field(None, validation_alias="LIQMAP_TAPE_URL_BINANCE")
+    tape_url_okx: str | None = Field(None, validation_alias="LIQMAP_TAPE_URL_OKX")
+
+    @field_validator("tape_venues")
+    @classmethod
+    def _venues(cls, v: str) -> str:
+        from analysis.tape.events import FEED_SAMPLED
+
+        names: list[str] = []
+        items = [i.strip().lower() for i in str(v).replace(";", ",").replace(" ", ",").split(",") if i.strip()]
+        for n, name in enumerate(items, 1):
+            if name not in FEED_SAMPLED:  # settings errors never quote the value
+                raise ValueError(f"item {n} is not a tape venue; choose from {', '.join(FEED_SAMPLED)}")
+            if name not in names:
+                names.append(name)
+        if not names:
+            raise ValueError(f"name at least one of {', '.join(FEED_SAMPLED)}")
+        return ",".join(names)
+
+    @field_validator("tape_symbols")
+    @classmethod
+    def _symbols(cls, v: str) -> str:
+        return ",".join(parse_tape_symbols(v))
+
+    @field_validator("tape_url_bybit", "tape_url_binance", "tape_url_okx")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None or not str(v).strip() else parse_ws_url(v)
+
+    @property
+    def venue_list(self) -> tuple[str, ...]:
+        return tuple(self.tape_venues.split(","))
+
+    @property
+    def symbol_list(self) -> tuple[str, ...]:
+        """The configured symbols; empty means "what the bot needs" (see ``bot.tape_store.needed_symbols``)."""
+        return tuple(s for s in self.tape_symbols.split(",") if s)
+
+    @property
+    def urls(self) -> dict[str, str]:
+        """Venue -> URL override, only for the venues that have one."""
+        pairs = (("bybit", self.tape_url_bybit), ("binance", self.tape_url_binance), ("okx", self.tape_url_okx))
+        return {venue: url for venue, url in pairs if url}
+
+    def __repr_args__(self):  # a relay URL may carry a password
+        for key, value in self.model_dump().items():
+            yield key, redact_url(value) if key.startswith("tape_url_") and value else value
+
+
 @dataclass(frozen=True)
 class Settings:
     """All sections together."""
@@ -125,11 +233,12 @@ class Settings:
     database: DatabaseSettings
     sources: SourceSettings
     schedule: ScheduleSettings
+    tape: TapeSettings
 
     def safe_dict(self) -> dict[str, Any]:
         """Every setting, with secrets shown only as set/unset (safe to print or log)."""
         out: dict[str, Any] = {}
-        for name in ("discord", "database", "sources", "schedule"):
+        for name in ("discord", "database", "sources", "schedule", "tape"):
             section: BaseSettings = getattr(self, name)
             values = {}
             for key, value in section.model_dump().items():
@@ -141,6 +250,9 @@ class Settings:
                 values["cache_dir"] = str(section.cache_dir) if section.cache_dir else f"default ({section.state_dir})"
             out[name] = values
         out["database"]["url"] = redact_url(out["database"]["url"])
+        for key in ("tape_url_bybit", "tape_url_binance", "tape_url_okx"):
+            if out["tape"][key]:
+                out["tape"][key] = redact_url(out["tape"][key])
         return out
 
 
@@ -204,6 +316,7 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
         "database": DatabaseSettings,
         "sources": SourceSettings,
         "schedule": ScheduleSettings,
+        "tape": TapeSettings,
     }
     built: dict[str, BaseSettings] = {}
     problems: list[str] = []

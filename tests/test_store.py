@@ -18,7 +18,7 @@ from bot.store import (
 )
 
 UTC = timezone.utc
-HEAD = "0005_daily_readings"
+HEAD = "0006_tape"
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 G, C, U = 111, 222, 333
 
@@ -264,6 +264,7 @@ async def test_migrations_idempotent_and_match_models(tmp_path):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
+    import bot.tape_store  # noqa: F401  (its tables are on Base.metadata)
     from bot.store import Base
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"

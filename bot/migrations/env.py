@@ -15,6 +15,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+import bot.tape_store  # noqa: F401  (the tape tables are on Base.metadata too)
 from bot.store import Base
 
 config = context.config
