@@ -216,3 +216,18 @@ def test_without_the_tape_reader_the_score_says_what_is_missing(data_dir, monkey
     monkeypatch.setattr(importlib, "import_module", no_store)
     assert cli.main(["score", "--days", "3", "--source", "sample", "--boot", "10"]) == 2
     assert "no tape database reader (bot.tape_store)" in capsys.readouterr().err
+
+
+def test_a_latest_file_that_cannot_be_written_is_a_warning_not_a_lost_score(sample_bars, data_dir, monkeypatch,
+                                                                             capsys):
+    (data_dir / "score-latest.json").mkdir(parents=True)  # a directory where the file goes
+
+    async def fake_open(url):
+        return _cli_tape(sample_bars)
+
+    monkeypatch.setattr(cli, "_open_tape", fake_open)
+    assert cli.main(["score", "--days", "3", "--source", "sample", "--boot", "20", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["venues"]["binance"]["hours"] == 72
+    assert err.startswith("warning: cannot write the latest score to ") and err.count("\n") == 1
+    assert not list(data_dir.glob("*.tmp"))
