@@ -60,6 +60,6 @@ def synthetic_events(bars: Bars, span_ms: int, *, venues: Sequence[str] = ("bybi
         for k in range(per_bar):
             v = venues[(i + k) % len(venues)]
             t = int(bars.time[i]) + int(rng.integers(0, bars.interval_ms))
-            out.append(event(v, t, "long", float(bars.low[i]), 2e5 * (1 + 400 * rng_pct) * rng.random(), key=f"l{i}{k}"))
-            out.append(event(v, t, "short", float(bars.high[i]), 2e5 * (1 + 400 * rng_pct) * rng.random(), key=f"s{i}{k}"))
+            out.append(event(v, t, "long", float(bars.low[i]), 2e4 * (1 + 400 * rng_pct) * rng.random(), key=f"l{i}{k}"))
+            out.append(event(v, t, "short", float(bars.high[i]), 2e4 * (1 + 400 * rng_pct) * rng.random(), key=f"s{i}{k}"))
     return out
