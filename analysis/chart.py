@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from io import BytesIO
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -35,6 +35,9 @@ from .errors import DataError, InputError
 from .liqmap import LiquidationMap
 from .metrics import Reading
 from .options import STACKS, THEMES
+
+if TYPE_CHECKING:
+    from .tape.realized import RealizedTape
 
 __all__ = [
     "THEMES",
@@ -67,6 +70,8 @@ class ChartParams:
         Bins are merged until at most this many bars span the window (readable at embed size).
     max_venues
         Venue stacking shows at most this many groups; the smallest venues become "others".
+    strip_in
+        Height in inches of the realized-liquidations strip under the bars (only with a tape).
     width_in
         Figure width in inches; the dpi is ``width_px / width_in`` so fonts scale with the image.
     """
@@ -78,6 +83,7 @@ class ChartParams:
     bars_max: int = 240
     max_venues: int = 7
     width_in: float = 8.0
+    strip_in: float = 0.62
 
 
 PARAMS = ChartParams()
@@ -466,27 +472,74 @@ def _title_venues(venues: Sequence[str]) -> str:
     return " + ".join(names)
 
 
+def _realized_strip(fig: Figure, ax: Axes, tape: RealizedTape, rb: Rebinned, th: Theme,
+                    box: tuple[float, float], price: float) -> Axes:
+    """The realized liquidations of the tape, summed on the bars' own price bins, as bars hanging
+    from the top of a thin strip under the chart (longs and shorts in the side colours). The x tick
+    labels move to the strip; its labels say it is the tape, not the estimate."""
+    t, p, usd, is_long = tape.arrays()
+    idx = np.floor((p - rb.lo) / rb.width).astype(np.int64)
+    inside = (idx >= 0) & (idx < rb.n)
+    rl = np.bincount(idx[inside & is_long], weights=usd[inside & is_long], minlength=rb.n)[: rb.n]
+    rs = np.bincount(idx[inside & ~is_long], weights=usd[inside & ~is_long], minlength=rb.n)[: rb.n]
+    pos = ax.get_position()
+    sa = fig.add_axes((pos.x0, box[0], pos.width, box[1]), sharex=ax)
+    sa.set_gid("realized-strip")
+    sa.set_facecolor(th.label_bg)
+    peak = float((rl + rs).max())
+    x = rb.centers
+    w = rb.width * (0.82 if rb.n > 60 else 0.9)
+    for h, bottom, color in ((rl, np.zeros(rb.n), th.long_curve), (rs, rl, th.short_curve)):
+        nz = h > 0
+        if np.any(nz):
+            _bars(sa, x[nz], h[nz], bottom[nz], w, color)
+    sa.set_ylim(max(peak, 1.0) * 1.65, 0)  # hanging from the top edge, the labels below them
+    sa.set_yticks([])
+    for s in sa.spines.values():
+        s.set_visible(False)
+    sa.tick_params(colors=th.muted, labelsize=10.5, length=0, pad=4)
+    ax.tick_params(labelbottom=False)
+    ax.spines["bottom"].set_visible(False)
+    sa.axvline(price, color=th.price, lw=1.0, ls=(0, (4, 3)), alpha=0.6, zorder=5)
+    outside = float(usd[~inside].sum())
+    left = (f"Realized 24h (tape): longs {numbers.usd(tape.long_usd)} · shorts {numbers.usd(tape.short_usd)}")
+    right = f"peak {numbers.usd(peak)} per bar" + (f" · {numbers.usd(outside)} off-range" if outside > 0 else "")
+    _fit_row(
+        sa.text(0.005, 0.08, left, transform=sa.transAxes, ha="left", va="bottom", fontsize=8.5, color=th.text,
+                fontweight="bold", zorder=7, parse_math=False, gid="realized-label"),
+        sa.text(0.995, 0.08, right, transform=sa.transAxes, ha="right", va="bottom", fontsize=8.5, color=th.muted,
+                zorder=7, parse_math=False, gid="realized-label"),
+    )
+    return sa
+
+
 def render(m: LiquidationMap, reading: Reading, *, theme: str = "dark", stack: str = "tier",
-           range_pct: float | None = None, size_px: tuple[int, int] = (1280, 720)) -> bytes:
+           range_pct: float | None = None, size_px: tuple[int, int] = (1280, 720),
+           realized: RealizedTape | None = None) -> bytes:
     """Draw the map as a PNG and return its bytes.
 
     ``stack`` is ``"tier"`` (bars by leverage tier) or ``"venue"`` (by exchange); ``range_pct``
     fixes the half-width of the price window as a fraction of price (default: chosen from the
-    map, about ±12%); ``size_px`` is the image size in pixels. Bad options raise
-    :class:`InputError`, a malformed map :class:`DataError`.
+    map, about ±12%); ``size_px`` is the image size in pixels. ``realized``, a tape with events,
+    adds a strip of the realized liquidations on the same price bins under the bars (without
+    one the chart is unchanged). Bad options raise :class:`InputError`, a malformed map
+    :class:`DataError`.
     """
-    fig = build_figure(m, reading, theme=theme, stack=stack, range_pct=range_pct, size_px=size_px)
+    fig = build_figure(m, reading, theme=theme, stack=stack, range_pct=range_pct, size_px=size_px,
+                       realized=realized)
     buf = BytesIO()
     fig.canvas.print_png(buf)
     return buf.getvalue()
 
 
 def build_figure(m: LiquidationMap, reading: Reading, *, theme: str = "dark", stack: str = "tier",
-                 range_pct: float | None = None, size_px: tuple[int, int] = (1280, 720)) -> Figure:
+                 range_pct: float | None = None, size_px: tuple[int, int] = (1280, 720),
+                 realized: RealizedTape | None = None) -> Figure:
     """The chart as a matplotlib ``Figure`` with an Agg canvas (what :func:`render` rasterizes).
 
     Named artists carry a ``gid``: ``title``, ``subtitle``, ``footer``, ``price-label``,
-    ``cluster-label``, ``empty-message``.
+    ``cluster-label``, ``empty-message``; with a tape also ``realized-strip`` (its axes) and
+    ``realized-label``.
     """
     if theme not in THEMES:
         raise InputError(f"unknown theme {theme!r}; choose {' or '.join(THEMES)}")
@@ -512,7 +565,10 @@ def build_figure(m: LiquidationMap, reading: Reading, *, theme: str = "dark", st
     # header/footer heights in inches, turned into figure fractions for any aspect
     top = 1 - 0.98 / h_in
     bottom = 0.62 / h_in
-    ax = fig.add_axes((0.085, bottom, 0.83, top - bottom))
+    tape = realized if realized is not None and not realized.empty else None
+    strip_h = params.strip_in / h_in if tape is not None else 0.0
+    gap_h = 0.07 / h_in if tape is not None else 0.0
+    ax = fig.add_axes((0.085, bottom + strip_h + gap_h, 0.83, top - bottom - strip_h - gap_h))
     ax.set_facecolor(th.bg)
     ax2 = ax.twinx()
 
@@ -604,7 +660,11 @@ def build_figure(m: LiquidationMap, reading: Reading, *, theme: str = "dark", st
     fig.text(0.988, 0.1 / h_in, "liqmap", ha="right", va="bottom", fontsize=8, color=th.muted,
              fontweight="bold")
 
+    strip = _realized_strip(fig, ax, tape, rb, th, (bottom, strip_h), m.price) if tape is not None else None
     _fit_axes(fig, ax, ax2, margin_px=0.1 * dpi)
+    if strip is not None:
+        pos = ax.get_position()
+        strip.set_position((pos.x0, bottom, pos.width, strip_h))
     if empty:
         what = "liquidation levels" if m.kind == "coinglass" else "estimated liquidation levels"
         where = (f"within ±{numbers.band(round(hi / m.price - 1, 3))} of price" if m.total_long + m.total_short > 0

@@ -31,11 +31,11 @@ from .symbols import parse_symbol
 
 if TYPE_CHECKING:
     from .heatmap import HeatmapStates
+    from .tape.realized import RealizedTape
 
 __all__ = [
     "summary", "daily", "change", "notice", "heatmap_summary", "footer", "usd", "price_str", "skew_sentence", "near_sentence",
-    "md_safe",
-    "md_safe_text", "missing_venues",
+    "md_safe", "md_safe_text", "missing_venues", "realized_lines",
     "EMBED_LIMIT", "MESSAGE_LIMIT", "TEMPLATES", "TemplatesMissing", "templates_dir",
 ]
 
@@ -339,6 +339,44 @@ def _body(r: Reading, m: LiquidationMap, levels: int) -> BodyView:
     return BodyView(skew_sentence(r), near_sentence(r) or "", sides, title, _table(r), _notes(r.notes))
 
 
+def _names(venues: Iterable[str]) -> str:
+    names = [_md_safe(_venue(v), 20) for v in venues]
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else "".join(names)
+
+
+def _minutes(ms: int) -> str:
+    m = ms / 60_000
+    return f"{m:.0f} min" if m < 90 else f"{m / 60:.1f} h"
+
+
+def realized_lines(tape: RealizedTape | None) -> tuple[str, ...]:
+    """What the tape recorded: the realized totals per side, which feeds are complete and which
+    sampled, and the gaps in the window. Empty without a tape (the text is then unchanged)."""
+    if tape is None or not tape.venues:
+        return ()
+    hours = (tape.end_ms - tape.start_ms) / 3_600_000
+    span = f"{hours:g} h"
+    if tape.empty:
+        first = f"Realized in the last {span}: nothing recorded for {_base(tape.symbol)} on the tape."
+    else:
+        first = f"Realized in the last {span}: {usd(tape.long_usd)} of longs and {usd(tape.short_usd)} of shorts."
+    cov = tape.coverage()
+    complete = [v for v in tape.venues if cov[v] == "complete"]
+    sampled = [v for v in tape.venues if cov[v] == "sampled"]
+    parts = []
+    if complete:
+        parts.append(f"{_names(complete)} complete")
+    if sampled:
+        parts.append(f"{_names(sampled)} sampled (a lower bound)")
+    lines = [first, "Feeds: " + "; ".join(parts) + "."]
+    gaps = [(v, tape.gap_ms(v)) for v in tape.venues]
+    gaps = [(v, ms) for v, ms in gaps if ms > 0]
+    if gaps:
+        lines.append("Gaps in the window: " + ", ".join(f"{_md_safe(_venue(v), 20)} {_minutes(ms)}" for v, ms in gaps)
+                     + " (events then may be missing).")
+    return tuple(lines)
+
+
 def _headline(r: Reading) -> str:
     return f"**{_md_safe(r.symbol, 24)}** {price_str(r.price)} · {_md_safe(r.window, 8)} map · **{_label(r.skew)}**"
 
@@ -467,26 +505,29 @@ def _render(name: str, limit: int, **view: object) -> str:
     return _fit(text, limit)
 
 
-def summary(reading: Reading, m: LiquidationMap, *, with_footer: bool = False) -> str:
+def summary(reading: Reading, m: LiquidationMap, *, with_footer: bool = False,
+            realized: RealizedTape | None = None) -> str:
     """The /liqmap embed description (≤ 4096 chars).
 
     The embed's own footer carries :func:`footer`; ``with_footer=True`` appends that line in
-    italics instead, for places without an embed footer (a file, a plain message).
+    italics instead, for places without an embed footer (a file, a plain message). ``realized``
+    adds the tape's lines (:func:`realized_lines`).
     """
     _check(reading)
     return _render(
         "summary.md.j2", EMBED_LIMIT,
-        headline=_headline(reading), body=_body(reading, m, _SUMMARY_LEVELS),
+        headline=_headline(reading), body=_body(reading, m, _SUMMARY_LEVELS), realized=realized_lines(realized),
         footer=_footer_text(m, _md_safe) if with_footer else "",
     )
 
 
 def daily(reading: Reading, m: LiquidationMap, *, previous: Reading | None = None, with_footer: bool = False,
-          change_params: ChangeParams | None = None) -> str:
+          change_params: ChangeParams | None = None, realized: RealizedTape | None = None) -> str:
     """The daily report (≤ 4096 chars): headline, the summary content, and the change since ``previous``.
 
     ``previous`` is the last report's reading of the same symbol (another symbol is an
-    :class:`InputError`); the sweeps since it are read from ``m.path``. ``with_footer`` as in :func:`summary`.
+    :class:`InputError`); the sweeps since it are read from ``m.path``. ``with_footer`` and
+    ``realized`` as in :func:`summary`.
     """
     _check(reading)
     if previous is not None:
@@ -502,6 +543,7 @@ def daily(reading: Reading, m: LiquidationMap, *, previous: Reading | None = Non
         "daily.md.j2", EMBED_LIMIT,
         headline=headline, sub=sub, body=_body(reading, m, _DAILY_LEVELS),
         change=_change(previous, reading, m.path, change_params) if previous is not None else None,
+        realized=realized_lines(realized),
         footer=_footer_text(m, _md_safe) if with_footer else "",
     )
 

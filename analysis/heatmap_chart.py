@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from io import BytesIO
+from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib import patheffects
@@ -28,6 +29,9 @@ from . import numbers
 from .chart import _THEME, THEMES, Theme, _fit_row, _fmt_width, _merge_factor, _title_venues, _when
 from .errors import DataError, InputError
 from .heatmap import HeatmapStates
+
+if TYPE_CHECKING:
+    from .tape.realized import RealizedTape
 
 __all__ = ["HeatmapParams", "render_heatmap", "build_heatmap_figure", "display_rows", "Rows"]
 
@@ -199,10 +203,60 @@ def _path_boxes(ax: Axes, px: np.ndarray, py: np.ndarray, renderer) -> list:
     return out
 
 
+def _span(tape: RealizedTape) -> str:
+    h = (tape.end_ms - tape.start_ms) / 3_600_000
+    return f"{h:g}h" if h <= 48 else f"{h / 24:g}d"
+
+
+def realized_overlay(fig: Figure, ax: Axes, s: HeatmapStates, rows: Rows, tape: RealizedTape, th: Theme) -> int:
+    """The tape's liquidations at their time and price: one dot per (column, price row, side) with
+    the cell's USD (area proportional to it), in the side colours, with a legend entry. Returns
+    how many dots were drawn (0 draws nothing, not even the legend)."""
+    from matplotlib.lines import Line2D
+
+    t, p, usd, is_long = tape.arrays()
+    col = np.searchsorted(s.times, t, side="right") - 1
+    row = np.floor((p - rows.lo) / rows.width).astype(np.int64)
+    n_rows = rows.z.shape[1]
+    ok = (col >= 0) & (col < s.n_columns) & (row >= 0) & (row < n_rows) & (usd > 0)
+    if not np.any(ok):
+        return 0
+    cell = (col[ok] * n_rows + row[ok]) * 2 + (~is_long[ok]).astype(np.int64)
+    keys, inv = np.unique(cell, return_inverse=True)
+    amount = np.bincount(inv, weights=usd[ok])
+    when = np.bincount(inv, weights=usd[ok] * (t[ok] - t[ok].min())) / amount + t[ok].min()
+    where = np.bincount(inv, weights=usd[ok] * p[ok]) / amount
+    long_side = keys % 2 == 0
+    size = 14.0 + 260.0 * amount / amount.max()  # points^2: the largest dot about 17 pt across
+    for side, color in ((True, th.long_curve), (False, th.short_curve)):
+        k = long_side == side
+        if np.any(k):
+            ax.scatter(_dates(when[k]), where[k], s=size[k], c=color, alpha=0.85, edgecolors=th.bg, linewidths=0.7,
+                       zorder=6, gid="realized-dots")
+    handles = [Line2D([], [], ls="none", marker="o", ms=7, mfc=c, mec=th.bg, label=lab)
+               for c, lab in ((th.long_curve, "longs"), (th.short_curve, "shorts"))]
+    leg = ax.legend(handles=handles, loc="lower left", fontsize=8.5, frameon=True, ncol=2, labelcolor=th.text,
+                    title=f"Realized {_span(tape)} (tape), dot area ∝ USD, max {numbers.usd(float(amount.max()))}",
+                    title_fontsize=8.5, facecolor=th.label_bg, edgecolor=th.grid, framealpha=0.9,
+                    handletextpad=0.2, columnspacing=0.8, borderpad=0.4)
+    leg.get_title().set_color(th.text)
+    leg.set_gid("realized-legend")
+    leg.set_zorder(9)
+    return int(keys.size)
+
+
 def render_heatmap(states: HeatmapStates, *, theme: str = "dark", size_px: tuple[int, int] = (1280, 720),
-                   params: HeatmapParams = PARAMS) -> bytes:
-    """Draw the heatmap as a PNG and return its bytes (bad options: InputError; bad states: DataError)."""
+                   params: HeatmapParams = PARAMS, realized: RealizedTape | None = None) -> bytes:
+    """Draw the heatmap as a PNG and return its bytes (bad options: InputError; bad states: DataError).
+
+    ``realized``, a tape with events, adds them as dots at their time and price (see
+    :func:`realized_overlay`); without one the chart is unchanged.
+    """
     fig = build_heatmap_figure(states, theme=theme, size_px=size_px, params=params)
+    if realized is not None and not realized.empty:
+        ax = fig.axes[0]  # the heatmap's own axes, added first
+        lo, hi = price_window(states, params)  # the window build_heatmap_figure drew
+        realized_overlay(fig, ax, states, display_rows(states, lo, hi, params.rows_max), realized, _THEME[theme])
     buf = BytesIO()
     fig.canvas.print_png(buf)
     return buf.getvalue()

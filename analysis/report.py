@@ -34,6 +34,8 @@ from .windows import Window, parse_window
 
 if TYPE_CHECKING:
     from .heatmap import HeatmapStates
+    from .tape.events import TapeReader
+    from .tape.realized import RealizedParams, RealizedTape
 
 T = TypeVar("T")
 
@@ -62,6 +64,7 @@ class Report:
     summary: str
     missing: Mapping[str, str] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
+    realized: RealizedTape | None = None
 
     @property
     def nbytes(self) -> int:
@@ -73,7 +76,8 @@ class Report:
         if m.path is not None:
             arrays += m.path.nbytes
         text = len(self.summary.encode("utf-8")) + sum(len(n) for n in m.notes) + sum(len(v) for v in self.missing.values())
-        return len(self.png) + arrays + text + _OVERHEAD_BYTES
+        tape = self.realized.nbytes() if self.realized is not None else 0
+        return len(self.png) + arrays + text + tape + _OVERHEAD_BYTES
 
     def to_json(self) -> dict[str, Any]:
         out = self.map.to_json()
@@ -81,6 +85,8 @@ class Report:
         out["record"] = to_record(self.reading)  # what a later `liqmap report --since` compares with
         out["non_default_params"] = non_default_params(self.map.params) if self.map.kind == "estimated" else {}
         out["missing_venues"] = dict(self.missing)
+        if self.realized is not None:
+            out["realized"] = self.realized.to_json()
         return out
 
 
@@ -97,6 +103,9 @@ class ReportService:
 
     ``sources`` maps a venue name to its :class:`Source`. ``ttl`` (seconds; 0 caches nothing) and
     ``max_bytes`` bound the cache in time and memory. ``clock`` is injectable for tests.
+    ``tape``, a :class:`~analysis.tape.events.TapeReader`, adds the realized liquidations of the
+    24 h before the map's data time to the chart, the heatmap and the text; a tape that fails or
+    is slow (``tape_params.timeout_s``) leaves a note, never a failed report.
     """
 
     def __init__(
@@ -109,6 +118,8 @@ class ReportService:
         max_bytes: int = DEFAULT_CACHE_BYTES,
         clock: Callable[[], float] = time.monotonic,
         now_ms: Callable[[], int] | None = None,
+        tape: TapeReader | None = None,
+        tape_params: RealizedParams | None = None,
     ) -> None:
         if not sources:
             raise ValueError("a report service needs at least one source")
@@ -127,6 +138,8 @@ class ReportService:
         self._inflight: dict[ReportKey, asyncio.Future[Any]] = {}
         self.computations = 0  # how many reports were actually built (for tests and benchmarks)
         self.heatmap_computations = 0  # how many heatmaps were actually built
+        self.tape = tape
+        self.tape_params = tape_params
 
     @property
     def venues(self) -> tuple[str, ...]:
@@ -296,10 +309,36 @@ class ReportService:
         merged = merge_states(states)
         if missing:
             merged = replace(merged, notes=tuple(merged.notes) + tuple(f"{v} missing: {why}" for v, why in missing.items()))
+        tape, note = await self.realized(pair.symbol, merged.venues, int(merged.end_ms), progress)
+        if note:
+            merged = replace(merged, notes=tuple(merged.notes) + (note,))
         if progress is not None:
             progress("rendering the heatmap")
-        png = await asyncio.to_thread(render_heatmap, merged, theme=theme)
+        png = await asyncio.to_thread(render_heatmap, merged, theme=theme, realized=tape)
         return png, merged, missing
+
+    async def realized(
+        self, symbol: str, venues: tuple[str, ...], end_ms: int, progress: Callable[[str], None] | None = None,
+    ) -> tuple[RealizedTape | None, str | None]:
+        """The tape of the 24 h before ``end_ms`` (None without a tape reader), or None and a note
+        saying why it is left out. Never raises for the tape's own faults."""
+        if self.tape is None:
+            return None, None
+        from .tape.realized import RealizedParams, fetch_realized
+
+        params = self.tape_params or RealizedParams()
+        if progress is not None:
+            progress("reading the liquidation tape")
+        try:
+            tape = await asyncio.wait_for(fetch_realized(self.tape, symbol, venues, end_ms, params), params.timeout_s)
+        except asyncio.TimeoutError:
+            return None, f"tape: no answer within {params.timeout_s:g} s; realized liquidations left out"
+        except LiqmapError as exc:
+            return None, f"tape unavailable ({_reason(exc)}); realized liquidations left out"
+        except Exception as exc:  # the database's own errors: logged, never a failed report
+            log.warning("reading the tape for %s failed", symbol, exc_info=True)
+            return None, f"tape unavailable ({type(exc).__name__}); realized liquidations left out"
+        return tape, (tape.notes[0] if tape.notes else None)
 
     async def _per_venue(
         self, symbol: str, venues: tuple[str, ...], work: Callable[[str], Awaitable[T]],
@@ -348,13 +387,18 @@ class ReportService:
         m, missing = await self.maps(symbol, win, venues, progress)
         if progress is not None:
             progress("rendering the chart and text")
+        tape, note = await self.realized(symbol, m.venues, int(m.end_ms), progress)
+        if note:
+            m = m.with_notes(note)
         reading = read(m, self.metrics)
-        png, text = await asyncio.to_thread(_render, m, reading, theme, stack)
-        return Report(symbol, win, m.venues, m, reading, png, text, missing)
+        png, text = await asyncio.to_thread(_render, m, reading, theme, stack, tape)
+        return Report(symbol, win, m.venues, m, reading, png, text, missing, realized=tape)
 
 
-def _render(m: LiquidationMap, reading: Reading, theme: str, stack: str) -> tuple[bytes, str]:
-    return chart.render(m, reading, theme=theme, stack=stack), commentary.summary(reading, m)
+def _render(m: LiquidationMap, reading: Reading, theme: str, stack: str,
+            tape: RealizedTape | None = None) -> tuple[bytes, str]:
+    return (chart.render(m, reading, theme=theme, stack=stack, realized=tape),
+            commentary.summary(reading, m, realized=tape))
 
 
 def _reason(exc: LiqmapError) -> str:

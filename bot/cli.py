@@ -17,9 +17,10 @@ import logging
 import os
 import stat
 import sys
+import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, NoReturn, TextIO
+from typing import TYPE_CHECKING, Callable, NoReturn, TextIO, cast
 
 from analysis.errors import InputError, LiqmapError
 from analysis.options import STACKS, THEMES, VIEWS
@@ -27,6 +28,7 @@ from analysis.venues import EXCHANGES, LIVE_VENUES
 from analysis.windows import WINDOWS
 
 if TYPE_CHECKING:
+    from analysis.tape.events import TapeReader
     from bot.tape_store import TapeStore
 
 log = logging.getLogger("liqmap")
@@ -513,6 +515,132 @@ def _run_backtest(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- score -------------------------------------------------------------------------------------------
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    from analysis.sources.registry import SOURCE_HELP
+
+    p = sub.add_parser(
+        "score",
+        help="the live accuracy score: the map's swept estimate per hour against liqmap's own liquidation tape, "
+             "per venue (see docs/methodology.md, 'Live score')",
+    )
+    p.add_argument("--days", type=int, default=7, help="hours of the last N days are scored (1-23; default 7)")
+    p.add_argument("--symbol", default="BTCUSDT", help="BTC, BTCUSDT, BTC/USDT or BTC-USDT-SWAP (default BTCUSDT)")
+    p.add_argument("--exchange", default="all", type=_choice, choices=EXCHANGES,
+                   help="all, or one venue of the source (default all)")
+    p.add_argument("--source", default=None,
+                   help=f"where bars come from: {SOURCE_HELP} (default LIQMAP_SOURCE, else live)")
+    p.add_argument("--db", default=None, metavar="URL",
+                   help="the tape's database (default DATABASE_URL, else the SQLite file in the data directory)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the intervals (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--env-file", default=".env", help="settings file read besides the environment, as the bot reads "
+                                                      "it (default .env)")
+
+
+async def _open_tape(url: str | None) -> TapeReader:
+    """The tape's database reader (``bot.tape_store.TapeStore.open``), imported only when a score is
+    asked for; tests replace this function with an in-memory reader."""
+    import importlib
+
+    try:
+        store_cls = getattr(importlib.import_module("bot.tape_store"), "TapeStore")
+    except (ImportError, AttributeError):
+        raise InputError("this liqmap has no tape database reader (bot.tape_store); the score needs the "
+                         "tape that liqmap tape or the bot records") from None
+    store = store_cls.open(url)
+    if asyncio.iscoroutine(store):
+        store = await store
+    return cast("TapeReader", store)
+
+
+async def _close_tape(reader: object) -> None:
+    for name in ("aclose", "close", "dispose"):
+        close = getattr(reader, name, None)
+        if callable(close):
+            res = close()
+            if asyncio.iscoroutine(res):
+                await res
+            return
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from analysis.report import ReportService
+    from analysis.sources.registry import aclose_sources
+    from analysis.symbols import parse_symbol
+    from analysis.tape.score import DAY_MS, HOUR_MS, ScoreParams, latest_score_path, live_score, read_hourly, \
+        write_latest
+    from analysis.windows import WINDOWS
+    from bot.settings import build_sources, load_settings, model_params
+
+    params = ScoreParams(n_boot=args.boot, seed=args.seed)
+    window = WINDOWS["30d"]
+    most = int(window.duration_ms / DAY_MS - params.warmup_days)
+    if not (1 <= args.days <= most):
+        raise InputError(f"--days must be between 1 and {most} (the {window.label} of bars minus a "
+                         f"{params.warmup_days:g}-day warm-up), not {args.days}")
+    if not (1 <= args.boot <= 100_000):
+        raise InputError(f"--boot must be between 1 and 100000, not {args.boot}")
+    if not (0 <= args.seed < 2**63):
+        raise InputError(f"--seed must be between 0 and 2**63-1, not {str(args.seed)[:24]}")
+    symbol = parse_symbol(args.symbol).symbol
+    settings = load_settings(args.env_file, **({"source": args.source} if args.source is not None else {}))
+    model = model_params(settings.sources)
+    progress = _progress()
+    sources = build_sources(settings)
+
+    async def build():
+        try:
+            service = ReportService(sources, params=model, ttl=0)
+            venues = service.resolve_venues(args.exchange)
+            bars, missing = {}, {}
+            for venue in venues:
+                progress(f"fetching {venue} {symbol} {window.label}")
+                try:
+                    bars[venue] = await sources[venue].bars(symbol, window)
+                except LiqmapError as exc:
+                    missing[venue] = " ".join(str(exc).split())[:200]
+            if not bars:
+                raise InputError(f"no bars for {symbol}: " + "; ".join(f"{v}: {w}" for v, w in missing.items()))
+        finally:
+            await aclose_sources(sources)
+        now_ms = int(time.time() * 1000)
+        end = min(min(int(b.end_ms) for b in bars.values()), now_ms) // HOUR_MS * HOUR_MS
+        start = end - args.days * DAY_MS
+        reader = await _open_tape(args.db)
+        try:
+            progress("reading the liquidation tape")
+            tapes = await read_hourly(reader, symbol, tuple(bars), start, end, chunk_hours=params.chunk_hours)
+            gaps = await reader.gaps(start, end, tuple(bars))
+        finally:
+            await _close_tape(reader)
+        progress("scoring")
+        result = await asyncio.to_thread(live_score, symbol, args.days, bars, tapes, gaps, start, end,
+                                         params=params, model=model, now_ms=now_ms)
+        return result, missing
+
+    try:
+        result, missing = asyncio.run(build())
+    finally:
+        progress.done()
+    for venue, why in missing.items():
+        result.skipped.setdefault(venue, f"bars unavailable: {why}")
+    try:
+        path = latest_score_path()
+        write_latest(result, path)
+        saved = f"wrote {path}"
+    except InputError as exc:
+        saved = f"warning: {exc}"
+    if args.json:
+        print(json.dumps(result.to_json()))
+    else:
+        print(result.table())
+    print(saved, file=sys.stderr)
+    return 0
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
     "report": (_add_report, _run_report),
     "record": (_add_record, _run_record),
@@ -521,6 +649,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable
     "backtest": (_add_backtest, _run_backtest),
     "health": (_add_health, _run_health),
     "tape": (_add_tape, _run_tape),
+    "score": (_add_score, _run_score),
 }
 
 
