@@ -1144,9 +1144,12 @@ class Store:
             return await self._count(s, guild_id)
 
     async def _count(self, s: AsyncSession, guild_id: int) -> int:
-        n_daily = await s.scalar(select(func.count()).select_from(DailyRow).where(DailyRow.guild_id == guild_id))
-        n_watch = await s.scalar(select(func.count()).select_from(WatchRow).where(WatchRow.guild_id == guild_id))
-        return int(n_daily or 0) + int(n_watch or 0)
+        from .cluster_store import ClusterRow  # (that module builds on this one)
+
+        n = 0
+        for table in (DailyRow, WatchRow, ClusterRow):
+            n += int(await s.scalar(select(func.count()).select_from(table).where(table.guild_id == guild_id)) or 0)
+        return n
 
     async def _check_cap(self, s: AsyncSession, guild_id: int, *, added: int = 0) -> None:
         """Refuse when the server is at its cap. ``added``: rows this transaction has inserted
@@ -1158,7 +1161,7 @@ class Store:
         n = await self._count(s, guild_id) - added
         if n >= self.max_per_guild:
             raise InputError(
-                f"this server already has {n} subscriptions (daily reports and skew notices together; "
+                f"this server already has {n} subscriptions (daily reports, skew and cluster alerts together; "
                 f"the limit is {self.max_per_guild}); remove one first"
             )
 
