@@ -59,7 +59,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-COGS = ("bot.cogs.liqmap", "bot.cogs.daily", "bot.cogs.notices")
+COGS = ("bot.cogs.liqmap", "bot.cogs.daily", "bot.cogs.notices", "bot.cogs.clusters")
 NO_MENTIONS = discord.AllowedMentions.none()
 Mode = Literal["run", "dry-run", "sync"]
 
@@ -281,6 +281,8 @@ class LiqmapBot(commands.Bot):
         self.service = service
         self.store = store
         self.scheduler: Any = None
+        self.cluster_watch: Any = None  # bot.cluster_watch.ClusterWatcher
+        self.tape: Any = None  # an analysis.tape.events.TapeReader once realized liquidations are recorded
         self.symbols: Any = None
         self.cog_modules = cogs
         self._owns_store = store is None
@@ -300,6 +302,9 @@ class LiqmapBot(commands.Bot):
         if self.mode == "sync":
             return
         self.scheduler = self._make_scheduler()
+        from .cluster_watch import make_cluster_watch
+
+        self.cluster_watch = make_cluster_watch(self)
         if self.mode == "run":
             self.symbols.ensure_fresh()  # symbol lists for autocomplete, loaded in the background
             await self.sync_commands()
@@ -327,6 +332,8 @@ class LiqmapBot(commands.Bot):
         # After READY the channel cache is complete, so the poster can check permissions first.
         await self.wait_until_ready()
         self.scheduler.start()
+        if self.cluster_watch is not None:
+            self.cluster_watch.start()
         log.info("dispatcher started")
 
     async def _open_store(self) -> Any:
@@ -368,11 +375,12 @@ class LiqmapBot(commands.Bot):
     async def close(self) -> None:
         if self.symbols is not None:
             self.symbols.stop()
-        if self.scheduler is not None:
-            try:
-                await self.scheduler.stop()
-            except Exception:
-                log.exception("stopping the dispatcher failed")
+        for loop_ in (self.scheduler, self.cluster_watch):
+            if loop_ is not None:
+                try:
+                    await loop_.stop()
+                except Exception:
+                    log.exception("stopping %s failed", type(loop_).__name__)
         if self.store is not None and self._owns_store:
             try:
                 await self.store.close()

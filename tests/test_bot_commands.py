@@ -53,12 +53,15 @@ async def test_command_definitions_match_the_committed_snapshot(live_like):
 
 def test_snapshot_reads_naturally_in_the_picker():
     defs = {d["name"]: d for d in json.loads(SNAPSHOT.read_text(encoding="utf-8"))}
-    assert set(defs) == {"liqmap", "daily", "skew-alerts"}
+    assert set(defs) == {"liqmap", "daily", "skew-alerts", "cluster-alerts"}
     assert [o["name"] for o in defs["liqmap"]["options"]] == ["symbol", "window", "exchange", "private"]
     exch = next(o for o in defs["liqmap"]["options"] if o["name"] == "exchange")
     assert [c["value"] for c in exch["choices"]] == ["all", *LIVE_VENUES]
     assert [o["name"] for o in defs["daily"]["options"]] == ["set", "list", "remove", "resume"]
     assert [o["name"] for o in defs["skew-alerts"]["options"]] == ["subscribe", "list", "unsubscribe", "resume"]
+    assert [o["name"] for o in defs["cluster-alerts"]["options"]] == ["subscribe", "list", "remove", "resume"]
+    for name in ("daily", "skew-alerts", "cluster-alerts"):  # Manage Server (0x20), servers only
+        assert defs[name]["default_member_permissions"] == 1 << 5 and defs[name]["dm_permission"] is False, name
 
     def walk(options):
         for o in options:
@@ -100,7 +103,7 @@ async def test_global_sync_happens_only_when_definitions_change(live_like):
     rest.respond = _answer_sync
     puts = lambda: [c for c in rest.calls if c.method == "PUT"]  # noqa: E731
     (line,) = await bot.sync_commands()
-    assert line.startswith("synced 3 global command(s)")
+    assert line.startswith("synced 4 global command(s)")
     (put,) = puts()
     assert put.path == f"/applications/{APP_ID}/commands"
     assert sorted(put.json, key=lambda d: d["name"]) == json.loads(SNAPSHOT.read_text(encoding="utf-8"))
