@@ -123,7 +123,7 @@ async def test_dev_guild_syncs_there_instantly_and_leaves_global_alone(tmp_path)
     try:
         h.rest.respond = _answer_sync
         (line,) = await h.bot.sync_commands()
-        assert line == "synced 3 command(s) to guild 123456789012345678"
+        assert line == "synced 4 command(s) to guild 123456789012345678"
         (put,) = [c for c in h.rest.calls if c.method == "PUT"]
         assert put.path == f"/applications/{APP_ID}/guilds/123456789012345678/commands"
     finally:
@@ -138,7 +138,7 @@ def test_cli_dry_run_prints_definitions_without_a_token(tmp_path, monkeypatch, c
     assert cli.main(["bot", "--dry-run"]) == 0
     out, err = capsys.readouterr()
     defs = json.loads(out)
-    assert [d["name"] for d in defs] == ["daily", "liqmap", "skew-alerts"]
+    assert [d["name"] for d in defs] == ["cluster-alerts", "daily", "liqmap", "skew-alerts"]
     assert "migrated" in err and "dispatcher: Dispatcher ready" in err and '"token": "unset"' in err
     assert (tmp_path / "dry.db").exists()  # the database was created and migrated
 
@@ -221,13 +221,13 @@ def test_cli_sync_commands_logs_in_over_http_and_syncs_globally(tmp_path, monkey
     caplog.set_level("DEBUG")
     assert cli.main(["sync-commands"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("synced 3 global command(s)")
+    assert out.startswith("synced 4 global command(s)")
     assert [(c.method, c.path) for c in rec.calls] == [
         ("GET", "/users/@me"), ("GET", "/oauth2/applications/@me"), ("PUT", f"/applications/{APP_ID}/commands")]
     assert (tmp_path / "cache" / "command-sync.json").exists()  # a later start sees nothing changed
     assert token not in caplog.text and token not in out
     assert cli.main(["sync-commands", "--guild", "42"]) == 0
-    assert capsys.readouterr().out.startswith("synced 3 command(s) to guild 42")
+    assert capsys.readouterr().out.startswith("synced 4 command(s) to guild 42")
     assert rec.calls[-1].path == f"/applications/{APP_ID}/guilds/42/commands"
 
 
