@@ -163,7 +163,12 @@ def major_clusters(reading: Reading) -> list[Cluster]:
 
 
 def _distance_pct(price: float, level: float) -> float:
-    return abs(price / level - 1.0) * 100.0
+    """How far ``level`` is from ``price``, in percent of price (as ``Cluster.distance_pct``, unsigned)."""
+    return abs(level / price - 1.0) * 100.0
+
+
+def _pct_text(d: float) -> str:
+    return f"{d:.2f}%" if d < 0.1 else f"{d:.1f}%"
 
 
 def _cooling(prev: AlertState, now: datetime, cooldown: timedelta) -> bool:
@@ -212,7 +217,7 @@ def realized_near(events: Iterable[LiquidationEvent], cluster: Cluster | None, t
     for e in events:
         if e.side != s or not (math.isfinite(e.price) and math.isfinite(e.usd)) or e.price <= 0 or e.usd <= 0:
             continue
-        if _distance_pct(e.price, p) <= tolerance_pct:
+        if abs(e.price / p - 1.0) * 100.0 <= tolerance_pct:
             total += e.usd
     return total
 
@@ -236,7 +241,7 @@ def step_swept(prev: AlertState, reference: Reading | None, events: Sequence[Liq
             rearmed = True
     hits = [(usd, c) for usd, c in scored if usd >= params.usd
             and not (state.phase == "swept" and state.level is not None and c.side == state.side
-                     and _distance_pct(c.price, state.level) <= 2 * tol)]
+                     and abs(c.price / state.level - 1.0) * 100.0 <= 2 * tol)]
     best = max(hits, key=lambda x: x[0], default=None)
     if prev.phase is None:
         if best is not None:
@@ -306,7 +311,7 @@ def alert_text(decision: Decision, reading: Reading, params: ClusterAlertParams,
     lines: list[str] = []
     if params.kind == "approaching":
         d = decision.distance_pct if decision.distance_pct is not None else _distance_pct(reading.price, c.price)
-        headline = f"**{sym} is within {numbers.band(d / 100)} of a major liquidation cluster**"
+        headline = f"**{sym} is within {_pct_text(d)} of a major liquidation cluster**"
         lines.append(f"Price {numbers.price(reading.price)}; {_cluster_words(c, reading.kind)} "
                      f"({numbers.pct((c.price / reading.price - 1) * 100)}), from the {win} map.")
         lines.append(f"Alert level: within {numbers.band(params.near_pct / 100)}. It re-arms once price is more "
