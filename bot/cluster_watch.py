@@ -138,7 +138,7 @@ def alert_embed(alert: ClusterAlert, text: str, marker: str, end_ms: int) -> dic
         "type": "rich",
         "title": title[:256],
         "description": text[:4096],
-        "footer": {"text": f"Alert #{alert.id} · levels from an estimated map, not a forecast · {marker}"},
+        "footer": {"text": f"Alert #{alert.id} · map levels are estimates, not forecasts · {marker}"},
     }
     if end_ms > 0:
         embed["timestamp"] = datetime.fromtimestamp(end_ms / 1000, tz=UTC).isoformat()
@@ -303,6 +303,8 @@ class ClusterWatcher:
     async def _tape_window(self, tape: TapeReader, symbol: str, venues: Sequence[str],
                            window: tuple[int, int]) -> tuple[list[LiquidationEvent], list[Gap]] | None:
         fed = [v for v in venues if feed_coverage(v) != "unknown"]
+        if not fed:  # (an empty venue list must not read as "every venue")
+            return [], []
         try:
             events = await tape.events(symbol, window[0], window[1], fed)
             gaps = [g for g in await tape.gaps(window[0], window[1], fed) if g.symbol in (None, symbol)]
