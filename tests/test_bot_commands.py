@@ -140,6 +140,7 @@ def test_cli_dry_run_prints_definitions_without_a_token(tmp_path, monkeypatch, c
     defs = json.loads(out)
     assert [d["name"] for d in defs] == ["cluster-alerts", "daily", "liqmap", "skew-alerts"]
     assert "migrated" in err and "dispatcher: Dispatcher ready" in err and '"token": "unset"' in err
+    assert "cluster alerts: ClusterWatcher ready (not started); swept alerts unavailable: no realized-liquidation tape" in err
     assert (tmp_path / "dry.db").exists()  # the database was created and migrated
 
 
