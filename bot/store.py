@@ -24,7 +24,7 @@ API for the Discord layer (all ``async``)::
                           cooldown_s=None, created_by=user_id) -> SkewWatch
     await store.list_watches(guild_id) / remove_watch(guild_id, id) / resume_watch(guild_id, id)
     await store.get_daily(id) / get_watch(id) -> record | None   # any guild: check guild_id yourself
-    await store.count_subscriptions(guild_id) -> int              # daily + watches, paused included
+    await store.count_subscriptions(guild_id) -> int              # daily + watches + cluster alerts, paused included
     await store.pause("daily" | "watch", id, reason) -> bool      # False: no such id or already paused
     await store.pause_channel(channel_id, reason) -> int          # every subscription posting there
     await store.deliveries(schedule_id, local_date=None) -> list[Delivery]
@@ -34,8 +34,8 @@ Ids are range-checked before any query: Discord ids 1..2**63-1 (else InputError)
 ids 1..2**31-1 (else "no such id": None, False or an InputError saying so).
 
 Every refusal is an ``InputError`` (bad time/timezone/symbol/window/exchange/threshold/cooldown,
-duplicate (decided by the table's unique key, see ``_insert_subscription``), cap reached, unknown id in this guild). The cap counts daily reports and skew notices
-together, paused ones included.
+duplicate (decided by the table's unique key, see ``_insert_subscription``), cap reached, unknown id in this guild). The cap counts daily reports, skew notices
+and cluster alerts (``bot/cluster_store.py``) together, paused ones included.
 
 Validators usable on their own (e.g. in autocomplete or a pre-check): :func:`parse_time`,
 :func:`parse_timezone`, :func:`parse_symbols`. Scheduling helpers: :func:`next_occurrence`,
@@ -1138,7 +1138,7 @@ class Store:
     # -- helpers ------------------------------------------------------------------------------------
 
     async def count_subscriptions(self, guild_id: int) -> int:
-        """Daily reports plus skew notices of a server (paused ones count)."""
+        """Daily reports, skew notices and cluster alerts of a server (paused ones count)."""
         guild_id = _parse_id(guild_id, "server id")
         async with self._session() as s:
             return await self._count(s, guild_id)
