@@ -97,6 +97,11 @@ async def test_member_without_manage_server_is_refused_and_the_group_is_hidden(h
     assert d["default_member_permissions"] == 1 << 5 and d["dm_permission"] is False
 
 
+async def test_used_in_a_dm_it_is_refused(h):
+    payload = interaction_payload("cluster-alerts", {}, sub="list", guild=False)
+    assert refusal(await h.dispatch(payload)) == "This command works in servers only."
+
+
 async def test_swept_is_refused_without_a_tape_and_accepted_with_one(h):
     opts = dict(channel=REPORTS, symbol="BTC", kind="swept", min_usd=5e6, minutes=30)
     text = refusal(await h.dispatch(alerts("subscribe", **opts)))

@@ -300,3 +300,26 @@ async def test_the_loop_runs_on_its_interval_and_stops(rig, monkeypatch):
     monkeypatch.setattr(w, "tick", tick)
     await asyncio.wait_for(w.run(stop), 10)
     assert ticks == [T0, T0 + MIN15, T0 + 2 * MIN15]
+
+
+class Crash(BaseException):
+    """Stands for the process dying mid-send: not an Exception, so nothing in the watcher catches it."""
+
+
+async def test_a_crash_between_the_state_write_and_the_send_loses_that_notice_never_doubles_it(rig, store):
+    clock, poster, reads, tape, clusters, w = rig
+    a = await subscribe(clusters)
+    await walk(w, clock, reads, [98.0])
+
+    async def dies(channel_id, *, embed, nonce):
+        raise Crash()
+
+    poster.send_alert = dies  # the process dies as it sends
+    reads.price = 100.5
+    with pytest.raises(Crash):
+        await w.tick()
+    assert (await clusters.get(a.id)).phase == "near"  # written before the send: at most once
+    restarted = ClusterWatcher(clusters, FakePoster(), reads, tape=lambda: tape, now=clock, sleep=clock.sleep)
+    clock.t += MIN15
+    stats = await restarted.tick()
+    assert stats.announced == 0 and stats.unchanged == 1
