@@ -1,8 +1,9 @@
 """The Discord bot: the ``commands.Bot`` subclass, its command tree, error handling and command sync.
 
 ``LiqmapBot.setup_hook`` builds the report service, opens the store (running migrations), loads
-the cogs (``bot.cogs.*``, each with ``async def setup(bot)``), creates the one dispatcher and, in
-``run`` mode, syncs commands *explicitly* and starts the dispatcher once the gateway is READY:
+the cogs (``bot.cogs.*``, each with ``async def setup(bot)``), creates the one dispatcher and the
+cluster-alert watcher (``bot.cluster_watch``) and, in ``run`` mode, syncs commands *explicitly* and
+starts both once the gateway is READY:
 
 - ``DEV_GUILD_ID`` set: the commands are copied to that guild and synced there (instant);
   global commands are left alone.

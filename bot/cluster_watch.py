@@ -170,6 +170,7 @@ class ClusterWatcher:
         self.last: WatchStats | None = None
         self._task: asyncio.Task | None = None
         self._stop = asyncio.Event()
+        self._in_tick = False
         self._warned_no_tape = False
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -178,10 +179,13 @@ class ClusterWatcher:
         """Check until ``stop`` is set; a failing check is logged, never fatal."""
         stop = stop or self._stop
         while not stop.is_set():
+            self._in_tick = True
             try:
                 self.last = await self.tick()
             except Exception:
                 log.exception("cluster alert check failed")
+            finally:
+                self._in_tick = False
             if stop.is_set():
                 break
             await self.sleep(self.params.interval_s)
@@ -193,18 +197,22 @@ class ClusterWatcher:
         return self._task
 
     async def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop: a check in progress gets ``timeout`` seconds to finish, a sleep ends at once."""
         self._stop.set()
         task, self._task = self._task, None
         if task is None or task.done():
             return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout)
-        except asyncio.TimeoutError:
-            task.cancel()
+        if self._in_tick:
             try:
-                await task
-            except asyncio.CancelledError:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+                return
+            except asyncio.TimeoutError:
                 pass
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
 
     # -- one check ----------------------------------------------------------------------------------
 

@@ -323,3 +323,15 @@ async def test_a_crash_between_the_state_write_and_the_send_loses_that_notice_ne
     clock.t += MIN15
     stats = await restarted.tick()
     assert stats.announced == 0 and stats.unchanged == 1
+
+
+async def test_stop_ends_a_sleeping_loop_at_once(store):
+    clusters = ClusterStore(store)
+    w = ClusterWatcher(clusters, FakePoster(), FakeReadings(Clock(T0)), params=WatchParams(interval_s=3600))
+    task = w.start()
+    for _ in range(100):  # the first check (no alerts) is done: the loop sleeps for an hour
+        if w.last is not None:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(w.stop(timeout=30), 2)
+    assert task.done()
