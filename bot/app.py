@@ -1,8 +1,9 @@
 """The Discord bot: the ``commands.Bot`` subclass, its command tree, error handling and command sync.
 
 ``LiqmapBot.setup_hook`` builds the report service, opens the store (running migrations), loads
-the cogs (``bot.cogs.*``, each with ``async def setup(bot)``), creates the one dispatcher and, in
-``run`` mode, syncs commands *explicitly* and starts the dispatcher once the gateway is READY:
+the cogs (``bot.cogs.*``, each with ``async def setup(bot)``), creates the one dispatcher and the
+cluster-alert watcher (``bot.cluster_watch``) and, in ``run`` mode, syncs commands *explicitly* and
+starts both once the gateway is READY:
 
 - ``DEV_GUILD_ID`` set: the commands are copied to that guild and synced there (instant);
   global commands are left alone.
@@ -59,7 +60,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-COGS = ("bot.cogs.liqmap", "bot.cogs.daily", "bot.cogs.notices")
+COGS = ("bot.cogs.liqmap", "bot.cogs.daily", "bot.cogs.notices", "bot.cogs.clusters")
 NO_MENTIONS = discord.AllowedMentions.none()
 Mode = Literal["run", "dry-run", "sync"]
 
@@ -281,6 +282,8 @@ class LiqmapBot(commands.Bot):
         self.service = service
         self.store = store
         self.scheduler: Any = None
+        self.cluster_watch: Any = None  # bot.cluster_watch.ClusterWatcher
+        self.tape: Any = None  # an analysis.tape.events.TapeReader once realized liquidations are recorded
         self.symbols: Any = None
         self.cog_modules = cogs
         self._owns_store = store is None
@@ -302,6 +305,9 @@ class LiqmapBot(commands.Bot):
         if self.mode == "sync":
             return
         self.scheduler = self._make_scheduler()
+        from .cluster_watch import make_cluster_watch
+
+        self.cluster_watch = make_cluster_watch(self)
         if self.mode == "run":
             self.symbols.ensure_fresh()  # symbol lists for autocomplete, loaded in the background
             await self.sync_commands()
@@ -358,6 +364,8 @@ class LiqmapBot(commands.Bot):
         # After READY the channel cache is complete, so the poster can check permissions first.
         await self.wait_until_ready()
         self.scheduler.start()
+        if self.cluster_watch is not None:
+            self.cluster_watch.start()
         log.info("dispatcher started")
 
     async def _open_store(self) -> Any:
@@ -400,11 +408,12 @@ class LiqmapBot(commands.Bot):
         if self.symbols is not None:
             self.symbols.stop()
         await self.stop_tape()
-        if self.scheduler is not None:
-            try:
-                await self.scheduler.stop()
-            except Exception:
-                log.exception("stopping the dispatcher failed")
+        for loop_ in (self.scheduler, self.cluster_watch):
+            if loop_ is not None:
+                try:
+                    await loop_.stop()
+                except Exception:
+                    log.exception("stopping %s failed", type(loop_).__name__)
         if self.store is not None and self._owns_store:
             try:
                 await self.store.close()
@@ -559,6 +568,8 @@ async def dry_run(settings: Settings, **kw: Any) -> tuple[list[dict[str, Any]], 
             f"report service: venues {', '.join(bot.service.venues)}, cache {bot.service.ttl:g} s, "
             f"up to {getattr(bot.service, 'max_bytes', 0) / 2**20:g} MB",
             f"dispatcher: {type(bot.scheduler).__name__} ready (not started)",
+            f"cluster alerts: {type(bot.cluster_watch).__name__} ready (not started); swept alerts "
+            + ("read the realized-liquidation tape" if bot.tape is not None else "unavailable: no realized-liquidation tape"),
             f"commands: {len(defs)} ({', '.join('/' + d['name'] for d in defs)}), definitions {definitions_hash(defs)[:12]}",
             await _tape_status(bot),
         ]

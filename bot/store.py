@@ -25,7 +25,7 @@ API for the Discord layer (all ``async``)::
                           cooldown_s=None, created_by=user_id) -> SkewWatch
     await store.list_watches(guild_id) / remove_watch(guild_id, id) / resume_watch(guild_id, id)
     await store.get_daily(id) / get_watch(id) -> record | None   # any guild: check guild_id yourself
-    await store.count_subscriptions(guild_id) -> int              # daily + watches, paused included
+    await store.count_subscriptions(guild_id) -> int              # daily + watches + cluster alerts, paused included
     await store.pause("daily" | "watch", id, reason) -> bool      # False: no such id or already paused
     await store.pause_channel(channel_id, reason) -> int          # every subscription posting there
     await store.deliveries(schedule_id, local_date=None) -> list[Delivery]
@@ -37,8 +37,8 @@ Ids are range-checked before any query: Discord ids 1..2**63-1 (else InputError)
 ids 1..2**31-1 (else "no such id": None, False or an InputError saying so).
 
 Every refusal is an ``InputError`` (bad time/timezone/symbol/window/exchange/view/threshold/cooldown,
-duplicate (decided by the table's unique key, see ``_insert_subscription``), cap reached, unknown id in this guild). The cap counts daily reports and skew notices
-together, paused ones included.
+duplicate (decided by the table's unique key, see ``_insert_subscription``), cap reached, unknown id in this guild). The cap counts daily reports, skew notices
+and cluster alerts (``bot/cluster_store.py``) together, paused ones included.
 
 Validators usable on their own (e.g. in autocomplete or a pre-check): :func:`parse_time`,
 :func:`parse_timezone`, :func:`parse_symbols`. Scheduling helpers: :func:`next_occurrence`,
@@ -1182,15 +1182,18 @@ class Store:
     # -- helpers ------------------------------------------------------------------------------------
 
     async def count_subscriptions(self, guild_id: int) -> int:
-        """Daily reports plus skew notices of a server (paused ones count)."""
+        """Daily reports, skew notices and cluster alerts of a server (paused ones count)."""
         guild_id = _parse_id(guild_id, "server id")
         async with self._session() as s:
             return await self._count(s, guild_id)
 
     async def _count(self, s: AsyncSession, guild_id: int) -> int:
-        n_daily = await s.scalar(select(func.count()).select_from(DailyRow).where(DailyRow.guild_id == guild_id))
-        n_watch = await s.scalar(select(func.count()).select_from(WatchRow).where(WatchRow.guild_id == guild_id))
-        return int(n_daily or 0) + int(n_watch or 0)
+        from .cluster_store import ClusterRow  # (that module builds on this one)
+
+        n = 0
+        for table in (DailyRow, WatchRow, ClusterRow):
+            n += int(await s.scalar(select(func.count()).select_from(table).where(table.guild_id == guild_id)) or 0)
+        return n
 
     async def _check_cap(self, s: AsyncSession, guild_id: int, *, added: int = 0) -> None:
         """Refuse when the server is at its cap. ``added``: rows this transaction has inserted
@@ -1202,7 +1205,7 @@ class Store:
         n = await self._count(s, guild_id) - added
         if n >= self.max_per_guild:
             raise InputError(
-                f"this server already has {n} subscriptions (daily reports and skew notices together; "
+                f"this server already has {n} subscriptions (daily reports, skew and cluster alerts together; "
                 f"the limit is {self.max_per_guild}); remove one first"
             )
 

@@ -53,7 +53,7 @@ async def test_command_definitions_match_the_committed_snapshot(live_like):
 
 def test_snapshot_reads_naturally_in_the_picker():
     defs = {d["name"]: d for d in json.loads(SNAPSHOT.read_text(encoding="utf-8"))}
-    assert set(defs) == {"liqmap", "daily", "skew-alerts"}
+    assert set(defs) == {"liqmap", "daily", "skew-alerts", "cluster-alerts"}
     assert [o["name"] for o in defs["liqmap"]["options"]] == ["symbol", "window", "exchange", "private", "view"]
     exch = next(o for o in defs["liqmap"]["options"] if o["name"] == "exchange")
     assert [c["value"] for c in exch["choices"]] == ["all", *LIVE_VENUES]
@@ -63,6 +63,9 @@ def test_snapshot_reads_naturally_in_the_picker():
         (view,) = [o for o in options if o["name"] == "view"]
         assert [c["value"] for c in view["choices"]] == ["map", "heatmap", "both"] and not view.get("required")
     assert [o["name"] for o in defs["skew-alerts"]["options"]] == ["subscribe", "list", "unsubscribe", "resume"]
+    assert [o["name"] for o in defs["cluster-alerts"]["options"]] == ["subscribe", "list", "remove", "resume"]
+    for name in ("daily", "skew-alerts", "cluster-alerts"):  # Manage Server (0x20), servers only
+        assert defs[name]["default_member_permissions"] == 1 << 5 and defs[name]["dm_permission"] is False, name
 
     def walk(options):
         for o in options:
@@ -104,7 +107,7 @@ async def test_global_sync_happens_only_when_definitions_change(live_like):
     rest.respond = _answer_sync
     puts = lambda: [c for c in rest.calls if c.method == "PUT"]  # noqa: E731
     (line,) = await bot.sync_commands()
-    assert line.startswith("synced 3 global command(s)")
+    assert line.startswith("synced 4 global command(s)")
     (put,) = puts()
     assert put.path == f"/applications/{APP_ID}/commands"
     assert sorted(put.json, key=lambda d: d["name"]) == json.loads(SNAPSHOT.read_text(encoding="utf-8"))
@@ -124,7 +127,7 @@ async def test_dev_guild_syncs_there_instantly_and_leaves_global_alone(tmp_path)
     try:
         h.rest.respond = _answer_sync
         (line,) = await h.bot.sync_commands()
-        assert line == "synced 3 command(s) to guild 123456789012345678"
+        assert line == "synced 4 command(s) to guild 123456789012345678"
         (put,) = [c for c in h.rest.calls if c.method == "PUT"]
         assert put.path == f"/applications/{APP_ID}/guilds/123456789012345678/commands"
     finally:
@@ -139,8 +142,9 @@ def test_cli_dry_run_prints_definitions_without_a_token(tmp_path, monkeypatch, c
     assert cli.main(["bot", "--dry-run"]) == 0
     out, err = capsys.readouterr()
     defs = json.loads(out)
-    assert [d["name"] for d in defs] == ["daily", "liqmap", "skew-alerts"]
+    assert [d["name"] for d in defs] == ["cluster-alerts", "daily", "liqmap", "skew-alerts"]
     assert "migrated" in err and "dispatcher: Dispatcher ready" in err and '"token": "unset"' in err
+    assert "cluster alerts: ClusterWatcher ready (not started); swept alerts unavailable: no realized-liquidation tape" in err
     assert (tmp_path / "dry.db").exists()  # the database was created and migrated
 
 
@@ -222,13 +226,13 @@ def test_cli_sync_commands_logs_in_over_http_and_syncs_globally(tmp_path, monkey
     caplog.set_level("DEBUG")
     assert cli.main(["sync-commands"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("synced 3 global command(s)")
+    assert out.startswith("synced 4 global command(s)")
     assert [(c.method, c.path) for c in rec.calls] == [
         ("GET", "/users/@me"), ("GET", "/oauth2/applications/@me"), ("PUT", f"/applications/{APP_ID}/commands")]
     assert (tmp_path / "cache" / "command-sync.json").exists()  # a later start sees nothing changed
     assert token not in caplog.text and token not in out
     assert cli.main(["sync-commands", "--guild", "42"]) == 0
-    assert capsys.readouterr().out.startswith("synced 3 command(s) to guild 42")
+    assert capsys.readouterr().out.startswith("synced 4 command(s) to guild 42")
     assert rec.calls[-1].path == f"/applications/{APP_ID}/guilds/42/commands"
 
 

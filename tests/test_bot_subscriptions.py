@@ -356,7 +356,7 @@ def test_id_options_carry_the_range_discord_enforces():
 
     defs = json.loads((Path(__file__).parent / "fixtures" / "commands.json").read_text(encoding="utf-8"))
     ids = [o for d in defs for sub in d.get("options", []) for o in sub.get("options", []) if o["name"] == "id"]
-    assert len(ids) == 4 and all((o["min_value"], o["max_value"]) == (1, 2**31 - 1) for o in ids)
+    assert len(ids) == 6 and all((o["min_value"], o["max_value"]) == (1, 2**31 - 1) for o in ids)
 
 
 # -- the daily view --------------------------------------------------------------------------------

@@ -18,7 +18,22 @@ from bot.store import (
 )
 
 UTC = timezone.utc
-HEAD = "0006_tape"
+
+
+def _head() -> str:
+    from alembic.script import ScriptDirectory
+
+    from bot.store import alembic_config
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+HEAD = "0007_cluster_alerts"
+
+
+def test_the_migration_chain_has_one_head_the_one_these_tests_expect():
+    assert _head() == HEAD  # a second head would make get_current_head raise
+
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 G, C, U = 111, 222, 333
 
@@ -265,6 +280,7 @@ async def test_migrations_idempotent_and_match_models(tmp_path):
     from alembic.migration import MigrationContext
 
     import bot.tape_store  # noqa: F401  (its tables are on Base.metadata)
+    import bot.cluster_store  # noqa: F401  (registers its table on the same Base)
     from bot.store import Base
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"
