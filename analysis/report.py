@@ -309,7 +309,7 @@ class ReportService:
         merged = merge_states(states)
         if missing:
             merged = replace(merged, notes=tuple(merged.notes) + tuple(f"{v} missing: {why}" for v, why in missing.items()))
-        tape, note = await self.realized(pair.symbol, merged.venues, int(merged.end_ms), progress)
+        tape, note = await self.realized(symbol, merged.venues, int(merged.end_ms), progress)
         if note:
             merged = replace(merged, notes=tuple(merged.notes) + (note,))
         if progress is not None:

@@ -8,7 +8,7 @@ from datetime import date, datetime, timezone
 from sqlalchemy import text
 
 from bot.store import KEEP_READINGS, Claim, Outcome, ReadingIn, Store
-from test_store import C, G, NOW, U, _schema_at, add_daily
+from test_store import HEAD, C, G, NOW, U, _schema_at, add_daily
 
 UTC = timezone.utc
 DAY = date(2026, 3, 1)
@@ -97,7 +97,7 @@ async def test_migration_0005_from_0003_keeps_existing_rows(url):
     st = await Store.open(url)  # upgrades to head
     try:
         async with st.engine.connect() as conn:
-            assert (await conn.execute(text("select version_num from alembic_version"))).scalar_one() == "0005_daily_readings"
+            assert (await conn.execute(text("select version_num from alembic_version"))).scalar_one() == HEAD
         assert [d.id for d in await st.list_daily(G)] == [7]
         assert [(x.id, x.state) for x in await st.deliveries(7)] == [(3, "sent")]
         assert await st.latest_readings([(7, "BTCUSDT")]) == {}

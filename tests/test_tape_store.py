@@ -7,6 +7,8 @@ import dataclasses
 import math
 
 import pytest
+
+from test_store import HEAD
 from sqlalchemy import text
 
 from analysis.errors import InputError
@@ -187,7 +189,7 @@ async def test_migration_from_0003_keeps_existing_data(url):
         assert [x.id for x in await st.list_daily(1)] == [d.id]
         assert await tape.write_events([ev(1)]) == 1
         async with st.engine.connect() as conn:
-            assert (await conn.execute(text("select version_num from alembic_version"))).scalar_one() == "0006_tape"
+            assert (await conn.execute(text("select version_num from alembic_version"))).scalar_one() == HEAD
         assert await needed_symbols(st.engine) == ("BTCUSDT", "ETHUSDT", "SOLUSDT")
     finally:
         await tape.close()  # a shared engine is left to its owner
