@@ -142,6 +142,10 @@ def _time_axis(ax: Axes, t0: float, t1: float) -> None:
         lambda v, _p: datetime.fromtimestamp(v * 86_400, tz=timezone.utc).strftime(fmt)))
 
 
+_LABEL_DX = (-8, -70, -140, -210)  # points left of the last column
+_LABEL_DY = (-14, 14, -26, 26)  # points down/up, for bands at the edges
+
+
 def _label_bands(fig: Figure, ax: Axes, s: HeatmapStates, rows: Rows, th: Theme, params: HeatmapParams,
                  placed: list) -> int:
     """Label the largest rows still active in the last column, largest first, without overlaps.
@@ -158,26 +162,42 @@ def _label_bands(fig: Figure, ax: Axes, s: HeatmapStates, rows: Rows, th: Theme,
     x = _dates(np.array([s.times[-1]]))[0]
     long_amt, short_amt = s.long.sum(axis=0)[-1], s.short.sum(axis=0)[-1]
     done, labelled = 0, []
-    for i in np.argsort(-last, kind="stable"):
-        if done >= params.labels or last[i] <= 0 or last[i] < 0.15 * last.max():
+    order = [int(i) for i in np.argsort(-last, kind="stable")]
+    # the largest band of each side first (a trader reads both sides), then the rest by size
+    below = rows.centers < s.price
+    firsts = [next((i for i in order if below[i] == side), None) for side in (True, False)]
+    firsts = sorted((i for i in firsts if i is not None), key=lambda i: -last[i])
+    for i in firsts + [i for i in order if i not in firsts]:
+        if done >= params.labels:
             break
+        if last[i] <= 0 or last[i] < 0.15 * last.max():
+            continue
         if any(abs(int(i) - j) <= 2 for j in labelled):  # one label per band, not per row
             continue
         y = float(rows.centers[i])
         long_side = y < s.price
+        # the leader ends on the visible part of the row: an edge row may be partly off the axis
+        y0, y1 = ax.get_ylim()
+        vis = (max(float(rows.edges[i]), y0), min(float(rows.edges[i + 1]), y1))
+        if vis[0] >= vis[1]:
+            continue
+        y_at = (vis[0] + vis[1]) / 2
         color = th.long_curve if long_side else th.short_curve
         sel = (s.centers >= rows.edges[i]) & (s.centers < rows.edges[i + 1])
         amount = float((long_amt if long_side else short_amt)[sel].sum())
         if amount <= 0:
             continue
-        for dx in (-8, -70, -140, -210):
-            t = ax.annotate(f"{numbers.price(y)} · {numbers.usd(amount)}", xy=(x, y), xytext=(dx, 0),
+        # beside the band first; a band at the top or bottom edge gets its label nudged inside,
+        # the leader line still ending on the band
+        for dx, dy in [(dx, 0) for dx in _LABEL_DX] + [(dx, dy) for dy in _LABEL_DY for dx in _LABEL_DX]:
+            t = ax.annotate(f"{numbers.price(y)} · {numbers.usd(amount)}", xy=(x, y_at), xytext=(dx, dy),
                             textcoords="offset points", ha="right", va="center", fontsize=9.5, fontweight="bold",
                             color=th.text, zorder=8, annotation_clip=False, gid="band-label", parse_math=False,
                             bbox=dict(boxstyle="round,pad=0.25", fc=th.label_bg, ec=color, lw=1.0, alpha=0.92),
                             arrowprops=dict(arrowstyle="-", color=color, lw=1.2, shrinkA=0, shrinkB=0))
-            box = t.get_window_extent(renderer).expanded(1.02, 1.5)
-            if box.y0 >= axbox.y0 and box.y1 <= axbox.y1 and not any(box.overlaps(p) for p in placed):
+            raw = t.get_window_extent(renderer)
+            box = raw.expanded(1.02, 1.5)  # the margin keeps labels apart; inside the axis is checked unpadded
+            if raw.y0 >= axbox.y0 and raw.y1 <= axbox.y1 and not any(box.overlaps(p) for p in placed):
                 break
             t.remove()
             t = None
