@@ -109,12 +109,13 @@ class ModelParams:
         Which maintenance-margin bracket prices the levels; ``margin_table=None`` uses the shipped
         table for the symbol. A live report passes the venue's own tiers here (``analysis.sources.tiers``).
     max_leverage, excess_leverage
-        No position uses more leverage than ``max_leverage`` or the margin table's maximum (the
-        symbol's real maximum when the table is the venue's), whichever is lower. Leverage tiers above
-        it are dropped and their weight goes to the remaining tiers: ``proportional`` (in proportion to
-        their weights) or ``highest`` (all to the highest remaining tier); the spread bands are clipped
-        at it. With no tier at or below it, the lowest tier is kept (its leverage clipped). See
-        :func:`fit_leverage`.
+        The cap is ``max_leverage`` or the margin table's maximum (the symbol's real maximum when the
+        table is the venue's), whichever is lower. Leverage tiers above it are dropped and their
+        weight goes to the remaining tiers: ``proportional`` (in proportion to their weights) or
+        ``highest`` (all to the highest remaining tier). With no tier at or below it, one tier at the
+        cap itself carries all the weight. The spread band of a kept tier is not clipped (a tier at
+        the cap still spreads above it by ``leverage_spread``), so a symbol whose maximum is at or
+        above the highest tier is priced exactly as before. See :func:`fit_leverage`.
     bin_pct, bin_width
         Price-grid bin width: ``bin_width`` if given, else a round number near ``price * bin_pct``.
     grid_pct, max_bins
@@ -215,9 +216,9 @@ class ModelParams:
         w = np.asarray(self.leverage_weights, dtype=float)
         w = w / w.sum()
         if self.leverage_spread == 0 or self.leverage_nodes == 1:
-            return np.minimum(tiers, self.max_leverage), w, np.arange(tiers.size)
+            return tiers, w, np.arange(tiers.size)
         u = np.linspace(-1.0, 1.0, self.leverage_nodes)
-        lev = np.clip(tiers[:, None] * np.exp(self.leverage_spread * u)[None, :], 1.0, self.max_leverage)
+        lev = np.clip(tiers[:, None] * np.exp(self.leverage_spread * u)[None, :], 1.0, 200.0)
         weights = np.repeat(w / self.leverage_nodes, self.leverage_nodes).reshape(lev.shape)
         tier = np.repeat(np.arange(tiers.size), self.leverage_nodes)
         return lev.ravel(), weights.ravel(), tier
@@ -518,7 +519,7 @@ def level_inputs(bars: Bars, params: ModelParams) -> tuple[np.ndarray, np.ndarra
     a = _lattice_multiplier(m)
     v = np.mod(np.mod(j * a, m)[None, :] / m + shift_v, 1.0)  # (n, m): entry quantiles
     lev = tiers[None, :, None] * np.exp(params.leverage_spread * (2.0 * r[:, None, :] - 1.0))  # (n, T, m)
-    lev = np.clip(lev, 1.0, params.max_leverage).reshape(n, tiers.size * m)
+    lev = np.clip(lev, 1.0, 200.0).reshape(n, tiers.size * m)
     tier = np.broadcast_to(np.repeat(np.arange(tiers.size), m), (n, tiers.size * m))
     if params.entry_points == 1:
         entry = np.broadcast_to(entry_prices(bars, 1)[0], (n, tiers.size * m))
@@ -535,12 +536,15 @@ def margin_table_of(params: ModelParams, symbol: str, price: float) -> MarginTab
 
 def fit_leverage(params: ModelParams, table: MarginTable) -> ModelParams:
     """``params`` fitted to the symbol's table: leverage tiers above ``min(max_leverage, table max)``
-    dropped, their weight redistributed (``excess_leverage``), the cap kept in ``max_leverage`` and
-    ``table`` in ``margin_table``. Unchanged tiers when none is above the cap."""
+    dropped, their weight redistributed (``excess_leverage``; none left: one tier at the cap), the
+    cap kept in ``max_leverage`` and ``table`` in ``margin_table``. Unchanged tiers when none is
+    above the cap."""
     cap = min(params.max_leverage, table.max_leverage)
     lev = list(params.leverage)
     w = [float(x) for x in params.leverage_weights]
-    keep = [i for i, x in enumerate(lev) if x <= cap] or [min(range(len(lev)), key=lambda i: lev[i])]
+    keep = [i for i, x in enumerate(lev) if x <= cap]
+    if not keep:  # every tier is above the cap: one tier at the cap
+        return replace(params, leverage=(cap,), leverage_weights=(1.0,), max_leverage=cap, margin_table=table)
     if len(keep) < len(lev):
         total = sum(w)
         kept = [w[i] for i in keep]
