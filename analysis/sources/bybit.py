@@ -289,7 +289,7 @@ class BybitSource:
         self._flight = SingleFlight()
         self._blocked_until = 0.0
         self._reset_ms: int | None = None
-        self.tiers = TierBook(VENUE, self._load_tiers, cache=cache)
+        self.tiers = TierBook(VENUE, self._load_tiers, cache=cache, now=lambda: self._now_ms() / 1000)
 
     async def aclose(self) -> None:
         await self.client.aclose()

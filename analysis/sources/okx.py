@@ -285,7 +285,7 @@ class OkxSource:
         self.cache = cache
         self.book = SymbolBook(VENUE, symbols_ttl_s, clock, cache)
         self._flight = SingleFlight()
-        self.tiers = TierBook(VENUE, self._load_tiers, cache=cache)
+        self.tiers = TierBook(VENUE, self._load_tiers, cache=cache, now=lambda: self._now_ms() / 1000)
 
     async def aclose(self) -> None:
         await self.client.aclose()
