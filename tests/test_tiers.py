@@ -22,7 +22,7 @@ from analysis.report import ReportService
 from analysis.sources.bybit import BybitSource, parse_risk_limits
 from analysis.sources.cache import BarCache
 from analysis.sources.okx import OkxSource, parse_position_tiers
-from analysis.sources.tiers import TierBook, parse_hyperliquid_meta, table_from_rows
+from analysis.sources.tiers import TierBook, hyperliquid_tier_book, parse_hyperliquid_meta, table_from_rows
 
 from conftest import run
 from reference_model import reference_grid, reference_levels
@@ -243,6 +243,22 @@ def test_binance_uses_the_shipped_tables_saying_why():
     assert "signed" in (table.why or "")
 
 
+def test_hyperliquid_one_meta_answer_serves_every_coin_and_a_coin_without_its_table_falls_back():
+    posts = []
+
+    async def post_meta():
+        posts.append(1)
+        return load("hyperliquid", "meta_tiered.json")
+
+    now = [1_700_000_000.0]
+    book = hyperliquid_tier_book(post_meta, lambda coin: f"{coin}USDC", now=lambda: now[0])
+    btc, sol = run(book.table("BTCUSDC")), run(book.table("SOLUSDC"))
+    assert len(posts) == 1 and btc.max_leverage == 40 and sol.max_leverage == 20 and sol.origin == "venue"
+    orphan = run(book.table("ORPHANUSDC"))
+    assert orphan.origin == "shipped" and "hyperliquid lists ORPHANUSDC but publishes no margin tiers" in orphan.why
+    assert len(posts) == 1  # the bulk answer was fresh: no second request
+
+
 # -- the model with the symbol's tiers ------------------------------------------------------------------------
 
 def test_tiers_above_the_maximum_are_dropped_and_their_weight_redistributed():
@@ -255,6 +271,8 @@ def test_tiers_above_the_maximum_are_dropped_and_their_weight_redistributed():
     low = fit_leverage(p, venue_table(3.0))  # below every tier: one tier at 3x
     assert low.leverage == (3.0,) and low.leverage_weights == (1.0,) and low.tier_labels == ("3x",)
     assert fit_leverage(p, table_for("BTCUSDT")).leverage == p.leverage  # 125x: nothing dropped
+    own = fit_leverage(p.with_overrides(["max_leverage=20"]), table_for("BTCUSDT"))  # a cap of one's own
+    assert own.leverage == (5.0, 10.0) and own.max_leverage == 20.0
 
 
 def test_a_20x_symbol_has_no_50x_or_100x_levels_and_keeps_its_notional(sample_bars):
@@ -302,25 +320,20 @@ def test_maps_with_different_maximum_leverage_merge_on_the_united_tiers(sample_b
 
 
 def test_the_report_prices_each_venue_with_its_own_tiers_and_says_which(sample_bars):
-    class Tiered:
-        name = "bybit"
+    class Plain:  # a source without tiers
+        name = "okx"
 
         async def symbols(self):
             return ["BTCUSDT"]
 
         async def bars(self, symbol, window):
-            return replace(sample_bars, venue="bybit")
+            return replace(sample_bars, venue=self.name)
+
+    class Tiered(Plain):
+        name = "bybit"
 
         async def margin_tiers(self, symbol):
             return venue_table(20.0, as_of_ms=sample_bars.end_ms)
-
-    class Plain(Tiered):
-        name = "okx"
-
-        async def bars(self, symbol, window):
-            return replace(sample_bars, venue="okx")
-
-        margin_tiers = None  # type: ignore[assignment]  # a source without tiers
 
     svc = ReportService({"bybit": Tiered(), "okx": Plain()}, now_ms=lambda: sample_bars.end_ms + 3_600_000)
     rep = run(svc.report("BTCUSDT", "1d"))

@@ -34,7 +34,8 @@ from .http import SingleFlight
 from .validate import expect_dict, expect_list, field, to_float, to_int
 
 __all__ = [
-    "TierBook", "TierLoader", "shipped_table", "parse_hyperliquid_meta", "REFRESH_S", "RETRY_S", "table_from_rows",
+    "TierBook", "TierLoader", "shipped_table", "parse_hyperliquid_meta", "hyperliquid_tier_book", "REFRESH_S", "RETRY_S",
+    "table_from_rows",
 ]
 
 log = logging.getLogger(__name__)
@@ -81,6 +82,7 @@ class TierBook:
         self._tables: dict[str, MarginTable] = {}
         self._failed: dict[str, tuple[float, str]] = {}  # key -> (when, why) of the last failed refresh
         self._missing: dict[str, float] = {}  # symbol -> when a good answer had no tiers for it
+        self._bulk_at = -math.inf  # when a bulk answer last arrived (it holds every symbol there is)
         self._loaded_store = False
         self._flight = SingleFlight()
         self.loads = 0  # refreshes attempted (for tests)
@@ -140,7 +142,8 @@ class TierBook:
         key = "*" if self.bulk else symbol
         failed = self._failed.get(key)
         none_why = f"{self.venue} lists {symbol} but publishes no margin tiers for it"
-        if held is None and self._now() - self._missing.get(symbol, -math.inf) < self.retry_s:
+        if held is None and (self._now() - self._missing.get(symbol, -math.inf) < self.retry_s
+                             or self._now() - self._bulk_at < self.refresh_s):
             why = none_why
         elif failed is not None and self._now() - failed[0] < self.retry_s:
             why = failed[1]
@@ -169,6 +172,8 @@ class TierBook:
             self._failed[key] = (self._now(), why)
             return why
         self._failed.pop(key, None)
+        if self.bulk:
+            self._bulk_at = self._now()
         stamp = int(self._now() * 1000)
         self._tables.update({str(k): replace(t, as_of_ms=stamp) for k, t in got.items()})
         self._write_store()
@@ -241,3 +246,16 @@ def parse_hyperliquid_meta(payload: Any, *, as_of_ms: int | None = None) -> dict
         capped = [(lb, min(lev, max_lev)) for lb, lev in rows]
         out[name] = _hl_table(f"Hyperliquid {name} ({desc})", capped, as_of_ms)
     return out
+
+
+def hyperliquid_tier_book(post_meta: Callable[[], Awaitable[Any]], canonical: Callable[[str], str], *, cache: Any = None,
+                          now: Callable[[], float] = time.time) -> TierBook:
+    """Hyperliquid's tiers as a bulk :class:`TierBook`: one ``meta`` answer serves every coin.
+
+    ``post_meta()`` sends ``POST /info {"type": "meta"}`` through the Hyperliquid source's client and
+    returns the decoded answer; ``canonical(coin)`` is the symbol the source calls that coin.
+    """
+    async def load(_symbol: str) -> dict[str, MarginTable]:
+        return {canonical(coin): t for coin, t in parse_hyperliquid_meta(await post_meta()).items()}
+
+    return TierBook(_HL, load, cache=cache, now=now, bulk=True)
