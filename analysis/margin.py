@@ -7,7 +7,9 @@ falling back to the largest bracket that still allows the level's leverage.
 
 The shipped tables are Binance's published USDⓈ-M tiers (BTCUSDT as announced 2021-03-18; the
 others are the published tiers of the same era). Exchanges revise them, so they are defaults, not
-truth: pass your own :class:`MarginTable` to :class:`~analysis.model.ModelParams` to override.
+truth: a live report prices each venue with that venue's own tiers (``origin="venue"``, read and
+refreshed by :mod:`analysis.sources.tiers`) and falls back to these (``origin="shipped"``, with
+``why``); pass your own :class:`MarginTable` to :class:`~analysis.model.ModelParams` to override both.
 """
 
 from __future__ import annotations

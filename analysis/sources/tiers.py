@@ -2,9 +2,10 @@
 
 A :class:`TierBook` belongs to one venue source. It keeps the venue's tiers per symbol, in memory
 and in the bar cache's ``meta`` table (key ``tiers:<venue>``, one JSON value written in one SQLite
-transaction, so a reader never sees half a write), and answers :meth:`TierBook.table` with the :class:`~analysis.margin.MarginTable` to price levels with,
-which says where it came from (``origin``), when it was fetched (``as_of_ms``), whether it is a
-stale copy and why a fallback was needed (``stale``, ``why``).
+transaction, so a reader never sees half a write), and answers :meth:`TierBook.table` with the
+:class:`~analysis.margin.MarginTable` to price levels with, which says where it came from
+(``origin``), when it was fetched (``as_of_ms``), whether it is a stale copy and why a fallback was
+needed (``stale``, ``why``).
 
 * Tiers younger than ``refresh_s`` (a day) are used as they are.
 * Older ones are refreshed; when the refresh fails the last good copy keeps serving (its age is in
@@ -15,7 +16,7 @@ stale copy and why a fallback was needed (``stale``, ``why``).
 
 Per-venue parsers live with their venue (``bybit.parse_risk_limits``, ``okx.parse_position_tiers``);
 Hyperliquid's ``meta`` margin tables are parsed here (:func:`parse_hyperliquid_meta`), fed by
-whatever POST the Hyperliquid source sends. Binance publishes its brackets only behind a signed key
+whatever POST the Hyperliquid source sends (:func:`hyperliquid_tier_book`). Binance publishes its brackets only behind a signed key
 (``GET /fapi/v1/leverageBracket``), so Binance maps always use the shipped tables.
 """
 
@@ -25,7 +26,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from ..errors import LiqmapError, SourceError
