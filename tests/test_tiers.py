@@ -344,6 +344,8 @@ def test_the_report_prices_each_venue_with_its_own_tiers_and_says_which(sample_b
     assert any(n.startswith("bybit: margin tiers from the venue") for n in out["notes"])
     assert any(n.startswith("okx: shipped margin table") for n in out["notes"])
     assert rep.map.long[0, :, 2:].sum() == 0  # bybit: 20x, so nothing at 25x and above
+    _, states, _ = run(svc.heatmap("BTCUSDT", "1d", "bybit"))  # the heatmap is priced with the same tiers
+    assert any("maximum leverage 20x" in n for n in states.notes)
 
 
 def test_the_chart_of_a_20x_symbol_has_no_50x_or_100x_bars(sample_bars):
@@ -357,3 +359,28 @@ def test_the_chart_of_a_20x_symbol_has_no_50x_or_100x_bars(sample_bars):
     labels = [t.get_text() for leg in fig.findobj(Legend) for t in leg.get_texts()]
     assert "5x" in labels and "10x" in labels
     assert not {"25x", "50x", "100x"} & set(labels)
+
+
+async def test_a_recording_keeps_the_tiers_and_its_replay_prices_with_them(sample_bars, tmp_path):
+    from test_bybit import FakeBybit, now_after
+
+    from analysis.sources.registry import aclose_sources, make_sources, record
+
+    bars_fake, tiers_fake = FakeBybit(sample_bars), FakeBybitTiers()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v5/market/risk-limit":
+            return tiers_fake.handler(request)
+        return bars_fake.handler(request)
+
+    now = now_after(sample_bars)
+    lines = await record("BTCUSDT", "1d", "bybit", tmp_path / "rec", transport=httpx.MockTransport(handler), now_ms=now)
+    assert "bybit: margin tiers: Bybit BTCUSDT risk limits (venue)" in lines
+    sources = make_sources(f"recorded:{tmp_path / 'rec'}")
+    try:
+        rep = await ReportService(sources, now_ms=lambda: now).report("BTCUSDT", "1d", "bybit")
+    finally:
+        await aclose_sources(sources)
+    margin = rep.to_json()["params"]["margin"]["bybit"]
+    assert margin["origin"] == "venue" and margin["table"] == "Bybit BTCUSDT risk limits"
+    assert margin["age_hours"] == 0.0  # stamped with the recording's time, not the replay's
