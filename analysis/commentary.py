@@ -673,7 +673,7 @@ class AboutFacts:
     tape_since_ms: int = 0
     tape_error: str = ""
     checks: "tuple[tuple[str, str, str], ...] | None" = None
-    model_overrides: str = ""
+    model_overrides: "tuple[tuple[str, object], ...]" = ()  # the bot's non-default model parameters
     notes: tuple[str, ...] = ()
 
 
@@ -735,7 +735,8 @@ def about(facts: AboutFacts, *, limit: int = EMBED_LIMIT) -> str:
                 "of where price goes. Dollar figures are an upper bound: compare levels with each other.")
     method = f"[docs/methodology.md]({facts.method_url}) (every assumption, its default and the backtest)"
     if facts.model_overrides:
-        method += f"; this bot sets {_md_safe(facts.model_overrides, 200)} (LIQMAP\\_MODEL), not the backtested defaults"
+        changed = ", ".join(f"{k}={_param_value(v)}" for k, v in facts.model_overrides)
+        method += f"; this bot sets {_md_safe(changed, 200)} (LIQMAP\\_MODEL), not the backtested defaults"
     if facts.accuracy is not None:
         accuracy_title, accuracy = _accuracy_lines(facts.accuracy)
     else:

@@ -101,7 +101,7 @@ class AboutCog(commands.Cog):
             bars=bars,
             tape=tape[0], tape_since_ms=tape[1], tape_error=tape[2],
             checks=None if self.source != "live" else tuple((v, s.state, s.detail) for v, s in checks.items()),
-            model_overrides=", ".join(f"{k}={v}" for k, v in overrides.items()),
+            model_overrides=tuple(overrides.items()),
         )
 
     async def _accuracy(self) -> tuple[Any, str]:
