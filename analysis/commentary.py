@@ -687,7 +687,9 @@ _STATE_TEXT = {"up": "answering", "slow": "answering slowly", "down": "not answe
 
 
 def _signed(x: float) -> str:
-    return f"{x:+.3f}".replace("-", MINUS)
+    """``+0.032``; a value that would show as ±0.000 keeps a fourth decimal (``+0.0002``)."""
+    digits = 4 if 0 < abs(x) < 0.0005 else 3
+    return f"{x:+.{digits}f}".replace("-", MINUS)
 
 
 def _ago(ms: int) -> str:
@@ -729,9 +731,9 @@ def about(facts: AboutFacts, *, limit: int = EMBED_LIMIT) -> str:
     """The ``/about`` embed description (≤ ``limit``): what the map is and is not, the method link,
     the latest accuracy, the data and its freshness, the venues answering now."""
     names = ", ".join(_md_safe(_venue(v), 20) for v in facts.venues[:8]) or "no venue"
-    what = ("an *estimate* of where leveraged positions on perpetual futures would be liquidated if price "
-            f"moved there, inferred from {names} open interest and candles, with a published, backtested method.")
-    what_not = ("not the exchanges' real orders or positions (no venue publishes them), and not a prediction "
+    what = ("An *estimate* of where leveraged positions on perpetual futures would be liquidated if price "
+            f"moved there, inferred from the open interest and candles of {names}, with a published, backtested method.")
+    what_not = ("Not the exchanges' real orders or positions (no venue publishes them), and not a prediction "
                 "of where price goes. Dollar figures are an upper bound: compare levels with each other.")
     method = f"[docs/methodology.md]({facts.method_url}) (every assumption, its default and the backtest)"
     if facts.model_overrides:

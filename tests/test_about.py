@@ -171,7 +171,8 @@ def _facts(**kw):
 def test_the_text_says_what_the_map_is_and_is_not_with_the_method_and_the_cells():
     text = commentary.about(_facts())
     assert "*estimate*" in text and "not a prediction of where price goes" in text
-    assert "not the exchanges' real orders" in text
+    assert "Not the exchanges' real orders" in text
+    assert "+0.021 [+0.0002, +0.043]: ahead" in text  # the lower end the methodology calls "only just"
     assert "[docs/methodology.md](https://example.org/methodology.md)" in text
     for c in load_backtest_headline().groups[0].cells:
         assert f"{c.model:.3f} against {c.baseline_value:.3f}" in text
@@ -323,3 +324,21 @@ async def test_about_says_when_the_bot_uses_other_model_parameters(tmp_path, mon
         assert "this bot sets holding\\_days=3 (LIQMAP\\_MODEL), not the backtested defaults" in embed["description"]
     finally:
         await hh.stop()
+
+
+@pytestmark_discord
+async def test_about_shows_the_tapes_last_event_per_venue(h):
+    import time
+
+    from bot.tape_store import TapeStore
+    from fake_tape import event
+
+    now = int(time.time() * 1000)
+    tape = TapeStore(h.bot.store.engine)
+    await tape.write_events([event("bybit", now - 60_000, "long", 60_000.0, 5_000.0),
+                             event("bybit", now - 120_000, "short", 60_100.0, 7_000.0),
+                             event("okx", now - 3 * 86_400_000, "long", 59_000.0, 1_000.0)])  # older than 24 h
+    assert await tape.latest(now - 86_400_000) == {"bybit": now - 60_000}
+    _, _, embed = _about(await h.dispatch(interaction_payload("about")))
+    assert "Tape, Bybit: last liquidation recorded " in embed["description"]
+    assert f"<t:{(now - 60_000) // 1000}:R>" in embed["description"] and "Tape, OKX" not in embed["description"]
