@@ -342,3 +342,28 @@ async def test_about_shows_the_tapes_last_event_per_venue(h):
     _, _, embed = _about(await h.dispatch(interaction_payload("about")))
     assert "Tape, Bybit: last liquidation recorded " in embed["description"]
     assert f"<t:{(now - 60_000) // 1000}:R>" in embed["description"] and "Tape, OKX" not in embed["description"]
+
+
+@pytest.mark.parametrize("url", [
+    "http://example.org/m", "https://", "javascript:alert(1)", "https://user:pw@example.org/m",
+    "https://example.org/a b", "https://example.org/a)[x](https://evil.example", "https://example.org/" + "a" * 600,
+    "https://example.org/\u202e", "ftp://example.org/m", "https://example.org:99999/m",
+])
+def test_the_method_url_must_be_a_plain_https_link(url, monkeypatch):
+    from analysis.errors import InputError
+    from bot.settings import load_settings
+
+    monkeypatch.setenv("LIQMAP_METHOD_URL", url)
+    with pytest.raises(InputError, match="LIQMAP_METHOD_URL") as err:
+        load_settings(None)
+    assert url not in str(err.value) or url == "https://"
+
+
+def test_the_method_url_default_and_an_override(monkeypatch):
+    from bot.settings import DEFAULT_METHOD_URL, load_settings
+
+    monkeypatch.delenv("LIQMAP_METHOD_URL", raising=False)
+    assert load_settings(None).discord.method_url == DEFAULT_METHOD_URL
+    assert DEFAULT_METHOD_URL.startswith("https://") and DEFAULT_METHOD_URL.endswith("/docs/methodology.md")
+    monkeypatch.setenv("LIQMAP_METHOD_URL", " https://docs.example/liqmap/method ")
+    assert load_settings(None).discord.method_url == "https://docs.example/liqmap/method"
