@@ -678,10 +678,10 @@ class AboutFacts:
 
 
 _SOURCE_TEXT = {
-    "live": "live public market data (candles and open interest) of {venues}",
-    "sample": "the bundled recorded sample of {venues} (an offline demo, not live data)",
-    "recorded": "recorded venue responses, replayed (not live data)",
-    "file": "a file of bars (not live data)",
+    "live": "Live public market data (candles and open interest) of {venues}",
+    "sample": "The bundled recorded sample of {venues} (an offline demo, not live data)",
+    "recorded": "Recorded venue responses, replayed (not live data)",
+    "file": "A file of bars (not live data)",
 }
 _STATE_TEXT = {"up": "answering", "slow": "answering slowly", "down": "not answering", "unknown": "not checked yet"}
 
@@ -755,14 +755,15 @@ def about(facts: AboutFacts, *, limit: int = EMBED_LIMIT) -> str:
         for venue, t in facts.tape:
             data.append(f"Tape, {_md_safe(_venue(venue), 20)}: last liquidation recorded {_ago(t)}")
     else:
-        data.append(f"Realized-liquidation tape: nothing recorded since {_fmt_time(facts.tape_since_ms)}.")
+        data.append(f"Realized-liquidation tape: nothing recorded since {_fmt_time(facts.tape_since_ms)} "
+                    "(`liqmap tape` or LIQMAP\\_TAPE=true records it).")
     if facts.checks is None:
-        venues = ["no exchange is asked: this bot does not read live data"]
+        venues = ["No exchange is asked: this bot does not read live data"]
     else:
         venues = [f"{_md_safe(_venue(v), 20)}: {_STATE_TEXT.get(state, 'unknown')}"
                   + (f" ({_md_safe(detail, 120)})" if detail else "") for v, state, detail in facts.checks]
         if not venues:
-            venues = ["no venue of this bot has a public health check"]
+            venues = ["No venue of this bot has a public health check"]
     notes = tuple("⚠️ " + _md_safe(n, 300) for n in
                   [*(facts.accuracy.notes if facts.accuracy is not None else ()), *facts.notes][:3])
     return _render("about.md.j2", limit, what=what, what_not=what_not, method=method, accuracy_title=accuracy_title,

@@ -201,7 +201,7 @@ def test_the_text_fits_an_embed_whatever_comes_in():
 def test_offline_sources_and_no_accuracy_are_said_plainly():
     text = commentary.about(_facts(source="sample", checks=None, accuracy=None, accuracy_error="file gone", tape=()))
     assert "bundled recorded sample" in text and "not live data" in text
-    assert "no exchange is asked" in text and "Unavailable: file gone" in text
+    assert "No exchange is asked" in text and "Unavailable: file gone" in text
     assert "nothing recorded since" in text
 
 
@@ -247,7 +247,7 @@ async def test_about_in_a_server_is_public_with_the_backtest_and_the_offline_sou
     assert not defer.body.get("data", {}).get("flags", 0) & EPHEMERAL and not followup.body.get("flags", 0) & EPHEMERAL
     text = embed["description"]
     assert "[docs/methodology.md](https://docs.example/method.md)" in text
-    assert "Backtest (BTC" in text and "bundled recorded sample" in text and "no exchange is asked" in text
+    assert "Backtest (BTC" in text and "bundled recorded sample" in text and "No exchange is asked" in text
     assert "Realized-liquidation tape: nothing recorded since" in text  # the tape tables exist, empty
 
 
@@ -304,7 +304,7 @@ async def test_about_with_live_venues_one_down_and_the_bar_cache(tmp_path, monke
                                  transport=httpx.MockTransport(handler))
         _, _, embed = _about(await hh.dispatch(interaction_payload("about")))
         text = embed["description"]
-        assert "live public market data" in text
+        assert "Live public market data" in text
         assert f"Binance: bars cached to 2026-05-28 20:31 UTC (<t:{(t0 + 300_000) // 1000}:R>)" in text
         assert "Bybit: nothing cached yet" in text
         assert "OKX: not answering (HTTP 503)" in text and "Bybit: answering" in text and "Binance: answering" in text
