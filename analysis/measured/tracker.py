@@ -79,7 +79,7 @@ class Tracker:
         self.params = params or TrackerParams()
         self.book = AddressBook(self.params.max_addresses)
         capacity = info.budget.capacity if info.budget is not None else 960
-        self.scheduler = scheduler or PollScheduler(capacity_per_min=capacity)
+        self.scheduler = scheduler if scheduler is not None else PollScheduler(capacity_per_min=capacity)
         self._clock = clock
         self._sleep = sleep
         self._wall_ms = wall_ms
