@@ -153,6 +153,7 @@ class TradesStream:
         pinged_at: float | None = None
         subscribed: list[str] = []
         stopper = asyncio.ensure_future(stop.wait())
+        recv: asyncio.Future | None = None
         try:
             while not stop.is_set():
                 now = self._clock()
@@ -188,6 +189,10 @@ class TradesStream:
                     st.last_error = None
         finally:
             stopper.cancel()
+            if recv is not None and not recv.done():
+                recv.cancel()
+            if recv is not None:
+                recv.add_done_callback(lambda f: None if f.cancelled() else f.exception())  # retrieved, never logged
         return opened
 
     def _frame(self, raw: str | bytes) -> str | None:
