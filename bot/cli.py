@@ -663,7 +663,8 @@ def _add_measure(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--budget-share", type=float, default=0.8,
                    help="share of the IP's 1200 weight a minute to use (default 0.8)")
     t.add_argument("--no-seed", action="store_true", help="do not read recentTrades and the HLP vault's accounts at start")
-    t.add_argument("--status-every", type=float, default=30.0, metavar="SECONDS", help="status line interval (default 30)")
+    t.add_argument("--status-every", type=float, default=30.0, metavar="SECONDS",
+                   help="status line interval (default 30); positions.json is also saved every 5 minutes")
     t.add_argument("--info-url", default="https://api.hyperliquid.xyz/info", help=argparse.SUPPRESS)
     t.add_argument("--ws-url", default="wss://api.hyperliquid.xyz/ws", help=argparse.SUPPRESS)
     m = msub.add_parser("map", help="the measured map of a positions.json: measured.png, measured.json")

@@ -95,8 +95,19 @@ def measured_files(snap: Snapshot, coin: str, theme: str) -> tuple[LiquidationMa
 
 # -- track -----------------------------------------------------------------------------------------
 
+def save_positions(snap: Snapshot, path: Path) -> None:
+    """Write positions.json atomically (a checkpoint during a long run, and the final file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(snap.to_json()) + "\n", encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 async def track(coins: list[str], duration: float, *, max_addresses: int, share: float, info_url: str, ws_url: str,
-                seed: bool, status_s: float) -> Snapshot:
+                seed: bool, status_s: float, checkpoint: Path | None = None, save_s: float = 300.0) -> Snapshot:
     from analysis.measured.budget import WeightBudget
     from analysis.measured.info import InfoClient
     from analysis.measured.stream import TradesStream
@@ -119,12 +130,17 @@ async def track(coins: list[str], duration: float, *, max_addresses: int, share:
         loop.call_later(duration, stop.set)
 
         async def status() -> None:
+            saved = loop.time()
             while not stop.is_set():
                 try:
                     await asyncio.wait_for(stop.wait(), status_s)
                 except asyncio.TimeoutError:
                     pass
-                s = tracker.snapshot().accounts
+                snap = tracker.snapshot()
+                if checkpoint is not None and loop.time() - saved >= save_s and tracker.ctx_ms:
+                    save_positions(snap, checkpoint)  # a long run keeps what it saw so far
+                    saved = loop.time()
+                s = snap.accounts
                 print(f"measure: {s['tracked']:,} accounts, {s['polls']:,} polls, {s['with_positions']:,} with positions, "
                       f"weight {budget.spent()}/{budget.capacity} in the last minute, stream "
                       f"{'up' if stream.status.connected else 'down'}"
@@ -155,9 +171,14 @@ def run_track(args: Any) -> int:
         raise InputError("--info-url must be an http(s):// URL")
     if not str(args.ws_url).startswith(("wss://", "ws://")):
         raise InputError("--ws-url must be a ws(s):// URL")
+    if not (1 <= args.status_every <= 86400):
+        raise InputError(f"--status-every must be between 1 and 86400 seconds, not {args.status_every:g}")
+    from bot.cli import _check_output
+
+    _check_output(args.out / "positions.json")
     snap = asyncio.run(track(coins, duration, max_addresses=args.max_addresses, share=args.budget_share,
                              info_url=args.info_url, ws_url=args.ws_url, seed=not args.no_seed,
-                             status_s=args.status_every))
+                             status_s=args.status_every, checkpoint=args.out / "positions.json"))
     files: dict[str, bytes | str] = {"positions.json": json.dumps(snap.to_json()) + "\n"}
     lines = []
     for coin in coins:

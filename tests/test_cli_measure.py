@@ -156,3 +156,11 @@ def test_track_discovers_polls_and_writes_the_snapshot(tmp_path, capsys, monkeyp
     assert "recentTrades" not in calls and "vaultDetails" not in calls  # --no-seed
     m = json.loads((tmp_path / "t" / "measured.json").read_text())
     assert m["kind"] == "measured" and m["params"]["positions_on_map"] == 3
+
+
+def test_a_checkpoint_is_written_atomically_and_reads_back(tmp_path):
+    snap = synthetic_snapshot(20)
+    path = tmp_path / "run" / "positions.json"
+    measure.save_positions(snap, path)
+    assert not (tmp_path / "run" / "positions.json.tmp").exists()
+    assert measure.read_positions(path).positions == snap.positions

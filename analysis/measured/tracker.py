@@ -213,6 +213,8 @@ class Tracker:
                 await self._wait_wake(self.params.idle_s)
 
     async def _ctx_loop(self, stop: asyncio.Event) -> None:
+        if self.ctx_ms:  # read just before run(): the next read is due a full interval later
+            await self._sleep(self.params.ctx_refresh_s)
         while not stop.is_set():
             try:
                 await self.refresh_ctxs()
