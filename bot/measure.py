@@ -81,6 +81,16 @@ def read_positions(path: Path) -> Snapshot:
     return from_json(doc)
 
 
+def snapshot_coin(snap: Snapshot, symbol: str) -> str:
+    """The coin of ``symbol`` as the positions file spells it; InputError naming what it has."""
+    from analysis.measured.shapes import resolve_coin
+
+    coin = resolve_coin(parse_symbol(symbol).base, snap.coins)
+    if coin is None:
+        raise InputError(f"--symbol {symbol}: the positions file tracks {', '.join(snap.coins)}")
+    return coin
+
+
 def measured_files(snap: Snapshot, coin: str, theme: str) -> tuple[LiquidationMap, dict[str, bytes | str], list[str]]:
     from analysis import chart
     from analysis.measured.measured_map import build_measured
@@ -119,7 +129,7 @@ async def track(coins: list[str], duration: float, *, max_addresses: int, share:
         tracker = Tracker(info, coins, params=TrackerParams(
             max_addresses=max_addresses, seed_vaults=(HLP_VAULT,) if seed else (), seed_recent_trades=seed))
         await tracker.refresh_ctxs()  # an unknown coin or an unreachable venue fails here, before anything runs
-        stream = TradesStream(coins, tracker.discovered, url=ws_url)
+        stream = TradesStream(tracker.coins, tracker.discovered, url=ws_url)  # Hyperliquid's spelling (kPEPE)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -181,9 +191,9 @@ def run_track(args: Any) -> int:
                              status_s=args.status_every, checkpoint=args.out / "positions.json"))
     files: dict[str, bytes | str] = {"positions.json": json.dumps(snap.to_json()) + "\n"}
     lines = []
-    for coin in coins:
+    for coin in snap.coins:
         _, f, ls = measured_files(snap, coin, args.theme)
-        files.update({(k if len(coins) == 1 else f"{coin}-{k}"): v for k, v in f.items()})
+        files.update({(k if len(snap.coins) == 1 else f"{coin}-{k}"): v for k, v in f.items()})
         lines += ls
     written = _write(args.out, files)
     print("\n".join(lines))
@@ -196,8 +206,7 @@ def run_track(args: Any) -> int:
 
 def run_map(args: Any) -> int:
     snap = read_positions(args.positions)
-    coin = coins_of([args.symbol])[0]
-    _, files, lines = measured_files(snap, coin, args.theme)
+    _, files, lines = measured_files(snap, snapshot_coin(snap, args.symbol), args.theme)
     written = _write(args.out, files)
     print("\n".join(lines))
     print("\nwrote " + ", ".join(written))
@@ -234,7 +243,7 @@ def run_compare(args: Any) -> int:
 
     snap = read_positions(args.positions)
     pair = parse_symbol(args.symbol)
-    measured, files, _ = measured_files(snap, pair.base, args.theme)
+    measured, files, _ = measured_files(snap, snapshot_coin(snap, args.symbol), args.theme)
     settings = load_settings(args.env_file, **({"source": args.source} if args.source is not None else {}))
     params = model_params(settings.sources, args.overrides)
     sources = build_sources(settings)

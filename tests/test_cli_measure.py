@@ -90,7 +90,7 @@ def test_missing_directory_fifo_symbol_and_coin_refusals(positions, tmp_path, ca
     one_error(capsys, cli.main(["measure", "map", "--positions", str(positions), "--symbol", "BTC$", "--out", "o"]),
               "is not a symbol")
     one_error(capsys, cli.main(["measure", "map", "--positions", str(positions), "--symbol", "ETH", "--out", "o"]),
-              "no mark price for ETH")
+              "--symbol ETH: the positions file tracks BTC")
     one_error(capsys, cli.main(["measure", "track", "--duration", "soon", "--out", "o"]), "--duration")
     one_error(capsys, cli.main(["measure", "track", "--budget-share", "2", "--out", "o"]), "--budget-share")
     one_error(capsys, cli.main(["measure", "track", "--ws-url", "http://x", "--out", "o"]), "--ws-url")

@@ -147,3 +147,13 @@ def test_trade_users_and_vault_lists():
         "0x2e3d94f0562703b25c83308a05046ddaf9a8dd14", "0x31ca8395cf837de08b24da3f660e77761dfb974b"]
     with pytest.raises(SourceError, match="no such vault"):
         parse_vault_addresses(None)
+
+
+def test_coin_spellings_resolve_to_hyperliquid_names_and_back_to_pairs():
+    from analysis.measured.shapes import canonical_symbol, resolve_coin
+
+    known = ["BTC", "ETH", "kPEPE"]
+    assert resolve_coin("BTC", known) == "BTC"
+    assert resolve_coin("KPEPE", known) == "kPEPE" and resolve_coin("1000PEPE", known) == "kPEPE"
+    assert resolve_coin("SOL", known) is None
+    assert canonical_symbol("BTC") == "BTCUSDT" and canonical_symbol("kPEPE") == "1000PEPEUSDT"

@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import DataError, InputError
 from ..liqmap import MAX_BINS, LiquidationMap, bin_levels, left_off_note, nice_width, price_grid
+from .shapes import canonical_symbol
 from .snapshot import Snapshot
 
 __all__ = ["MeasuredParams", "build_measured", "leverage_tiers", "VENUE"]
@@ -133,7 +134,7 @@ def build_measured(snap: Snapshot, coin: str, *, symbol: str | None = None,
         "measured_params": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(p).items()},
     }
     return LiquidationMap(
-        symbol=symbol or f"{coin}USDC", venues=(VENUE,), kind="measured", price=price, bin_width=width,
+        symbol=symbol or canonical_symbol(coin), venues=(VENUE,), kind="measured", price=price, bin_width=width,
         grid_lo=grid_lo, tiers=tiers, long=longs, short=shorts, window="snapshot", start_ms=int(start),
         end_ms=int(snap.time_ms), generated_ms=int(snap.time_ms), notes=tuple(notes), params=info,
     )

@@ -28,7 +28,8 @@ from ..sources.validate import expect_dict, expect_list, field, to_float
 from .addresses import normalise_address
 from .info import VENUE
 
-__all__ = ["Position", "AssetCtx", "Account", "parse_clearinghouse", "parse_asset_ctxs", "trade_users",
+__all__ = ["Position", "AssetCtx", "Account", "parse_clearinghouse", "parse_asset_ctxs", "trade_users", "resolve_coin",
+           "canonical_symbol",
            "parse_vault_addresses"]
 
 _MAX_POSITIONS = 1000  # per account: far above the listed perpetuals
@@ -148,6 +149,29 @@ def parse_asset_ctxs(doc: Any) -> dict[str, AssetCtx]:
             continue
         out[name] = AssetCtx(name, _num(mark, f"markPx of {name[:20]}", ep), _num(oi, f"openInterest of {name[:20]}", ep))
     return out
+
+
+def resolve_coin(name: str, known: Any) -> str | None:
+    """Hyperliquid's own spelling of ``name`` among ``known`` coin names: exact, then ignoring case,
+    then ``1000PEPE`` as Hyperliquid's ``kPEPE`` (its thousand-unit coins); None when absent."""
+    names = list(known)
+    if name in names:
+        return name
+    folded = {n.upper(): n for n in names}
+    up = name.upper()
+    if up in folded:
+        return folded[up]
+    if up.startswith("1000") and ("K" + up[4:]) in folded:
+        return folded["K" + up[4:]]
+    return None
+
+
+def canonical_symbol(coin: str) -> str:
+    """liqmap's pair for a Hyperliquid coin (its perpetuals are USDC-margined; liqmap names pairs as
+    the other venues do): ``BTC`` -> ``BTCUSDT``, ``kPEPE`` (thousands) -> ``1000PEPEUSDT``."""
+    if len(coin) > 1 and coin[0] == "k" and coin[1:].isupper():
+        return f"1000{coin[1:]}USDT"
+    return f"{coin.upper()}USDT"
 
 
 def trade_users(trades: Any) -> tuple[list[str], int]:

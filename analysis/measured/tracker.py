@@ -24,7 +24,8 @@ from ..errors import InputError, SourceError
 from .addresses import AddressBook
 from .budget import PollScheduler
 from .info import InfoClient
-from .shapes import AssetCtx, Position, parse_asset_ctxs, parse_clearinghouse, parse_vault_addresses, trade_users
+from .shapes import (AssetCtx, Position, parse_asset_ctxs, parse_clearinghouse, parse_vault_addresses, resolve_coin,
+                     trade_users)
 from .snapshot import Snapshot
 
 __all__ = ["Tracker", "TrackerParams", "HLP_VAULT"]
@@ -132,9 +133,11 @@ class Tracker:
     async def refresh_ctxs(self) -> None:
         """Mark price and open interest of every coin (metaAndAssetCtxs)."""
         ctxs = parse_asset_ctxs(await self.info.post({"type": "metaAndAssetCtxs"}))
-        missing = [c for c in self.coins if c not in ctxs]
+        resolved = {c: resolve_coin(c, ctxs) for c in self.coins}
+        missing = [c for c, r in resolved.items() if r is None]
         if missing:
             raise InputError(f"Hyperliquid lists no perpetual {', '.join(missing)}")
+        self.coins = tuple(dict.fromkeys(r for r in resolved.values() if r is not None))  # Hyperliquid's spelling
         self.ctxs = {c: ctxs[c] for c in self.coins}
         self.ctx_ms = self._wall_ms()
 
