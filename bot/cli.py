@@ -684,6 +684,7 @@ def _add_measure(sub: argparse._SubParsersAction) -> None:
     for q in (t, m, c):
         q.add_argument("--theme", default="dark", type=_choice, choices=THEMES, help="chart theme (default dark)")
         q.add_argument("--out", required=True, type=Path, help="directory to write into")
+        q.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
 
 
 def _run_measure(args: argparse.Namespace) -> int:
