@@ -234,7 +234,7 @@ def skew_sentence(r: Reading) -> str:
     """The skew in plain words with the band totals and the imbalance a trader would quote."""
     band = _band(r.band)
     s, lo = _finite(r.short_in_band), _finite(r.long_in_band)
-    what = "CoinGlass" if r.kind == "coinglass" else "estimated"
+    what = {"coinglass": "CoinGlass", "measured": "measured"}.get(r.kind, "estimated")
     if s <= 0 and lo <= 0:
         return f"No {what} liquidation levels within ±{band} of {price_str(r.price)}."
     S, L = usd(s), usd(lo)
@@ -336,7 +336,8 @@ def _notes(notes: Iterable[str], limit: int = _MAX_NOTES) -> tuple[str, ...]:
 
 def _body(r: Reading, m: LiquidationMap, levels: int) -> BodyView:
     sides = tuple(s for s in (_side(r, m, "short", levels), _side(r, m, "long", levels)) if s is not None)
-    title = "Cumulative liquidations (CoinGlass)" if r.kind == "coinglass" else "Cumulative estimated liquidations"
+    title = {"coinglass": "Cumulative liquidations (CoinGlass)",
+             "measured": "Cumulative measured liquidations (tracked positions)"}.get(r.kind, "Cumulative estimated liquidations")
     return BodyView(skew_sentence(r), near_sentence(r) or "", sides, title, _table(r), _notes(r.notes))
 
 
@@ -383,7 +384,7 @@ def _headline(r: Reading) -> str:
 
 
 def _footer_text(m: LiquidationMap, safe: Callable[[object, int], str]) -> str:
-    what = "CoinGlass" if m.kind == "coinglass" else "Estimated from OI flow"
+    what = {"coinglass": "CoinGlass", "measured": "Measured from tracked positions"}.get(m.kind, "Estimated from OI flow")
     venues = [v for v in m.venues if not (m.kind == "coinglass" and str(v).lower() == "coinglass")]
     parts = [what]
     if venues:

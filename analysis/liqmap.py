@@ -21,7 +21,8 @@ __all__ = [
     "bin_levels", "left_off_note",
 ]
 
-MapKind = Literal["estimated", "coinglass"]
+#: ``estimated`` (the model), ``coinglass`` (CoinGlass's map), ``measured`` (real positions' liquidation prices)
+MapKind = Literal["estimated", "coinglass", "measured"]
 
 #: default grid range: levels further than this fraction of the price from it are left off (1.0: 0 .. 2x price)
 GRID_PCT = 1.0
