@@ -35,7 +35,7 @@ SANS = FontProperties(family="DejaVu Sans")
 BOLD = FontProperties(family="DejaVu Sans", weight="bold")
 MONO = FontProperties(family="DejaVu Sans Mono")
 _T2P = TextToPath()
-_EMOJI = re.compile("[\u2139\ufe0f\U0001f300-\U0001faff]")
+_EMOJI = re.compile("[\ufe0f\U0001f300-\U0001faff]")  # colour emoji: no glyphs in DejaVu
 
 
 def width(text: str, size: float, font: FontProperties = SANS) -> float:
@@ -89,7 +89,7 @@ def markdown(c: Canvas | None, x: float, y: float, w: float, text: str) -> float
     """Draw (or only measure, ``c`` None) Discord markdown; returns the height used."""
     y0 = y
     code: list[str] | None = None
-    for raw in _EMOJI.sub("", text).split("\n"):
+    for raw in _EMOJI.sub("", text.replace("\u2139\ufe0f", "\u2139")).split("\n"):
         if raw.startswith("```"):
             if code is None:
                 code = []
@@ -292,7 +292,7 @@ def render(style: str, view: str, out: Path) -> Path:
     body(c, y)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"discord-{style}-{view}.png"
-    c.fig.savefig(path, dpi=144, facecolor=BG)
+    c.fig.savefig(path, dpi=108, facecolor=BG)  # 1.5x
     plt.close(c.fig)
     return path
 

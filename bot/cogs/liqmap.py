@@ -1,11 +1,12 @@
-"""``/liqmap``: an estimated liquidation map for one perpetual, as an embed with the chart.
+"""``/liqmap``: an estimated liquidation map for one perpetual, with the chart and its controls.
 
 The command validates its options (pure, microseconds), charges the per-user cooldown
 (``LIQMAP_COOLDOWN_USES`` per ``LIQMAP_COOLDOWN_SECONDS``; a refused request does not count; one
 charge per command whatever the view), defers, asks the report service for the report and/or the
 heatmap (each cached for ``LIQMAP_REPORT_TTL_SECONDS``, shared by concurrent requests) and sends
-one followup: ``view`` map (default) is the map embed with ``liqmap.png``, heatmap the heatmap
-embed with ``heatmap.png``, both the two embeds and files in one message. A heatmap of a
+one followup, a Components V2 message built by :mod:`bot.controls`: ``view`` map (default) shows
+``liqmap.png``, heatmap ``heatmap.png``, both the two in one message; its controls (window, view,
+exchange, refresh) are registered here and handled by :class:`~bot.controls.AnswerControls`. A heatmap of a
 snapshot-only venue (CoinGlass) is refused before the defer. Validation runs
 before the defer on purpose: a refusal must be ephemeral, and after a public defer Discord cannot
 make the first followup ephemeral.
