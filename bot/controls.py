@@ -347,7 +347,7 @@ class ExchangeSelect(ui.DynamicItem[ui.Select[Any]], template=rf"lq:x:(?P<arg>):
         await _dispatch(interaction, replace(self.state, exchange=chosen or self.state.exchange), refusal)
 
 
-class StaleControl(ui.DynamicItem[ui.Button[Any]], template=rf"lq:(?!(?:[wv]:[^:]{{0,8}}|[rx]:):{_STATE_SHAPE}$).*"):
+class StaleControl(ui.DynamicItem[ui.Button[Any]], template=rf"lq:(?!(?:[wv]:[^:]{{0,8}}|[rx]:):{_STATE_SHAPE}$)(?s:.*)"):
     """Any other custom id under ``lq:`` (an older version's, or forged): one private refusal."""
 
     def __init__(self, custom_id: str) -> None:
@@ -377,6 +377,13 @@ def _clip(text: str, n: int) -> str:
     return text if len(text) <= n else text[: max(0, n - 1)].rstrip() + "…"
 
 
+def _label_chars(component: dict[str, Any]) -> int:
+    """Characters of a component's labels, placeholder, options and children."""
+    n = sum(len(str(component.get(k) or "")) for k in ("label", "placeholder", "description"))
+    n += sum(len(o.get("label", "")) + len(o.get("description") or "") for o in component.get("options", []))
+    return n + sum(_label_chars(c) for c in component.get("components", []))
+
+
 def answer_layout(embeds: Sequence[dict[str, Any]], rows: Sequence[ui.ActionRow[Any]],
                   colour: discord.Colour | None = None) -> ui.LayoutView:
     """One Components V2 message from the answer's embed dicts (as :func:`~bot.poster.view_message`
@@ -389,7 +396,9 @@ def answer_layout(embeds: Sequence[dict[str, Any]], rows: Sequence[ui.ActionRow[
         parts.append((e.get("title", ""), e.get("description", "") or "", (e.get("image") or {}).get("url"), fields))
     footer = "-# " + " · ".join(dict.fromkeys((e.get("footer") or {}).get("text", "") for e in embeds if e.get("footer")))
     texts = [[f"## {t}" if i == 0 else f"### {t}", d, f] for i, (t, d, _, f) in enumerate(parts)]
-    excess = sum(len(x) for group in texts for x in group) + len(footer) - TEXT_MAX
+    # Discord counts all text of the message: the controls' labels and the pictures' descriptions too
+    other = sum(_label_chars(row.to_component_dict()) for row in rows) + sum(len(_clip(t, 1024)) for t, *_ in parts)
+    excess = sum(len(x) + 1 for group in texts for x in group) + len(footer) + other - TEXT_MAX  # +1: a newline
     for group in texts:  # clip descriptions, the first one first, as the embeds are
         if excess <= 0:
             break
@@ -401,7 +410,8 @@ def answer_layout(embeds: Sequence[dict[str, Any]], rows: Sequence[ui.ActionRow[
     for (heading, description, fields), (_, _, url, _) in zip(texts, parts):
         box.add_item(ui.TextDisplay(f"{heading}\n{description}".rstrip()))
         if url:
-            box.add_item(ui.MediaGallery(discord.MediaGalleryItem(url, description=_clip(heading.lstrip("# "), 1024))))
+            alt = _clip(heading.split(" ", 1)[1], 1024)
+            box.add_item(ui.MediaGallery(discord.MediaGalleryItem(url, description=alt)))
         if fields:
             box.add_item(ui.TextDisplay(fields))
     box.add_item(ui.TextDisplay(footer))

@@ -252,12 +252,11 @@ async def answer(view: str) -> tuple[Any, list[dict[str, Any]], list[dict[str, A
     embeds, the controls as action rows, the files and the accent colour."""
     from analysis.report import ReportService
     from analysis.sources.registry import make_sources
-    from bot.cogs import UserCooldown
     from bot.controls import AnswerControls, AnswerState, control_rows
     from bot.poster import view_message
 
     service = ReportService(make_sources("sample"))
-    controls = AnswerControls(service, UserCooldown(5, 30), lambda *a: None)
+    controls = AnswerControls(service, None, lambda *a: None)  # render only: no press, no cooldown
     state = AnswerState("BTCUSDT", "7d", "all", view, 930000000000000001)
     layout, files = await controls.render(state)
     report = await service.report("BTCUSDT", "7d", "all") if view != "heatmap" else None

@@ -14,6 +14,7 @@ import pytest
 
 from analysis.errors import InputError
 from analysis.sources.registry import make_sources
+from bot.controls import controls_of
 
 from bot_harness import (
     COMPONENTS_V2, DISCORD_OK, PINNED, USER_ID, component_media, component_payload, component_text, controls,
@@ -203,6 +204,7 @@ NOT_MINE = "This control is not one this bot made"
     "lq:r:x:BTCUSDT:7d:all:map:930000000000000001",  # refresh takes no argument
     "lq:",
     "lq:" + "x" * 97,
+    "lq:w:1d:BTCUSDT:7d:all:map:930000000000000001\n",  # a trailing newline
 ])
 async def test_a_forged_or_garbage_custom_id_gets_one_clean_private_refusal(h, custom_id):
     body, _ = await ask(h)
@@ -315,7 +317,7 @@ async def test_heatmap_views_are_disabled_for_a_snapshot_only_exchange(tmp_path)
     sources["coinglass"] = SnapshotOnly()
     h = await make_harness(tmp_path / "bot.db", sources=sources, cogs=("bot.cogs.liqmap",))
     try:
-        controls_ = h.bot.get_cog("LiqmapCog").controls
+        controls_ = controls_of(h.bot)
         assert controls_.heatmap_ok("all") and not controls_.heatmap_ok("coinglass")
         from bot.controls import AnswerState, control_rows
 
@@ -342,15 +344,22 @@ def test_custom_ids_fit_discords_100_characters_for_the_longest_state():
 def test_long_texts_are_clipped_to_the_components_v2_limit():
     import discord
 
-    from bot.controls import TEXT_MAX, answer_layout
-    from bot_harness import component_text as texts
+    from bot.controls import TEXT_MAX, AnswerState, answer_layout, control_rows
+    from bot_harness import component_text as texts, walk_components
 
     embeds = [{"title": "T" * 200, "description": "a" * 3900, "image": {"url": "attachment://liqmap.png"},
                "footer": {"text": "f" * 300}, "fields": [{"name": "Missing venues", "value": "okx: 503"}]},
               {"title": "H", "description": "b" * 3000, "image": {"url": "attachment://heatmap.png"},
                "footer": {"text": "f" * 300}}]
-    layout = answer_layout(embeds, [], discord.Colour.dark_grey())
+    state = AnswerState("BTCUSDT", "7d", "all", "both", USER_ID)
+    layout = answer_layout(embeds, control_rows(state, True, ("binance", "bybit", "okx")), discord.Colour.dark_grey())
     body = {"components": layout.to_components()}
     text = texts(body)
-    assert len(text) - text.count("\n") <= TEXT_MAX and "okx: 503" in text and "## " + "T" * 200 in text
+    everything = [c.get(k) or "" for c in walk_components(body["components"]) for k in ("label", "placeholder")]
+    everything += [o["label"] for c in walk_components(body["components"]) for o in c.get("options", [])]
+    everything += [i.get("description") or "" for c in walk_components(body["components"]) for i in c.get("items", [])]
+    total = sum(len(c["content"]) for c in walk_components(body["components"]) if c["type"] == 10)
+    total += sum(map(len, everything))
+    assert TEXT_MAX - 10 <= total <= TEXT_MAX  # clipped to the limit, not far below it
+    assert "okx: 503" in text and "## " + "T" * 200 in text
     assert component_media(body) == ["attachment://liqmap.png", "attachment://heatmap.png"]

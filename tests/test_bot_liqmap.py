@@ -15,6 +15,7 @@ import pytest
 from analysis.errors import SourceError
 from analysis.sources.registry import make_sources
 from bot.cogs import SymbolIndex, UserCooldown
+from bot.controls import controls_of
 
 from bot_harness import (
     COMPONENTS_V2, DISCORD_OK, PINNED, StubSource, component_media, component_text, interaction_payload, make_harness,
@@ -295,7 +296,7 @@ async def test_a_report_that_takes_too_long_gets_a_clear_private_message(h, monk
     async def slow(*args, **kwargs):
         await asyncio.sleep(1)
 
-    monkeypatch.setattr(h.bot.get_cog("LiqmapCog").controls, "timeout", 0.05)
+    monkeypatch.setattr(controls_of(h.bot), "timeout", 0.05)
     monkeypatch.setattr(h.bot.service, "report", slow)
     calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC"}))
     assert [c.method for c in calls] == ["POST", "DELETE", "POST"]
