@@ -347,7 +347,7 @@ class ExchangeSelect(ui.DynamicItem[ui.Select[Any]], template=rf"lq:x:(?P<arg>):
         await _dispatch(interaction, replace(self.state, exchange=chosen or self.state.exchange), refusal)
 
 
-class StaleControl(ui.DynamicItem[ui.Button[Any]], template=rf"lq:(?!(?:[wv]:[^:]{{0,8}}|[rx]:):{_STATE_SHAPE}$)(?s:.*)"):
+class StaleControl(ui.DynamicItem[ui.Button[Any]], template=rf"lq:(?!(?:[wv]:[^:]{{0,8}}|[rx]:):{_STATE_SHAPE}\Z)(?s:.*)"):
     """Any other custom id under ``lq:`` (an older version's, or forged): one private refusal."""
 
     def __init__(self, custom_id: str) -> None:
