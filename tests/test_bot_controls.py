@@ -144,6 +144,17 @@ async def test_refresh_after_the_ttl_builds_a_new_answer(tmp_path):
         await h.stop()
 
 
+async def test_the_controls_of_a_private_answer_and_in_direct_messages_edit_it_in_place(h):
+    calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "private": True}))
+    body = calls[-1].body
+    assert body["flags"] & EPHEMERAL and cid("r") in controls(body)
+    edit = _edit(await press(h, component_payload(body, cid("w", "1d"), ephemeral=True)))
+    assert component_text(edit.body).startswith("## BTCUSDT liquidation map · 1d")
+    calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC"}, guild=False))
+    edit = _edit(await press(h, component_payload(calls[-1].body, cid("v", "both"), guild=False)))
+    assert component_media(edit.body) == ["attachment://liqmap.png", "attachment://heatmap.png"]
+
+
 # -- anyone else gets a private copy ------------------------------------------------------------------
 
 async def test_another_user_gets_a_private_copy_they_own_and_the_public_answer_is_untouched(h):
