@@ -18,7 +18,7 @@ from bot.controls import controls_of
 
 from bot_harness import (
     COMPONENTS_V2, DISCORD_OK, PINNED, USER_ID, component_media, component_payload, component_text, controls,
-    interaction_payload, make_harness, press,
+    interaction_payload, make_harness, press, walk_components,
 )
 
 pytestmark = pytest.mark.skipif(not DISCORD_OK, reason=f"harness uses discord.py internals pinned to {PINNED}")
@@ -94,6 +94,7 @@ async def test_both_view_is_one_container_with_both_pictures(h):
     text = component_text(body)
     assert "## BTCUSDT liquidation map · 7d" in text and "### BTCUSDT liquidation heatmap · 7d" in text
     assert text.count("-# Sources:") == 1 and len(text) <= 4000
+    assert len(walk_components(body["components"])) <= 40  # Discord's limit of components per message
 
 
 # -- the owner edits the answer ----------------------------------------------------------------------
@@ -356,7 +357,7 @@ async def test_long_texts_are_clipped_to_the_components_v2_limit():  # (a view n
     import discord
 
     from bot.controls import TEXT_MAX, AnswerState, answer_layout, control_rows
-    from bot_harness import component_text as texts, walk_components
+    from bot_harness import component_text as texts
 
     embeds = [{"title": "T" * 200, "description": "a" * 3900, "image": {"url": "attachment://liqmap.png"},
                "footer": {"text": "f" * 300}, "fields": [{"name": "Missing venues", "value": "okx: 503"}]},
