@@ -377,3 +377,77 @@ async def make_harness(db_path: Any, *, sources: dict[str, Any] | None = None, c
         bot.symbols.ensure_fresh()
         await bot.symbols.wait()
     return harness
+
+
+# -- message components (the /liqmap answer's controls) ------------------------------------------
+
+COMPONENTS_V2 = 1 << 15
+COMPONENT_TASK = "discord-ui-dynamic-item-"
+
+
+def walk_components(components: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every component of a message body, depth first (containers and action rows opened)."""
+    out: list[dict[str, Any]] = []
+    for comp in components or []:
+        out.append(comp)
+        out += walk_components(comp.get("components") or [])
+    return out
+
+
+def component_text(body: dict[str, Any]) -> str:
+    """The text displays of a Components V2 body, joined by newlines."""
+    return "\n".join(c["content"] for c in walk_components(body.get("components") or []) if c["type"] == 10)
+
+
+def component_media(body: dict[str, Any]) -> list[str]:
+    """The media gallery URLs of a Components V2 body, in order."""
+    return [i["media"]["url"] for c in walk_components(body.get("components") or []) if c["type"] == 12
+            for i in c["items"]]
+
+
+def controls(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The interactive components of a body by custom id."""
+    return {c["custom_id"]: c for c in walk_components(body.get("components") or []) if "custom_id" in c}
+
+
+def component_payload(
+    sent: dict[str, Any],
+    custom_id: str,
+    *,
+    values: list[str] | None = None,
+    user_id: int = USER_ID,
+    asked_by: int = USER_ID,
+    ephemeral: bool = False,
+    guild: bool = True,
+    message_id: int | None = None,
+) -> dict[str, Any]:
+    """An INTERACTION_CREATE of type 3 (message component): ``user_id`` pressed ``custom_id`` on the
+    message the bot sent with body ``sent`` (its components come back as Discord stores them),
+    which answered an interaction of ``asked_by`` (the message's ``interaction_metadata``)."""
+    payload = interaction_payload("liqmap", {}, user_id=user_id, guild=guild)
+    kind = next((c["type"] for c in walk_components(sent.get("components") or []) if c.get("custom_id") == custom_id), 2)
+    data: dict[str, Any] = {"custom_id": custom_id, "component_type": kind}
+    if values is not None:
+        data["values"] = values
+    message = message_payload({}, flags=int(sent.get("flags", 0) or 0) | (64 if ephemeral else 0))
+    message["components"] = sent.get("components") or []
+    if message_id is not None:
+        message["id"] = str(message_id)
+    message["interaction_metadata"] = {
+        "id": snowflake(), "type": 2, "name": "liqmap",
+        "user": {"id": str(asked_by), "username": "asker", "discriminator": "0", "global_name": "Asker", "avatar": None},
+        "authorizing_integration_owners": {"0": str(GUILD_ID)} if guild else {"1": str(asked_by)},
+    }
+    payload.update({"type": 3, "data": data, "message": message})
+    return payload
+
+
+async def press(harness: "Harness", payload: dict[str, Any], *, timeout: float = 30.0) -> list[Call]:
+    """Feed one component INTERACTION_CREATE and wait for discord.py's dynamic-item task; the calls it made."""
+    before = len(harness.web.calls)
+    known = set(asyncio.all_tasks())
+    harness.bot._connection.parse_interaction_create(payload)
+    new = [t for t in asyncio.all_tasks() - known if t.get_name().startswith(COMPONENT_TASK)]
+    if new:
+        await asyncio.wait_for(asyncio.gather(*new), timeout)
+    return harness.web.calls[before:]

@@ -15,8 +15,11 @@ import pytest
 from analysis.errors import SourceError
 from analysis.sources.registry import make_sources
 from bot.cogs import SymbolIndex, UserCooldown
+from bot.controls import controls_of
 
-from bot_harness import DISCORD_OK, PINNED, StubSource, interaction_payload, make_harness
+from bot_harness import (
+    COMPONENTS_V2, DISCORD_OK, PINNED, StubSource, component_media, component_text, interaction_payload, make_harness,
+)
 
 pytestmark = pytest.mark.skipif(not DISCORD_OK, reason=f"harness uses discord.py internals pinned to {PINNED}")
 
@@ -39,7 +42,7 @@ def _callback(calls):
     return cb[0].body
 
 
-async def test_defer_then_followup_with_embed_and_png(h):
+async def test_defer_then_followup_with_the_chart_and_png(h):
     calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "btc", "window": "7d", "exchange": "all"}))
     assert [c.method for c in calls] == ["POST", "POST"]
     defer, followup = calls
@@ -47,12 +50,11 @@ async def test_defer_then_followup_with_embed_and_png(h):
     assert followup.path == f"/webhooks/{h.bot.application_id}/" + followup.path.split("/")[-1]
     body = followup.body
     assert body["allowed_mentions"] == {"parse": []}
-    assert not (body.get("flags", 0) & EPHEMERAL)
-    (embed,) = body["embeds"]
-    assert embed["image"]["url"] == "attachment://liqmap.png"
-    assert embed["title"] == "BTCUSDT liquidation map · 7d"
-    assert "BTCUSDT" in embed["description"]
-    footer = embed["footer"]["text"]
+    assert not (body.get("flags", 0) & EPHEMERAL) and body["flags"] & COMPONENTS_V2  # (layout: test_bot_controls)
+    assert component_media(body) == ["attachment://liqmap.png"]
+    text = component_text(body)
+    assert text.startswith("## BTCUSDT liquidation map · 7d\n**BTCUSDT**")
+    footer = text.split("\n-# ")[-1]
     assert "binance" in footer and "Estimated" in footer and "data to 2026-06-22" in footer
     assert body["attachments"][0]["filename"] == "liqmap.png"
     ((name, png),) = followup.files
@@ -64,7 +66,7 @@ async def test_private_defers_and_answers_ephemerally(h):
     defer, followup = calls
     assert defer.body == {"type": CALLBACK_DEFER, "data": {"flags": EPHEMERAL}}
     assert followup.body["flags"] & EPHEMERAL
-    assert followup.body["embeds"][0]["title"].endswith("· 7d")  # default window
+    assert component_text(followup.body).startswith("## BTCUSDT liquidation map · 7d")  # default window
 
 
 async def test_same_request_is_served_from_the_cache(h):
@@ -130,10 +132,10 @@ async def test_missing_venue_gives_a_degraded_map_naming_it(tmp_path):
     h = await make_harness(tmp_path / "bot.db", sources=sources, cogs=("bot.cogs.liqmap",))
     try:
         calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC"}))
-        (embed,) = calls[1].body["embeds"]
-        (field,) = embed["fields"]
-        assert "Missing" in field["name"] and "**okx**" in field["value"] and "503" in field["value"]
-        assert "Sources: binance ·" in embed["footer"]["text"]
+        text = component_text(calls[1].body)
+        missing = text.split("**Missing venues (map built without them)**\n")[1]
+        assert missing.startswith("**okx**") and "503" in missing.split("\n")[0]
+        assert "-# Sources: binance ·" in text
         assert calls[1].files
         # Only the broken venue asked for: a clear, private message. The public "thinking" message
         # is deleted first because the first followup after a public defer cannot be ephemeral.
@@ -291,12 +293,10 @@ async def test_liqmap_works_in_direct_messages(h):
 
 
 async def test_a_report_that_takes_too_long_gets_a_clear_private_message(h, monkeypatch):
-    import bot.cogs.liqmap as cog_mod
-
     async def slow(*args, **kwargs):
         await asyncio.sleep(1)
 
-    monkeypatch.setattr(cog_mod, "REPORT_TIMEOUT", 0.05)
+    monkeypatch.setattr(controls_of(h.bot), "timeout", 0.05)
     monkeypatch.setattr(h.bot.service, "report", slow)
     calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC"}))
     assert [c.method for c in calls] == ["POST", "DELETE", "POST"]
@@ -337,42 +337,37 @@ def test_user_cooldown_is_a_sliding_window_per_user():
 
 # -- view: map, heatmap or both ----------------------------------------------------------------------
 
-def _embed_chars(e: dict) -> int:
-    return (len(e.get("title", "")) + len(e.get("description", "")) + len(e.get("footer", {}).get("text", ""))
-            + sum(len(f["name"]) + len(f["value"]) for f in e.get("fields", [])))
-
-
-async def test_heatmap_view_answers_with_the_heatmap_embed_and_png(h):
+async def test_heatmap_view_answers_with_the_heatmap_and_png(h):
     calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "window": "1d", "view": "heatmap"}))
     assert [c.method for c in calls] == ["POST", "POST"]
     defer, followup = calls
     assert defer.body == {"type": CALLBACK_DEFER}
     body = followup.body
     assert body["allowed_mentions"] == {"parse": []} and not (body.get("flags", 0) & EPHEMERAL)
-    (embed,) = body["embeds"]
-    assert embed["image"]["url"] == "attachment://heatmap.png"
-    assert embed["title"] == "BTCUSDT liquidation heatmap · 1d"
-    text = embed["description"]
+    assert component_media(body) == ["attachment://heatmap.png"]
+    text = component_text(body)
+    assert text.startswith("## BTCUSDT liquidation heatmap · 1d\n")
     assert "1d liquidation heatmap" in text and "**estimated**" in text and "Largest long band" in text
     assert "Time runs left to right" in text and "Binance" in text
-    assert "Estimated" in embed["footer"]["text"] and "Sources: binance" in embed["footer"]["text"]
+    footer = text.split("\n-# ")[-1]
+    assert "Estimated" in footer and "Sources: binance" in footer
     ((name, png),) = followup.files
     assert name == "heatmap.png" and png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 20_000
     assert [a["filename"] for a in body["attachments"]] == ["heatmap.png"]
     assert h.bot.service.computations == 0 and h.bot.service.heatmap_computations == 1
 
 
-async def test_both_view_sends_two_embeds_and_two_attachments_in_one_message_and_charges_once(tmp_path):
+async def test_both_view_sends_both_pictures_and_two_attachments_in_one_message_and_charges_once(tmp_path):
     h = await make_harness(tmp_path / "bot.db", cogs=("bot.cogs.liqmap",), cooldown_uses=1, cooldown_seconds=60)
     try:
         calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "window": "7d", "view": "both"}))
         assert [c.method for c in calls] == ["POST", "POST"]
         body = calls[1].body
         assert body["allowed_mentions"] == {"parse": []}
-        mapped, heat = body["embeds"]
-        assert mapped["image"]["url"] == "attachment://liqmap.png" and mapped["title"] == "BTCUSDT liquidation map · 7d"
-        assert heat["image"]["url"] == "attachment://heatmap.png" and heat["title"] == "BTCUSDT liquidation heatmap · 7d"
-        assert sum(_embed_chars(e) for e in body["embeds"]) <= 6000
+        assert component_media(body) == ["attachment://liqmap.png", "attachment://heatmap.png"]
+        text = component_text(body)
+        assert "## BTCUSDT liquidation map · 7d" in text and "### BTCUSDT liquidation heatmap · 7d" in text
+        assert len(text) <= 4000  # Discord's limit for the text of a Components V2 message
         assert [n for n, _ in calls[1].files] == ["liqmap.png", "heatmap.png"]
         assert [a["filename"] for a in body["attachments"]] == ["liqmap.png", "heatmap.png"]
         (a, b) = [png for _, png in calls[1].files]
@@ -436,12 +431,11 @@ async def test_a_venue_failing_for_the_heatmap_is_named_and_escaped(tmp_path):
     h = await make_harness(tmp_path / "bot.db", sources=sources, cogs=("bot.cogs.liqmap",))
     try:
         calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "window": "1d", "view": "heatmap"}))
-        (embed,) = calls[1].body["embeds"]
-        (field,) = embed["fields"]
-        assert field["name"] == "Missing venues (heatmap built without them)"
-        assert field["value"].startswith("**okx**: HTTP 503")
-        assert_inert(field["value"])
-        assert "Sources: binance ·" in embed["footer"]["text"] and calls[1].files[0][0] == "heatmap.png"
+        text = component_text(calls[1].body)
+        missing = text.split("**Missing venues (heatmap built without them)**\n")[1].split("\n-# ")[0]
+        assert missing.startswith("**okx**: HTTP 503")
+        assert_inert(missing)
+        assert "-# Sources: binance ·" in text and calls[1].files[0][0] == "heatmap.png"
         # only the broken venue: the heatmap cannot be built, a clear private message after the defer
         calls = await h.dispatch(interaction_payload("liqmap", {"symbol": "BTC", "exchange": "okx", "view": "heatmap"}))
         assert [c.method for c in calls] == ["POST", "DELETE", "POST"]

@@ -14,7 +14,7 @@ import pytest
 from bot.contexts import is_external, reply_ephemeral_if_external, server_only, installable_anywhere, user_installable
 
 from bot_harness import (
-    DISCORD_OK, FOREIGN_GUILD_ID, MANAGER_PERMS, MEMBER_PERMS, PINNED, interaction_payload, make_harness,
+    DISCORD_OK, FOREIGN_GUILD_ID, MANAGER_PERMS, MEMBER_PERMS, PINNED, component_text, interaction_payload, make_harness,
 )
 
 pytestmark = pytest.mark.skipif(not DISCORD_OK, reason=f"harness uses discord.py internals pinned to {PINNED}")
@@ -41,7 +41,7 @@ async def _liqmap(h, **kw):
     defer, *rest = calls
     assert defer.path.endswith("/callback") and defer.body["type"] == CALLBACK_DEFER
     (followup,) = rest
-    assert followup.body["embeds"][0]["title"].startswith("BTCUSDT liquidation map"), followup.body
+    assert component_text(followup.body).startswith("## BTCUSDT liquidation map"), followup.body
     assert followup.body["allowed_mentions"] == {"parse": []}
     return defer, followup
 

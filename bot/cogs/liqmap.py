@@ -1,11 +1,12 @@
-"""``/liqmap``: an estimated liquidation map for one perpetual, as an embed with the chart.
+"""``/liqmap``: an estimated liquidation map for one perpetual, with the chart and its controls.
 
 The command validates its options (pure, microseconds), charges the per-user cooldown
 (``LIQMAP_COOLDOWN_USES`` per ``LIQMAP_COOLDOWN_SECONDS``; a refused request does not count; one
 charge per command whatever the view), defers, asks the report service for the report and/or the
 heatmap (each cached for ``LIQMAP_REPORT_TTL_SECONDS``, shared by concurrent requests) and sends
-one followup: ``view`` map (default) is the map embed with ``liqmap.png``, heatmap the heatmap
-embed with ``heatmap.png``, both the two embeds and files in one message. A heatmap of a
+one followup, a Components V2 message built by :mod:`bot.controls`: ``view`` map (default) shows
+``liqmap.png``, heatmap ``heatmap.png``, both the two in one message; its controls (window, view,
+exchange, refresh) are registered here and handled by :class:`~bot.controls.AnswerControls`. A heatmap of a
 snapshot-only venue (CoinGlass) is refused before the defer. Validation runs
 before the defer on purpose: a refusal must be ephemeral, and after a public defer Discord cannot
 make the first followup ephemeral.
@@ -19,29 +20,25 @@ refreshes them in the background: an autocomplete answer never waits for the net
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Any, Awaitable
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from analysis.errors import InputError, SourceError
+from analysis.errors import InputError
 from analysis.options import VIEWS
 from analysis.symbols import parse_symbol
 from analysis.windows import parse_window
 
 from ..app import NO_MENTIONS
 from ..contexts import installable_anywhere, reply_ephemeral_if_external
-from ..poster import view_message
+from ..controls import CONTROL_ITEMS, AnswerControls, AnswerState, attach
 from . import VIEW_CHOICES, WINDOW_CHOICES, SymbolIndex, UserCooldown, check_listed, exchange_choices, symbol_choices
 
 __all__ = ["LiqmapCog", "setup"]
 
 log = logging.getLogger(__name__)
-
-REPORT_TIMEOUT = 300.0  # well inside the 15 minutes an interaction token stays valid
 
 
 class LiqmapCog(commands.Cog):
@@ -53,6 +50,7 @@ class LiqmapCog(commands.Cog):
         self.index: SymbolIndex = bot.symbols  # type: ignore[attr-defined]
         sched = bot.settings.schedule  # type: ignore[attr-defined]
         self.cooldown = UserCooldown(sched.cooldown_uses, sched.cooldown_seconds)
+        self.controls = AnswerControls(self.service, self.cooldown, self.validate)
         self.command = self._build_command()
 
     def _build_command(self) -> app_commands.Command:
@@ -80,9 +78,12 @@ class LiqmapCog(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.tree.add_command(self.command)
+        attach(self.bot, self.controls)
+        self.bot.add_dynamic_items(*CONTROL_ITEMS)  # the answer's controls, persistent across restarts
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.command.name)
+        self.bot.remove_dynamic_items(*CONTROL_ITEMS)
 
     def validate(self, symbol: str, window: str, exchange: str, view: str = "map") -> tuple[str, str, tuple[str, ...]]:
         """Check the options without I/O; InputError says what would be valid (a heatmap of a
@@ -103,21 +104,9 @@ class LiqmapCog(commands.Cog):
         self.cooldown.charge(interaction.user.id)  # once, whatever the view
         await interaction.response.defer(ephemeral=private, thinking=True)
         interaction.extras["public_defer"] = not private
-        work: list[Awaitable[Any]] = []
-        if view in ("map", "both"):
-            work.append(self.service.report(sym, win, exchange))
-        if view in ("heatmap", "both"):
-            work.append(self.service.heatmap(sym, win, exchange))
-        # shielded: giving up on this answer must not cancel a computation others may share
-        shielded = [asyncio.shield(w) for w in work]
-        try:
-            results = await asyncio.wait_for(asyncio.gather(*shielded), REPORT_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise SourceError("liqmap", "report", f"no answer from the exchanges within {REPORT_TIMEOUT:.0f} s") from None
-        report = results[0] if view in ("map", "both") else None
-        heat = results[-1] if view in ("heatmap", "both") else None
-        embeds, files = view_message(view, report, heat)
-        await interaction.followup.send(embeds=embeds, files=files, ephemeral=private, allowed_mentions=NO_MENTIONS)
+        state = AnswerState(sym, win, exchange.strip().lower(), view, interaction.user.id)
+        layout, files = await self.controls.render(state)
+        await interaction.followup.send(view=layout, files=files, ephemeral=private, allowed_mentions=NO_MENTIONS)
         interaction.extras["public_defer"] = False
 
 
