@@ -300,6 +300,8 @@ class LiqmapBot(commands.Bot):
         self.symbols = SymbolIndex(self.service.sources)
         if self.store is None and self.mode != "sync":
             self.store = await self._open_store()
+        if self.mode != "sync":
+            await self.install_tape_reader()
         for module in self.cog_modules:
             await self.load_extension(module)
         if self.mode == "sync":
@@ -315,6 +317,34 @@ class LiqmapBot(commands.Bot):
                 self.loop.create_task(self._start_dispatcher(), name="liqmap-start-dispatcher")
             self.start_tape()
 
+    async def install_tape_reader(self) -> bool:
+        """Set :attr:`tape` to a :class:`~bot.tape_store.TapeStore` reader over the store's engine
+        when the bot records the tape (``LIQMAP_TAPE``) or its database already holds one (a
+        standalone ``liqmap tape`` writes into the same ``DATABASE_URL``), and give it to the report
+        service, so maps, heatmaps, texts and daily reports carry the realized overlays and swept
+        cluster alerts can be served. Returns whether a reader is installed."""
+        if self.tape is not None:
+            return True
+        engine = getattr(self.store, "engine", None)
+        if engine is None:
+            return False
+        from .tape_store import TapeStore
+
+        reader = TapeStore(engine)
+        if not self.settings.tape.tape_enabled:
+            try:
+                if not await reader.has_tape():
+                    return False
+            except Exception:  # the overlays are optional: the bot runs without them
+                log.warning("could not check the database for a realized-liquidation tape", exc_info=True)
+                return False
+        self.tape = reader
+        if self.service is not None and getattr(self.service, "tape", False) is None:
+            self.service.tape = reader
+        log.info("realized liquidations: reading the tape in the database (%s)",
+                 "recorded by this bot" if self.settings.tape.tape_enabled else "recorded by liqmap tape")
+        return True
+
     def start_tape(self, **kw: Any) -> bool:
         """Start the tape recorder task when ``LIQMAP_TAPE`` is on (it shares the store's engine);
         ``kw`` goes to :func:`bot.tape_store.supervise` (tests pass a fake recorder)."""
@@ -323,7 +353,7 @@ class LiqmapBot(commands.Bot):
             return False
         from .tape_store import TapeStore, supervise
 
-        tape = TapeStore(self.store.engine)
+        tape = self.tape if isinstance(self.tape, TapeStore) else TapeStore(self.store.engine)
         self.tape_task = asyncio.get_running_loop().create_task(supervise(
             tape, self._tape_stop, venues=tape_cfg.venue_list, symbols=tape_cfg.symbol_list, urls=tape_cfg.urls,
             retention_days=tape_cfg.tape_retention_days, **kw), name="liqmap-tape-supervisor")
@@ -385,6 +415,10 @@ class LiqmapBot(commands.Bot):
             raise
         except Exception as exc:
             mapped = database_error(exc, self.settings.database.url)
+            if mapped is None and type(exc).__module__.startswith("alembic"):  # e.g. a revision it cannot locate
+                from .schema import newer_database_error
+
+                mapped = await newer_database_error(self.settings.database.url)
             if mapped is None:
                 raise
             raise mapped from exc
@@ -580,6 +614,9 @@ async def dry_run(settings: Settings, **kw: Any) -> tuple[list[dict[str, Any]], 
 async def _tape_status(bot: LiqmapBot) -> str:
     tape_cfg = bot.settings.tape
     if not tape_cfg.tape_enabled:
+        if bot.tape is not None:
+            return ("tape: not recorded by the bot (LIQMAP_TAPE=false); maps and reports read the tape "
+                    "`liqmap tape` records in this database")
         return "tape: off (LIQMAP_TAPE=false; `liqmap tape` records standalone)"
     from .tape_store import needed_symbols
 

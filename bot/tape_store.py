@@ -49,6 +49,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from analysis.errors import InputError
 from analysis.tape.events import FEED_SAMPLED, Coverage, Gap, LiquidationEvent
 
+from .schema import check_revision
 from .store import DEFAULT_URL, Base, _sqlite_pragmas, _upgrade
 
 __all__ = [
@@ -306,14 +307,17 @@ class TapeStore:
     @classmethod
     async def open(cls, url: str | None = None, *, migrate: bool = True,
                    wall_ms: Callable[[], int] | None = None) -> "TapeStore":
-        """Connect to ``url`` (default :data:`bot.store.DEFAULT_URL`) and migrate to the latest schema."""
+        """Connect to ``url`` (default :data:`bot.store.DEFAULT_URL`) and migrate to the latest schema.
+        A database at a revision this liqmap does not know (migrated by a newer one) is an
+        :class:`InputError` saying so (:func:`bot.schema.check_revision`)."""
         engine = create_async_engine(url or DEFAULT_URL)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         try:
             tape = cls(engine, owns_engine=True, wall_ms=wall_ms)
-            if migrate:
-                async with engine.begin() as conn:
+            async with engine.begin() as conn:
+                await conn.run_sync(check_revision)  # a newer liqmap's database: one clear error
+                if migrate:
                     await conn.run_sync(_upgrade)
         except BaseException:
             await engine.dispose()
