@@ -508,8 +508,8 @@ def _realized_strip(fig: Figure, ax: Axes, tape: RealizedTape, rb: Rebinned, th:
     else:
         right = f"peak {numbers.usd(peak)} per bar" + (f" · {numbers.usd(outside)} off-range" if outside > 0 else "")
     note = tape.recorded_note()
-    if note:
-        right = f"{note} · {right}"
+    if note:  # what was not recorded comes before the peak: at embed size there is room for one
+        right = f"{note} · none liquidated" if tape.empty else note
     _fit_row(
         sa.text(0.005, 0.08, left, transform=sa.transAxes, ha="left", va="bottom", fontsize=8.5, color=th.text,
                 fontweight="bold", zorder=7, parse_math=False, gid="realized-label"),

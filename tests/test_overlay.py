@@ -87,7 +87,7 @@ def test_the_strip_names_venues_not_recorded_and_part_recorded(sample_map):
                  covered=[Coverage("bybit", "BTCUSDT", end - 6 * HOUR, end)])
     left, right = _strip_labels(chart.build_figure(m, r, realized=tape))
     assert left == "Realized 24h (tape): longs $1M · shorts $0"
-    assert right.startswith("Binance, OKX not recorded · Bybit 6.0h of 24h recorded · peak $1M")
+    assert right == "Binance, OKX not recorded · Bybit 6.0h of 24h"
 
 
 @pytest.mark.parametrize("theme", ["dark", "light"])
@@ -159,7 +159,7 @@ def test_the_heatmap_says_zero_for_a_recorded_window_without_liquidations(sample
     assert realized_overlay(fig, ax, day_states, rows, part, chart._THEME["dark"]) == 0
     note = [t.get_text() for t in ax.texts if t.get_gid() == "realized-legend"]
     assert note == ["Realized 24h (tape): $0, recording: none liquidated\n"
-                    "Binance, OKX not recorded · Bybit 6.0h of 24h recorded"]
+                    "Binance, OKX not recorded · Bybit 6.0h of 24h"]
     plain = render_heatmap(day_states)
     assert render_heatmap(day_states, realized=_tape(sample_bars, events=[])) != plain
 

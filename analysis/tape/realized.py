@@ -146,7 +146,8 @@ class RealizedTape:
 
     def recorded_note(self) -> str:
         """A short phrase for the charts on what was not recorded, e.g. ``OKX not recorded · Bybit
-        10h of 24h recorded``; ``""`` when every venue was recorded over the whole window."""
+        10.0h of 24h`` (recorded time, gaps taken out); ``""`` when every venue was recorded over
+        the whole window."""
         from ..venues import display_name
 
         span = f"{(self.end_ms - self.start_ms) / HOUR_MS:g}h"
@@ -155,7 +156,7 @@ class RealizedTape:
         for v in self.venues:
             if self.recorded(v) == "partial":
                 ms = self.recorded_ms(v)
-                parts.append(f"{display_name(v)} {ms / HOUR_MS:.1f}h of {span} recorded" if ms > 0
+                parts.append(f"{display_name(v)} {ms / HOUR_MS:.1f}h of {span}" if ms > 0
                              else f"{display_name(v)} span not known")
         return " · ".join(parts)
 
