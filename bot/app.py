@@ -60,6 +60,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: how often the bot looks for a tape in its database while it reads none (seconds)
+TAPE_WATCH_S = 900.0
 COGS = ("bot.cogs.liqmap", "bot.cogs.daily", "bot.cogs.notices", "bot.cogs.clusters")
 NO_MENTIONS = discord.AllowedMentions.none()
 Mode = Literal["run", "dry-run", "sync"]
@@ -289,6 +291,7 @@ class LiqmapBot(commands.Bot):
         self._owns_store = store is None
         self.tape_task: asyncio.Task[None] | None = None  # the realized-liquidation recorder (LIQMAP_TAPE)
         self._tape_stop = asyncio.Event()
+        self._tape_watch: asyncio.Task[None] | None = None
         self.sync_state_path = sync_state_path or settings.sources.state_dir / "command-sync.json"
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -316,6 +319,8 @@ class LiqmapBot(commands.Bot):
             if self.scheduler is not None:
                 self.loop.create_task(self._start_dispatcher(), name="liqmap-start-dispatcher")
             self.start_tape()
+            if self.tape is None:  # a standalone `liqmap tape` may start recording into the database later
+                self._tape_watch = self.loop.create_task(self.watch_for_tape(), name="liqmap-tape-watch")
 
     async def install_tape_reader(self) -> bool:
         """Set :attr:`tape` to a :class:`~bot.tape_store.TapeStore` reader over the store's engine
@@ -344,6 +349,13 @@ class LiqmapBot(commands.Bot):
         log.info("realized liquidations: reading the tape in the database (%s)",
                  "recorded by this bot" if self.settings.tape.tape_enabled else "recorded by liqmap tape")
         return True
+
+    async def watch_for_tape(self, interval_s: float = TAPE_WATCH_S) -> None:
+        """Until a tape reader is installed: look for a tape in the database every ``interval_s``
+        (a standalone ``liqmap tape`` started after the bot), then install it."""
+        while self.tape is None:
+            await asyncio.sleep(interval_s)
+            await self.install_tape_reader()
 
     def start_tape(self, **kw: Any) -> bool:
         """Start the tape recorder task when ``LIQMAP_TAPE`` is on (it shares the store's engine);
@@ -442,6 +454,10 @@ class LiqmapBot(commands.Bot):
         if self.symbols is not None:
             self.symbols.stop()
         await self.stop_tape()
+        if self._tape_watch is not None:
+            self._tape_watch.cancel()
+            await asyncio.gather(self._tape_watch, return_exceptions=True)
+            self._tape_watch = None
         for loop_ in (self.scheduler, self.cluster_watch):
             if loop_ is not None:
                 try:

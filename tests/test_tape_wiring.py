@@ -301,3 +301,19 @@ async def test_the_bot_reads_a_tape_a_standalone_recorder_writes_and_daily_repor
         line = "Realized in the last 24 h: $120K of longs and $0 of shorts."
         assert rep.realized is not None and line in rep.summary
         assert line in _daily_text(rep) and line in _daily_text(rep, rep.reading)
+
+
+async def test_the_bot_finds_a_tape_a_recorder_starts_later(sample_bars, tmp_path):
+    db = tmp_path / "later.sqlite3"
+    bot = await _bot(tmp_path, db)
+    async with bot:
+        await bot.setup_hook()
+        assert bot.tape is None
+        watch = asyncio.create_task(bot.watch_for_tape(interval_s=0.01))
+        await asyncio.sleep(0.05)
+        assert not watch.done() and bot.tape is None  # still nothing recorded: keeps looking
+        end = int(sample_bars.end_ms)
+        tape = TapeStore(bot.store.engine)
+        await tape.open_coverage(["binance"], ["BTCUSDT"], end - 30 * HOUR)  # `liqmap tape` starts
+        await asyncio.wait_for(watch, 5)
+        assert isinstance(bot.tape, TapeStore) and bot.service.tape is bot.tape
