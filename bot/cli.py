@@ -105,20 +105,22 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
                    help="also say what changed since an earlier report: its liqmap.json, the directory it was "
                         "written to, or 'last' for the liqmap.json already in --out (summary.md gains the section, "
                         "liqmap.json a \"change\" object)")
-    _add_db(p, "the realized-liquidation tape to draw beside the estimate (the last 24 h: a strip under the map, "
-               "dots on the heatmap, lines in the text); without --db it is read from the default database only when "
-               "that exists and holds a tape")
+    _add_db(p, "the realized-liquidation tape drawn beside the estimate (the last 24 h, as a strip under the map, "
+               "dots on the heatmap and lines in the text)",
+            "Without --db the default database is read only when it exists and holds a tape; it is never created "
+            "or migrated here")
     p.add_argument("--no-tape", action="store_true", help="leave the realized-liquidation tape out")
     p.add_argument("--env-file", default=".env", help="settings file read besides the environment, as the bot reads "
                                                       "it (default .env)")
 
 
-def _add_db(p: argparse.ArgumentParser, what: str) -> None:
+def _add_db(p: argparse.ArgumentParser, what: str, more: str = "") -> None:
     """``--db``, the same for ``tape``, ``score`` and ``report``: a URL or a SQLite file, default
     ``DATABASE_URL``, else the SQLite file in the data directory (the bot's database)."""
     p.add_argument("--db", default=None, metavar="URL_OR_FILE",
                    help=f"{what}: a database URL (sqlite+aiosqlite:///FILE, postgresql+asyncpg://...) or a SQLite "
-                        "file (default DATABASE_URL, else liqmap.sqlite3 in the data directory: the bot's database)")
+                        "file (default DATABASE_URL, else liqmap.sqlite3 in the data directory: the bot's database)"
+                        + (f". {more}" if more else ""))
 
 
 #: the largest earlier liqmap.json --since reads (a 50,000-bin map's is about 10 MB)

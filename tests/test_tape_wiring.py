@@ -203,7 +203,7 @@ def test_tape_score_and_report_share_one_db_option():
     for name in ("tape", "score", "report"):
         (db,) = [a for a in sub.choices[name]._actions if "--db" in a.option_strings]
         assert db.metavar == "URL_OR_FILE" and db.default is None
-        helps[name] = db.help.rsplit(": a database URL", 1)[1]
+        helps[name] = db.help.split(": a database URL", 1)[1].split(". ", 1)[0]
     assert len(set(helps.values())) == 1 and "DATABASE_URL" in helps["tape"] and "data directory" in helps["tape"]
 
 
