@@ -246,9 +246,10 @@ async def _report_tape(db: str | None, default_url: str) -> TapeStore | None:
     ``--db`` given: that database, which must exist and be at this liqmap's schema (else one
     clear error); one without any tape is kept, so the text says "no tape recorded". Without
     ``--db``: the default database when it exists and holds a tape, else none (the report is then
-    exactly as without a tape); a default database that cannot be read is a warning, not a failure.
+    exactly as without a tape); a default database that cannot be opened (unreachable, no driver)
+    is a warning, not a failure, but one of a newer liqmap is the one clear error every command gives.
     """
-    from bot.schema import check_engine, head_revision, location
+    from bot.schema import NewerDatabase, check_engine, head_revision, location
 
     explicit = db is not None and bool(db.strip())
     url = _tape_db(db, default_url)
@@ -260,8 +261,8 @@ async def _report_tape(db: str | None, default_url: str) -> TapeStore | None:
         return None
     try:
         tape = await _open_db_tape(url, migrate=False)
-    except InputError:
-        raise  # bad URL, missing driver, or a newer liqmap's database: say so even for the default
+    except NewerDatabase:
+        raise  # a newer liqmap's database: said even for the default, as every command says it
     except LiqmapError as exc:
         if explicit:
             raise

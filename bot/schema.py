@@ -14,8 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from analysis.errors import InputError
 
-__all__ = ["db_revision", "head_revision", "known_revisions", "check_revision", "check_engine", "newer_database_error",
+__all__ = ["NewerDatabase", "db_revision", "head_revision", "known_revisions", "check_revision", "check_engine", "newer_database_error",
            "location"]
+
+
+class NewerDatabase(InputError):
+    """The database was migrated by a newer liqmap (its revision is unknown here)."""
 
 
 def _script() -> Any:
@@ -55,10 +59,10 @@ def location(url: Any) -> str:
 
 
 def check_revision(sync_conn: Any) -> str | None:
-    """The database's revision, or :class:`InputError` when this code does not know it (newer)."""
+    """The database's revision, or :class:`NewerDatabase` when this code does not know it (newer)."""
     rev = db_revision(sync_conn)
     if rev is not None and rev not in known_revisions():
-        raise InputError(f"the database at {location(sync_conn.engine.url)} is at revision {rev[:64]}, newer than "
+        raise NewerDatabase(f"the database at {location(sync_conn.engine.url)} is at revision {rev[:64]}, newer than "
                          f"this liqmap (head {head_revision()}); upgrade liqmap")
     return rev
 
@@ -69,13 +73,13 @@ async def check_engine(engine: AsyncEngine) -> str | None:
         return await conn.run_sync(check_revision)
 
 
-async def newer_database_error(url: str) -> InputError | None:
+async def newer_database_error(url: str) -> NewerDatabase | None:
     """After a migration failed: the "newer than this liqmap" error if that was why, else None
     (the original failure stands). Opens its own short-lived connection."""
     engine = create_async_engine(url)
     try:
         await check_engine(engine)
-    except InputError as exc:
+    except NewerDatabase as exc:
         return exc
     except Exception:  # the database's own trouble: not ours to explain here
         return None

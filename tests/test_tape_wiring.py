@@ -196,6 +196,17 @@ def test_report_db_refuses_a_missing_file_and_an_older_schema_clearly(tmp_path, 
     assert "is at revision 0007_cluster_alerts, older than this liqmap (head 0008_tape_coverage)" in err
 
 
+def test_a_default_database_that_cannot_be_opened_is_a_warning_for_report(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DATABASE_URL", "postgresql+nosuchdriver://u:pw@127.0.0.1/db")
+    out = tmp_path / "o"
+    assert cli.main(["report", "--source", "sample", "--window", "1d", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: DATABASE_URL names an unknown database kind" in err and "realized liquidations left out" in err
+    assert "pw" not in err and "Realized" not in (out / "summary.md").read_text()
+    assert cli.main(["report", "--source", "sample", "--window", "1d", "--db",
+                     "postgresql+nosuchdriver://u:pw@127.0.0.1/db", "--out", str(out)]) == 2  # asked for: an error
+
+
 def test_tape_score_and_report_share_one_db_option():
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
