@@ -249,16 +249,16 @@ async def _report_tape(db: str | None, default_url: str) -> TapeStore | None:
     exactly as without a tape); a default database that cannot be opened (unreachable, no driver)
     is a warning, not a failure, but one of a newer liqmap is the one clear error every command gives.
     """
-    from bot.schema import NewerDatabase, check_engine, head_revision, location
-
     explicit = db is not None and bool(db.strip())
     url = _tape_db(db, default_url)
     shown = f"--db {db.strip()}" if explicit and db is not None else "the default database"
     path = _sqlite_path(url)
-    if path is not None and not path.exists():
+    if path is not None and not path.exists():  # decided before SQLAlchemy is imported (a fast sample report)
         if explicit:
             raise InputError(f"{shown}: no such database file {path}; record a tape first (liqmap tape --db ...)")
         return None
+    from bot.schema import NewerDatabase, check_engine, head_revision, location
+
     try:
         tape = await _open_db_tape(url, migrate=False)
     except NewerDatabase:
@@ -286,17 +286,15 @@ async def _report_tape(db: str | None, default_url: str) -> TapeStore | None:
 
 
 def _sqlite_path(url: str) -> Path | None:
-    """The file of a SQLite URL (None for another database or an in-memory one)."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        u = make_url(url)
-    except ArgumentError:
-        return None  # refused with the accepted forms when it is opened
-    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+    """The file of a SQLite URL (``sqlite[+driver]:///FILE[?query]``; None for another database or
+    an in-memory one). Read without SQLAlchemy: a report without a tape never imports it."""
+    scheme, sep, rest = url.partition(":///")
+    if not sep or scheme.split("+", 1)[0].lower() != "sqlite":
         return None
-    return Path(u.database).expanduser()
+    name = rest.split("?", 1)[0]
+    if not name or name == ":memory:":
+        return None
+    return Path(name).expanduser()  # sqlite:///rel.db is relative, sqlite:////abs.db absolute (as SQLAlchemy reads them)
 
 
 def _check_output(path: Path) -> None:
