@@ -538,7 +538,13 @@ def _realized_strip(fig: Figure, ax: Axes, tape: RealizedTape, rb: Rebinned, th:
     sa.axvline(price, color=th.price, lw=1.0, ls=(0, (4, 3)), alpha=0.6, zorder=5)
     outside = float(usd[~inside].sum())
     left = (f"Realized 24h (tape): longs {numbers.usd(tape.long_usd)} · shorts {numbers.usd(tape.short_usd)}")
-    right = f"peak {numbers.usd(peak)} per bar" + (f" · {numbers.usd(outside)} off-range" if outside > 0 else "")
+    if tape.empty:  # recorded, and nothing happened: said as such, never left blank
+        right = "recording: none liquidated"
+    else:
+        right = f"peak {numbers.usd(peak)} per bar" + (f" · {numbers.usd(outside)} off-range" if outside > 0 else "")
+    note = tape.recorded_note()
+    if note:  # what was not recorded comes before the peak: at embed size there is room for one
+        right = f"{note} · none liquidated" if tape.empty else note
     _fit_row(
         sa.text(0.005, 0.08, left, transform=sa.transAxes, ha="left", va="bottom", fontsize=8.5, color=th.text,
                 fontweight="bold", zorder=7, parse_math=False, gid="realized-label"),
@@ -555,9 +561,11 @@ def render(m: LiquidationMap, reading: Reading, *, theme: str = "dark", stack: s
 
     ``stack`` is ``"tier"`` (bars by leverage tier) or ``"venue"`` (by exchange); ``range_pct``
     fixes the half-width of the price window as a fraction of price (default: chosen from the
-    map, about ±12%); ``size_px`` is the image size in pixels. ``realized``, a tape with events,
-    adds a strip of the realized liquidations on the same price bins under the bars (without
-    one the chart is unchanged). Bad options raise :class:`InputError`, a malformed map
+    map, about ±12%); ``size_px`` is the image size in pixels. ``realized``, a tape that was
+    recorded in the window (events, or the recorder's spans), adds a strip of the realized
+    liquidations on the same price bins under the bars, with what was not recorded named; a
+    recorded window without events reads "$0 … none liquidated". Without a tape, or with one
+    not recorded at all, the chart is unchanged. Bad options raise :class:`InputError`, a malformed map
     :class:`DataError`.
     """
     fig = build_figure(m, reading, theme=theme, stack=stack, range_pct=range_pct, size_px=size_px,
@@ -600,7 +608,7 @@ def build_figure(m: LiquidationMap, reading: Reading, *, theme: str = "dark", st
     # header/footer heights in inches, turned into figure fractions for any aspect
     top = 1 - 0.98 / h_in
     bottom = 0.62 / h_in
-    tape = realized if realized is not None and not realized.empty else None
+    tape = realized if realized is not None and not realized.not_recorded else None
     strip_h = params.strip_in / h_in if tape is not None else 0.0
     gap_h = 0.07 / h_in if tape is not None else 0.0
     ax = fig.add_axes((0.085, bottom + strip_h + gap_h, 0.83, top - bottom - strip_h - gap_h))

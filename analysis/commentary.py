@@ -353,25 +353,47 @@ def _minutes(ms: int) -> str:
 
 def realized_lines(tape: RealizedTape | None) -> tuple[str, ...]:
     """What the tape recorded: the realized totals per side, which feeds are complete and which
-    sampled, and the gaps in the window. Empty without a tape (the text is then unchanged)."""
+    sampled, which were not recorded (or only for part of the window), and the gaps in it. Empty
+    without a tape (the text is then unchanged). "No tape recorded" (the recorder did not run for
+    the symbol in the window) is never worded as "$0 realized" (it ran, and nothing happened)."""
     if tape is None or not tape.venues:
         return ()
     hours = (tape.end_ms - tape.start_ms) / 3_600_000
     span = f"{hours:g} h"
+    if tape.not_recorded:
+        return (f"Realized in the last {span}: no tape recorded for {_base(tape.symbol)} "
+                "(the recorder did not run for it in this window), so nothing is known about it.",)
+    recorded = {v: tape.recorded(v) for v in tape.venues}
+    totals = f"{usd(tape.long_usd)} of longs and {usd(tape.short_usd)} of shorts"
     if tape.empty:
-        first = f"Realized in the last {span}: nothing recorded for {_base(tape.symbol)} on the tape."
+        first = f"Realized in the last {span}: {totals}: the tape was recording and no liquidation came in."
     else:
-        first = f"Realized in the last {span}: {usd(tape.long_usd)} of longs and {usd(tape.short_usd)} of shorts."
+        first = f"Realized in the last {span}: {totals}."
     cov = tape.coverage()
-    complete = [v for v in tape.venues if cov[v] == "complete"]
-    sampled = [v for v in tape.venues if cov[v] == "sampled"]
+    live = [v for v in tape.venues if recorded[v] != "none"]
+    complete = [v for v in live if cov[v] == "complete"]
+    sampled = [v for v in live if cov[v] == "sampled"]
+    absent = [v for v in tape.venues if recorded[v] == "none"]
     parts = []
     if complete:
         parts.append(f"{_names(complete)} complete")
     if sampled:
         parts.append(f"{_names(sampled)} sampled (a lower bound)")
+    if absent:
+        parts.append(f"{_names(absent)} not recorded")
     lines = [first, "Feeds: " + "; ".join(parts) + "."]
-    gaps = [(v, tape.gap_ms(v)) for v in tape.venues]
+    window_ms = tape.end_ms - tape.start_ms
+    partial = [v for v in live if tape.covered_ms(v) < window_ms - tape.full_slack_ms]  # gaps: the next line
+
+    def part(v: str) -> str:
+        ms = tape.covered_ms(v)
+        name = _md_safe(_venue(v), 20)
+        return f"{name} {_minutes(ms)} of {span}" if ms > 0 else f"{name} (span not known)"
+
+    if partial:
+        lines.append("Recorded for part of the window only: " + ", ".join(part(v) for v in partial)
+                     + " (totals are lower bounds).")
+    gaps = [(v, tape.gap_ms(v)) for v in live]
     gaps = [(v, ms) for v, ms in gaps if ms > 0]
     if gaps:
         lines.append("Gaps in the window: " + ", ".join(f"{_md_safe(_venue(v), 20)} {_minutes(ms)}" for v, ms in gaps)

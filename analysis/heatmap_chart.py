@@ -231,7 +231,7 @@ def _span(tape: RealizedTape) -> str:
 def realized_overlay(fig: Figure, ax: Axes, s: HeatmapStates, rows: Rows, tape: RealizedTape, th: Theme) -> int:
     """The tape's liquidations at their time and price: one dot per (column, price row, side) with
     the cell's USD (area proportional to it), in the side colours, with a legend entry. Returns
-    how many dots were drawn (0 draws nothing, not even the legend)."""
+    how many dots were drawn (0: no dots and no legend; a recorded tape without events gets a "$0" note)."""
     from matplotlib.lines import Line2D
 
     t, p, usd, is_long = tape.arrays()
@@ -239,7 +239,13 @@ def realized_overlay(fig: Figure, ax: Axes, s: HeatmapStates, rows: Rows, tape: 
     row = np.floor((p - rows.lo) / rows.width).astype(np.int64)
     n_rows = rows.z.shape[1]
     ok = (col >= 0) & (col < s.n_columns) & (row >= 0) & (row < n_rows) & (usd > 0)
+    note = tape.recorded_note()
     if not np.any(ok):
+        if tape.empty:  # recorded, nothing happened: say so (a tape never recorded draws nothing at all)
+            text = f"Realized {_span(tape)} (tape): $0, recording: none liquidated" + (f"\n{note}" if note else "")
+            ax.text(0.01, 0.02, text, transform=ax.transAxes, ha="left", va="bottom", fontsize=8.5, color=th.text,
+                    zorder=9, parse_math=False, gid="realized-legend",
+                    bbox={"boxstyle": "round,pad=0.4", "facecolor": th.label_bg, "edgecolor": th.grid, "alpha": 0.9})
         return 0
     cell = (col[ok] * n_rows + row[ok]) * 2 + (~is_long[ok]).astype(np.int64)
     keys, inv = np.unique(cell, return_inverse=True)
@@ -256,7 +262,8 @@ def realized_overlay(fig: Figure, ax: Axes, s: HeatmapStates, rows: Rows, tape: 
     handles = [Line2D([], [], ls="none", marker="o", ms=7, mfc=c, mec=th.bg, label=lab)
                for c, lab in ((th.long_curve, "longs"), (th.short_curve, "shorts"))]
     leg = ax.legend(handles=handles, loc="lower left", fontsize=8.5, frameon=True, ncol=2, labelcolor=th.text,
-                    title=f"Realized {_span(tape)} (tape), dot area ∝ USD, max {numbers.usd(float(amount.max()))}",
+                    title=f"Realized {_span(tape)} (tape), dot area ∝ USD, max {numbers.usd(float(amount.max()))}"
+                          + (f"\n{note}" if note else ""),
                     title_fontsize=8.5, facecolor=th.label_bg, edgecolor=th.grid, framealpha=0.9,
                     handletextpad=0.2, columnspacing=0.8, borderpad=0.4)
     leg.get_title().set_color(th.text)
@@ -269,11 +276,12 @@ def render_heatmap(states: HeatmapStates, *, theme: str = "dark", size_px: tuple
                    params: HeatmapParams = PARAMS, realized: RealizedTape | None = None) -> bytes:
     """Draw the heatmap as a PNG and return its bytes (bad options: InputError; bad states: DataError).
 
-    ``realized``, a tape with events, adds them as dots at their time and price (see
-    :func:`realized_overlay`); without one the chart is unchanged.
+    ``realized``, a tape recorded in the window, adds its events as dots at their time and price
+    (see :func:`realized_overlay`; recorded without events: a "$0" note); without one, or with one
+    never recorded in the window, the chart is unchanged.
     """
     fig = build_heatmap_figure(states, theme=theme, size_px=size_px, params=params)
-    if realized is not None and not realized.empty:
+    if realized is not None and not realized.not_recorded:
         ax = fig.axes[0]  # the heatmap's own axes, added first
         lo, hi = price_window(states, params)  # the window build_heatmap_figure drew
         realized_overlay(fig, ax, states, display_rows(states, lo, hi, params.rows_max), realized, _THEME[theme])

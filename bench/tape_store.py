@@ -7,9 +7,9 @@ allows it. Each batch mixes three venues and three symbols, with 2% of its event
 already-stored ones (the duplicates a reconnect delivers). Reported: sustained events/s (all new
 events over the whole run's wall time), the median and p95 latency of one batch, CPU time per
 event, first into an empty table and then into one already holding ``--prefill`` rows; and the
-retention prune (rows deleted per second, in its default batches of 5,000). A calibration line
-(a numpy cumsum pass and a pure-Python loop, timed in the same run) lets figures from other days
-or machines be compared by ratio. Target: >= 5,000 events/s.
+retention prune (rows deleted per second, in its default batches of 5,000). The section starts
+with the run's calibration line (bench/calibrate.py, timed at the start and the end of the run),
+so figures from other days or machines compare by ratio. Target: >= 5,000 events/s.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 from analysis.tape.events import LiquidationEvent
 from bot.tape_store import DAY_MS, TapeStore
 
+from .calibrate import Calibration
 from .doc import write_section
 
 NAME = "tape_store"
@@ -38,24 +39,6 @@ HISTORY = ("Before the insert became one cached executemany statement (SQLAlchem
            "~100 µs/event) in a shorter run on the same machine (2026-12-02, `--batches 50 --prefill 20000`).")
 VENUES = ("bybit", "binance", "okx")
 SYMBOLS = (("BTCUSDT", 90_000.0), ("ETHUSDT", 3_000.0), ("SOLUSDT", 140.0))
-
-
-def calibration(repeat: int = 5) -> tuple[float, float]:
-    """Median ms of one numpy cumsum over 10M floats and of a 1M-step pure-Python loop."""
-    import numpy as np
-
-    x = np.random.default_rng(0).standard_normal(10_000_000)
-    np_ms, py_ms = [], []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        x.cumsum()
-        np_ms.append((time.perf_counter() - t) * 1000)
-        t = time.perf_counter()
-        total = 0
-        for i in range(1_000_000):
-            total += i * i % 7
-        py_ms.append((time.perf_counter() - t) * 1000)
-    return statistics.median(np_ms), statistics.median(py_ms)
 
 
 class Events:
@@ -156,17 +139,14 @@ def main(argv: list[str] | None = None) -> None:
         cpu = sorted(os.sched_getaffinity(0))[-1]
         os.sched_setaffinity(0, {cpu})  # one core: the event loop and aiosqlite's thread share it
         pinned = f"pinned to CPU {cpu}"
-    cal_before = calibration()
+    cal = Calibration()
     rows, prune = asyncio.run(run(args.batches, args.batch, args.prefill, args.dir, args.url))
     fs = _filesystem(args.dir or tempfile.gettempdir())
     if args.url:
         args.no_doc = True
         fs = f"{args.url.partition('://')[0]} (not SQLite: the WAL/synchronous note does not apply)"
-    cal_after = calibration()
+    cal.finish()
     lines = [
-        f"Calibration, timed in this run (before / after): numpy cumsum of 10M floats {cal_before[0]:.1f} / "
-        f"{cal_after[0]:.1f} ms; pure-Python loop of 1M steps {cal_before[1]:.1f} / {cal_after[1]:.1f} ms.",
-        "",
         f"SQLite file (WAL, `synchronous=FULL`: SQLite's default, a sync per commit) on {fs}, process {pinned}; {args.batches} batches of {args.batch} events per "
         "phase through `TapeStore.write_events` (validation, one transaction, `INSERT ... ON CONFLICT DO NOTHING "
         "RETURNING`), 3 venues x 3 symbols, 2% of each batch replays of stored events. Events/s counts new rows "
@@ -189,9 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     if not args.url:
         lines += ["", HISTORY]
     body = "\n".join(lines)
-    print(body)
+    print(cal.line() + "\n\n" + body)
     if not args.no_doc:
-        write_section(NAME, TITLE, COMMAND, body)
+        write_section(NAME, TITLE, COMMAND, body, cal)
 
 
 if __name__ == "__main__":

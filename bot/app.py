@@ -61,6 +61,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: how often the bot looks for a tape in its database while it reads none (seconds)
+TAPE_WATCH_S = 900.0
 COGS = ("bot.cogs.liqmap", "bot.cogs.about", "bot.cogs.daily", "bot.cogs.notices", "bot.cogs.clusters")
 NO_MENTIONS = discord.AllowedMentions.none()
 Mode = Literal["run", "dry-run", "sync"]
@@ -297,6 +299,7 @@ class LiqmapBot(commands.Bot):
         self._owns_store = store is None
         self.tape_task: asyncio.Task[None] | None = None  # the realized-liquidation recorder (LIQMAP_TAPE)
         self._tape_stop = asyncio.Event()
+        self._tape_watch: asyncio.Task[None] | None = None
         self.sync_state_path = sync_state_path or settings.sources.state_dir / "command-sync.json"
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -308,6 +311,8 @@ class LiqmapBot(commands.Bot):
         self.symbols = SymbolIndex(self.service.sources)
         if self.store is None and self.mode != "sync":
             self.store = await self._open_store()
+        if self.mode != "sync":
+            await self.install_tape_reader()
         for module in self.cog_modules:
             await self.load_extension(module)
         if self.mode == "sync":
@@ -322,6 +327,43 @@ class LiqmapBot(commands.Bot):
             if self.scheduler is not None:
                 self.loop.create_task(self._start_dispatcher(), name="liqmap-start-dispatcher")
             self.start_tape()
+            if self.tape is None:  # a standalone `liqmap tape` may start recording into the database later
+                self._tape_watch = self.loop.create_task(self.watch_for_tape(), name="liqmap-tape-watch")
+
+    async def install_tape_reader(self) -> bool:
+        """Set :attr:`tape` to a :class:`~bot.tape_store.TapeStore` reader over the store's engine
+        when the bot records the tape (``LIQMAP_TAPE``) or its database already holds one (a
+        standalone ``liqmap tape`` writes into the same ``DATABASE_URL``), and give it to the report
+        service, so maps, heatmaps, texts and daily reports carry the realized overlays and swept
+        cluster alerts can be served. Returns whether a reader is installed."""
+        if self.tape is not None:
+            return True
+        engine = getattr(self.store, "engine", None)
+        if engine is None:
+            return False
+        from .tape_store import TapeStore
+
+        reader = TapeStore(engine)
+        if not self.settings.tape.tape_enabled:
+            try:
+                if not await reader.has_tape():
+                    return False
+            except Exception:  # the overlays are optional: the bot runs without them
+                log.warning("could not check the database for a realized-liquidation tape", exc_info=True)
+                return False
+        self.tape = reader
+        if self.service is not None and getattr(self.service, "tape", False) is None:
+            self.service.tape = reader
+        log.info("realized liquidations: reading the tape in the database (%s)",
+                 "recorded by this bot" if self.settings.tape.tape_enabled else "recorded by liqmap tape")
+        return True
+
+    async def watch_for_tape(self, interval_s: float = TAPE_WATCH_S) -> None:
+        """Until a tape reader is installed: look for a tape in the database every ``interval_s``
+        (a standalone ``liqmap tape`` started after the bot), then install it."""
+        while self.tape is None:
+            await asyncio.sleep(interval_s)
+            await self.install_tape_reader()
 
     def start_tape(self, **kw: Any) -> bool:
         """Start the tape recorder task when ``LIQMAP_TAPE`` is on (it shares the store's engine);
@@ -331,7 +373,7 @@ class LiqmapBot(commands.Bot):
             return False
         from .tape_store import TapeStore, supervise
 
-        tape = TapeStore(self.store.engine)
+        tape = self.tape if isinstance(self.tape, TapeStore) else TapeStore(self.store.engine)
         self.tape_task = asyncio.get_running_loop().create_task(supervise(
             tape, self._tape_stop, venues=tape_cfg.venue_list, symbols=tape_cfg.symbol_list, urls=tape_cfg.urls,
             retention_days=tape_cfg.tape_retention_days, **kw), name="liqmap-tape-supervisor")
@@ -393,6 +435,10 @@ class LiqmapBot(commands.Bot):
             raise
         except Exception as exc:
             mapped = database_error(exc, self.settings.database.url)
+            if mapped is None and type(exc).__module__.startswith("alembic"):  # e.g. a revision it cannot locate
+                from .schema import newer_database_error
+
+                mapped = await newer_database_error(self.settings.database.url)
             if mapped is None:
                 raise
             raise mapped from exc
@@ -416,6 +462,10 @@ class LiqmapBot(commands.Bot):
         if self.symbols is not None:
             self.symbols.stop()
         await self.stop_tape()
+        if self._tape_watch is not None:
+            self._tape_watch.cancel()
+            await asyncio.gather(self._tape_watch, return_exceptions=True)
+            self._tape_watch = None
         for loop_ in (self.scheduler, self.cluster_watch):
             if loop_ is not None:
                 try:
@@ -588,6 +638,9 @@ async def dry_run(settings: Settings, **kw: Any) -> tuple[list[dict[str, Any]], 
 async def _tape_status(bot: LiqmapBot) -> str:
     tape_cfg = bot.settings.tape
     if not tape_cfg.tape_enabled:
+        if bot.tape is not None:
+            return ("tape: not recorded by the bot (LIQMAP_TAPE=false); maps and reports read the tape "
+                    "`liqmap tape` records in this database")
         return "tape: off (LIQMAP_TAPE=false; `liqmap tape` records standalone)"
     from .tape_store import needed_symbols
 

@@ -105,8 +105,22 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
                    help="also say what changed since an earlier report: its liqmap.json, the directory it was "
                         "written to, or 'last' for the liqmap.json already in --out (summary.md gains the section, "
                         "liqmap.json a \"change\" object)")
+    _add_db(p, "the realized-liquidation tape drawn beside the estimate (the last 24 h, as a strip under the map, "
+               "dots on the heatmap and lines in the text)",
+            "Without --db the default database is read only when it exists and holds a tape; it is never created "
+            "or migrated here")
+    p.add_argument("--no-tape", action="store_true", help="leave the realized-liquidation tape out")
     p.add_argument("--env-file", default=".env", help="settings file read besides the environment, as the bot reads "
                                                       "it (default .env)")
+
+
+def _add_db(p: argparse.ArgumentParser, what: str, more: str = "") -> None:
+    """``--db``, the same for ``tape``, ``score`` and ``report``: a URL or a SQLite file, default
+    ``DATABASE_URL``, else the SQLite file in the data directory (the bot's database)."""
+    p.add_argument("--db", default=None, metavar="URL_OR_FILE",
+                   help=f"{what}: a database URL (sqlite+aiosqlite:///FILE, postgresql+asyncpg://...) or a SQLite "
+                        "file (default DATABASE_URL, else liqmap.sqlite3 in the data directory: the bot's database)"
+                        + (f". {more}" if more else ""))
 
 
 #: the largest earlier liqmap.json --since reads (a 50,000-bin map's is about 10 MB)
@@ -168,8 +182,10 @@ def _run_report(args: argparse.Namespace) -> int:
     sources = build_sources(settings)
 
     async def build():
-        service = ReportService(sources, params=params)
+        tape = None
         try:
+            tape = None if args.no_tape else await _report_tape(args.db, settings.database.url)
+            service = ReportService(sources, params=params, tape=tape)
             rep = await service.report(args.symbol, args.window, args.exchange, args.theme, args.stack, progress=progress)
             heat = None
             if "heatmap.png" in pictures:
@@ -177,6 +193,8 @@ def _run_report(args: argparse.Namespace) -> int:
             return rep, heat
         finally:
             await aclose_sources(sources)
+            if tape is not None:
+                await tape.close()
 
     try:
         rep, heat = asyncio.run(build())
@@ -203,6 +221,80 @@ def _run_report(args: argparse.Namespace) -> int:
     print(text)
     print("\nwrote " + ", ".join(str(out / name) for name in (*pictures, "summary.md", "liqmap.json")))
     return 0
+
+
+async def _open_db_tape(url: str, *, migrate: bool = True) -> TapeStore:
+    """``TapeStore.open(url)`` with a start-up failure as one clear error (``bot.app.database_error``);
+    a database of a newer liqmap is refused by the store itself (``bot.schema``)."""
+    from bot.app import database_error
+    from bot.tape_store import TapeStore
+
+    try:
+        return await TapeStore.open(url, migrate=migrate)
+    except LiqmapError:
+        raise
+    except Exception as exc:
+        mapped = database_error(exc, url)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+async def _report_tape(db: str | None, default_url: str) -> TapeStore | None:
+    """The tape ``liqmap report`` draws, opened read-only (never created or migrated here).
+
+    ``--db`` given: that database, which must exist and be at this liqmap's schema (else one
+    clear error); one without any tape is kept, so the text says "no tape recorded". Without
+    ``--db``: the default database when it exists and holds a tape, else none (the report is then
+    exactly as without a tape); a default database that cannot be opened (unreachable, no driver)
+    is a warning, not a failure, but one of a newer liqmap is the one clear error every command gives.
+    """
+    explicit = db is not None and bool(db.strip())
+    url = _tape_db(db, default_url)
+    shown = f"--db {db.strip()}" if explicit and db is not None else "the default database"
+    path = _sqlite_path(url)
+    if path is not None and not path.exists():  # decided before SQLAlchemy is imported (a fast sample report)
+        if explicit:
+            raise InputError(f"{shown}: no such database file {path}; record a tape first (liqmap tape --db ...)")
+        return None
+    from bot.schema import NewerDatabase, check_engine, head_revision, location
+
+    try:
+        tape = await _open_db_tape(url, migrate=False)
+    except NewerDatabase:
+        raise  # a newer liqmap's database: said even for the default, as every command says it
+    except LiqmapError as exc:
+        if explicit:
+            raise
+        print(f"warning: {_one_line(exc)}; realized liquidations left out", file=sys.stderr)
+        return None
+    try:
+        rev, head = await check_engine(tape.engine), head_revision()
+        if rev != head:
+            if explicit:
+                raise InputError(f"the database at {location(tape.engine.url)} is at revision {rev or 'none'}, older "
+                                 f"than this liqmap (head {head}); run liqmap tape or the bot once to migrate it")
+            await tape.close()
+            return None
+        if not explicit and not await tape.has_tape():
+            await tape.close()
+            return None
+    except BaseException:
+        await tape.close()
+        raise
+    return tape
+
+
+def _sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (``sqlite[+driver]:///FILE[?query]``; None for another database or
+    an in-memory one). Read without SQLAlchemy: a report without a tape never imports it."""
+    scheme, sep, rest = url.partition(":///")
+    if not sep or scheme.split("+", 1)[0].lower() != "sqlite":
+        return None
+    name = rest.split("?", 1)[0]
+    if not name or name == ":memory:":
+        return None
+    return Path(name).expanduser()  # sqlite:///rel.db is relative, sqlite:////abs.db absolute (as SQLAlchemy reads them)
 
 
 def _check_output(path: Path) -> None:
@@ -356,9 +448,7 @@ def _add_tape(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--symbols", default=None,
                    help="comma-separated tickers, e.g. BTC,ETH,SOL (default LIQMAP_TAPE_SYMBOLS, else BTC, ETH and "
                         "the symbols of the bot's active daily reports and notices in the database)")
-    p.add_argument("--db", default=None, metavar="URL_OR_FILE",
-                   help="database URL (sqlite+aiosqlite:///FILE, postgresql+asyncpg://...) or a SQLite file "
-                        "(default DATABASE_URL, else the bot's SQLite file)")
+    _add_db(p, "where the tape is recorded")
     p.add_argument("--duration", default=None, help="stop after this long, e.g. 90s, 10m, 2h, 1d (default: until stopped)")
     p.add_argument("--status-every", type=float, default=60.0, metavar="SECONDS",
                    help="print a status line to stderr this often (default 60)")
@@ -413,18 +503,9 @@ def _run_tape(args: argparse.Namespace) -> int:
     url = _tape_db(args.db, settings.database.url)
 
     async def main() -> int:
-        from bot.app import database_error
-        from bot.tape_store import TapeRunner, TapeStore, needed_symbols
+        from bot.tape_store import TapeRunner, needed_symbols
 
-        try:
-            tape = await TapeStore.open(url)
-        except LiqmapError:
-            raise
-        except Exception as exc:
-            mapped = database_error(exc, url)
-            if mapped is None:
-                raise
-            raise mapped from None
+        tape = await _open_db_tape(url)
         try:
             syms = symbols or await needed_symbols(tape.engine)
             stop = asyncio.Event()
@@ -531,8 +612,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
                    help="all, or one venue of the source (default all)")
     p.add_argument("--source", default=None,
                    help=f"where bars come from: {SOURCE_HELP} (default LIQMAP_SOURCE, else live)")
-    p.add_argument("--db", default=None, metavar="URL",
-                   help="the tape's database (default DATABASE_URL, else the SQLite file in the data directory)")
+    _add_db(p, "the tape to score against")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples for the intervals (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -546,14 +626,17 @@ async def _open_tape(url: str | None) -> TapeReader:
     import importlib
 
     try:
-        store_cls = getattr(importlib.import_module("bot.tape_store"), "TapeStore")
+        getattr(importlib.import_module("bot.tape_store"), "TapeStore")
     except (ImportError, AttributeError):
         raise InputError("this liqmap has no tape database reader (bot.tape_store); the score needs the "
                          "tape that liqmap tape or the bot records") from None
-    store = store_cls.open(url)
-    if asyncio.iscoroutine(store):
-        store = await store
-    return cast("TapeReader", store)
+    return cast("TapeReader", await _open_db_tape(url or _tape_db(None, _default_url())))
+
+
+def _default_url() -> str:
+    from bot.settings import default_database_url
+
+    return default_database_url()
 
 
 async def _close_tape(reader: object) -> None:
@@ -588,6 +671,7 @@ def _run_score(args: argparse.Namespace) -> int:
     symbol = parse_symbol(args.symbol).symbol
     settings = load_settings(args.env_file, **({"source": args.source} if args.source is not None else {}))
     model = model_params(settings.sources)
+    url = _tape_db(args.db, settings.database.url)  # as liqmap tape and liqmap report read --db
     progress = _progress()
     sources = build_sources(settings)
 
@@ -609,7 +693,7 @@ def _run_score(args: argparse.Namespace) -> int:
         now_ms = int(time.time() * 1000)
         end = min(min(int(b.end_ms) for b in bars.values()), now_ms) // HOUR_MS * HOUR_MS
         start = end - args.days * DAY_MS
-        reader = await _open_tape(args.db)
+        reader = await _open_tape(url)
         try:
             progress("reading the liquidation tape")
             tapes = await read_hourly(reader, symbol, tuple(bars), start, end, chunk_hours=params.chunk_hours)

@@ -321,15 +321,17 @@ def _clip(text: str, n: int) -> str:
 
 
 def _daily_text(report: Any, previous: Any = None) -> str:
-    """The daily report's text; with ``previous`` (the last posted reading) it says what changed since."""
+    """The daily report's text; with ``previous`` (the last posted reading) it says what changed since.
+    A report built with the tape (``report.realized``) carries the realized-24h lines, as /liqmap does."""
     from analysis import commentary
 
+    realized = getattr(report, "realized", None)
     if previous is not None:
         try:
-            return commentary.daily(report.reading, report.map, previous=previous)
+            return commentary.daily(report.reading, report.map, previous=previous, realized=realized)
         except LiqmapError as exc:  # a previous reading that cannot be compared must not stop the report
             log.warning("daily %s: not compared with the previous report: %s", report.reading.symbol, exc)
-    return commentary.daily(report.reading, report.map)
+    return commentary.daily(report.reading, report.map, realized=realized)
 
 
 def _heatmap_text(states: Any) -> str:

@@ -15,6 +15,10 @@ Tables:
   recorder opens a gap and later closes it with the same key. A gap of every symbol on a
   connection (``Gap.symbol`` None) is stored with ``symbol = ''``: a NULL in a unique key never
   conflicts (NULLs are distinct in SQLite and PostgreSQL), so the upsert could not close it.
+- ``tape_coverage`` (migration ``0008_tape_coverage``): one span per recorder run, venue and
+  symbol, from the run's start to its last heartbeat (:data:`COVERAGE_BEAT_S`) or its stop. Time
+  outside every span was not recorded, so the overlays say "no tape recorded" there instead of
+  "$0 realized" (:class:`~analysis.tape.events.Coverage`).
 
 Every event is validated before it reaches a query (:func:`check_event`); a bad one is counted
 (:attr:`TapeStore.rejected`), logged without its content and skipped, never failing the batch.
@@ -43,8 +47,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.orm import Mapped, mapped_column
 
 from analysis.errors import InputError
-from analysis.tape.events import FEED_SAMPLED, Gap, LiquidationEvent
+from analysis.tape.events import FEED_SAMPLED, Coverage, Gap, LiquidationEvent
 
+from .schema import check_revision
 from .store import DEFAULT_URL, Base, _sqlite_pragmas, _upgrade
 
 __all__ = [
@@ -79,6 +84,9 @@ MAX_KEY = 128
 #: pauses before retrying a write after a transient database error (then the error is raised)
 WRITE_RETRIES = (0.2, 1.0)
 MAX_REASON = 300
+#: how often a running recorder extends its coverage spans (seconds): a killed recorder's span
+#: ends at most this long before it died
+COVERAGE_BEAT_S = 60.0
 _VENUE = re.compile(r"[a-z][a-z0-9_]{0,15}", re.ASCII)
 _SYMBOL = re.compile(r"[A-Z0-9]{2,32}", re.ASCII)
 
@@ -125,8 +133,24 @@ class TapeGapRow(Base):
     reason: Mapped[str] = mapped_column(String(MAX_REASON))
 
 
+class TapeCoverageRow(Base):
+    __tablename__ = "tape_coverage"
+    __table_args__ = (
+        UniqueConstraint("venue", "symbol", "start_ms", name="uq_tape_coverage"),
+        Index("ix_tape_coverage_symbol_start", "symbol", "start_ms"),
+        Index("ix_tape_coverage_end", "end_ms"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    venue: Mapped[str] = mapped_column(String(16))
+    symbol: Mapped[str] = mapped_column(String(32))
+    start_ms: Mapped[int] = mapped_column(BigInteger)
+    end_ms: Mapped[int] = mapped_column(BigInteger)
+
+
 EVENTS = TapeEventRow.__table__
 GAPS = TapeGapRow.__table__
+COVERAGE = TapeCoverageRow.__table__
 
 
 # -- validation -------------------------------------------------------------------------------------
@@ -283,14 +307,17 @@ class TapeStore:
     @classmethod
     async def open(cls, url: str | None = None, *, migrate: bool = True,
                    wall_ms: Callable[[], int] | None = None) -> "TapeStore":
-        """Connect to ``url`` (default :data:`bot.store.DEFAULT_URL`) and migrate to the latest schema."""
+        """Connect to ``url`` (default :data:`bot.store.DEFAULT_URL`) and migrate to the latest schema.
+        A database at a revision this liqmap does not know (migrated by a newer one) is an
+        :class:`InputError` saying so (:func:`bot.schema.check_revision`)."""
         engine = create_async_engine(url or DEFAULT_URL)
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         try:
             tape = cls(engine, owns_engine=True, wall_ms=wall_ms)
-            if migrate:
-                async with engine.begin() as conn:
+            async with engine.begin() as conn:
+                await conn.run_sync(check_revision)  # a newer liqmap's database: one clear error
+                if migrate:
                     await conn.run_sync(_upgrade)
         except BaseException:
             await engine.dispose()
@@ -373,6 +400,56 @@ class TapeStore:
                 GAPS.c.venue.in_(venues), GAPS.c.end_ms.is_(None), GAPS.c.start_ms <= end_ms).values(**values))
         return res.rowcount or 0
 
+    # -- coverage -----------------------------------------------------------------------------------
+
+    async def open_coverage(self, venues: Sequence[str], symbols: Sequence[str], start_ms: int) -> None:
+        """A recorder run starts: one span per venue and symbol, ``[start_ms, start_ms]`` (idempotent)."""
+        venues = parse_venues(venues)
+        syms = [_check_symbol(x) for x in dict.fromkeys(symbols)]
+        if not _int(start_ms):
+            raise InputError("start_ms must be an integer time in milliseconds")
+        rows = [{"venue": v, "symbol": x, "start_ms": start_ms, "end_ms": start_ms} for v in venues for x in syms]
+        if not rows:
+            return
+        stmt = _dialect_insert(self.dialect)(COVERAGE).on_conflict_do_nothing(
+            index_elements=["venue", "symbol", "start_ms"])
+        async with self.engine.begin() as conn:
+            await conn.execute(stmt, rows)
+
+    async def extend_coverage(self, venues: Sequence[str], start_ms: int, end_ms: int) -> int:
+        """The run that started at ``start_ms`` is still recording (or stopped) at ``end_ms``: its
+        spans of ``venues`` end there (never earlier than they did); returns the spans updated."""
+        venues = parse_venues(venues)
+        _check_span(start_ms, end_ms)
+        async with self.engine.begin() as conn:
+            res = await conn.execute(update(COVERAGE).where(
+                COVERAGE.c.venue.in_(venues), COVERAGE.c.start_ms == start_ms, COVERAGE.c.end_ms < end_ms)
+                .values(end_ms=end_ms))
+        return res.rowcount or 0
+
+    async def coverage(self, symbol: str, start_ms: int, end_ms: int,
+                       venues: Sequence[str] | None = None) -> list[Coverage]:
+        """The recorder's spans of ``symbol`` overlapping ``[start_ms, end_ms)``, oldest first (at
+        most :data:`EVENTS_CAP`)."""
+        _check_span(start_ms, end_ms)
+        cond = [COVERAGE.c.symbol == _check_symbol(symbol), COVERAGE.c.start_ms < end_ms, COVERAGE.c.end_ms > start_ms]
+        if venues is not None:
+            cond.append(COVERAGE.c.venue.in_(parse_venues(venues)))
+        q = (select(COVERAGE.c.venue, COVERAGE.c.symbol, COVERAGE.c.start_ms, COVERAGE.c.end_ms)
+             .where(*cond).order_by(COVERAGE.c.start_ms, COVERAGE.c.id).limit(EVENTS_CAP))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return [Coverage(r.venue, r.symbol, int(r.start_ms), int(r.end_ms)) for r in rows]
+
+    async def has_tape(self) -> bool:
+        """Whether anything was ever recorded here (a coverage span or an event): the bot reads the
+        tape of a database a standalone ``liqmap tape`` writes into."""
+        async with self.engine.connect() as conn:
+            for table in (COVERAGE, EVENTS):
+                if (await conn.execute(select(table.c.id).limit(1))).first() is not None:
+                    return True
+        return False
+
     # -- reader -------------------------------------------------------------------------------------
 
     def _where(self, symbol: str, start_ms: int, end_ms: int, venues: Sequence[str] | None) -> list[Any]:
@@ -453,7 +530,7 @@ class TapeStore:
     # -- retention ----------------------------------------------------------------------------------
 
     async def prune(self, before_ms: int, *, batch: int = 5000, max_batches: int = 100) -> int:
-        """Delete events with ``time_ms < before_ms`` and closed gaps that ended before it, in
+        """Delete events with ``time_ms < before_ms``, closed gaps and coverage spans that ended before it, in
         transactions of at most ``batch`` rows, at most ``max_batches`` of them per table (the rest
         waits for the next prune, so one call never holds the database long); returns rows deleted."""
         if not _int(before_ms):
@@ -462,7 +539,8 @@ class TapeStore:
             raise ValueError("batch and max_batches must be at least 1")
         total = 0
         for table, old in ((EVENTS, EVENTS.c.time_ms < before_ms),
-                           (GAPS, and_(GAPS.c.end_ms.is_not(None), GAPS.c.end_ms < before_ms))):
+                           (GAPS, and_(GAPS.c.end_ms.is_not(None), GAPS.c.end_ms < before_ms)),
+                           (COVERAGE, COVERAGE.c.end_ms < before_ms)):
             for _ in range(max_batches):
                 async with self.engine.begin() as conn:
                     n = await _delete_batch(conn, table, old, batch)
@@ -533,19 +611,26 @@ class TapeRunner:
     """One recorder over a :class:`TapeStore`, with its housekeeping.
 
     On start, open gaps of these venues left by an earlier run are closed at now (the span it was
-    not running). While running: a status line every ``status_s`` (to ``status``), and a
-    retention prune every ``prune_s``. On stop: the recorder is stopped through its ``stop``
-    event, then one open gap per venue is written (``recorder stopped``), which the next start
-    closes, so the time nothing was recorded is always marked.
+    not running) and a coverage span per venue and symbol opens (``tape_coverage``). While
+    running: the spans are extended every ``coverage_s``, a status line every ``status_s`` (to
+    ``status``), and a retention prune every ``prune_s``. On stop: the recorder is stopped through
+    its ``stop`` event, the spans end at the stop, then one open gap per venue is written
+    (``recorder stopped``), which the next start closes, so the time nothing was recorded is
+    always marked (a killed recorder's spans end at its last heartbeat).
     """
 
     def __init__(self, tape: TapeStore, venues: Sequence[str], symbols: Sequence[str], *,
                  urls: Mapping[str, str] | None = None, retention_days: float = 30.0,
                  status: Callable[[str], None] | None = None, status_s: float = 60.0, prune_s: float = 3600.0,
+                 coverage_s: float = COVERAGE_BEAT_S,
                  recorder_factory: RecorderFactory | None = None, wall_ms: Callable[[], int] | None = None) -> None:
+        from analysis.symbols import parse_symbol
+
         self.tape = tape
         self.venues = parse_venues(venues)
-        self.symbols = tuple(symbols)
+        self.symbols = tuple(dict.fromkeys(parse_symbol(x).symbol for x in symbols))
+        self.coverage_s = coverage_s
+        self.run_start_ms: int | None = None
         self.urls = dict(urls or {})
         self.retention_ms = int(retention_days * DAY_MS)
         self.status_cb = status
@@ -581,9 +666,12 @@ class TapeRunner:
     async def run(self, stop: asyncio.Event) -> None:
         """Record until ``stop`` is set (or the recorder returns), then write the stop gaps."""
         factory = self._factory or default_recorder_factory()
-        closed = await self.tape.close_open_gaps(self.venues, self._wall_ms())
+        start = self._wall_ms()
+        closed = await self.tape.close_open_gaps(self.venues, start)
         if closed:
             log.info("tape: closed %d gap(s) left open by an earlier run", closed)
+        await self.tape.open_coverage(self.venues, self.symbols, start)
+        self.run_start_ms = start
         self.recorder = factory(self.sink, self.venues, self.symbols, urls=self.urls or None)
         inner = asyncio.Event()
         rec = asyncio.create_task(self.recorder.run(inner), name="liqmap-tape-recorder")
@@ -601,12 +689,21 @@ class TapeRunner:
                 rec.cancel()
                 await asyncio.gather(rec, return_exceptions=True)
             await asyncio.gather(house, return_exceptions=True)
+            await self._extend_coverage()
             await self._write_stop_gaps()
             if self.status_cb is not None:
                 self.status_cb(self.status_line())
         failure = rec.exception() if rec.done() and not rec.cancelled() else None
         if failure is not None:
             raise failure
+
+    async def _extend_coverage(self) -> None:
+        if self.run_start_ms is None:
+            return
+        try:
+            await self.tape.extend_coverage(self.venues, self.run_start_ms, max(self.run_start_ms, self._wall_ms()))
+        except Exception:  # the next beat tries again; the span only ends early
+            log.exception("tape: extending the coverage spans failed")
 
     async def _write_stop_gaps(self) -> None:
         at = self._wall_ms()
@@ -620,8 +717,12 @@ class TapeRunner:
         loop = asyncio.get_running_loop()
         next_status = loop.time() + self.status_s
         next_prune = loop.time()  # prune once at start, then every prune_s
+        next_beat = loop.time() + self.coverage_s
         while True:
             now = loop.time()
+            if now >= next_beat:
+                await self._extend_coverage()
+                next_beat = now + self.coverage_s
             if now >= next_prune:
                 try:
                     await self.prune_once()
@@ -631,7 +732,7 @@ class TapeRunner:
             if now >= next_status and self.status_cb is not None:
                 self.status_cb(self.status_line())
                 next_status = now + self.status_s
-            await asyncio.sleep(max(0.05, min(next_prune, next_status) - loop.time()))
+            await asyncio.sleep(max(0.05, min(next_prune, next_status, next_beat) - loop.time()))
 
 
 async def supervise(tape: TapeStore, stop: asyncio.Event, *, venues: Sequence[str], symbols: Sequence[str] = (),

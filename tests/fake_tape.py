@@ -11,16 +11,22 @@ from typing import Sequence, cast
 import numpy as np
 
 from analysis.bars import Bars
-from analysis.tape.events import FEED_SAMPLED, Gap, LiquidationEvent, Side
+from analysis.tape.events import FEED_SAMPLED, Coverage, Gap, LiquidationEvent, Side
 
 
 class FakeTape:
-    """Events and gaps held in lists; counts calls; can fail or be slow."""
+    """Events, gaps and the recorder's spans held in lists; counts calls; can fail or be slow.
+
+    ``covered`` None: the recorder ran all the time for every symbol and venue (a tape that was
+    always on); a list: only those spans were recorded (``[]``: the recorder never ran).
+    """
 
     def __init__(self, events: Sequence[LiquidationEvent] = (), gaps: Sequence[Gap] = (), *,
+                 covered: Sequence[Coverage] | None = None,
                  fail: BaseException | None = None, delay: float = 0.0) -> None:
         self._events = sorted(events, key=lambda e: e.time_ms)
         self._gaps = list(gaps)
+        self._covered = None if covered is None else list(covered)
         self.fail = fail
         self.delay = delay
         self.calls = 0
@@ -40,6 +46,15 @@ class FakeTape:
             raise self.fail
         return [g for g in self._gaps if g.start_ms < end_ms and (g.end_ms is None or g.end_ms > start_ms)
                 and (venues is None or g.venue in venues)]
+
+    async def coverage(self, symbol: str, start_ms: int, end_ms: int,
+                       venues: Sequence[str] | None = None) -> list[Coverage]:
+        if self.fail is not None:
+            raise self.fail
+        if self._covered is None:
+            return [Coverage(v, symbol, 0, 2**62) for v in FEED_SAMPLED if venues is None or v in venues]
+        return [c for c in self._covered if c.symbol == symbol and c.start_ms < end_ms and c.end_ms > start_ms
+                and (venues is None or c.venue in venues)]
 
 
 def event(venue: str, time_ms: int, side: str, price: float, usd: float, symbol: str = "BTCUSDT",

@@ -22,7 +22,7 @@ from analysis.metrics import read
 from analysis.model import build_map
 from analysis.report import ReportService
 from analysis.sources import SampleSource
-from analysis.tape.events import Gap
+from analysis.tape.events import Coverage, Gap
 from analysis.tape.realized import DAY_MS, RealizedParams, RealizedTape, compact, fetch_realized
 from tests.fake_tape import FakeTape, event, synthetic_events
 
@@ -36,10 +36,15 @@ def sample_map(sample_bars):
     return bars, m, read(m)
 
 
-def _tape(bars, events=None, gaps=(), venues=("bybit", "binance", "okx")) -> RealizedTape:
+def _tape(bars, events=None, gaps=(), venues=("bybit", "binance", "okx"), covered=None) -> RealizedTape:
+    """A tape over the last 24 h of ``bars``; ``covered`` None: the recorder ran the whole window
+    for every venue; a list: those spans only (``()``: it never ran)."""
     end = int(bars.end_ms)
     evs = synthetic_events(bars, DAY_MS) if events is None else events
-    return RealizedTape("BTCUSDT", end - DAY_MS, end, venues, tuple(sorted(evs, key=lambda e: e.time_ms)), tuple(gaps))
+    if covered is None:
+        covered = [Coverage(v, "BTCUSDT", end - 2 * DAY_MS, end) for v in venues]
+    return RealizedTape("BTCUSDT", end - DAY_MS, end, venues, tuple(sorted(evs, key=lambda e: e.time_ms)), tuple(gaps),
+                        covered=tuple(covered))
 
 
 def _pixels(png: bytes) -> np.ndarray:
@@ -52,13 +57,37 @@ def _share_of_colour(img: np.ndarray, colour: str, tol: float = 0.08) -> float:
 
 # -- the map ---------------------------------------------------------------------------------------
 
-def test_without_a_tape_or_with_an_empty_one_the_map_is_unchanged(sample_map):
+def test_without_a_tape_or_with_one_never_recorded_the_map_is_unchanged(sample_map):
     bars, m, r = sample_map
     plain = chart.render(m, r)
     assert chart.render(m, r, realized=None) == plain
-    assert chart.render(m, r, realized=_tape(bars, events=[])) == plain
-    fig = chart.build_figure(m, r, realized=_tape(bars, events=[]))
+    assert chart.render(m, r, realized=_tape(bars, events=[], covered=())) == plain
+    fig = chart.build_figure(m, r, realized=_tape(bars, events=[], covered=()))
     assert not [a for a in fig.axes if a.get_gid() == "realized-strip"]
+
+
+def _strip_labels(fig) -> list[str]:
+    strip = next(a for a in fig.axes if a.get_gid() == "realized-strip")
+    return [t.get_text() for t in strip.texts if t.get_gid() == "realized-label"]
+
+
+def test_a_recorded_window_without_liquidations_is_drawn_as_zero_not_left_out(sample_map):
+    bars, m, r = sample_map
+    quiet = _tape(bars, events=[])  # the recorder ran all 24 h, nothing was liquidated
+    left, right = _strip_labels(chart.build_figure(m, r, realized=quiet))
+    assert left == "Realized 24h (tape): longs $0 · shorts $0"
+    assert right == "recording: none liquidated"
+    assert chart.render(m, r, realized=quiet) != chart.render(m, r)
+
+
+def test_the_strip_names_venues_not_recorded_and_part_recorded(sample_map):
+    bars, m, r = sample_map
+    end = int(bars.end_ms)
+    tape = _tape(bars, events=[event("bybit", end - HOUR, "long", m.price * 0.99, 1e6)],
+                 covered=[Coverage("bybit", "BTCUSDT", end - 6 * HOUR, end)])
+    left, right = _strip_labels(chart.build_figure(m, r, realized=tape))
+    assert left == "Realized 24h (tape): longs $1M · shorts $0"
+    assert right == "Binance, OKX not recorded · Bybit 6.0h of 24h"
 
 
 @pytest.mark.parametrize("theme", ["dark", "light"])
@@ -116,7 +145,23 @@ def day_states(sample_bars):
 def test_the_heatmap_is_unchanged_without_a_tape(sample_bars, day_states):
     plain = render_heatmap(day_states)
     assert render_heatmap(day_states, realized=None) == plain
-    assert render_heatmap(day_states, realized=_tape(sample_bars, events=[])) == plain
+    assert render_heatmap(day_states, realized=_tape(sample_bars, events=[], covered=())) == plain
+
+
+def test_the_heatmap_says_zero_for_a_recorded_window_without_liquidations(sample_bars, day_states):
+    from analysis.heatmap_chart import display_rows, price_window, realized_overlay
+
+    fig = build_heatmap_figure(day_states)
+    ax = fig.axes[0]
+    rows = display_rows(day_states, *price_window(day_states))
+    end = int(sample_bars.end_ms)
+    part = _tape(sample_bars, events=[], covered=[Coverage("bybit", "BTCUSDT", end - 6 * HOUR, end)])
+    assert realized_overlay(fig, ax, day_states, rows, part, chart._THEME["dark"]) == 0
+    note = [t.get_text() for t in ax.texts if t.get_gid() == "realized-legend"]
+    assert note == ["Realized 24h (tape): $0, recording: none liquidated\n"
+                    "Binance, OKX not recorded · Bybit 6.0h of 24h"]
+    plain = render_heatmap(day_states)
+    assert render_heatmap(day_states, realized=_tape(sample_bars, events=[])) != plain
 
 
 @pytest.mark.parametrize("theme", ["dark", "light"])
@@ -173,12 +218,53 @@ def test_commentary_says_what_was_realized_which_feeds_are_sampled_and_the_gaps(
     assert lines[1] in commentary.daily(r, m, realized=tape)
 
 
-def test_no_tape_leaves_the_text_unchanged_and_an_empty_tape_says_so(sample_map):
+def test_no_tape_leaves_the_text_unchanged(sample_map):
     bars, m, r = sample_map
     assert commentary.summary(r, m, realized=None) == commentary.summary(r, m)
     assert commentary.realized_lines(None) == ()
+
+
+def test_a_tape_never_recorded_is_not_worded_as_zero_realized(sample_map):
+    bars, m, r = sample_map
+    end = int(bars.end_ms)
+    never = commentary.realized_lines(_tape(bars, events=[], venues=("bybit",), covered=()))
+    assert never == ("Realized in the last 24 h: no tape recorded for BTC (the recorder did not run for it in this "
+                     "window), so nothing is known about it.",)
+    # spans of another symbol or ended before the window do not count
+    elsewhere = [Coverage("bybit", "ETHUSDT", end - DAY_MS, end), Coverage("bybit", "BTCUSDT", end - 3 * DAY_MS,
+                                                                             end - DAY_MS)]
+    assert commentary.realized_lines(_tape(bars, events=[], venues=("bybit",), covered=elsewhere)) == never
     quiet = commentary.realized_lines(_tape(bars, events=[], venues=("bybit",)))
-    assert quiet == ("Realized in the last 24 h: nothing recorded for BTC on the tape.", "Feeds: Bybit complete.")
+    assert quiet == ("Realized in the last 24 h: $0 of longs and $0 of shorts: the tape was recording and no "
+                     "liquidation came in.", "Feeds: Bybit complete.")
+    assert "$0" not in " ".join(never) and "no tape recorded" not in " ".join(quiet)
+
+
+def test_venues_not_recorded_or_recorded_for_part_of_the_window_are_named(sample_map):
+    bars, m, r = sample_map
+    end = int(bars.end_ms)
+    tape = _tape(bars, events=[event("bybit", end - HOUR, "long", m.price * 0.99, 2e6)],
+                 covered=[Coverage("bybit", "BTCUSDT", end - 10 * HOUR, end),
+                          Coverage("binance", "BTCUSDT", end - 2 * DAY_MS, end)],
+                 gaps=[Gap("binance", None, end - 5 * HOUR, end - 4 * HOUR, "reconnect")])
+    assert [tape.recorded(v) for v in tape.venues] == ["partial", "partial", "none"]
+    assert tape.recorded() == "partial" and tape.recorded_ms("binance") == DAY_MS - HOUR
+    assert commentary.realized_lines(tape) == (
+        "Realized in the last 24 h: $2M of longs and $0 of shorts.",
+        "Feeds: Bybit complete; Binance sampled (a lower bound); OKX not recorded.",
+        "Recorded for part of the window only: Bybit 10.0 h of 24 h (totals are lower bounds).",
+        "Gaps in the window: Binance 60 min (events then may be missing).",
+    )
+    doc = tape.to_json()
+    assert doc["recorded"] == "partial"
+    assert doc["venues"]["okx"] == {"coverage": "sampled", "recorded": "none", "recorded_minutes": 0.0,
+                                    "long_usd": 0.0, "short_usd": 0.0, "events": 0, "gap_minutes": 0.0}
+    assert doc["venues"]["bybit"]["recorded_minutes"] == 600.0
+    assert doc["venues"]["binance"]["recorded_minutes"] == 1380.0
+    never = _tape(bars, events=[], covered=()).to_json()
+    quiet = _tape(bars, events=[]).to_json()
+    assert never["recorded"] == "none" and quiet["recorded"] == "full"
+    assert {v["recorded"] for v in never["venues"].values()} == {"none"}
 
 
 # -- reading the tape ------------------------------------------------------------------------------

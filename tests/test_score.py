@@ -87,6 +87,31 @@ def test_hours_before_the_tape_starts_are_not_scored(truth):
     assert s.before_tape_hours == 72 and s.hours[0] == start + 3 * DAY
 
 
+async def test_hours_the_recorder_did_not_run_are_not_scored_and_counted(truth):
+    from dataclasses import replace
+
+    from analysis.tape.events import Coverage
+
+    bars, start, end, hours, pl, ps = truth
+    # the recorder ran from day 1 to day 3 and again from day 4 (half an hour late) to the end
+    spans = [Coverage("bybit", "BTCUSDT", start + DAY, start + 3 * DAY), Coverage("bybit", "BTCUSDT",
+                                                                              start + 4 * DAY + 1_800_000, end),
+             Coverage("bybit", "ETHUSDT", start, end), Coverage("okx", "BTCUSDT", start, end)]
+    tapes = await read_hourly(FakeTape([], covered=spans), "BTCUSDT", ("bybit", "okx"), start, end)
+    assert tapes["bybit"].recorded is not None and int(tapes["bybit"].recorded.sum()) == 2 * 24 + 3 * 24 - 1
+    assert bool(tapes["okx"].recorded.all())
+    never = await read_hourly(FakeTape([], covered=[]), "BTCUSDT", ("bybit",), start, end)
+    assert never["bybit"].recorded is None  # no span at all: judged by the first event, as before
+    tape = replace(_tape("bybit", start, end, hours, pl, ps), recorded=tapes["bybit"].recorded)
+    s = score_venue(bars, tape, [], start, end, params=FAST)
+    assert s.not_recorded_hours == 7 * 24 - (5 * 24 - 1) and s.hours.size == 5 * 24 - 1
+    assert not np.isin(np.arange(start, start + DAY, HOUR_MS), s.hours).any()
+    assert s.to_json()["hours_not_recorded"] == s.not_recorded_hours and "not recorded" in live_score(
+        "BTCUSDT", 7, {"bybit": bars}, {"bybit": tape}, [], start, end, params=FAST).table()
+    with pytest.raises(InputError, match=r"have 0 \(168 not recorded, 0 excluded for gaps\)"):
+        score_venue(bars, replace(tape, recorded=np.zeros(168, dtype=bool)), [], start, end, params=FAST)
+
+
 def test_too_little_tape_is_a_clear_input_error(truth):
     bars, start, end, hours, pl, ps = truth
     day = end - DAY
@@ -137,7 +162,10 @@ def _cli_tape(sample_bars, hours=7 * 24):
         rng = float(sample_bars.high[i] - sample_bars.low[i])
         evs.append(event("binance", t, "long", float(sample_bars.low[i]), 1e5 + 1e3 * rng))
         evs.append(event("binance", t + 1, "short", float(sample_bars.high[i]), 5e4 + 5e2 * rng))
-    return FakeTape(evs)
+    from analysis.tape.events import Coverage
+
+    # the recorder ran for exactly the hours with tape (it started ``hours`` ago)
+    return FakeTape(evs, covered=[Coverage("binance", "BTCUSDT", end - hours * HOUR_MS, end + HOUR_MS)])
 
 
 @pytest.fixture

@@ -28,7 +28,7 @@ def _head() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-HEAD = "0007_cluster_alerts"
+HEAD = "0008_tape_coverage"
 
 
 def test_the_migration_chain_has_one_head_the_one_these_tests_expect():

@@ -341,3 +341,57 @@ async def test_a_transient_database_error_is_retried_and_a_lasting_one_raised(ta
     with pytest.raises(OperationalError):  # the recorder keeps the batch and tries again later
         await tape.write_events([ev(3)])
     assert await tape.write_events([ev(3), ev(1)]) == 1  # and nothing is doubled
+
+
+# -- coverage (migration 0008) ------------------------------------------------------------------------
+
+async def test_coverage_spans_open_extend_read_and_prune(tape):
+    from analysis.tape.events import Coverage
+
+    assert not await tape.has_tape()
+    await tape.open_coverage(["bybit", "okx"], ["BTCUSDT", "ETHUSDT"], T0)
+    await tape.open_coverage(["bybit"], ["BTCUSDT"], T0)  # idempotent
+    assert await tape.has_tape()
+    assert await tape.extend_coverage(["bybit", "okx"], T0, T0 + HOUR_MS) == 4
+    assert await tape.extend_coverage(["bybit"], T0, T0 + 60_000) == 0  # a span never shrinks
+    assert await tape.coverage("BTCUSDT", T0, T0 + 2 * HOUR_MS) == [
+        Coverage("bybit", "BTCUSDT", T0, T0 + HOUR_MS), Coverage("okx", "BTCUSDT", T0, T0 + HOUR_MS)]
+    assert await tape.coverage("BTCUSDT", T0 + HOUR_MS, T0 + 2 * HOUR_MS) == []  # ended at the start: no overlap
+    assert [c.venue for c in await tape.coverage("ETHUSDT", T0, T0 + 1, venues=["okx"])] == ["okx"]
+    with pytest.raises(InputError):
+        await tape.coverage("btc", T0, T0 + 1)
+    with pytest.raises(InputError):
+        await tape.open_coverage(["bybit"], ["not a symbol"], T0)
+    assert await tape.prune(T0 + HOUR_MS + 1) == 4
+    assert await tape.coverage("BTCUSDT", 0, WALL) == []
+
+
+async def test_runner_covers_its_run_with_heartbeats_and_ends_the_spans_at_the_stop(tape):
+    now = [WALL]
+    runner = TapeRunner(tape, ["bybit", "okx"], ["BTC"], status_s=3600, coverage_s=0.01,
+                        recorder_factory=FakeRecorder, wall_ms=lambda: now[0])
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    for _ in range(300):
+        await asyncio.sleep(0.01)
+        now[0] += 1000
+        spans = await tape.coverage("BTCUSDT", WALL, WALL + 10**9)
+        if spans and min(c.end_ms for c in spans) >= WALL + 5000:
+            break
+    spans = await tape.coverage("BTCUSDT", WALL, WALL + 10**9)
+    assert sorted(c.venue for c in spans) == ["bybit", "okx"] and all(c.start_ms == WALL for c in spans)
+    assert all(c.end_ms >= WALL + 5000 for c in spans)  # the heartbeat extends them while it runs
+    assert all(c.end_ms <= now[0] for c in spans)  # never ahead of the clock (a killed run ends at its last beat)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    # a clean stop ends them at the stop time
+    runner = TapeRunner(tape, ["bybit"], ["BTCUSDT"], status_s=3600, recorder_factory=FakeRecorder,
+                        wall_ms=lambda: now[0])
+    stop = asyncio.Event()
+    task = asyncio.create_task(runner.run(stop))
+    await asyncio.sleep(0.05)
+    start = runner.run_start_ms
+    now[0] += 120_000
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert [(c.start_ms, c.end_ms) for c in await tape.coverage("BTCUSDT", start, start + 1)] == [(start, start + 120_000)]

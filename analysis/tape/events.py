@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol, Sequence
 
-__all__ = ["Side", "LiquidationEvent", "Gap", "TapeSink", "TapeReader", "FEED_SAMPLED", "feed_coverage"]
+__all__ = ["Side", "LiquidationEvent", "Gap", "Coverage", "TapeSink", "TapeReader", "FEED_SAMPLED", "feed_coverage"]
 
 Side = Literal["long", "short"]
 
@@ -64,6 +64,19 @@ class Gap:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """A span when the recorder ran for ``symbol`` on ``venue`` (from its start to its last
+    heartbeat or its stop). Time outside every span was not recorded at all; inside one, a
+    :class:`Gap` marks when the feed was down. So "no event" means "none happened" (on a complete
+    feed) only where a span covers the time and no gap does."""
+
+    venue: str
+    symbol: str
+    start_ms: int
+    end_ms: int
+
+
 class TapeSink(Protocol):
     """Where a recorder writes. Implementations de-duplicate on ``(venue, key)``."""
 
@@ -87,4 +100,10 @@ class TapeReader(Protocol):
 
     async def gaps(self, start_ms: int, end_ms: int, venues: Sequence[str] | None = None) -> list[Gap]:
         """Gaps overlapping ``[start_ms, end_ms)``; an open gap counts as running to now."""
+        ...
+
+    async def coverage(
+        self, symbol: str, start_ms: int, end_ms: int, venues: Sequence[str] | None = None,
+    ) -> list[Coverage]:
+        """The recorder's spans for ``symbol`` overlapping ``[start_ms, end_ms)``."""
         ...

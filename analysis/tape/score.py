@@ -11,9 +11,11 @@ Per venue (the map of that venue's bars against that venue's tape):
 1. the model runs once over the bars (warm-up included) with :func:`~analysis.model.build_map`;
    its swept series (all levels, and map-only) is summed per UTC hour;
 2. the bars are merged into hourly bars for the baselines (open, high, low, last close, last OI);
-3. an hour is scored when the bars cover it fully, it lies in the scored span, it is not before
-   the venue's first recorded event in the span (the recorder had not started), and no gap of the
-   venue's feed overlaps it (those are excluded and counted);
+3. an hour is scored when the bars cover it fully, it lies in the scored span, the recorder was
+   running for the symbol on that venue the whole hour (its coverage spans; a venue without any
+   span, a tape kept before coverage was, falls back to "not before the venue's first recorded
+   event in the span"), and no gap of the venue's feed overlaps it (those are excluded and
+   counted, as are the hours not recorded);
 4. a sampled feed (Binance, OKX) records fewer dollars than were liquidated: its tape total is a
    lower bound on realized, so swept/tape overstates swept/realized.
 
@@ -75,7 +77,9 @@ class ScoreParams:
 class HourlyTape:
     """One venue's realized USD per UTC hour from ``start_ms`` (``long``/``short`` of equal length).
 
-    ``first_ms`` is the venue's first event in the span (None: no event at all).
+    ``first_ms`` is the venue's first event in the span (None: no event at all). ``recorded``, when
+    the reader keeps coverage spans, says per hour whether the recorder ran the whole hour (None:
+    no span of this venue in the span at all, so whether it ran is judged from ``first_ms``).
     """
 
     venue: str
@@ -84,6 +88,7 @@ class HourlyTape:
     short: np.ndarray
     first_ms: int | None
     events: int = 0
+    recorded: np.ndarray | None = None
 
     @property
     def hours(self) -> np.ndarray:
@@ -112,7 +117,27 @@ async def read_hourly(
             count[e.venue] += 1
             f = first[e.venue]
             first[e.venue] = e.time_ms if f is None else min(f, e.time_ms)
-    return {v: HourlyTape(v, start, acc[v][0], acc[v][1], first[v], count[v]) for v in wanted}
+    spans: dict[str, list[tuple[int, int]]] = {v: [] for v in wanted}
+    for c in await reader.coverage(symbol, start, end, wanted):
+        if c.venue in spans and c.symbol == symbol:
+            spans[c.venue].append((c.start_ms, c.end_ms))
+    hours = start + HOUR_MS * np.arange(n, dtype=np.int64)
+    return {v: HourlyTape(v, start, acc[v][0], acc[v][1], first[v], count[v],
+                          _covered_hours(hours, spans[v]) if spans[v] else None) for v in wanted}
+
+
+def _covered_hours(hours: np.ndarray, spans: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Per hour starting at ``hours``: whether the union of ``spans`` covers all of it."""
+    merged: list[list[int]] = []
+    for lo, hi in sorted(spans):
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        elif hi > lo:
+            merged.append([lo, hi])
+    out = np.zeros(hours.size, dtype=bool)
+    for lo, hi in merged:
+        out |= (hours >= lo) & (hours + HOUR_MS <= hi)
+    return out
 
 
 def hourly_bars(bars: Bars) -> tuple[Bars, np.ndarray]:
@@ -165,6 +190,7 @@ class VenueScore:
     intervals: dict[str, Interval]
     excluded_gap_hours: int
     before_tape_hours: int
+    not_recorded_hours: int = 0
 
     def to_json(self) -> dict[str, Any]:
         tape = float(self.tape_long.sum() + self.tape_short.sum())
@@ -177,6 +203,7 @@ class VenueScore:
             "last": iso(int(self.hours[-1])),
             "hours_excluded_for_gaps": self.excluded_gap_hours,
             "hours_before_the_tape_starts": self.before_tape_hours,
+            "hours_not_recorded": self.not_recorded_hours,
             "map_only": {m: _clean(self.map_only[m]) for m in METRICS},
             "model": {m: _clean(self.model[m]) for m in METRICS},
             "baselines": {k: {m: _clean(v[m]) for m in METRICS} for k, v in self.baselines.items()},
@@ -235,7 +262,7 @@ class LiveScore:
             j = s.to_json()
             cal = j["calibration"]
             lines += ["", f"{v} ({s.coverage} feed): {j['hours']} hours scored, {s.excluded_gap_hours} excluded for "
-                          f"gaps, {s.before_tape_hours} before the tape starts"]
+                          f"gaps, {s.before_tape_hours} before the tape starts, {s.not_recorded_hours} not recorded"]
             lines.append(f"  {'metric':16} {'map-only':>9} {'all levels':>11}   best baseline, map-only minus it [95%]")
             for m in METRICS:
                 iv = s.map_intervals[m]
@@ -288,13 +315,21 @@ def score_venue(
     in_tape = np.isin(hours, tape_hours)
     span &= in_tape
     started = tape.first_ms is not None
-    first_hour = tape.first_ms // HOUR_MS * HOUR_MS if tape.first_ms is not None else end_ms
-    before = span & (hours < first_hour)
-    gap = span & ~before & _gap_mask(hours, gaps, tape.venue, bars.symbol, end_ms)
-    keep = span & ~before & ~gap
+    if tape.recorded is not None:  # the recorder's own spans say which hours it ran
+        ran = np.zeros(hours.size, dtype=bool)
+        ran[in_tape] = tape.recorded[np.searchsorted(tape_hours, hours[in_tape])]
+        before = np.zeros(hours.size, dtype=bool)
+        unrecorded = span & ~ran
+    else:
+        first_hour = tape.first_ms // HOUR_MS * HOUR_MS if tape.first_ms is not None else end_ms
+        before = span & (hours < first_hour)
+        unrecorded = np.zeros(hours.size, dtype=bool)
+    gap = span & ~before & ~unrecorded & _gap_mask(hours, gaps, tape.venue, bars.symbol, end_ms)
+    keep = span & ~before & ~unrecorded & ~gap
     n = int(keep.sum())
     if n < params.min_hours:
-        why = "no event recorded" if not started else f"{int(gap.sum())} excluded for gaps"
+        why = ("no event recorded" if not started and tape.recorded is None else
+               f"{int(unrecorded.sum())} not recorded, {int(gap.sum())} excluded for gaps")
         raise InputError(f"{tape.venue}: needs at least {params.min_hours} hours of tape; have {n} ({why})")
     idx = np.searchsorted(tape_hours, hours[keep])
     rl, rs = tape.long[idx], tape.short[idx]
@@ -311,6 +346,7 @@ def score_venue(
         map_intervals=bootstrap_diff((mpl, mps), base, (rl, rs), block=block, n_boot=params.n_boot, seed=params.seed),
         intervals=bootstrap_diff((ml, ms), base, (rl, rs), block=block, n_boot=params.n_boot, seed=params.seed),
         excluded_gap_hours=int(gap.sum()), before_tape_hours=int(before.sum()),
+        not_recorded_hours=int(unrecorded.sum()),
     )
 
 
