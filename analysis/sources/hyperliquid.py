@@ -215,6 +215,7 @@ class HyperliquidSource:
             VENUE, base_url, transport=transport, limiter=self.limiter, sleep=sleep, clock=clock,
             recorder=recorder, budget_s=budget_s, deadline_s=deadline_s,
         )
+        self.cache = cache  # keeps the coin list only
         self.book = SymbolBook(VENUE, symbols_ttl_s, clock, cache)
         self.oi_history = oi_history
         self.history = history or HistoryParams()
