@@ -196,3 +196,45 @@ async def test_migration_0009_creates_the_table_at_head(tmp_path):
         version = (await conn.execute(text("select version_num from alembic_version"))).scalar_one()
     assert cols == ["id", "coin", "symbol", "time_ms", "oi_coin", "mark_px"] and version == "0009_hl_oi"
     await s.close()
+
+
+# -- liqmap poll-oi ----------------------------------------------------------------------------------
+
+def test_cli_poll_oi_records_into_the_database_and_stops(tmp_path, monkeypatch, capsys):
+    import functools
+
+    import analysis.sources.hyperliquid as hl_mod
+    from bot.cli import main
+
+    fake = FakeHL(now_ms=1_800_000_000_000)
+    monkeypatch.setattr(hl_mod, "HyperliquidSource", functools.partial(hl_mod.HyperliquidSource, transport=fake.transport()))
+    db = tmp_path / "oi.sqlite3"
+    assert main(["poll-oi", "--db", str(db), "--duration", "1s", "--interval", "5", "--symbols", "BTC,kPEPE",
+                 "--env-file", str(tmp_path / "none.env")]) == 0
+    err = capsys.readouterr().err
+    assert "hyperliquid oi: recording BTCUSDT, KPEPEUSDT every 5 s" in err
+    assert "1 poll(s), 2 snapshot(s) stored" in err
+
+    async def coins():
+        store = await HlOiStore.open(f"sqlite+aiosqlite:///{db}")
+        try:
+            return [c[:2] for c in await store.coverage()]
+        finally:
+            await store.close()
+
+    assert asyncio.run(coins()) == [("BTC", 1), ("kPEPE", 1)]
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["--interval", "1"], "poll interval must be 5..3600"),
+    (["--symbols", ","], "--symbols names no symbol"),
+    (["--duration", "soon"], "cannot read --duration"),
+    (["--status-every", "0"], "--status-every must be between"),
+])
+def test_cli_poll_oi_bad_arguments_are_one_line(tmp_path, capsys, argv, why):
+    from bot.cli import main
+
+    assert main(["poll-oi", "--db", str(tmp_path / "x.sqlite3"), "--env-file", str(tmp_path / "none.env"), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and why in err[0]
+    assert not (tmp_path / "x.sqlite3").exists()

@@ -190,8 +190,10 @@ class OiPollParams:
 def choose(snapshots: Sequence[OiSnapshot], params: OiPollParams) -> list[OiSnapshot]:
     """The snapshots the poller keeps: the configured symbols, else the ``top_n`` by OI notional."""
     if params.symbols:
+        from .hyperliquid import aliases_of  # (that module builds on this one)
+
         wanted = set(params.symbols)
-        return [s for s in snapshots if s.symbol in wanted]
+        return [s for s in snapshots if s.symbol in wanted or wanted.intersection(aliases_of(s.coin))]
     return sorted(snapshots, key=lambda s: s.oi_usd, reverse=True)[: params.top_n]
 
 
@@ -249,7 +251,9 @@ class OiPoller:
         snaps = await self.source.snapshot()
         kept = choose(snaps, self.params)
         if self.params.symbols:
-            have = {s.symbol for s in kept}
+            from .hyperliquid import aliases_of
+
+            have = {a for s in kept for a in (s.symbol, *aliases_of(s.coin))}
             self.status.missing = [s for s in self.params.symbols if s not in have]
         n = await self.sink.write_oi(kept)
         self.status.stored += n
