@@ -331,6 +331,7 @@ class LiqmapBot(commands.Bot):
             return False
         from .hl_oi_store import HlOiStore, run_poller
 
+        self._hl_oi_stop = asyncio.Event()  # a fresh one: a stopped poller may be started again
         self.hl_oi_task = asyncio.get_running_loop().create_task(run_poller(
             source, HlOiStore(self.store.engine), self._hl_oi_stop, cfg.hl_oi_params, **kw), name="liqmap-hl-oi")
         return True

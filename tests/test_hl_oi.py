@@ -238,3 +238,43 @@ def test_cli_poll_oi_bad_arguments_are_one_line(tmp_path, capsys, argv, why):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and why in err[0]
     assert not (tmp_path / "x.sqlite3").exists()
+
+
+async def test_the_bot_polls_hyperliquid_oi_when_asked_and_stops_on_close(tmp_path, monkeypatch):
+    from analysis.report import ReportService
+    from analysis.sources.csvfile import SampleSource
+    from bot.app import LiqmapBot
+    from bot.settings import load_settings
+
+    async def no_sync(self):
+        return []
+
+    monkeypatch.setattr(LiqmapBot, "sync_commands", no_sync)  # no Discord HTTP here
+    url = f"sqlite+aiosqlite:///{tmp_path / 'r.sqlite3'}"
+    ft = FakeTime()
+    wall = Wall(ft)
+    hl = HyperliquidSource(transport=FakeHL().transport(), sleep=ft.sleep, clock=ft.clock, now_ms=wall)
+    off = load_settings(None, source="sample", url=url, cache_dir=tmp_path / "cache")
+    bot = LiqmapBot(off, mode="run", service=ReportService({"binance": SampleSource(), "hyperliquid": hl}))
+    async with bot:
+        await bot.setup_hook()
+        assert bot.hl_oi_task is None  # off by default
+        await bot.close()
+    on = load_settings(None, source="sample", url=url, cache_dir=tmp_path / "cache", hl_oi_enabled=True,
+                       hl_oi_symbols="BTC")
+    hl = HyperliquidSource(transport=FakeHL().transport(), sleep=ft.sleep, clock=ft.clock, now_ms=wall)  # closed with the bot
+    bot = LiqmapBot(on, mode="run", service=ReportService({"binance": SampleSource(), "hyperliquid": hl}))
+    async with bot:
+        await bot.setup_hook()
+        assert bot.hl_oi_task is not None  # started by setup_hook; stopped by close
+        await bot.stop_hl_oi()
+        assert bot.hl_oi_task is None
+        # one poll, run to its end, on the bot's own engine
+        assert bot.start_hl_oi(max_polls=1, wall_ms=wall)  # the retention prune uses the same clock as the stamps
+        poller = await asyncio.wait_for(bot.hl_oi_task, timeout=60)
+        assert poller.status.polls == 1 and poller.status.stored == 1
+        store = HlOiStore(bot.store.engine)
+        assert [c[:2] for c in await store.coverage()] == [("BTC", 1)]
+        await bot.close()
+        assert bot.hl_oi_task is None
+    await hl.aclose()

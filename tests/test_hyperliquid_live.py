@@ -42,7 +42,7 @@ async def test_live_hyperliquid_serves_the_documented_shapes():
         end = (btc.time_ms // step) * step - step
         frame = await src.candles("BTC", "5m", end - 287 * step, end)
         assert len(frame) >= 280 and abs(frame["close"].iloc[-1] / btc.mark_px - 1) < 0.05
-        assert src.client.request_count == 2  # metaAndAssetCtxs once (coin list and snapshot), candles once
+        assert src.client.request_count == 3  # metaAndAssetCtxs twice (coin list, snapshot), candles once
         src.oi_history = OneSnapshot([(btc.time_ms, btc.oi_coin)])
         with pytest.raises(DataError, match="recorded 0.0 h of open interest"):
             await src.bars("BTC", WINDOWS["1d"])
