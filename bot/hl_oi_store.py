@@ -28,6 +28,7 @@ import time
 from typing import Any, Callable, Sequence
 
 from sqlalchemy import BigInteger, Float, Index, Integer, String, UniqueConstraint, delete, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.orm import Mapped, mapped_column
@@ -36,7 +37,6 @@ from analysis.errors import InputError, SourceError
 from analysis.sources.hyperliquid_oi import HISTORY_CAP, OiPoller, OiPollParams, OiSnapshot
 
 from .store import DEFAULT_URL, Base, _sqlite_pragmas, _upgrade
-from .tape_store import _dialect_insert
 
 __all__ = ["HlOiStore", "LazyOiHistory", "HlOiRow", "check_snapshot", "run_poller"]
 
@@ -105,7 +105,10 @@ class HlOiStore:
         self.engine = engine
         self._owns = owns_engine
         self._wall_ms = wall_ms or (lambda: int(time.time() * 1000))
-        self._insert = _dialect_insert(engine.dialect.name)(ROWS).on_conflict_do_nothing(
+        inserts = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+        if engine.dialect.name not in inserts:
+            raise InputError(f"the Hyperliquid OI history needs SQLite or PostgreSQL, not {engine.dialect.name}")
+        self._insert = inserts[engine.dialect.name](ROWS).on_conflict_do_nothing(
             index_elements=["coin", "time_ms"]).returning(ROWS.c.id)
         self.rejected = 0
 
