@@ -278,3 +278,17 @@ async def test_the_bot_polls_hyperliquid_oi_when_asked_and_stops_on_close(tmp_pa
         await bot.close()
         assert bot.hl_oi_task is None
     await hl.aclose()
+
+
+@pytest.mark.parametrize("name, value, why", [
+    ("LIQMAP_HL_OI_INTERVAL", "1", "LIQMAP_HL_OI_INTERVAL: Input should be greater than or equal to 5"),
+    ("LIQMAP_HL_OI_INTERVAL", "nan", "LIQMAP_HL_OI_INTERVAL"),
+    ("LIQMAP_HL_OI_SYMBOLS", "BTC,<@1>", "LIQMAP_HL_OI_SYMBOLS"),
+])
+def test_a_bad_oi_setting_exits_2_naming_the_variable_not_the_value(tmp_path, monkeypatch, capsys, name, value, why):
+    from bot.cli import main
+
+    monkeypatch.setenv(name, value)
+    assert main(["poll-oi", "--db", str(tmp_path / "x.sqlite3"), "--env-file", str(tmp_path / "none.env")]) == 2
+    err = capsys.readouterr().err
+    assert why in err and "<@1>" not in err
