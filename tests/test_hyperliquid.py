@@ -423,3 +423,15 @@ async def test_all_degrades_cleanly_naming_hyperliquid_and_why():
     with pytest.raises(DataError, match="liqmap poll-oi"):
         await service.report("BTCUSDT", "1d", "hyperliquid")
     await hl.aclose()
+
+
+async def test_a_hyperliquid_report_says_how_much_history_it_rests_on():
+    hl = source(FakeHL(), MemoryHistory({"BTC": recorded(14)}))
+    service = ReportService({"hyperliquid": hl})
+    rep = await service.report("BTC", "1d", "hyperliquid")
+    doc = rep.to_json()
+    hist = doc["provenance"]["hyperliquid"]["oi_history"]
+    assert hist["used_hours"] == pytest.approx(14.0, abs=0.1) and hist["snapshots_in_window"] == 840
+    assert doc["venues"] == ["hyperliquid"] and rep.map.total_long + rep.map.total_short > 0
+    assert any("open-interest history: 14.0 h unbroken" in n for n in doc["notes"])
+    await hl.aclose()
