@@ -292,3 +292,18 @@ def test_a_bad_oi_setting_exits_2_naming_the_variable_not_the_value(tmp_path, mo
     assert main(["poll-oi", "--db", str(tmp_path / "x.sqlite3"), "--env-file", str(tmp_path / "none.env")]) == 2
     err = capsys.readouterr().err
     assert why in err and "<@1>" not in err
+
+
+async def test_live_sources_read_the_recorded_history_of_the_configured_database(tmp_path):
+    from analysis.sources.registry import aclose_sources
+    from bot.settings import build_sources, load_settings
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"
+    settings = load_settings(None, source="live", url=url, cache_dir=tmp_path / "cache")
+    sources = build_sources(settings, transport=FakeHL().transport())
+    try:
+        hist = sources["hyperliquid"].oi_history
+        assert isinstance(hist, LazyOiHistory) and hist.url == url
+        assert await hist.read_oi("BTC", 0, NOW) == [] and not (tmp_path / "bot.sqlite3").exists()
+    finally:
+        await aclose_sources(sources)
