@@ -54,6 +54,8 @@ class FakeHL:
         self.bodies.append(body)
         if body["type"] == "metaAndAssetCtxs":
             return httpx.Response(200, json=self.meta)
+        if body["type"] == "meta":  # the margin tables (h13t's documented-shape fixture)
+            return httpx.Response(200, content=(FIX / "meta_tiered.json").read_bytes())
         if body["type"] == "candleSnapshot":
             req = body["req"]
             step = INTERVAL_MS[req["interval"]]
@@ -434,3 +436,15 @@ async def test_a_hyperliquid_report_says_how_much_history_it_rests_on():
     assert doc["venues"] == ["hyperliquid"] and rep.map.total_long + rep.map.total_short > 0
     assert any("open-interest history: 14.0 h unbroken" in n for n in doc["notes"])
     await hl.aclose()
+
+
+async def test_margin_tiers_come_from_meta_for_the_resolved_coin():
+    fake = FakeHL()
+    src = source(fake)
+    table = await src.margin_tiers("BTC")
+    assert table.name.startswith("Hyperliquid BTC") and table.origin != "shipped"
+    again = await src.margin_tiers("BTCUSDC")  # another spelling, the same coin: no second meta request
+    assert again == table and sum(b["type"] == "meta" for b in fake.bodies) == 1
+    with pytest.raises(InputError, match="no DOGEUSDT perpetual"):
+        await src.margin_tiers("DOGE")
+    await src.aclose()

@@ -63,6 +63,7 @@ import pandas as pd
 
 from ..bars import INTERVAL_MS, Bars, iso
 from ..errors import DataError, InputError, SourceError
+from ..margin import MarginTable
 from ..symbols import parse_symbol, suggest
 from ..windows import Window
 from .cache import BarCache
@@ -70,6 +71,7 @@ from .http import DEFAULT_DEADLINE_S, RateLimiter, SingleFlight, VenueClient
 from .hyperliquid_oi import History, HistoryParams, OiHistory, OiSnapshot, contiguous_tail, oi_frame
 from .series import Instrument, SymbolBook, coverage_notes, join_bars, last_closed_open, store_fetched
 from .series import tidy as _tidy
+from .tiers import hyperliquid_tier_book
 from .validate import dict_columns, expect_dict, expect_list, field, to_float
 
 __all__ = [
@@ -83,6 +85,7 @@ BASE_URL = "https://api.hyperliquid.xyz"
 _INFO = "/info"
 _CANDLES = "/info candleSnapshot"
 _CTXS = "/info metaAndAssetCtxs"
+_META = "/info meta"
 #: most candles one answer holds, and the most recent candles available per interval
 CANDLE_LIMIT = 5000
 INFO_WEIGHT = 20
@@ -95,7 +98,7 @@ MAX_PAGES = 20
 #: our interval -> candleSnapshot ``interval``
 INTERVALS: dict[str, str] = {"5m": "5m", "15m": "15m", "30m": "30m", "1h": "1h", "4h": "4h", "1d": "1d"}
 _MB = 1024 * 1024
-MAX_BYTES: dict[str, int] = {_CANDLES: 4 * _MB, _CTXS: 8 * _MB}
+MAX_BYTES: dict[str, int] = {_CANDLES: 4 * _MB, _CTXS: 8 * _MB, _META: 8 * _MB}
 _COIN = re.compile(r"[A-Za-z0-9]{1,20}", re.ASCII)
 _THOUSANDS = re.compile(r"k[A-Z0-9]{1,19}", re.ASCII)
 
@@ -222,6 +225,10 @@ class HyperliquidSource:
         self._flight = SingleFlight()
         self._aliases: dict[str, Instrument] = {}
         self._aliases_of: dict[str, Instrument] | None = None
+        #: margin tiers per coin from ``meta`` (one answer serves every coin; refreshed daily, see tiers.py)
+        self.tiers = hyperliquid_tier_book(lambda: self._info({"type": "meta"}, _META),
+                                           lambda coin: canonical_of(coin) or coin, cache=cache,
+                                           now=lambda: self._now_ms() / 1000)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -295,6 +302,11 @@ class HyperliquidSource:
                 continue
             out.append(OiSnapshot(inst.venue_id, inst.canonical, now, oi, px))
         return out
+
+    async def margin_tiers(self, symbol: str) -> MarginTable:
+        """The coin's margin tiers from Hyperliquid's ``meta`` margin tables (:mod:`analysis.sources.tiers`)."""
+        inst = await self.resolve(symbol)
+        return await self.tiers.table(inst.canonical)
 
     async def mark_price(self, symbol: str) -> float:
         """Hyperliquid's current mark price of ``symbol`` (USDC)."""
