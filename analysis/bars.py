@@ -14,9 +14,9 @@ Longer gaps are an error.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -157,6 +157,8 @@ class Bars:
     taker_buy: np.ndarray | None = None
     taker_net: np.ndarray | None = None
     notes: tuple[str, ...] = field(default=())
+    #: what a venue says about where the data came from, for the map's JSON (e.g. Hyperliquid's OI history)
+    provenance: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.time)
@@ -199,7 +201,7 @@ class Bars:
         cols = {name: (None if getattr(self, name) is None else getattr(self, name)[s]) for name in _OPTIONAL}
         return Bars(
             self.venue, self.symbol, self.interval, self.time[s], self.open[s], self.high[s], self.low[s],
-            self.close[s], self.oi_usd[s], notes=self.notes, **cols,
+            self.close[s], self.oi_usd[s], notes=self.notes, provenance=self.provenance, **cols,
         )
 
     def last(self, duration_ms: int) -> "Bars":
@@ -212,8 +214,12 @@ class Bars:
         cols = {name: getattr(self, name) for name in _OPTIONAL}
         return Bars(
             self.venue, self.symbol, self.interval, self.time, self.open, self.high, self.low, self.close,
-            self.oi_usd, notes=self.notes + tuple(notes), **cols,
+            self.oi_usd, notes=self.notes + tuple(notes), provenance=self.provenance, **cols,
         )
+
+    def with_provenance(self, provenance: Mapping[str, Any]) -> "Bars":
+        """A copy whose :attr:`provenance` is ``provenance`` (a JSON-ready mapping)."""
+        return replace(self, provenance=dict(provenance))
 
     # -- quality ---------------------------------------------------------------------------------
     def gaps(self) -> list[Gap]:

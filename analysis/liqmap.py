@@ -166,6 +166,8 @@ class LiquidationMap:
     notes: tuple[str, ...] = field(default=())
     params: dict[str, Any] = field(default_factory=dict)
     path: PricePath | None = None
+    #: venue -> what that venue's source says about its data (e.g. Hyperliquid's recorded OI history)
+    provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # -- grid -----------------------------------------------------------------------------------
     @property
@@ -237,6 +239,8 @@ class LiquidationMap:
             "params": self.params,
             "levels": levels,
         }
+        if self.provenance:
+            out["provenance"] = {v: dict(p) for v, p in self.provenance.items()}
         if len(self.venues) > 1:
             out["by_venue"] = {
                 v: {"long_usd": round(float(self.long[k].sum()), 2), "short_usd": round(float(self.short[k].sum()), 2)}
@@ -310,6 +314,7 @@ def merge(maps: list[LiquidationMap], *, grid_pct: float | None = None, max_bins
         notes=tuple(notes),
         params=_merged_params(maps),
         path=merge_paths([m.path for m in maps]),
+        provenance={v: p for m in maps for v, p in m.provenance.items()},
     )
 
 

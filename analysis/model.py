@@ -810,4 +810,5 @@ def map_from_run(run: ModelRun, params: ModelParams, *, window: str = "", now_ms
         notes=tuple(notes),
         params=p,
         path=PricePath(bars.time.copy(), bars.high.copy(), bars.low.copy(), bars.interval_ms),
+        provenance={bars.venue: dict(bars.provenance)} if bars.provenance else {},
     )

@@ -48,6 +48,9 @@ VENUES: tuple[Venue, ...] = (
           "v5 linear perpetuals, public API"),
     Venue("okx", "OKX", "estimated", "analysis.sources.okx:OkxSource",
           "v5 swaps, public API; the latest 1,440 points per series (coarser bars for 7d and 30d)"),
+    Venue("hyperliquid", "Hyperliquid", "estimated", "analysis.sources.hyperliquid:HyperliquidSource",
+          "USDC-margined perpetuals, public API; no open-interest history is served, so liqmap records it "
+          "(liqmap poll-oi, or the bot with LIQMAP_HL_OI=1) and maps once 12 h are recorded"),
     Venue("coinglass", "CoinGlass", "map", "analysis.sources.coinglass:CoinGlassSource",
           "CoinGlass's own map; needs a CoinGlass API key (COINGLASS_API_KEY) and live data (--source live); "
           "never summed into all"),

@@ -300,6 +300,8 @@ class LiqmapBot(commands.Bot):
         self.tape_task: asyncio.Task[None] | None = None  # the realized-liquidation recorder (LIQMAP_TAPE)
         self._tape_stop = asyncio.Event()
         self._tape_watch: asyncio.Task[None] | None = None
+        self.hl_oi_task: asyncio.Task[Any] | None = None  # the Hyperliquid OI poller (LIQMAP_HL_OI)
+        self._hl_oi_stop = asyncio.Event()
         self.sync_state_path = sync_state_path or settings.sources.state_dir / "command-sync.json"
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -327,6 +329,7 @@ class LiqmapBot(commands.Bot):
             if self.scheduler is not None:
                 self.loop.create_task(self._start_dispatcher(), name="liqmap-start-dispatcher")
             self.start_tape()
+            self.start_hl_oi()
             if self.tape is None:  # a standalone `liqmap tape` may start recording into the database later
                 self._tape_watch = self.loop.create_task(self.watch_for_tape(), name="liqmap-tape-watch")
 
@@ -364,6 +367,38 @@ class LiqmapBot(commands.Bot):
         while self.tape is None:
             await asyncio.sleep(interval_s)
             await self.install_tape_reader()
+
+    def start_hl_oi(self, source: Any = None, **kw: Any) -> bool:
+        """Start the Hyperliquid OI poller when ``LIQMAP_HL_OI`` is on, on the store's engine; it
+        polls the report service's Hyperliquid source (one limiter for both) unless ``source`` is
+        given; ``kw`` goes to :func:`bot.hl_oi_store.run_poller` (tests pass fake clocks)."""
+        cfg = self.settings.tape
+        if not cfg.hl_oi_enabled or self.store is None or self.hl_oi_task is not None:
+            return False
+        source = source or self.service.sources.get("hyperliquid")
+        if source is None or not callable(getattr(source, "snapshot", None)):
+            log.warning("LIQMAP_HL_OI is on but the sources (LIQMAP_SOURCE) have no live Hyperliquid; not polling")
+            return False
+        from .hl_oi_store import HlOiStore, run_poller
+
+        self._hl_oi_stop = asyncio.Event()  # a fresh one: a stopped poller may be started again
+        self.hl_oi_task = asyncio.get_running_loop().create_task(run_poller(
+            source, HlOiStore(self.store.engine), self._hl_oi_stop, cfg.hl_oi_params, **kw), name="liqmap-hl-oi")
+        return True
+
+    async def stop_hl_oi(self) -> None:
+        """Stop the OI poller before the store's engine closes."""
+        task, self.hl_oi_task = self.hl_oi_task, None
+        if task is None:
+            return
+        self._hl_oi_stop.set()
+        done, _ = await asyncio.wait({task}, timeout=15.0)
+        if not done:
+            log.warning("the Hyperliquid OI poller did not stop within 15 s; cancelled")
+            task.cancel()
+        results = await asyncio.gather(task, return_exceptions=True)
+        if results and isinstance(results[0], Exception):
+            log.error("the Hyperliquid OI poller failed", exc_info=results[0])
 
     def start_tape(self, **kw: Any) -> bool:
         """Start the tape recorder task when ``LIQMAP_TAPE`` is on (it shares the store's engine);
@@ -466,6 +501,7 @@ class LiqmapBot(commands.Bot):
             self._tape_watch.cancel()
             await asyncio.gather(self._tape_watch, return_exceptions=True)
             self._tape_watch = None
+        await self.stop_hl_oi()
         for loop_ in (self.scheduler, self.cluster_watch):
             if loop_ is not None:
                 try:

@@ -539,6 +539,96 @@ def _tape_location(tape: TapeStore) -> str:
     return tape.engine.url.render_as_string(hide_password=True)
 
 
+# -- poll-oi -----------------------------------------------------------------------------------------
+
+def _add_poll_oi(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "poll-oi", help="record Hyperliquid open interest into the database (Hyperliquid serves no OI history; "
+                        "its estimated maps need what this records; the bot does the same with LIQMAP_HL_OI=1)",
+        description="Poll Hyperliquid's metaAndAssetCtxs (weight 20 of the documented 1200 per minute) every "
+                    "--interval seconds and store each kept coin's open interest and mark price, until "
+                    "SIGINT/SIGTERM or --duration. Snapshots older than 35 days are pruned.",
+    )
+    p.add_argument("--symbols", default=None,
+                   help="comma-separated tickers, e.g. BTC,ETH,kPEPE (default LIQMAP_HL_OI_SYMBOLS, else the top 50 "
+                        "coins by open-interest notional at each snapshot)")
+    p.add_argument("--interval", type=float, default=None, metavar="SECONDS",
+                   help="seconds between snapshots, 5..3600 (default LIQMAP_HL_OI_INTERVAL, else 60)")
+    p.add_argument("--db", default=None, metavar="URL_OR_FILE",
+                   help="database URL or a SQLite file (default DATABASE_URL, else the bot's SQLite file)")
+    p.add_argument("--duration", default=None, help="stop after this long, e.g. 90s, 10m, 2h, 1d (default: until stopped)")
+    p.add_argument("--status-every", type=int, default=10, metavar="POLLS",
+                   help="print a status line to stderr every this many polls (default 10)")
+    p.add_argument("--env-file", default=".env", help="settings file read besides the environment (default .env)")
+
+
+def _run_poll_oi(args: argparse.Namespace) -> int:
+    import dataclasses
+    import signal
+
+    from bot.settings import load_settings, parse_tape_symbols
+
+    if not (1 <= args.status_every <= 100_000):
+        raise InputError(f"--status-every must be between 1 and 100000 polls, not {args.status_every}")
+    duration = _seconds(args.duration, "--duration") if args.duration is not None else None
+    settings = load_settings(args.env_file)
+    params = settings.tape.hl_oi_params
+    if args.symbols is not None:
+        try:
+            symbols = parse_tape_symbols(args.symbols)
+        except ValueError as exc:
+            raise InputError(f"--symbols: {exc}") from None
+        if not symbols:
+            raise InputError("--symbols names no symbol; write e.g. BTC,ETH")
+        params = dataclasses.replace(params, symbols=symbols)
+    if args.interval is not None:
+        params = dataclasses.replace(params, interval_s=args.interval)  # checked by OiPollParams
+    url = _tape_db(args.db, settings.database.url)
+
+    async def main() -> int:
+        from analysis.sources.hyperliquid import HyperliquidSource
+        from bot.app import database_error
+        from bot.hl_oi_store import HlOiStore
+
+        try:
+            store = await HlOiStore.open(url)
+        except LiqmapError:
+            raise
+        except Exception as exc:
+            mapped = database_error(exc, url)
+            if mapped is None:
+                raise
+            raise mapped from None
+        source = HyperliquidSource()
+        try:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(sig, stop.set)
+                except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
+                    pass
+            if duration is not None:
+                loop.call_later(duration, stop.set)
+
+            def status(line: str) -> None:
+                print(line, file=sys.stderr, flush=True)
+
+            what = ", ".join(params.symbols) if params.symbols else f"the top {params.top_n} coins by OI notional"
+            where = store.engine.url.render_as_string(hide_password=True)
+            print(f"hyperliquid oi: recording {what} every {params.interval_s:g} s into {where}", file=sys.stderr, flush=True)
+            from analysis.sources.hyperliquid_oi import OiPoller
+
+            poller = OiPoller(source, store, params, status=status, status_every=args.status_every)
+            await poller.run(stop)
+        finally:
+            await source.aclose()
+            await store.close()
+        return 0
+
+    return asyncio.run(main())
+
+
 # -- backtest ----------------------------------------------------------------------------------------
 
 def _add_backtest(sub: argparse._SubParsersAction) -> None:
@@ -786,6 +876,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable
     "backtest": (_add_backtest, _run_backtest),
     "health": (_add_health, _run_health),
     "tape": (_add_tape, _run_tape),
+    "poll-oi": (_add_poll_oi, _run_poll_oi),
     "score": (_add_score, _run_score),
     "measure": (_add_measure, _run_measure),
 }
@@ -829,7 +920,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
     """LIQMAP_LOG_LEVEL / LIQMAP_LOG_FORMAT (bot.logs): INFO for the running bot, WARNING otherwise."""
     from bot import logs
 
-    service = args.command in ("bot", "tape") and not getattr(args, "dry_run", False)
+    service = args.command in ("bot", "tape", "poll-oi") and not getattr(args, "dry_run", False)
     logs.configure(verbose=args.verbose, service=service)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -209,6 +209,12 @@ class TapeSettings(BaseSettings):
     tape_url_bybit: str | None = Field(None, validation_alias="LIQMAP_TAPE_URL_BYBIT")
     tape_url_binance: str | None = Field(None, validation_alias="LIQMAP_TAPE_URL_BINANCE")
     tape_url_okx: str | None = Field(None, validation_alias="LIQMAP_TAPE_URL_OKX")
+    # Hyperliquid open interest (issue 13): Hyperliquid serves no OI history, so liqmap records it.
+    # Off by default like the tape; one request of weight 20 per interval (1200 per minute allowed).
+    hl_oi_enabled: bool = Field(False, validation_alias="LIQMAP_HL_OI")
+    hl_oi_interval_s: float = Field(60.0, validation_alias="LIQMAP_HL_OI_INTERVAL", ge=5, le=3600, allow_inf_nan=False)
+    # empty: the top 50 coins by open-interest notional at each snapshot
+    hl_oi_symbols: str = Field("", validation_alias="LIQMAP_HL_OI_SYMBOLS")
 
     @field_validator("tape_venues")
     @classmethod
@@ -226,7 +232,7 @@ class TapeSettings(BaseSettings):
             raise ValueError(f"name at least one of {', '.join(FEED_SAMPLED)}")
         return ",".join(names)
 
-    @field_validator("tape_symbols")
+    @field_validator("tape_symbols", "hl_oi_symbols")
     @classmethod
     def _symbols(cls, v: str) -> str:
         return ",".join(parse_tape_symbols(v))
@@ -244,6 +250,14 @@ class TapeSettings(BaseSettings):
     def symbol_list(self) -> tuple[str, ...]:
         """The configured symbols; empty means "what the bot needs" (see ``bot.tape_store.needed_symbols``)."""
         return tuple(s for s in self.tape_symbols.split(",") if s)
+
+    @property
+    def hl_oi_params(self) -> Any:
+        """The Hyperliquid OI poller's :class:`~analysis.sources.hyperliquid_oi.OiPollParams`."""
+        from analysis.sources.hyperliquid_oi import OiPollParams
+
+        return OiPollParams(interval_s=self.hl_oi_interval_s,
+                            symbols=tuple(s for s in self.hl_oi_symbols.split(",") if s))
 
     @property
     def urls(self) -> dict[str, str]:
@@ -394,5 +408,18 @@ def build_sources(settings: Settings, *, transport: httpx.AsyncBaseTransport | N
     # the key goes only where it is used: live data (CoinGlass is a live source)
     key = src.coinglass_api_key.get_secret_value().strip() if src.has_coinglass and src.source.strip() == "live" else ""
     kwargs: dict[str, Any] = {"transport": transport} if transport is not None else {}
-    return make_sources(src.source, cache_dir=src.cache_dir.expanduser() if src.cache_dir is not None else None,
-                        coinglass_api_key=key or None, **kwargs)
+    sources = make_sources(src.source, cache_dir=src.cache_dir.expanduser() if src.cache_dir is not None else None,
+                           coinglass_api_key=key or None, **kwargs)
+    attach_oi_history(sources, settings.database.url)
+    return sources
+
+
+def attach_oi_history(sources: Mapping[str, Any], url: str) -> None:
+    """Give a Hyperliquid source without one the OI history recorded in the database at ``url``
+    (read lazily, never created: ``bot.hl_oi_store.LazyOiHistory``)."""
+    hl = sources.get("hyperliquid")
+    if hl is None or getattr(hl, "oi_history", False) is not None:
+        return
+    from .hl_oi_store import LazyOiHistory
+
+    hl.oi_history = LazyOiHistory(url)

@@ -170,7 +170,7 @@ def test_cli_report_from_a_recording(fake, tmp_path, capsys):
 
 def test_cli_record_rejects_unknown_exchange(tmp_path, capsys):
     assert main(["record", "--exchange", "kraken", "--out", str(tmp_path / "r")]) == 2
-    assert "argument --exchange: invalid choice: 'kraken' (choose from 'all', 'binance', 'bybit', 'okx')" in capsys.readouterr().err
+    assert "argument --exchange: invalid choice: 'kraken' (choose from 'all', 'binance', 'bybit', 'okx', 'hyperliquid')" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
 
 

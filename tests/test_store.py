@@ -28,7 +28,7 @@ def _head() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-HEAD = "0008_tape_coverage"
+HEAD = "0009_hl_oi"
 
 
 def test_the_migration_chain_has_one_head_the_one_these_tests_expect():
@@ -281,6 +281,7 @@ async def test_migrations_idempotent_and_match_models(tmp_path):
 
     import bot.tape_store  # noqa: F401  (its tables are on Base.metadata)
     import bot.cluster_store  # noqa: F401  (registers its table on the same Base)
+    import bot.hl_oi_store  # noqa: F401  (the Hyperliquid OI snapshots, too)
     from bot.store import Base
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}"

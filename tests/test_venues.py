@@ -25,7 +25,7 @@ def _choices(command: str, option: str) -> tuple[str, ...]:
 
 def test_every_exchange_list_equals_the_venue_module():
     names = tuple(v.name for v in venues.VENUES)
-    assert names == ("binance", "bybit", "okx", "coinglass")  # the module itself, as shipped
+    assert names == ("binance", "bybit", "okx", "hyperliquid", "coinglass")  # the module itself, as shipped
     assert _choices("report", "--exchange") == ("all", *names)
     assert [c.value for c in exchange_choices(names)] == ["all", *names]
     assert [c.name for c in exchange_choices(names)] == ["All exchanges", *(v.display for v in venues.VENUES)]

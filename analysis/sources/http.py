@@ -1,6 +1,8 @@
 """The HTTP core every live venue uses: a token-bucket limiter, a retrying JSON client, single-flight.
 
-Behaviour of :meth:`VenueClient.get_json` (the documented contract the venue modules rely on):
+Behaviour of :meth:`VenueClient.get_json` and :meth:`VenueClient.post_json` (the documented contract
+the venue modules rely on; a POST sends one JSON body, serialised once before the first attempt, and
+follows exactly the same rules as a GET):
 
 * every request first takes ``cost`` tokens from the venue's :class:`RateLimiter`;
 * **deadlines**: each attempt (connect, headers and the whole body) must finish within
@@ -28,7 +30,9 @@ Behaviour of :meth:`VenueClient.get_json` (the documented contract the venue mod
   :data:`MAX_SERVER_WAIT_S` (one hour); a value that is not a finite non-negative number (``1e309``,
   ``nan``, ``-5``, garbage) counts as :data:`DEFAULT_SERVER_WAIT_S` (a minute), see :func:`server_wait`;
 * 451 raises a SourceError saying the venue refuses this region, suggesting another venue;
-* other 4xx raise a SourceError quoting the venue's own message (``exc.body`` keeps the raw text);
+* other 4xx raise a SourceError quoting the venue's own message (``exc.body`` keeps the raw text),
+  whitespace collapsed, cut to 160 characters, and every character that is not printable (control
+  characters, direction marks, zero-width joiners) escaped as ``\\uXXXX``;
 * a 200 whose body is not complete JSON (or whose compressed stream is cut short) raises a
   SourceError (never a ``ValueError``).
 
@@ -36,6 +40,8 @@ Behaviour of :meth:`VenueClient.get_json` (the documented contract the venue mod
 cancelled, so abandoned work frees the venue's page slots and limiter at once instead of running on.
 
 ``request_count`` counts HTTP requests actually sent, which is what tests and benchmarks count.
+A venue whose cost depends on the answer (Hyperliquid's ``candleSnapshot`` weighs more per 60 candles
+returned) takes the extra with :meth:`RateLimiter.charge` once the response is in.
 """
 
 from __future__ import annotations
@@ -74,8 +80,12 @@ T = TypeVar("T")
 class ResponseSink(Protocol):
     """What receives the raw body of every successful response (``liqmap record``'s Recorder)."""
 
-    def record(self, venue: str, url: str, path: str, params: Mapping[str, Any], status: int, body: bytes) -> None:
+    def record(self, venue: str, url: str, path: str, params: Mapping[str, Any], status: int, body: bytes,
+               **request: bytes) -> None:
+        """``request`` is ``request_body=<bytes>`` for a POST (nothing for a GET)."""
         ...
+
+
 USER_AGENT = "liqmap/0.1 (+https://github.com/liqmap; public market data)"
 
 #: Largest decoded body of an endpoint whose venue module names no limit of its own.
@@ -177,6 +187,17 @@ class RateLimiter:
                     wait = max(1e-3, (cost - self._tokens) / self.rate)
                 self.waited_s += wait
                 await self._sleep(wait)
+
+    def charge(self, cost: float) -> None:
+        """Take ``cost`` tokens now without waiting (a cost known only from the response).
+
+        The balance may go negative (at most one ``burst`` of debt): the next callers wait for it to refill.
+        """
+        cost = float(cost)
+        if not math.isfinite(cost) or cost <= 0:
+            return
+        self._refill()
+        self._tokens = max(-self.burst, self._tokens - min(cost, self.burst))
 
     def pause(self, seconds: float) -> None:
         """Hold every acquire for ``seconds`` from now (a server said to back off); clamped by :func:`server_wait`."""
@@ -334,19 +355,27 @@ def _without_encoding(headers: httpx.Headers) -> list[tuple[str, str]]:
     return [(k, v) for k, v in headers.multi_items() if k.lower() not in drop]
 
 
+def printable(text: str, n: int = 160) -> str:
+    """Outside text made safe for a one-line message: whitespace collapsed, cut to ``n`` characters,
+    and every character that is not printable (controls, direction marks, zero-width) escaped."""
+    short = " ".join(str(text).split())[:n]
+    return "".join(c if c.isprintable() else f"\\u{ord(c):04x}" for c in short)
+
+
 def _venue_message(resp: httpx.Response) -> str:
-    """The venue's own error text (Binance ``msg``, Bybit ``retMsg``, OKX ``msg``), shortened."""
+    """The venue's own error text (Binance ``msg``, Bybit ``retMsg``, OKX ``msg``), shortened and escaped."""
     text = resp.text[:500]
     try:
         body = json.loads(text)
     except ValueError:
-        return " ".join(text.split())[:160] or "(empty body)"
+        return printable(text) or "(empty body)"
     if isinstance(body, dict):
         for key in ("msg", "retMsg", "message", "error"):
             if isinstance(body.get(key), str) and body[key]:
                 code = body.get("code", body.get("retCode"))
-                return f"{body[key][:160]}" + (f" (code {code})" if code not in (None, "", 0, "0") else "")
-    return " ".join(text.split())[:160]
+                shown = f" (code {printable(str(code), 20)})" if code not in (None, "", 0, "0") else ""
+                return printable(body[key]) + shown
+    return printable(text) or "(empty body)"
 
 
 def _sourceerror(venue: str, endpoint: str, reason: str, *, body: str | None = None, **kw: Any) -> SourceError:
@@ -434,8 +463,32 @@ class VenueClient:
 
         ``max_bytes`` is the endpoint's limit on the decoded body.
         """
-        endpoint = path
         params = {k: v for k, v in (params or {}).items() if v is not None}
+        return await self._request_json("GET", path, params, None, path, cost, max_bytes)
+
+    async def post_json(
+        self, path: str, body: Mapping[str, Any], *, cost: float = 1.0, max_bytes: int = DEFAULT_MAX_BYTES,
+        endpoint: str | None = None,
+    ) -> Any:
+        """POST the JSON ``body`` to ``path`` and return the decoded JSON answer, or raise :class:`SourceError`.
+
+        Same limiter, deadlines, retries, size limits and validation as :meth:`get_json`. ``endpoint``
+        names the call in messages (default ``path``; Hyperliquid's single ``/info`` is told apart by
+        its ``type``, e.g. ``/info candleSnapshot``). A body that cannot be sent as JSON (NaN, a
+        non-JSON type) is refused before anything is sent.
+        """
+        name = endpoint or path
+        try:
+            content = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise _sourceerror(self.venue, name, f"request body is not JSON ({str(exc)[:80]}); nothing was sent") from None
+        return await self._request_json("POST", path, {}, content, name, cost, max_bytes)
+
+    async def _request_json(
+        self, method: str, path: str, params: Mapping[str, Any], content: bytes | None, endpoint: str,
+        cost: float, max_bytes: int,
+    ) -> Any:
+        """The shared attempt loop of :meth:`get_json` and :meth:`post_json` (see the module doc)."""
         began = time.monotonic()
         spent = 0.0  # request time + waits as scheduled (an injected sleep may take no real time)
         last_reason = "no attempt made"
@@ -465,7 +518,7 @@ class VenueClient:
             try:
                 self.request_count += 1
                 async with asyncio.timeout(deadline):
-                    resp, body = await self._attempt(path, params, endpoint, max_bytes)
+                    resp, body = await self._attempt(method, path, params, content, endpoint, max_bytes)
             except TimeoutError:
                 last_reason, last_status = f"timed out (no complete response within {deadline:.3g}s)", None
             except httpx.TimeoutException as exc:
@@ -487,7 +540,11 @@ class VenueClient:
                             status=status, body=body[:500].decode("utf-8", "replace"),
                         ) from None
                     if self.recorder is not None:
-                        self.recorder.record(self.venue, str(resp.request.url), path, params, status, body)
+                        if content is None:
+                            self.recorder.record(self.venue, str(resp.request.url), path, params, status, body)
+                        else:
+                            self.recorder.record(self.venue, str(resp.request.url), path, params, status, body,
+                                                 request_body=content)
                     return payload
                 if status == 418:
                     wait = _retry_after(resp)
@@ -553,14 +610,15 @@ class VenueClient:
         )
 
     async def _attempt(
-        self, path: str, params: Mapping[str, Any], endpoint: str, max_bytes: int,
+        self, method: str, path: str, params: Mapping[str, Any], content: bytes | None, endpoint: str, max_bytes: int,
     ) -> tuple[httpx.Response, bytes]:
         """One request, its body streamed and decoded within the limit; a buffered response to inspect.
 
         Non-200 bodies are cut at :data:`ERROR_BODY_BYTES` (only their message matters); a 200
         beyond ``max_bytes`` raises. Leaving the stream early closes the connection.
         """
-        async with self._client.stream("GET", path, params=params) as resp:
+        extra = {"Content-Type": "application/json"} if content is not None else None
+        async with self._client.stream(method, path, params=params, content=content, headers=extra) as resp:
             ok = resp.status_code == 200
             limit = max_bytes if ok else ERROR_BODY_BYTES
             encoding = resp.headers.get("Content-Encoding", "").strip().lower()

@@ -22,7 +22,9 @@ inside the directory), every file must be a regular file (checked with ``stat`` 
 and opened non-blocking, so a FIFO or device can never block or stream forever), a response file
 holds at most :data:`MAX_RESPONSE_BYTES` and the manifest at most :data:`MAX_MANIFEST_BYTES` with
 at most :data:`MAX_RESPONSES` entries; ``venue`` is a known venue, ``url`` an https URL,
-``path`` and ``params`` match it, ``sha256`` is 64 hex digits.
+``path`` and ``params`` match it, ``sha256`` is 64 hex digits; a POST (Hyperliquid's ``/info``)
+has ``"method": "POST"`` and ``request``, the JSON body it sent (at most :data:`MAX_REQUEST_CHARS`),
+and is replayed for the same URL and the same JSON body (key order aside).
 
 `liqmap record` writes the manifest once, at the end of a recording that got at least one venue: one
 that fails (every venue down, an error, Ctrl-C) removes the files it wrote, so the same ``--out``
@@ -50,7 +52,7 @@ from ..venues import VENUE_NAMES
 
 __all__ = [
     "Recorder", "ReplayTransport", "Manifest", "load_manifest", "MANIFEST", "request_key",
-    "KNOWN_VENUES", "MAX_RESPONSE_BYTES", "MAX_MANIFEST_BYTES", "MAX_RESPONSES",
+    "KNOWN_VENUES", "MAX_RESPONSE_BYTES", "MAX_MANIFEST_BYTES", "MAX_RESPONSES", "MAX_REQUEST_CHARS",
 ]
 
 MANIFEST = "manifest.json"
@@ -62,6 +64,8 @@ MAX_RESPONSE_BYTES = 32 * 1024 * 1024
 #: Largest manifest.json, and most entries in it.
 MAX_MANIFEST_BYTES = 8 * 1024 * 1024
 MAX_RESPONSES = 20_000
+#: Longest JSON body of a recorded POST (Hyperliquid's ``/info`` requests are under 200 characters).
+MAX_REQUEST_CHARS = 4096
 
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", re.ASCII)
 _SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
@@ -72,10 +76,18 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def request_key(url: httpx.URL | str) -> tuple[str, str, tuple[tuple[str, str], ...]]:
-    """What identifies a GET: host, path and the sorted query parameters."""
+def request_key(url: httpx.URL | str, request_body: bytes | str | None = None) -> tuple[Any, ...]:
+    """What identifies a request: host, path, the sorted query parameters and, for a POST, its JSON
+    body in canonical form (keys sorted, no spaces), so that key order never matters."""
     u = httpx.URL(str(url))
-    return (u.host, u.path, tuple(sorted((k, v) for k, v in u.params.multi_items())))
+    key: tuple[Any, ...] = (u.host, u.path, tuple(sorted((k, v) for k, v in u.params.multi_items())))
+    if request_body is None:
+        return key
+    try:
+        canonical = json.dumps(json.loads(request_body), sort_keys=True, separators=(",", ":"))
+    except (ValueError, TypeError, RecursionError):
+        canonical = "<not json>"
+    return (*key, canonical)
 
 
 def _shown(text: object, n: int = 60) -> str:
@@ -119,8 +131,9 @@ class Recorder:
         self.meta: dict[str, Any] = {}
         self.responses: list[dict[str, Any]] = []
 
-    def record(self, venue: str, url: str, path: str, params: Mapping[str, Any], status: int, body: bytes) -> None:
-        """Store one response body and its manifest entry."""
+    def record(self, venue: str, url: str, path: str, params: Mapping[str, Any], status: int, body: bytes,
+               **request: bytes) -> None:
+        """Store one response body and its manifest entry (``request_body=`` the JSON a POST sent)."""
         slug = re.sub(r"[^A-Za-z0-9]+", "-", path).strip("-")[:60] or "root"
         name = f"{len(self.responses) + 1:04d}-{venue}-{slug}.json"
         try:
@@ -132,6 +145,9 @@ class Recorder:
             "params": {k: str(v) for k, v in params.items()}, "status": status,
             "time": _iso(time.time()), "sha256": hashlib.sha256(body).hexdigest(),
         })
+        sent = request.get("request_body")
+        if sent is not None:
+            self.responses[-1].update(method="POST", request=sent.decode("utf-8", "replace"))
         if self.autosave:
             self.save()
 
@@ -230,6 +246,19 @@ def _check_entry(d: Path, root: Path, r: object) -> str:
     params = r.get("params", {})
     if not isinstance(params, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in params.items()):
         return "params is not an object of strings"
+    method = r.get("method", "GET")
+    if method not in ("GET", "POST"):
+        return f"method {_shown(method, 12)} is not GET or POST"
+    sent = r.get("request")
+    if method == "POST":
+        if not isinstance(sent, str) or len(sent) > MAX_REQUEST_CHARS:
+            return "request (the JSON body of a POST) is missing or too long"
+        try:
+            json.loads(sent)
+        except (ValueError, RecursionError):
+            return "request (the JSON body of a POST) is not JSON"
+    elif sent is not None:
+        return "request is set on a GET"
     status = r.get("status", 200)
     if type(status) is not int or not 200 <= status <= 299:
         return f"status {_shown(status, 12)} is not a successful HTTP status"
@@ -295,11 +324,12 @@ class ReplayTransport(httpx.AsyncBaseTransport):
         self.manifest = manifest
         self._by_key: dict[tuple[Any, ...], dict[str, Any]] = {}
         for r in manifest.responses:
-            self._by_key[request_key(r["url"])] = r
+            self._by_key[request_key(r["url"], r.get("request"))] = r
         self.served = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        entry = self._by_key.get(request_key(request.url))
+        sent = (await request.aread()) if request.method == "POST" else None
+        entry = self._by_key.get(request_key(request.url, sent))
         if entry is None:
             meta = self.manifest.meta
             what = f" (recorded: {meta.get('symbol', '?')} {meta.get('window', '?')})" if meta else ""

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import bot.tape_store  # noqa: F401  (the tape tables are on Base.metadata too)
+import bot.hl_oi_store  # noqa: F401  (and the Hyperliquid OI snapshots)
 from bot.store import Base
 
 config = context.config
