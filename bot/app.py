@@ -293,7 +293,7 @@ class LiqmapBot(commands.Bot):
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def setup_hook(self) -> None:
-        from .cogs import SymbolIndex
+        from .symbol_index import SymbolIndex
 
         if self.service is None:
             self.service = build_service(self.settings)

@@ -14,7 +14,8 @@ import pytest
 
 from analysis.errors import SourceError
 from analysis.sources.registry import make_sources
-from bot.cogs import SymbolIndex, UserCooldown
+from bot.cooldown import UserCooldown
+from bot.symbol_index import SymbolIndex
 
 from bot_harness import DISCORD_OK, PINNED, StubSource, interaction_payload, make_harness
 

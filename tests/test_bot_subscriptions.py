@@ -284,7 +284,7 @@ async def test_a_long_list_is_split_over_messages_without_losing_an_entry(tmp_pa
 
 
 def test_message_chunks():
-    from bot.cogs import message_chunks
+    from bot.replies import message_chunks
 
     assert message_chunks("H", ["a", "b"]) == ["H\na\nb"]
     assert message_chunks("H", ["x" * 6, "y" * 6], limit=10) == ["H\nxxxxxx", "yyyyyy"]

@@ -31,21 +31,11 @@ from analysis.symbols import parse_symbol
 from analysis.tape.events import feed_coverage
 from analysis.windows import parse_window
 
+from ..checks import ManagerGroup, check_target_channel, history_hint
+from ..choices import WINDOW_CHOICES, SubscriptionId, exchange_choices
 from ..cluster_store import ClusterAlert, ClusterStore
-from . import (
-    WINDOW_CHOICES,
-    ManagerGroup,
-    SubscriptionId,
-    SymbolIndex,
-    check_listed,
-    check_target_channel,
-    exchange_choices,
-    history_hint,
-    list_subscriptions,
-    reply_private,
-    resume_subscription,
-    symbol_choices,
-)
+from ..replies import list_subscriptions, reply_private, resume_subscription
+from ..symbol_index import SymbolIndex, check_listed, symbol_choices
 
 __all__ = ["ClustersCog", "describe_alert", "setup"]
 

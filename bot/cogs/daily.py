@@ -25,20 +25,10 @@ from analysis.commentary import md_safe_text
 from analysis.errors import InputError
 from analysis.windows import parse_window
 
-from . import (
-    SubscriptionId,
-    VIEW_CHOICES,
-    WINDOW_CHOICES,
-    ManagerGroup,
-    check_listed,
-    check_target_channel,
-    exchange_choices,
-    history_hint,
-    list_subscriptions,
-    reply_private,
-    resume_subscription,
-    timezone_choices,
-)
+from ..checks import ManagerGroup, check_target_channel, history_hint
+from ..choices import VIEW_CHOICES, WINDOW_CHOICES, SubscriptionId, exchange_choices, timezone_choices
+from ..replies import list_subscriptions, reply_private, resume_subscription
+from ..symbol_index import check_listed
 
 __all__ = ["DailyCog", "describe_schedule", "setup"]
 

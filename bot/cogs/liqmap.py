@@ -30,8 +30,10 @@ from analysis.symbols import parse_symbol
 from analysis.windows import parse_window
 
 from ..app import NO_MENTIONS
+from ..choices import VIEW_CHOICES, WINDOW_CHOICES, exchange_choices
+from ..cooldown import UserCooldown
 from ..poster import view_message
-from . import VIEW_CHOICES, WINDOW_CHOICES, SymbolIndex, UserCooldown, check_listed, exchange_choices, symbol_choices
+from ..symbol_index import SymbolIndex, check_listed, symbol_choices
 
 __all__ = ["LiqmapCog", "setup"]
 

@@ -24,20 +24,10 @@ from analysis.metrics import SKEW_CLASSES
 from analysis.symbols import parse_symbol
 from analysis.windows import parse_window
 
-from . import (
-    SubscriptionId,
-    WINDOW_CHOICES,
-    ManagerGroup,
-    SymbolIndex,
-    check_listed,
-    check_target_channel,
-    exchange_choices,
-    history_hint,
-    list_subscriptions,
-    reply_private,
-    resume_subscription,
-    symbol_choices,
-)
+from ..checks import ManagerGroup, check_target_channel, history_hint
+from ..choices import WINDOW_CHOICES, SubscriptionId, exchange_choices
+from ..replies import list_subscriptions, reply_private, resume_subscription
+from ..symbol_index import SymbolIndex, check_listed, symbol_choices
 
 __all__ = ["NoticesCog", "describe_watch", "setup"]
 
