@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import discord
 from discord import app_commands
+from discord.ext import commands
 
 from analysis.errors import InputError
 
 from .poster import missing_channel_permissions
 
-__all__ = ["require_manage_guild", "check_target_channel", "history_hint", "ManagerGroup"]
+__all__ = ["require_manage_guild", "guild_of", "check_target_channel", "history_hint", "ManagerGroupCog"]
 
 
 def require_manage_guild(interaction: discord.Interaction) -> None:
@@ -24,6 +25,13 @@ def require_manage_guild(interaction: discord.Interaction) -> None:
         raise app_commands.NoPrivateMessage()
     if not interaction.permissions.manage_guild:
         raise app_commands.MissingPermissions(["manage_guild"])
+
+
+def guild_of(interaction: discord.Interaction) -> int:
+    """The id of the server the command runs in; :class:`app_commands.NoPrivateMessage` outside one."""
+    if interaction.guild_id is None:
+        raise app_commands.NoPrivateMessage()
+    return interaction.guild_id
 
 
 def check_target_channel(interaction: discord.Interaction, channel: discord.abc.GuildChannel | discord.Thread) -> None:
@@ -47,16 +55,16 @@ def check_target_channel(interaction: discord.Interaction, channel: discord.abc.
         )
 
 
-class ManagerGroup(app_commands.Group):
-    """A server-only command group for people with Manage Server.
+@app_commands.guild_only()
+@app_commands.default_permissions(manage_guild=True)
+class ManagerGroupCog(commands.GroupCog):
+    """The base of a server-only command group for people with Manage Server (a subclass names
+    the group: ``class DailyCog(ManagerGroupCog, group_name="daily", group_description=...)``).
 
-    ``default_permissions`` hides it from everyone else in the picker; ``interaction_check``
-    enforces it at runtime, because server admins can override the default per role or channel.
+    ``default_permissions`` hides it from everyone else in the picker; :meth:`interaction_check`
+    enforces it at run time, because server admins can override the default per role or channel.
+    Autocomplete skips the check: an autocomplete callback checks ``manage_guild`` itself.
     """
-
-    def __init__(self, *, name: str, description: str) -> None:
-        super().__init__(name=name, description=description, guild_only=True,
-                         default_permissions=discord.Permissions(manage_guild=True))
 
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
         require_manage_guild(interaction)

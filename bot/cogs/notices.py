@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from analysis.commentary import md_safe_text
 from analysis.errors import InputError
@@ -24,10 +22,12 @@ from analysis.metrics import SKEW_CLASSES
 from analysis.symbols import parse_symbol
 from analysis.windows import parse_window
 
-from ..checks import ManagerGroup, check_target_channel, history_hint
-from ..choices import WINDOW_CHOICES, SubscriptionId, exchange_choices
+from ..app import LiqmapBot
+from ..checks import ManagerGroupCog, check_target_channel, guild_of, history_hint
+from ..choices import WINDOW_CHOICES, SubscriptionId, exchange_choices, offer_choices
 from ..replies import list_subscriptions, reply_private, resume_subscription
-from ..symbol_index import SymbolIndex, check_listed, symbol_choices
+from ..store import SkewWatch, Store
+from ..symbol_index import check_listed, symbol_choices
 
 __all__ = ["NoticesCog", "describe_watch", "setup"]
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 AUTOCOMPLETE_TIMEOUT = 2.0
 
 
-def describe_watch(w: Any) -> str:
+def describe_watch(w: SkewWatch) -> str:
     """One list line: id, symbol, window, exchange, channel, thresholds, last class or pause."""
     p = w.params
     head = f"`#{w.id}` **{w.symbol}** · {w.window} · {w.exchange} → <#{w.channel_id}>"
@@ -54,84 +54,100 @@ def describe_watch(w: Any) -> str:
 Ratio = app_commands.Range[float, 1.01, 100.0]
 
 
-class NoticesCog(commands.Cog):
+class NoticesCog(ManagerGroupCog, group_name="skew-alerts",
+                 group_description="Notices in a channel when a symbol's liquidation skew changes"):
     """The ``/skew-alerts`` command group."""
 
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: LiqmapBot) -> None:
         self.bot = bot
-        self.group = self._build_group()
+        offer_choices(self.subscribe, exchange=exchange_choices(bot.service.venues))
 
     @property
-    def store(self) -> Any:
-        store = getattr(self.bot, "store", None)
+    def store(self) -> Store:
+        store = self.bot.store
         if store is None:
             raise InputError("skew alerts are not available: the bot has no database configured")
         return store
 
-    def _build_group(self) -> app_commands.Group:
-        cog = self
-        service = self.bot.service  # type: ignore[attr-defined]
-        index: SymbolIndex = self.bot.symbols  # type: ignore[attr-defined]
-        group = ManagerGroup(name="skew-alerts", description="Notices in a channel when a symbol's liquidation skew changes")
-
-        @group.command(name="subscribe", description="Post a notice in a channel whenever a symbol's skew class changes")
-        @app_commands.describe(
-            channel="Channel to post the notices in",
-            symbol="Perpetual to watch, e.g. BTC or ETHUSDT",
-            window="Map window the skew is read from (default 7 days)",
-            exchange="Which exchange's data to use (default: all exchanges combined)",
-            mild="Short/long ratio that counts as skewed (default 1.5: 1.5x more on one side)",
-            heavy="Ratio that counts as heavily skewed (default 3)",
-            mild_exit="Ratio below which 'skewed' ends again (default mild / 1.1)",
-            heavy_exit="Ratio below which 'heavily skewed' ends again (default heavy / 1.1)",
-            cooldown_minutes="Minimum minutes between two notices for this symbol here (default 60)",
+    @app_commands.command(name="subscribe", description="Post a notice in a channel whenever a symbol's skew class changes")
+    @app_commands.describe(
+        channel="Channel to post the notices in",
+        symbol="Perpetual to watch, e.g. BTC or ETHUSDT",
+        window="Map window the skew is read from (default 7 days)",
+        exchange="Which exchange's data to use (default: all exchanges combined)",
+        mild="Short/long ratio that counts as skewed (default 1.5: 1.5x more on one side)",
+        heavy="Ratio that counts as heavily skewed (default 3)",
+        mild_exit="Ratio below which 'skewed' ends again (default mild / 1.1)",
+        heavy_exit="Ratio below which 'heavily skewed' ends again (default heavy / 1.1)",
+        cooldown_minutes="Minimum minutes between two notices for this symbol here (default 60)",
+    )
+    @app_commands.choices(window=WINDOW_CHOICES)
+    async def subscribe(
+        self,
+        interaction: discord.Interaction,
+        channel: discord.TextChannel,
+        symbol: str,
+        window: str = "7d",
+        exchange: str = "all",
+        mild: Ratio | None = None,
+        heavy: Ratio | None = None,
+        mild_exit: Ratio | None = None,
+        heavy_exit: Ratio | None = None,
+        cooldown_minutes: app_commands.Range[int, 1, 7 * 24 * 60] | None = None,
+    ) -> None:
+        store = self.store
+        sym = parse_symbol(symbol).symbol
+        win = parse_window(window).label
+        check_listed(self.bot.symbols, self.bot.service, [sym], exchange)
+        kw: dict[str, float] = {k: v for k, v in (("mild", mild), ("heavy", heavy)) if v is not None}
+        HysteresisParams(exit_mild=mild_exit, exit_heavy=heavy_exit, **kw)  # says what is wrong, before storing
+        check_target_channel(interaction, channel)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        w = await store.add_watch(
+            guild_of(interaction), channel.id, symbol=sym, window=win, exchange=exchange, created_by=interaction.user.id,
+            mild=mild, heavy=heavy, exit_mild=mild_exit, exit_heavy=heavy_exit,
+            cooldown_s=None if cooldown_minutes is None else int(cooldown_minutes) * 60,
         )
-        @app_commands.choices(window=WINDOW_CHOICES, exchange=exchange_choices(service.venues))
-        async def subscribe(
-            interaction: discord.Interaction,
-            channel: discord.TextChannel,
-            symbol: str,
-            window: str = "7d",
-            exchange: str = "all",
-            mild: Ratio | None = None,
-            heavy: Ratio | None = None,
-            mild_exit: Ratio | None = None,
-            heavy_exit: Ratio | None = None,
-            cooldown_minutes: app_commands.Range[int, 1, 7 * 24 * 60] | None = None,
-        ) -> None:
-            await cog.do_subscribe(interaction, channel, symbol, window, exchange, mild, heavy, mild_exit,
-                                   heavy_exit, cooldown_minutes)
+        log.info("guild %s added skew alert %s", interaction.guild_id, w.id)
+        await reply_private(interaction, "Skew alert set. The first check records the current class; "
+                                         f"a notice follows when it changes.\n{describe_watch(w)}"
+                                         f"{history_hint(interaction, channel)}")
 
-        @subscribe.autocomplete("symbol")
-        async def symbol_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-            return symbol_choices(index, service, current, getattr(interaction.namespace, "exchange", None))
+    @subscribe.autocomplete("symbol")
+    async def symbol_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return symbol_choices(self.bot.symbols, self.bot.service, current,
+                              getattr(interaction.namespace, "exchange", None))
 
-        @group.command(name="list", description="Show this server's skew alerts, including paused ones")
-        async def alerts_list(interaction: discord.Interaction) -> None:
-            await cog.do_list(interaction)
+    @app_commands.command(name="list", description="Show this server's skew alerts, including paused ones")
+    async def alerts_list(self, interaction: discord.Interaction) -> None:
+        await list_subscriptions(
+            interaction, self.store, self.store.list_watches, title="Skew alerts",
+            empty="No skew alerts yet. Create one with `/skew-alerts subscribe`.", describe=describe_watch,
+        )
 
-        @group.command(name="unsubscribe", description="Stop and delete a skew alert")
-        @app_commands.describe(id="The alert's number, as shown by /skew-alerts list")
-        async def unsubscribe(interaction: discord.Interaction, id: SubscriptionId) -> None:
-            await cog.do_unsubscribe(interaction, id)
+    @app_commands.command(name="unsubscribe", description="Stop and delete a skew alert")
+    @app_commands.describe(id="The alert's number, as shown by /skew-alerts list")
+    async def unsubscribe(self, interaction: discord.Interaction, id: SubscriptionId) -> None:
+        store = self.store
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        w = await store.remove_watch(guild_of(interaction), id)
+        log.info("guild %s removed skew alert %s", interaction.guild_id, w.id)
+        await reply_private(interaction, f"Removed skew alert `#{w.id}` ({w.symbol} → <#{w.channel_id}>).")
 
-        @group.command(name="resume", description="Resume a paused skew alert (after fixing the channel or permissions)")
-        @app_commands.describe(id="The alert's number, as shown by /skew-alerts list")
-        async def resume(interaction: discord.Interaction, id: SubscriptionId) -> None:
-            await cog.do_resume(interaction, id)
+    @app_commands.command(name="resume", description="Resume a paused skew alert (after fixing the channel or permissions)")
+    @app_commands.describe(id="The alert's number, as shown by /skew-alerts list")
+    async def resume(self, interaction: discord.Interaction, id: SubscriptionId) -> None:
+        await resume_subscription(
+            interaction, id, get=self.store.get_watch, resume=self.store.resume_watch,
+            describe=describe_watch, noun="skew alert", short="alert", list_command="/skew-alerts list",
+            redo="unsubscribe and subscribe again for another channel",
+            resumed_note=" The next check records a fresh baseline.",
+        )
 
-        unsubscribe.autocomplete("id")(cog.id_autocomplete)
-        resume.autocomplete("id")(cog.id_autocomplete)
-        return group
-
-    async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.group)
-
-    async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.group.name)
-
+    @unsubscribe.autocomplete("id")
+    @resume.autocomplete("id")
     async def id_autocomplete(self, interaction: discord.Interaction, current: int | str) -> list[app_commands.Choice[int]]:
-        if interaction.guild_id is None or getattr(self.bot, "store", None) is None:
+        if interaction.guild_id is None or self.bot.store is None:
             return []
         if not interaction.permissions.manage_guild:  # autocomplete skips the group's check
             return []
@@ -149,47 +165,6 @@ class NoticesCog(commands.Cog):
             out.append(app_commands.Choice(name=f"#{w.id} {w.symbol} {w.window} {w.exchange}{state}"[:100], value=w.id))
         return out[:25]
 
-    async def do_subscribe(self, interaction: discord.Interaction, channel: discord.TextChannel, symbol: str,
-                           window: str, exchange: str, mild: float | None, heavy: float | None,
-                           mild_exit: float | None, heavy_exit: float | None, cooldown_minutes: int | None) -> None:
-        store = self.store
-        sym = parse_symbol(symbol).symbol
-        win = parse_window(window).label
-        check_listed(self.bot.symbols, self.bot.service, [sym], exchange)  # type: ignore[attr-defined]
-        kw: dict[str, float] = {k: v for k, v in (("mild", mild), ("heavy", heavy)) if v is not None}
-        HysteresisParams(exit_mild=mild_exit, exit_heavy=heavy_exit, **kw)  # says what is wrong, before storing
-        check_target_channel(interaction, channel)
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        w = await store.add_watch(
-            interaction.guild_id, channel.id, symbol=sym, window=win, exchange=exchange, created_by=interaction.user.id,
-            mild=mild, heavy=heavy, exit_mild=mild_exit, exit_heavy=heavy_exit,
-            cooldown_s=None if cooldown_minutes is None else int(cooldown_minutes) * 60,
-        )
-        log.info("guild %s added skew alert %s", interaction.guild_id, w.id)
-        await reply_private(interaction, "Skew alert set. The first check records the current class; "
-                                  f"a notice follows when it changes.\n{describe_watch(w)}"
-                                  f"{history_hint(interaction, channel)}")
 
-    async def do_list(self, interaction: discord.Interaction) -> None:
-        await list_subscriptions(
-            interaction, self.store, self.store.list_watches, title="Skew alerts",
-            empty="No skew alerts yet. Create one with `/skew-alerts subscribe`.", describe=describe_watch,
-        )
-
-    async def do_unsubscribe(self, interaction: discord.Interaction, watch_id: int) -> None:
-        store = self.store
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        w = await store.remove_watch(interaction.guild_id, watch_id)
-        log.info("guild %s removed skew alert %s", interaction.guild_id, w.id)
-        await reply_private(interaction, f"Removed skew alert `#{w.id}` ({w.symbol} → <#{w.channel_id}>).")
-
-    async def do_resume(self, interaction: discord.Interaction, watch_id: int) -> None:
-        await resume_subscription(
-            interaction, watch_id, get=self.store.get_watch, resume=self.store.resume_watch,
-            describe=describe_watch, noun="skew alert", short="alert", list_command="/skew-alerts list",
-            redo="unsubscribe and subscribe again for another channel",
-            resumed_note=" The next check records a fresh baseline.",
-        )
-
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: LiqmapBot) -> None:
     await bot.add_cog(NoticesCog(bot))
