@@ -67,7 +67,7 @@ Channel deleted or permissions lost (:class:`ChannelGone` / :class:`MissingAcces
 every subscription posting to that channel is paused with the reason (never deleted), and the
 delivery is recorded ``skipped``. Any other error is confined to its own post.
 
-DST (see :func:`bot.store.local_occurrence`): a local time that does not exist on a spring-forward
+DST (see :func:`bot.schedule_time.local_occurrence`): a local time that does not exist on a spring-forward
 day is posted the same amount after the jump (02:30 -> 03:30 in New York); an ambiguous local time
 on a fall-back day is posted at its first occurrence. Either way exactly once that local day.
 
@@ -97,7 +97,8 @@ from analysis.hysteresis import step
 from analysis.metrics import SKEW_CLASSES
 from analysis.options import VIEWS
 
-from .store import Claim, DailySchedule, Outcome, ReadingIn, SkewWatch, Store, local_date_of, next_occurrence
+from .schedule_time import local_date_of, next_occurrence
+from .store import Claim, DailySchedule, Outcome, ReadingIn, SkewWatch, Store
 
 __all__ = [
     "Poster",

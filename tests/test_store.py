@@ -307,7 +307,7 @@ async def test_open_from_another_working_directory(tmp_path, monkeypatch):
 
 async def test_failed_write_leaves_previous_state(store, monkeypatch):
     d = await add_daily(store)
-    import bot.store as store_mod
+    import bot.store.daily as store_mod
 
     def boom(*a, **k):
         raise RuntimeError("crash mid-write")
