@@ -69,7 +69,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-COGS = ("bot.cogs.liqmap", "bot.cogs.daily", "bot.cogs.notices", "bot.cogs.clusters")
+COGS = ("bot.cogs.liqmap", "bot.cogs.daily", "bot.cogs.skew_alerts", "bot.cogs.clusters")
 NO_MENTIONS = discord.AllowedMentions.none()
 Mode = Literal["run", "dry-run", "sync"]
 

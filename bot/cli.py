@@ -355,7 +355,7 @@ def _add_tape(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--venues", default=None, help=f"comma-separated, from {venues} (default LIQMAP_TAPE_VENUES, else all)")
     p.add_argument("--symbols", default=None,
                    help="comma-separated tickers, e.g. BTC,ETH,SOL (default LIQMAP_TAPE_SYMBOLS, else BTC, ETH and "
-                        "the symbols of the bot's active daily reports and notices in the database)")
+                        "the symbols of the bot's active daily reports and alerts in the database)")
     p.add_argument("--db", default=None, metavar="URL_OR_FILE",
                    help="database URL (sqlite+aiosqlite:///FILE, postgresql+asyncpg://...) or a SQLite file "
                         "(default DATABASE_URL, else the bot's SQLite file)")

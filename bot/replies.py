@@ -9,7 +9,7 @@ import discord
 
 from analysis.errors import InputError
 
-from .checks import check_target_channel
+from .checks import check_target_channel, guild_of
 
 __all__ = ["message_chunks", "reply_private", "list_subscriptions", "resume_subscription"]
 
@@ -48,12 +48,13 @@ async def list_subscriptions(
     describe: Callable[[Any], str],
 ) -> None:
     """Answer a ``list`` command: the server's subscriptions of one kind with the cap in use."""
+    guild_id = guild_of(interaction)
     await interaction.response.defer(ephemeral=True, thinking=True)
-    items = await fetch(interaction.guild_id)
+    items = await fetch(guild_id)
     if not items:
         await reply_private(interaction, empty)
         return
-    used = await store.count_subscriptions(interaction.guild_id)
+    used = await store.count_subscriptions(guild_id)
     header = f"**{title}** ({used}/{store.max_per_guild} subscriptions used in this server)"
     for text in message_chunks(header, (describe(item) for item in items)):
         await reply_private(interaction, text)
@@ -85,6 +86,6 @@ async def resume_subscription(
     if not current.paused:
         await reply_private(interaction, f"{noun[0].upper()}{noun[1:]} `#{item_id}` is not paused.\n{describe(current)}")
         return
-    item = await resume(interaction.guild_id, item_id)
+    item = await resume(guild_of(interaction), item_id)
     log.info("guild %s resumed %s %s", interaction.guild_id, noun, item.id)
     await reply_private(interaction, f"Resumed.{resumed_note}\n{describe(item)}")

@@ -43,12 +43,11 @@ async def test_two_bots_with_different_venues_keep_their_own_exchange_choices(tm
                              ("cluster-alerts", "subscribe")):
             assert _exchange_values(plain.bot.definitions(), command, sub) == ["all", "binance", "okx"]
             assert _exchange_values(with_cg.bot.definitions(), command, sub) == ["all", "binance", "okx", "coinglass"]
+        cog_class = type(plain.bot.get_cog("LiqmapCog"))
     finally:
         await plain.stop()
         await with_cg.stop()
-    from bot.cogs.liqmap import LiqmapCog
-
-    declared = LiqmapCog.__cog_app_commands__[0]  # the class's own command is left as declared
+    declared = cog_class.__cog_app_commands__[0]  # the class's own command is left as declared
     assert not next(p for p in declared.parameters if p.name == "exchange").choices
 
 
@@ -66,9 +65,9 @@ def test_offer_choices_names_a_missing_parameter():
 def test_subscription_groups_are_server_only_and_hidden_from_non_managers():
     from bot.cogs.clusters import ClustersCog
     from bot.cogs.daily import DailyCog
-    from bot.cogs.notices import NoticesCog
+    from bot.cogs.skew_alerts import SkewAlertsCog
 
-    for cog in (DailyCog, NoticesCog, ClustersCog):
+    for cog in (DailyCog, SkewAlertsCog, ClustersCog):
         assert issubclass(cog, ManagerGroupCog)
         assert cog.__discord_app_commands_guild_only__
         assert cog.__discord_app_commands_default_permissions__.manage_guild

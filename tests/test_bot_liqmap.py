@@ -292,7 +292,11 @@ async def test_liqmap_works_in_direct_messages(h):
 
 
 async def test_a_report_that_takes_too_long_gets_a_clear_private_message(h, monkeypatch):
-    import bot.cogs.liqmap as cog_mod
+    import importlib
+
+    # the module the extension loaded (discord.py re-imports an extension without rebinding the
+    # package attribute, so `import bot.cogs.liqmap` could name an earlier copy)
+    cog_mod = importlib.import_module("bot.cogs.liqmap")
 
     async def slow(*args, **kwargs):
         await asyncio.sleep(1)

@@ -193,7 +193,7 @@ async def test_skew_alert_subscribe_with_thresholds_list_and_unsubscribe(h):
                                           cooldown_minutes=30)))
     assert text.startswith("Skew alert set.") and "**BTCUSDT**" in text
     assert "mild 1.8×" in text and "heavy 4×" in text and "cooldown 30 min" in text
-    (w,) = await h.bot.store.list_watches(GUILD_ID)
+    (w,) = await h.bot.store.list_skew_alerts(GUILD_ID)
     assert (w.symbol, w.mild, w.heavy, w.cooldown_s, w.channel_id) == ("BTCUSDT", 1.8, 4.0, 1800, OTHER_CHANNEL_ID)
     text = answer(await h.dispatch(alerts("list")))
     assert "not measured yet" in text and f"`#{w.id}`" in text
@@ -201,7 +201,7 @@ async def test_skew_alert_subscribe_with_thresholds_list_and_unsubscribe(h):
     assert f"that skew alert for BTCUSDT 7d on all already exists in this channel (id {w.id})" in text
     text = answer(await h.dispatch(alerts("unsubscribe", id=w.id)))
     assert text.startswith(f"Removed skew alert `#{w.id}`")
-    assert await h.bot.store.list_watches(GUILD_ID) == []
+    assert await h.bot.store.list_skew_alerts(GUILD_ID) == []
 
 
 @pytest.mark.parametrize(
@@ -217,7 +217,7 @@ async def test_skew_alert_refuses_bad_thresholds_and_unlisted_symbols(h, options
     opts = {"channel": REPORTS, "symbol": "BTC", **options}
     text = refusal(await h.dispatch(alerts("subscribe", **opts)))
     assert needle in text
-    assert await h.bot.store.list_watches(GUILD_ID) == []
+    assert await h.bot.store.list_skew_alerts(GUILD_ID) == []
 
 
 async def test_skew_alert_symbol_autocomplete(h):
@@ -247,13 +247,13 @@ async def test_deleting_a_channel_pauses_its_subscriptions(h):
     h.bot._connection.parse_channel_delete({"id": str(OTHER_CHANNEL_ID), "type": 0, "guild_id": str(GUILD_ID),
                                             "name": "market-reports", "position": 1, "permission_overwrites": []})
     for _ in range(50):
-        if (await h.bot.store.list_watches(GUILD_ID))[0].paused:
+        if (await h.bot.store.list_skew_alerts(GUILD_ID))[0].paused:
             break
         await asyncio.sleep(0.02)
     daily_items = await h.bot.store.list_daily(GUILD_ID)
     assert [s.paused for s in daily_items] == [True, False]
     assert daily_items[0].paused_reason == "channel #market-reports was deleted"
-    assert (await h.bot.store.list_watches(GUILD_ID))[0].paused
+    assert (await h.bot.store.list_skew_alerts(GUILD_ID))[0].paused
 
 
 async def test_daily_set_refuses_a_symbol_no_venue_lists(h):
@@ -328,7 +328,7 @@ async def test_a_double_click_stores_one_subscription_and_refuses_the_other(h, g
         listed, noun = h.bot.store.list_daily, "daily report"
     else:
         make = lambda: alerts("subscribe", channel=REPORTS, symbol="BTC")  # noqa: E731
-        listed, noun = h.bot.store.list_watches, "skew alert for BTCUSDT 7d on all"
+        listed, noun = h.bot.store.list_skew_alerts, "skew alert for BTCUSDT 7d on all"
     answers = sorted(answer(calls) for calls in await _dispatch_together(h, make(), make()))
     (row,) = await listed(GUILD_ID)
     refused = [a for a in answers if "already exists" in a]
@@ -347,7 +347,7 @@ async def test_out_of_range_ids_get_a_clear_refusal_from_every_id_command(h, bad
         text = calls[-1].body.get("content") or calls[-1].body["data"]["content"]
         assert f"no {noun} with id {bad}" in text, text
         assert "went wrong" not in text
-    assert len(await h.bot.store.list_daily(GUILD_ID)) == 1 and len(await h.bot.store.list_watches(GUILD_ID)) == 1
+    assert len(await h.bot.store.list_daily(GUILD_ID)) == 1 and len(await h.bot.store.list_skew_alerts(GUILD_ID)) == 1
 
 
 def test_id_options_carry_the_range_discord_enforces():

@@ -1,4 +1,4 @@
-"""Durable bot state: daily report schedules, skew-notice subscriptions and daily deliveries.
+"""Durable bot state: daily report schedules, skew alerts and daily deliveries.
 
 SQLAlchemy 2 async ORM. The default database is an embedded SQLite file
 (``sqlite+aiosqlite:///liqmap.sqlite3``, WAL journal, 5 s busy timeout, foreign keys on);
@@ -8,7 +8,7 @@ migrations in ``bot/migrations`` run on :meth:`Store.open`, from code (no alembi
 Everything a command passes in is validated *before* it reaches a query, and refused with an
 :class:`~analysis.errors.InputError` whose message says what would be valid. Each write is one
 transaction, so a crash mid-write leaves the previous state. Rows are returned as frozen
-dataclasses (:class:`DailySchedule`, :class:`SkewWatch`, :class:`Delivery`), detached from any session.
+dataclasses (:class:`DailySchedule`, :class:`SkewAlert`, :class:`Delivery`), detached from any session.
 
 API for the Discord layer (all ``async``)::
 
@@ -20,13 +20,13 @@ API for the Discord layer (all ``async``)::
     await store.list_daily(guild_id) -> list[DailySchedule]        # paused ones included, with reason
     await store.remove_daily(guild_id, schedule_id) -> DailySchedule
     await store.resume_daily(guild_id, schedule_id) -> DailySchedule  # next run recomputed from now
-    await store.add_watch(guild_id, channel_id, symbol="BTC", window="7d", exchange="all",
+    await store.add_skew_alert(guild_id, channel_id, symbol="BTC", window="7d", exchange="all",
                           mild=None, heavy=None, exit_mild=None, exit_heavy=None,
-                          cooldown_s=None, created_by=user_id) -> SkewWatch
-    await store.list_watches(guild_id) / remove_watch(guild_id, id) / resume_watch(guild_id, id)
-    await store.get_daily(id) / get_watch(id) -> record | None   # any guild: check guild_id yourself
-    await store.count_subscriptions(guild_id) -> int              # daily + watches + cluster alerts, paused included
-    await store.pause("daily" | "watch", id, reason) -> bool      # False: no such id or already paused
+                          cooldown_s=None, created_by=user_id) -> SkewAlert
+    await store.list_skew_alerts(guild_id) / remove_skew_alert(guild_id, id) / resume_skew_alert(guild_id, id)
+    await store.get_daily(id) / get_skew_alert(id) -> record | None   # any guild: check guild_id yourself
+    await store.count_subscriptions(guild_id) -> int              # daily + skew alerts + cluster alerts, paused included
+    await store.pause("daily" | "skew_alert", id, reason) -> bool      # False: no such id or already paused
     await store.pause_channel(channel_id, reason) -> int          # every subscription posting there
     await store.deliveries(schedule_id, local_date=None) -> list[Delivery]
     await store.prune_deliveries(before, batch=5000, max_batches=100) -> int  # final records due before
@@ -37,7 +37,7 @@ Ids are range-checked before any query: Discord ids 1..2**63-1 (else InputError)
 ids 1..2**31-1 (else "no such id": None, False or an InputError saying so).
 
 Every refusal is an ``InputError`` (bad time/timezone/symbol/window/exchange/view/threshold/cooldown,
-duplicate (decided by the table's unique key, see ``_insert_subscription``), cap reached, unknown id in this guild). The cap counts daily reports, skew notices
+duplicate (decided by the table's unique key, see ``_insert_subscription``), cap reached, unknown id in this guild). The cap counts daily reports, skew alerts
 and cluster alerts (``bot/cluster_store.py``) together, paused ones included.
 
 Validators usable on their own (e.g. in autocomplete or a pre-check): :func:`parse_time`,
@@ -51,8 +51,8 @@ pausing), ``daily``, ``skew_alerts``, ``deliveries`` (claims, outcomes, pruning)
 The dispatcher (``bot/scheduler.py``) uses :meth:`Store.due_daily`, :meth:`Store.deliveries_for`,
 :meth:`Store.claim_many`, :meth:`Store.finish_many` (which also keeps the readings of the posted
 reports), :meth:`Store.latest_readings`, :meth:`Store.skip_many`,
-:meth:`Store.advance_many`, :meth:`Store.active_watches`, :meth:`Store.record_baselines` and
-:meth:`Store.set_watch_class` (one transaction per step per tick, not per channel).
+:meth:`Store.advance_many`, :meth:`Store.active_skew_alerts`, :meth:`Store.record_baselines` and
+:meth:`Store.set_skew_alert_class` (one transaction per step per tick, not per channel).
 """
 
 from __future__ import annotations
@@ -73,9 +73,9 @@ from .deliveries import (
 )
 from .engine import DEFAULT_URL, MIGRATIONS, _sqlite_pragmas, _upgrade, alembic_config
 from .readings import KEEP_READINGS, ReadingIn, StoredReading
-from .skew_alerts import SkewWatch, SkewWatchStore, _hysteresis
+from .skew_alerts import SkewAlert, SkewAlertStore, _hysteresis
 from .subscriptions import Kind
-from .tables import Base, DailyReadingRow, DailyRow, DeliveryRow, MarkRow, UTCDateTime, WatchRow
+from .tables import Base, DailyReadingRow, DailyRow, DeliveryRow, MarkRow, UTCDateTime, SkewAlertRow
 from .validation import (
     DEFAULT_COOLDOWN_S,
     EXCHANGES,
@@ -97,7 +97,7 @@ __all__ = [
     "Store",
     # records
     "DailySchedule",
-    "SkewWatch",
+    "SkewAlert",
     "Delivery",
     "Claim",
     "Outcome",
@@ -109,7 +109,7 @@ __all__ = [
     "Base",
     "UTCDateTime",
     "DailyRow",
-    "WatchRow",
+    "SkewAlertRow",
     "DeliveryRow",
     "MarkRow",
     "DailyReadingRow",
@@ -146,5 +146,5 @@ __all__ = [
 # _valid_item_id.
 
 
-class Store(DailyStore, SkewWatchStore, DeliveryStore):
+class Store(DailyStore, SkewAlertStore, DeliveryStore):
     """Async access to the bot's tables. Create with :meth:`Store.open`; one per process."""

@@ -16,7 +16,7 @@ from analysis.windows import parse_window
 
 from ..schedule_time import aware
 from .subscriptions import SubscriptionStore
-from .tables import WatchRow
+from .tables import SkewAlertRow
 from .validation import (
     DEFAULT_COOLDOWN_S,
     MAX_COOLDOWN_S,
@@ -28,11 +28,11 @@ from .validation import (
     _valid_item_id,
 )
 
-__all__ = ["SkewWatch", "SkewWatchStore"]
+__all__ = ["SkewAlert", "SkewAlertStore"]
 
 
 @dataclass(frozen=True)
-class SkewWatch:
+class SkewAlert:
     """A skew-change subscription of ``channel_id`` to one (symbol, window, exchange).
 
     ``mild``/``heavy``/``exit_*`` are None when the defaults apply; ``params`` resolves them.
@@ -68,7 +68,7 @@ class SkewWatch:
         return _hysteresis(self.mild, self.heavy, self.exit_mild, self.exit_heavy)
 
     @classmethod
-    def _of(cls, r: WatchRow) -> "SkewWatch":
+    def _of(cls, r: SkewAlertRow) -> "SkewAlert":
         return cls(r.id, r.guild_id, r.channel_id, r.symbol, r.window, r.exchange, r.mild, r.heavy, r.exit_mild,
                    r.exit_heavy, r.cooldown_s, r.last_class, r.last_ratio, r.last_announced_at, r.paused_reason,
                    r.paused_at, r.created_by, r.created_at)
@@ -83,10 +83,10 @@ def _hysteresis(mild: float | None, heavy: float | None, exit_mild: float | None
     return HysteresisParams(exit_mild=exit_mild, exit_heavy=exit_heavy, **kw)
 
 
-class SkewWatchStore(SubscriptionStore):
-    """The ``skew_watches`` table."""
+class SkewAlertStore(SubscriptionStore):
+    """The ``skew_alerts`` table."""
 
-    async def add_watch(
+    async def add_skew_alert(
         self,
         guild_id: int,
         channel_id: int,
@@ -101,8 +101,8 @@ class SkewWatchStore(SubscriptionStore):
         exit_heavy: float | None = None,
         cooldown_s: int | None = None,
         now: datetime | None = None,
-    ) -> SkewWatch:
-        """Validate and store a skew-notice subscription (thresholds default to the metrics' mild/heavy)."""
+    ) -> SkewAlert:
+        """Validate and store a skew alert (thresholds default to the metrics' mild/heavy)."""
         guild_id, channel_id = _parse_id(guild_id, "server id"), _parse_id(channel_id, "channel id")
         created_by = _parse_id(created_by, "user id")
         sym = parse_symbol(symbol).symbol
@@ -120,46 +120,46 @@ class SkewWatchStore(SubscriptionStore):
             mild=_f(mild), heavy=_f(heavy), exit_mild=_f(exit_mild), exit_heavy=_f(exit_heavy),
             cooldown_s=cd, created_by=created_by, created_at=now,
         )
-        return await self._insert_subscription(WatchRow, values, SkewWatch._of, f"skew alert for {sym} {win} on {exch}")
+        return await self._insert_subscription(SkewAlertRow, values, SkewAlert._of, f"skew alert for {sym} {win} on {exch}")
 
-    async def list_watches(self, guild_id: int) -> list[SkewWatch]:
+    async def list_skew_alerts(self, guild_id: int) -> list[SkewAlert]:
         """Every skew subscription of a server (paused ones too), oldest first."""
-        return await self._guild_rows(WatchRow, SkewWatch._of, guild_id)
+        return await self._guild_rows(SkewAlertRow, SkewAlert._of, guild_id)
 
-    async def get_watch(self, watch_id: int) -> SkewWatch | None:
-        return await self._one(WatchRow, SkewWatch._of, watch_id)
+    async def get_skew_alert(self, alert_id: int) -> SkewAlert | None:
+        return await self._one(SkewAlertRow, SkewAlert._of, alert_id)
 
-    async def remove_watch(self, guild_id: int, watch_id: int) -> SkewWatch:
+    async def remove_skew_alert(self, guild_id: int, alert_id: int) -> SkewAlert:
         """Delete a server's skew subscription; InputError if it has no such id."""
         async with self._session() as s, s.begin():
-            row = await self._owned(s, WatchRow, guild_id, watch_id, "skew alert")
-            out = SkewWatch._of(row)
+            row = await self._owned(s, SkewAlertRow, guild_id, alert_id, "skew alert")
+            out = SkewAlert._of(row)
             await s.delete(row)
             return out
 
-    async def resume_watch(self, guild_id: int, watch_id: int) -> SkewWatch:
+    async def resume_skew_alert(self, guild_id: int, alert_id: int) -> SkewAlert:
         """Unpause; the next check records a fresh baseline (no notice for what changed while paused)."""
         async with self._session() as s, s.begin():
-            row = await self._owned(s, WatchRow, guild_id, watch_id, "skew alert")
+            row = await self._owned(s, SkewAlertRow, guild_id, alert_id, "skew alert")
             row.paused_reason = None
             row.paused_at = None
             row.last_class = None
             row.last_ratio = None
             await s.flush()
-            return SkewWatch._of(row)
+            return SkewAlert._of(row)
 
-    async def active_watches(self) -> list[SkewWatch]:
+    async def active_skew_alerts(self) -> list[SkewAlert]:
         """Every unpaused skew subscription."""
         async with self._session() as s:
-            rows = await s.scalars(select(WatchRow).where(WatchRow.paused_reason.is_(None)).order_by(WatchRow.id))
-            return [SkewWatch._of(r) for r in rows]
+            rows = await s.scalars(select(SkewAlertRow).where(SkewAlertRow.paused_reason.is_(None)).order_by(SkewAlertRow.id))
+            return [SkewAlert._of(r) for r in rows]
 
     async def record_baselines(self, items: Sequence[tuple[int, str, float | None]]) -> None:
-        """Set the first observed class of watches that have none yet: ``(watch id, class key, ratio)``."""
+        """Set the first observed class of skew alerts that have none yet: ``(alert id, class key, ratio)``."""
         items = [i for i in items if _valid_item_id(i[0])]
         if not items:
             return
-        t = WatchRow.__table__
+        t = SkewAlertRow.__table__
         stmt = (
             update(t)
             .where(t.c.id == bindparam("b_id"), t.c.last_class.is_(None))
@@ -168,9 +168,9 @@ class SkewWatchStore(SubscriptionStore):
         async with self._session() as s, s.begin():
             await s.execute(stmt, [{"b_id": i, "b_class": k, "b_ratio": _finite(r)} for i, k, r in items])
 
-    async def set_watch_class(
+    async def set_skew_alert_class(
         self,
-        watch_id: int,
+        alert_id: int,
         *,
         expected: str | None,
         new: str | None,
@@ -190,9 +190,9 @@ class SkewWatchStore(SubscriptionStore):
             values["last_announced_at"] = None if previous_announced_at is None else aware(previous_announced_at)
         elif announced_at is not None:
             values["last_announced_at"] = aware(announced_at)
-        if not _valid_item_id(watch_id):
+        if not _valid_item_id(alert_id):
             return False
-        cond = WatchRow.last_class.is_(None) if expected is None else WatchRow.last_class == expected
+        cond = SkewAlertRow.last_class.is_(None) if expected is None else SkewAlertRow.last_class == expected
         async with self._session() as s, s.begin():
-            res = await s.execute(update(WatchRow).where(WatchRow.id == watch_id, cond).values(**values))
+            res = await s.execute(update(SkewAlertRow).where(SkewAlertRow.id == alert_id, cond).values(**values))
             return bool(res.rowcount)

@@ -14,28 +14,28 @@ from analysis.errors import InputError
 
 from ..schedule_time import aware
 from .engine import StoreEngine
-from .tables import DailyRow, WatchRow
+from .tables import DailyRow, SkewAlertRow
 from .validation import ITEM_ID_MAX, SNOWFLAKE_MAX, _is_int_in, _parse_id, _reason, _valid_item_id
 
 __all__ = ["Kind", "SubscriptionStore"]
 
-Kind = Literal["daily", "watch"]
+Kind = Literal["daily", "skew_alert"]
 
 
 class SubscriptionStore(StoreEngine):
     """The subscription plumbing shared by daily reports, skew alerts and cluster alerts."""
 
     async def count_subscriptions(self, guild_id: int) -> int:
-        """Daily reports, skew notices and cluster alerts of a server (paused ones count)."""
+        """Daily reports, skew alerts and cluster alerts of a server (paused ones count)."""
         guild_id = _parse_id(guild_id, "server id")
         async with self._session() as s:
             return await self._count(s, guild_id)
 
     async def pause(self, kind: Kind, item_id: int, reason: str, now: datetime | None = None) -> bool:
-        """Pause one daily report or skew notice with a reason; False if it does not exist or is already paused."""
-        table = {"daily": DailyRow, "watch": WatchRow}.get(kind)
+        """Pause one daily report or skew alert with a reason; False if it does not exist or is already paused."""
+        table = {"daily": DailyRow, "skew_alert": SkewAlertRow}.get(kind)
         if table is None:
-            raise InputError(f"unknown subscription kind {kind!r}; daily or watch")
+            raise InputError(f"unknown subscription kind {kind!r}; daily or skew_alert")
         if not _valid_item_id(item_id):
             return False
         async with self._session() as s, s.begin():
@@ -53,7 +53,7 @@ class SubscriptionStore(StoreEngine):
             return 0
         n = 0
         async with self._session() as s, s.begin():
-            for table in (DailyRow, WatchRow):
+            for table in (DailyRow, SkewAlertRow):
                 res = await s.execute(
                     update(table)
                     .where(table.channel_id == channel_id, table.paused_reason.is_(None))
@@ -66,7 +66,7 @@ class SubscriptionStore(StoreEngine):
         from ..cluster_store import ClusterRow  # (that module builds on this one)
 
         n = 0
-        for table in (DailyRow, WatchRow, ClusterRow):
+        for table in (DailyRow, SkewAlertRow, ClusterRow):
             n += int(await s.scalar(select(func.count()).select_from(table).where(table.guild_id == guild_id)) or 0)
         return n
 

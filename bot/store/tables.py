@@ -12,7 +12,7 @@ from sqlalchemy.types import TypeDecorator
 
 from ..schedule_time import UTC
 
-__all__ = ["UTCDateTime", "Base", "DailyRow", "WatchRow", "DeliveryRow", "MarkRow", "DailyReadingRow"]
+__all__ = ["UTCDateTime", "Base", "DailyRow", "SkewAlertRow", "DeliveryRow", "MarkRow", "DailyReadingRow"]
 
 
 class UTCDateTime(TypeDecorator):
@@ -67,10 +67,10 @@ class DailyRow(Base):
     view: Mapped[str] = mapped_column(String(8), default="map", server_default="map")
 
 
-class WatchRow(Base):
-    __tablename__ = "skew_watches"
+class SkewAlertRow(Base):
+    __tablename__ = "skew_alerts"
     natural_key = ("channel_id", "symbol", "window", "exchange")
-    __table_args__ = (UniqueConstraint(*natural_key, name="uq_skew_watch"),)
+    __table_args__ = (UniqueConstraint(*natural_key, name="uq_skew_alert"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     guild_id: Mapped[int] = mapped_column(BigInteger, index=True)

@@ -26,17 +26,17 @@ from ..app import LiqmapBot
 from ..checks import ManagerGroupCog, check_target_channel, guild_of, history_hint
 from ..choices import WINDOW_CHOICES, SubscriptionId, exchange_choices, offer_choices
 from ..replies import list_subscriptions, reply_private, resume_subscription
-from ..store import SkewWatch, Store
+from ..store import SkewAlert, Store
 from ..symbol_index import check_listed, symbol_choices
 
-__all__ = ["NoticesCog", "describe_watch", "setup"]
+__all__ = ["SkewAlertsCog", "describe_skew_alert", "setup"]
 
 log = logging.getLogger(__name__)
 
 AUTOCOMPLETE_TIMEOUT = 2.0
 
 
-def describe_watch(w: SkewWatch) -> str:
+def describe_skew_alert(w: SkewAlert) -> str:
     """One list line: id, symbol, window, exchange, channel, thresholds, last class or pause."""
     p = w.params
     head = f"`#{w.id}` **{w.symbol}** · {w.window} · {w.exchange} → <#{w.channel_id}>"
@@ -54,7 +54,7 @@ def describe_watch(w: SkewWatch) -> str:
 Ratio = app_commands.Range[float, 1.01, 100.0]
 
 
-class NoticesCog(ManagerGroupCog, group_name="skew-alerts",
+class SkewAlertsCog(ManagerGroupCog, group_name="skew-alerts",
                  group_description="Notices in a channel when a symbol's liquidation skew changes"):
     """The ``/skew-alerts`` command group."""
 
@@ -103,14 +103,14 @@ class NoticesCog(ManagerGroupCog, group_name="skew-alerts",
         HysteresisParams(exit_mild=mild_exit, exit_heavy=heavy_exit, **kw)  # says what is wrong, before storing
         check_target_channel(interaction, channel)
         await interaction.response.defer(ephemeral=True, thinking=True)
-        w = await store.add_watch(
+        w = await store.add_skew_alert(
             guild_of(interaction), channel.id, symbol=sym, window=win, exchange=exchange, created_by=interaction.user.id,
             mild=mild, heavy=heavy, exit_mild=mild_exit, exit_heavy=heavy_exit,
             cooldown_s=None if cooldown_minutes is None else int(cooldown_minutes) * 60,
         )
         log.info("guild %s added skew alert %s", interaction.guild_id, w.id)
         await reply_private(interaction, "Skew alert set. The first check records the current class; "
-                                         f"a notice follows when it changes.\n{describe_watch(w)}"
+                                         f"a notice follows when it changes.\n{describe_skew_alert(w)}"
                                          f"{history_hint(interaction, channel)}")
 
     @subscribe.autocomplete("symbol")
@@ -121,8 +121,8 @@ class NoticesCog(ManagerGroupCog, group_name="skew-alerts",
     @app_commands.command(name="list", description="Show this server's skew alerts, including paused ones")
     async def alerts_list(self, interaction: discord.Interaction) -> None:
         await list_subscriptions(
-            interaction, self.store, self.store.list_watches, title="Skew alerts",
-            empty="No skew alerts yet. Create one with `/skew-alerts subscribe`.", describe=describe_watch,
+            interaction, self.store, self.store.list_skew_alerts, title="Skew alerts",
+            empty="No skew alerts yet. Create one with `/skew-alerts subscribe`.", describe=describe_skew_alert,
         )
 
     @app_commands.command(name="unsubscribe", description="Stop and delete a skew alert")
@@ -130,7 +130,7 @@ class NoticesCog(ManagerGroupCog, group_name="skew-alerts",
     async def unsubscribe(self, interaction: discord.Interaction, id: SubscriptionId) -> None:
         store = self.store
         await interaction.response.defer(ephemeral=True, thinking=True)
-        w = await store.remove_watch(guild_of(interaction), id)
+        w = await store.remove_skew_alert(guild_of(interaction), id)
         log.info("guild %s removed skew alert %s", interaction.guild_id, w.id)
         await reply_private(interaction, f"Removed skew alert `#{w.id}` ({w.symbol} → <#{w.channel_id}>).")
 
@@ -138,8 +138,8 @@ class NoticesCog(ManagerGroupCog, group_name="skew-alerts",
     @app_commands.describe(id="The alert's number, as shown by /skew-alerts list")
     async def resume(self, interaction: discord.Interaction, id: SubscriptionId) -> None:
         await resume_subscription(
-            interaction, id, get=self.store.get_watch, resume=self.store.resume_watch,
-            describe=describe_watch, noun="skew alert", short="alert", list_command="/skew-alerts list",
+            interaction, id, get=self.store.get_skew_alert, resume=self.store.resume_skew_alert,
+            describe=describe_skew_alert, noun="skew alert", short="alert", list_command="/skew-alerts list",
             redo="unsubscribe and subscribe again for another channel",
             resumed_note=" The next check records a fresh baseline.",
         )
@@ -152,7 +152,7 @@ class NoticesCog(ManagerGroupCog, group_name="skew-alerts",
         if not interaction.permissions.manage_guild:  # autocomplete skips the group's check
             return []
         try:
-            items = await asyncio.wait_for(self.store.list_watches(interaction.guild_id), AUTOCOMPLETE_TIMEOUT)
+            items = await asyncio.wait_for(self.store.list_skew_alerts(interaction.guild_id), AUTOCOMPLETE_TIMEOUT)
         except Exception as exc:
             log.warning("skew alert id autocomplete failed: %s", exc)
             return []
@@ -167,4 +167,4 @@ class NoticesCog(ManagerGroupCog, group_name="skew-alerts",
 
 
 async def setup(bot: LiqmapBot) -> None:
-    await bot.add_cog(NoticesCog(bot))
+    await bot.add_cog(SkewAlertsCog(bot))
