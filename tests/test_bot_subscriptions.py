@@ -87,9 +87,10 @@ async def test_member_without_manage_server_is_refused(h):
 
 async def test_groups_are_hidden_from_members_and_server_only(h):
     defs = {d["name"]: d for d in h.bot.definitions()}
-    for name in ("daily", "skew-alerts"):
+    for name in ("daily", "skew-alerts", "cluster-alerts"):
         assert int(defs[name]["default_member_permissions"]) == 1 << 5  # MANAGE_GUILD
         assert defs[name]["dm_permission"] is False
+        assert defs[name]["contexts"] == [0]  # servers only, also where users install the app (ManagerGroupCog)
     for d in defs.values():  # every option has a description
         for opt in d.get("options", []):
             assert opt["description"]
