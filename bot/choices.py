@@ -7,10 +7,13 @@ key), so a cog gives its commands those choices when it is created (:func:`offer
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 import zoneinfo
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable, Sequence
 
+import discord
 from discord import app_commands
 
 from analysis.options import VIEWS
@@ -27,7 +30,10 @@ __all__ = [
     "exchange_choices",
     "offer_choices",
     "timezone_choices",
+    "subscription_id_choices",
 ]
+
+log = logging.getLogger(__name__)
 
 # The id option of list/remove/resume: Discord's picker enforces the range (discord.py does not
 # re-check it, so the store validates again).
@@ -96,3 +102,29 @@ def timezone_choices(current: str, limit: int = 25) -> list[app_commands.Choice[
         contains = [n for n in _ALL_TZ if typed in n.lower() and n not in common and n not in starts]
         names = common + starts + contains
     return [app_commands.Choice(name=n.replace("_", " "), value=n) for n in names[:limit]]
+
+
+async def subscription_id_choices(
+    interaction: discord.Interaction,
+    current: int | str,
+    fetch: Callable[[int], Awaitable[Sequence[Any]]] | None,
+    label: Callable[[Any], str],
+    *,
+    timeout: float = 2.0,
+) -> list[app_commands.Choice[int]]:
+    """Autocomplete of a subscription id: this server's items whose id starts with what was typed.
+
+    Best effort and quick (Discord drops answers after 3 s): nothing outside a server, without a
+    store (``fetch`` None), for a member without Manage Server (autocomplete skips the group's
+    check), or when the store does not answer within ``timeout``.
+    """
+    if interaction.guild_id is None or fetch is None or not interaction.permissions.manage_guild:
+        return []
+    try:
+        items = await asyncio.wait_for(fetch(interaction.guild_id), timeout)
+    except Exception as exc:
+        log.warning("subscription id autocomplete failed: %s", exc)
+        return []
+    typed = str(current or "").strip()
+    return [app_commands.Choice(name=label(item)[:100], value=item.id)
+            for item in items if not typed or str(item.id).startswith(typed)][:25]

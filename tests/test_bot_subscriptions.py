@@ -187,6 +187,18 @@ async def test_timezone_and_id_autocomplete(h):
     calls = await h.dispatch(interaction_payload("daily", {"id": ""}, sub="remove", focused="id", perms=MANAGER_PERMS))
     (choice,) = calls[0].body["data"]["choices"]
     assert choice["name"].startswith("#") and "BTCUSDT" in choice["name"] and isinstance(choice["value"], int)
+    assert choice["name"] == f"#{choice['value']} BTCUSDT 1d · 07:15 UTC"
+    # the skew alerts' ids too, a paused one marked, filtered by the typed prefix
+    answer(await h.dispatch(alerts("subscribe", channel=REPORTS, symbol="eth")))
+    (w,) = await h.bot.store.list_skew_alerts(GUILD_ID)
+    await h.bot.store.pause("skew_alert", w.id, "test")
+    for sub in ("unsubscribe", "resume"):
+        calls = await h.dispatch(interaction_payload("skew-alerts", {"id": str(w.id)}, sub=sub, focused="id",
+                                                     perms=MANAGER_PERMS))
+        assert calls[0].body["data"]["choices"] == [{"name": f"#{w.id} ETHUSDT 7d all · paused", "value": w.id}]
+    calls = await h.dispatch(interaction_payload("skew-alerts", {"id": f"{w.id}0"}, sub="resume", focused="id",
+                                                 perms=MANAGER_PERMS))
+    assert calls[0].body["data"]["choices"] == []  # no id starts with that
 
 
 async def test_skew_alert_subscribe_with_thresholds_list_and_unsubscribe(h):

@@ -10,7 +10,6 @@ hysteresis are :mod:`analysis.cluster_alerts`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import discord
@@ -32,7 +31,7 @@ from analysis.windows import parse_window
 
 from ..app import LiqmapBot
 from ..checks import ManagerGroupCog, check_target_channel, guild_of, history_hint
-from ..choices import WINDOW_CHOICES, SubscriptionId, exchange_choices, offer_choices
+from ..choices import WINDOW_CHOICES, SubscriptionId, exchange_choices, offer_choices, subscription_id_choices
 from ..cluster_store import ClusterAlert, ClusterStore
 from ..replies import list_subscriptions, reply_private, resume_subscription
 from ..symbol_index import check_listed, symbol_choices
@@ -179,24 +178,10 @@ class ClustersCog(ManagerGroupCog, group_name="cluster-alerts",
     @remove.autocomplete("id")
     @resume.autocomplete("id")
     async def id_autocomplete(self, interaction: discord.Interaction, current: int | str) -> list[app_commands.Choice[int]]:
-        if interaction.guild_id is None or self.bot.store is None:
-            return []
-        if not interaction.permissions.manage_guild:  # autocomplete skips the group's check
-            return []
-        try:
-            items = await asyncio.wait_for(self.clusters.list(interaction.guild_id), AUTOCOMPLETE_TIMEOUT)
-        except Exception as exc:
-            log.warning("cluster alert id autocomplete failed: %s", exc)
-            return []
-        typed = str(current or "").strip()
-        out = []
-        for a in items:
-            if typed and not str(a.id).startswith(typed):
-                continue
-            state = " · paused" if a.paused else ""
-            out.append(app_commands.Choice(name=f"#{a.id} {a.symbol} {a.kind} {a.window} {a.exchange}{state}"[:100],
-                                           value=a.id))
-        return out[:25]
+        fetch = None if self.bot.store is None else self.clusters.list
+        return await subscription_id_choices(interaction, current, fetch,
+                                             lambda a: f"#{a.id} {a.symbol} {a.kind} {a.window} {a.exchange}{' · paused' if a.paused else ''}",
+                                             timeout=AUTOCOMPLETE_TIMEOUT)
 
     @commands.Cog.listener()
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:

@@ -12,7 +12,6 @@ whose permissions were removed is paused with the reason, shown by ``/daily list
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime, timezone
 
@@ -25,7 +24,15 @@ from analysis.windows import parse_window
 
 from ..app import LiqmapBot
 from ..checks import ManagerGroupCog, check_target_channel, guild_of, history_hint
-from ..choices import VIEW_CHOICES, WINDOW_CHOICES, SubscriptionId, exchange_choices, offer_choices, timezone_choices
+from ..choices import (
+    VIEW_CHOICES,
+    WINDOW_CHOICES,
+    SubscriptionId,
+    exchange_choices,
+    offer_choices,
+    subscription_id_choices,
+    timezone_choices,
+)
 from ..replies import list_subscriptions, reply_private, resume_subscription
 from ..store import DailySchedule, Store, parse_symbols, parse_time, parse_timezone, parse_view
 from ..symbol_index import check_listed
@@ -135,23 +142,10 @@ class DailyCog(ManagerGroupCog, group_name="daily", group_description="Daily liq
     @daily_remove.autocomplete("id")
     @daily_resume.autocomplete("id")
     async def id_autocomplete(self, interaction: discord.Interaction, current: int | str) -> list[app_commands.Choice[int]]:
-        if interaction.guild_id is None or self.bot.store is None:
-            return []
-        if not interaction.permissions.manage_guild:  # autocomplete skips the group's check
-            return []
-        try:
-            items = await asyncio.wait_for(self.store.list_daily(interaction.guild_id), AUTOCOMPLETE_TIMEOUT)
-        except Exception as exc:  # an autocomplete answer is best effort
-            log.warning("daily id autocomplete failed: %s", exc)
-            return []
-        typed = str(current or "").strip()
-        out = []
-        for s in items:
-            if typed and not str(s.id).startswith(typed):
-                continue
-            state = "paused" if s.paused else f"{s.local_time} {s.timezone}"
-            out.append(app_commands.Choice(name=f"#{s.id} {', '.join(s.symbols)} {s.window} · {state}"[:100], value=s.id))
-        return out[:25]
+        fetch = None if self.bot.store is None else self.store.list_daily
+        return await subscription_id_choices(interaction, current, fetch,
+                                             lambda s: f"#{s.id} {', '.join(s.symbols)} {s.window} · {'paused' if s.paused else f'{s.local_time} {s.timezone}'}",
+                                             timeout=AUTOCOMPLETE_TIMEOUT)
 
 
 async def setup(bot: LiqmapBot) -> None:

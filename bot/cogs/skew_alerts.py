@@ -9,7 +9,6 @@ does not announce again.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 import discord
@@ -24,7 +23,7 @@ from analysis.windows import parse_window
 
 from ..app import LiqmapBot
 from ..checks import ManagerGroupCog, check_target_channel, guild_of, history_hint
-from ..choices import WINDOW_CHOICES, SubscriptionId, exchange_choices, offer_choices
+from ..choices import WINDOW_CHOICES, SubscriptionId, exchange_choices, offer_choices, subscription_id_choices
 from ..replies import list_subscriptions, reply_private, resume_subscription
 from ..store import SkewAlert, Store
 from ..symbol_index import check_listed, symbol_choices
@@ -147,23 +146,10 @@ class SkewAlertsCog(ManagerGroupCog, group_name="skew-alerts",
     @unsubscribe.autocomplete("id")
     @resume.autocomplete("id")
     async def id_autocomplete(self, interaction: discord.Interaction, current: int | str) -> list[app_commands.Choice[int]]:
-        if interaction.guild_id is None or self.bot.store is None:
-            return []
-        if not interaction.permissions.manage_guild:  # autocomplete skips the group's check
-            return []
-        try:
-            items = await asyncio.wait_for(self.store.list_skew_alerts(interaction.guild_id), AUTOCOMPLETE_TIMEOUT)
-        except Exception as exc:
-            log.warning("skew alert id autocomplete failed: %s", exc)
-            return []
-        typed = str(current or "").strip()
-        out = []
-        for w in items:
-            if typed and not str(w.id).startswith(typed):
-                continue
-            state = " · paused" if w.paused else ""
-            out.append(app_commands.Choice(name=f"#{w.id} {w.symbol} {w.window} {w.exchange}{state}"[:100], value=w.id))
-        return out[:25]
+        fetch = None if self.bot.store is None else self.store.list_skew_alerts
+        return await subscription_id_choices(interaction, current, fetch,
+                                             lambda w: f"#{w.id} {w.symbol} {w.window} {w.exchange}{' · paused' if w.paused else ''}",
+                                             timeout=AUTOCOMPLETE_TIMEOUT)
 
 
 async def setup(bot: LiqmapBot) -> None:
