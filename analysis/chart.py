@@ -52,6 +52,10 @@ __all__ = [
     "fmt_money",
     "fmt_price",
     "fmt_tick",
+    "theme",
+    "fit_row",
+    "coverage_text",
+    "share_text",
 ]
 
 # THEMES and STACKS live in analysis.options (light, for the CLI's --help) and are re-exported here.
@@ -132,6 +136,18 @@ _THEME: dict[str, Theme] = {
         label_bg="#f2f4f7",
     ),
 }
+
+def theme(name: str) -> Theme:
+    """The colours of theme ``name`` (InputError for an unknown one); other charts share them."""
+    if name not in _THEME:
+        raise InputError(f"unknown theme {name!r}; choose {' or '.join(THEMES)}")
+    return _THEME[name]
+
+
+def fit_row(left: Text, right: Text, gap_px: float = 12.0) -> None:
+    """Shrink two texts sharing a row until they no longer touch (see :func:`_fit_row`)."""
+    _fit_row(left, right, gap_px)
+
 
 # Fixed colours per known venue so a venue keeps its colour from chart to chart.
 _VENUE_ORDER = ("binance", "bybit", "okx", "hyperliquid", "bitget", "deribit", "gate")  # last colour: "others"
@@ -454,9 +470,28 @@ def _subtitle(m: LiquidationMap, reading: Reading) -> str:
     return f"Price {numbers.price(m.price)}  ·  {skew}"
 
 
+def coverage_text(m: LiquidationMap) -> str:
+    """A measured map's coverage in a few words: ``tracked $1.2B = 38% of OI`` ("" for other kinds)."""
+    cov, tracked = m.params.get("coverage"), m.params.get("tracked_usd")
+    if m.kind != "measured" or not isinstance(cov, (int, float)) or not isinstance(tracked, (int, float)):
+        return ""
+    return f"tracked {numbers.usd(tracked)} = {share_text(cov)} of OI"
+
+
+def share_text(fraction: float) -> str:
+    """A share as a percentage with sensible digits: 0.38 -> ``38%``, 0.0123 -> ``1.2%``, 0.0004 -> ``0.04%``."""
+    v = 100.0 * float(fraction)
+    return f"{v:.0f}%" if v >= 10 else f"{v:.2g}%"
+
+
 def _footer(m: LiquidationMap) -> str:
     if m.kind == "coinglass":
         parts = ["Source: CoinGlass liquidation map"]
+    elif m.kind == "measured":
+        n = m.params.get("positions_on_map")
+        parts = [f"Measured: real liquidation prices of {n:,} tracked positions" if isinstance(n, int)
+                 else "Measured: real liquidation prices of tracked positions",
+                 (coverage_text(m) or "coverage unknown") + " (not the whole market)"]
     else:
         parts = ["Estimated from open-interest flow — not actual positions. Method: docs/methodology.md"]
     missing = [n.split(" missing:", 1)[0].strip() for n in m.notes if " missing:" in n]
@@ -639,9 +674,10 @@ def build_figure(m: LiquidationMap, reading: Reading, *, theme: str = "dark", st
     # header, legend and footer
     venues = _title_venues(m.venues)
     _fit_row(
-        fig.text(0.012, 1 - 0.12 / h_in, f"{m.symbol} liquidation map", ha="left", va="top", fontsize=15,
+        fig.text(0.012, 1 - 0.12 / h_in, f"{m.symbol} {'measured ' if m.kind == 'measured' else ''}liquidation map",
+                 ha="left", va="top", fontsize=15,
                  fontweight="bold", color=th.text, gid="title", parse_math=False),
-        fig.text(0.988, 1 - 0.12 / h_in, f"{venues} · {m.window}", ha="right", va="top", fontsize=11,
+        fig.text(0.988, 1 - 0.12 / h_in, f"{venues} · {coverage_text(m) or m.window}", ha="right", va="top", fontsize=11,
                  fontweight="bold", color=th.text, gid="title", parse_math=False),
     )
     _fit_row(
@@ -666,7 +702,8 @@ def build_figure(m: LiquidationMap, reading: Reading, *, theme: str = "dark", st
         pos = ax.get_position()
         strip.set_position((pos.x0, bottom, pos.width, strip_h))
     if empty:
-        what = "liquidation levels" if m.kind == "coinglass" else "estimated liquidation levels"
+        what = {"coinglass": "liquidation levels", "measured": "measured liquidation levels"}.get(
+            m.kind, "estimated liquidation levels")
         where = (f"within ±{numbers.band(round(hi / m.price - 1, 3))} of price" if m.total_long + m.total_short > 0
                  else f"for {m.symbol} in this {m.window} window")
         ax.text(0.5, 0.55, f"No {what}\n{where}", transform=ax.transAxes, ha="center", va="center",

@@ -1,8 +1,8 @@
 """Written commentary: a map's reading as Discord-markdown text, via Jinja2 templates in ``templates/``.
 
 ``summary()`` is the /liqmap embed description, ``daily()`` the daily report, ``notice()`` the
-skew-change message, ``heatmap_summary()`` the text beside a liquidation heatmap and ``footer()``
-the one-line provenance for an embed footer. All logic lives
+skew-change message, ``heatmap_summary()`` the text beside a liquidation heatmap, ``about()`` the
+/about text and ``footer()`` the one-line provenance for an embed footer. All logic lives
 here: each function builds a view model of ready-to-print strings and the templates only lay it
 out. Every string that can come from outside (symbol, venue names, notes, tier labels) passes
 through :func:`_md_safe` before it reaches a template, and every output is cut to Discord's limits
@@ -30,12 +30,13 @@ from .model import non_default_params
 from .symbols import parse_symbol
 
 if TYPE_CHECKING:
+    from .accuracy import Accuracy
     from .heatmap import HeatmapStates
     from .tape.realized import RealizedTape
 
 __all__ = [
     "summary", "daily", "change", "notice", "heatmap_summary", "footer", "usd", "price_str", "skew_sentence", "near_sentence",
-    "md_safe", "md_safe_text", "missing_venues", "realized_lines",
+    "md_safe", "md_safe_text", "missing_venues", "realized_lines", "about", "AboutFacts",
     "EMBED_LIMIT", "MESSAGE_LIMIT", "TEMPLATES", "TemplatesMissing", "templates_dir",
 ]
 
@@ -233,7 +234,7 @@ def skew_sentence(r: Reading) -> str:
     """The skew in plain words with the band totals and the imbalance a trader would quote."""
     band = _band(r.band)
     s, lo = _finite(r.short_in_band), _finite(r.long_in_band)
-    what = "CoinGlass" if r.kind == "coinglass" else "estimated"
+    what = {"coinglass": "CoinGlass", "measured": "measured"}.get(r.kind, "estimated")
     if s <= 0 and lo <= 0:
         return f"No {what} liquidation levels within ±{band} of {price_str(r.price)}."
     S, L = usd(s), usd(lo)
@@ -335,7 +336,8 @@ def _notes(notes: Iterable[str], limit: int = _MAX_NOTES) -> tuple[str, ...]:
 
 def _body(r: Reading, m: LiquidationMap, levels: int) -> BodyView:
     sides = tuple(s for s in (_side(r, m, "short", levels), _side(r, m, "long", levels)) if s is not None)
-    title = "Cumulative liquidations (CoinGlass)" if r.kind == "coinglass" else "Cumulative estimated liquidations"
+    title = {"coinglass": "Cumulative liquidations (CoinGlass)",
+             "measured": "Cumulative measured liquidations (tracked positions)"}.get(r.kind, "Cumulative estimated liquidations")
     return BodyView(skew_sentence(r), near_sentence(r) or "", sides, title, _table(r), _notes(r.notes))
 
 
@@ -382,7 +384,7 @@ def _headline(r: Reading) -> str:
 
 
 def _footer_text(m: LiquidationMap, safe: Callable[[object, int], str]) -> str:
-    what = "CoinGlass" if m.kind == "coinglass" else "Estimated from OI flow"
+    what = {"coinglass": "CoinGlass", "measured": "Measured from tracked positions"}.get(m.kind, "Estimated from OI flow")
     venues = [v for v in m.venues if not (m.kind == "coinglass" and str(v).lower() == "coinglass")]
     parts = [what]
     if venues:
@@ -647,3 +649,123 @@ def heatmap_summary(states: "HeatmapStates", *, limit: int = EMBED_LIMIT) -> str
     notes = _notes([n for n in states.notes if not str(n).startswith(("data:", "heatmap:"))], 3)
     return _render("heatmap.md.j2", limit, headline=headline, what=what, lines=tuple(lines), provenance=provenance,
                    notes=notes)
+
+
+# -- /about ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AboutFacts:
+    """What ``/about`` says, as gathered by the bot; :func:`about` words and escapes it.
+
+    ``source``: ``live``, ``sample``, ``recorded`` or ``file``. ``bars``: per venue, the newest
+    cached bar's open time (None: nothing cached yet). ``tape``: per venue, the newest recorded
+    realized liquidation since ``tape_since_ms`` (None: the tape could not be read, with
+    ``tape_error``). ``checks``: per venue ``(state, detail)`` of the health probe (None: not
+    probed, e.g. an offline source). ``accuracy`` None with ``accuracy_error`` when unreadable.
+    """
+
+    method_url: str
+    venues: tuple[str, ...]
+    source: str
+    accuracy: "Accuracy | None" = None
+    accuracy_error: str = ""
+    bars: "tuple[tuple[str, int | None], ...]" = ()
+    tape: "tuple[tuple[str, int], ...] | None" = ()
+    tape_since_ms: int = 0
+    tape_error: str = ""
+    checks: "tuple[tuple[str, str, str], ...] | None" = None
+    model_overrides: "tuple[tuple[str, object], ...]" = ()  # the bot's non-default model parameters
+    notes: tuple[str, ...] = ()
+
+
+_SOURCE_TEXT = {
+    "live": "Live public market data (candles and open interest) of {venues}",
+    "sample": "The bundled recorded sample of {venues} (an offline demo, not live data)",
+    "recorded": "Recorded venue responses, replayed (not live data)",
+    "file": "A file of bars (not live data)",
+}
+_STATE_TEXT = {"up": "answering", "slow": "answering slowly", "down": "not answering", "unknown": "not checked yet"}
+
+
+def _signed(x: float) -> str:
+    """``+0.032``; a value that would show as ±0.000 keeps a fourth decimal (``+0.0002``)."""
+    digits = 4 if 0 < abs(x) < 0.0005 else 3
+    return f"{x:+.{digits}f}".replace("-", MINUS)
+
+
+def _ago(ms: int) -> str:
+    """``2026-06-22 11:40 UTC (<t:…:R>)``: the time, and Discord's own "N minutes ago"."""
+    return f"{_fmt_time(ms)} (<t:{int(ms) // 1000}:R>)"
+
+
+def _accuracy_lines(acc: "Accuracy") -> tuple[str, tuple[str, ...]]:
+    from .accuracy import METRIC_LABELS
+
+    span = f"{_fmt_date(acc.first_ms)} to {_fmt_date(acc.last_ms)}"
+    if acc.kind == "live":
+        title = f"Live score against liqmap's own tape ({_md_safe(_base(acc.symbol), 12)}, {span}, map-only)"
+    else:
+        title = f"Backtest ({_md_safe(_base(acc.symbol), 12)}, {span}, map-only)"
+    lines: list[str] = []
+    for g in acc.groups[:4]:
+        if acc.kind == "live":
+            cov = "sampled feed, a lower bound on realized" if g.lower_bound_realized else "complete feed"
+            lines.append(f"__{_md_safe(_venue(g.name), 20)}__ ({g.hours:,} hours, {cov}):")
+        else:
+            lines.append(f"{g.hours:,} hours against realized liquidations ({_md_safe(acc.realized, 80)}):")
+        for c in g.cells:
+            verdict = {"better": "ahead, interval above zero", "worse": "behind, interval below zero",
+                       "not significant": "not significant"}[c.verdict]
+            lines.append(f"• {METRIC_LABELS.get(c.metric, _md_safe(c.metric, 30))}: {c.model:.3f} against "
+                         f"{c.baseline_value:.3f} ({_md_safe(c.baseline, 24)}), {_signed(c.diff)} "
+                         f"[{_signed(c.lo)}, {_signed(c.hi)}]: {verdict}")
+        if g.swept_over_realized is not None:
+            what = "the tape" if acc.kind == "live" else "realized"
+            lines.append(f"• the map's swept dollars are {g.swept_over_realized:.1f}× {what}: read amounts as relative")
+    lines.append("A nowcast given each hour's range (how much the map said sat in the path price took), "
+                 "not a forecast; 95% block-bootstrap intervals against the best naive baseline.")
+    lines.append(f"Published {_fmt_date(acc.generated_ms)}.")
+    return title, tuple(lines)
+
+
+def about(facts: AboutFacts, *, limit: int = EMBED_LIMIT) -> str:
+    """The ``/about`` embed description (≤ ``limit``): what the map is and is not, the method link,
+    the latest accuracy, the data and its freshness, the venues answering now."""
+    names = ", ".join(_md_safe(_venue(v), 20) for v in facts.venues[:8]) or "no venue"
+    what = ("An *estimate* of where leveraged positions on perpetual futures would be liquidated if price "
+            f"moved there, inferred from the open interest and candles of {names}, with a published, backtested method.")
+    what_not = ("Not the exchanges' real orders or positions (no venue publishes them), and not a prediction "
+                "of where price goes. Dollar figures are an upper bound: compare levels with each other.")
+    method = f"[docs/methodology.md]({facts.method_url}) (every assumption, its default and the backtest)"
+    if facts.model_overrides:
+        changed = ", ".join(f"{k}={_param_value(v)}" for k, v in facts.model_overrides)
+        method += f"; this bot sets {_md_safe(changed, 200)} (LIQMAP\\_MODEL), not the backtested defaults"
+    if facts.accuracy is not None:
+        accuracy_title, accuracy = _accuracy_lines(facts.accuracy)
+    else:
+        accuracy_title, accuracy = "Accuracy", (f"Unavailable: {_md_safe(facts.accuracy_error, 300)}",)
+    data = [_SOURCE_TEXT.get(facts.source, _SOURCE_TEXT["file"]).format(venues=names) + "."]
+    if facts.source == "live":
+        for venue, newest in facts.bars:
+            name = _md_safe(_venue(venue), 20)
+            data.append(f"{name}: bars cached to {_ago(newest)}" if newest is not None
+                        else f"{name}: nothing cached yet (fetched on the first map asked for)")
+    if facts.tape is None:
+        data.append(f"Realized-liquidation tape: unavailable ({_md_safe(facts.tape_error, 200)}).")
+    elif facts.tape:
+        for venue, t in facts.tape:
+            data.append(f"Tape, {_md_safe(_venue(venue), 20)}: last liquidation recorded {_ago(t)}")
+    else:
+        data.append(f"Realized-liquidation tape: nothing recorded since {_fmt_time(facts.tape_since_ms)} "
+                    "(`liqmap tape` or LIQMAP\\_TAPE=true records it).")
+    if facts.checks is None:
+        venues = ["No exchange is asked: this bot does not read live data"]
+    else:
+        venues = [f"{_md_safe(_venue(v), 20)}: {_STATE_TEXT.get(state, 'unknown')}"
+                  + (f" ({_md_safe(detail, 120)})" if detail else "") for v, state, detail in facts.checks]
+        if not venues:
+            venues = ["No venue of this bot has a public health check"]
+    notes = tuple("⚠️ " + _md_safe(n, 300) for n in
+                  [*(facts.accuracy.notes if facts.accuracy is not None else ()), *facts.notes][:3])
+    return _render("about.md.j2", limit, what=what, what_not=what_not, method=method, accuracy_title=accuracy_title,
+                   accuracy=accuracy, data=tuple(data), venues=tuple(venues), notes=notes)

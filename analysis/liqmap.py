@@ -21,7 +21,8 @@ __all__ = [
     "bin_levels", "left_off_note",
 ]
 
-MapKind = Literal["estimated", "coinglass"]
+#: ``estimated`` (the model), ``coinglass`` (CoinGlass's map), ``measured`` (real positions' liquidation prices)
+MapKind = Literal["estimated", "coinglass", "measured"]
 
 #: default grid range: levels further than this fraction of the price from it are left off (1.0: 0 .. 2x price)
 GRID_PCT = 1.0
@@ -261,7 +262,9 @@ def _regrid(m: LiquidationMap, width: float, lo: float, n_bins: int) -> tuple[np
 def merge(maps: list[LiquidationMap], *, grid_pct: float | None = None, max_bins: int | None = None) -> LiquidationMap:
     """Sum several venues' maps of one symbol onto one grid (the coarsest bin width).
 
-    The first map's price is the merged map's current price. Tier labels must agree. The grid
+    The first map's price is the merged map's current price. Tier labels are united (a venue whose
+    symbol allows less leverage has fewer tiers; its missing tiers hold nothing), ordered by the
+    leverage they name; each venue's ``params["margin"]`` block is kept. The grid
     covers at most ``grid_pct`` of that price either side and ``max_bins`` bins (defaults: the
     first map's model parameters, else :data:`GRID_PCT` / :data:`MAX_BINS`): bins of other maps
     beyond it are left off, and a note says how much notional that was.
@@ -272,7 +275,7 @@ def merge(maps: list[LiquidationMap], *, grid_pct: float | None = None, max_bins
         return maps[0]
     tiers = maps[0].tiers
     if any(m.tiers != tiers for m in maps):
-        raise DataError("cannot merge maps with different leverage tiers")
+        maps, tiers = _unite_tiers(maps)
     first = maps[0].params
     pct = float(grid_pct if grid_pct is not None else first.get("grid_pct", GRID_PCT))
     cap = int(max_bins if max_bins is not None else first.get("max_bins", MAX_BINS))
@@ -305,6 +308,34 @@ def merge(maps: list[LiquidationMap], *, grid_pct: float | None = None, max_bins
         generated_ms=max(m.generated_ms for m in maps),
         swept=None,
         notes=tuple(notes),
-        params=maps[0].params,
+        params=_merged_params(maps),
         path=merge_paths([m.path for m in maps]),
     )
+
+
+def _merged_params(maps: list[LiquidationMap]) -> dict[str, Any]:
+    """The first map's params, with every venue's margin block (``params["margin"]``)."""
+    margin = {k: v for m in maps for k, v in (m.params.get("margin") or {}).items()}
+    return {**maps[0].params, "margin": margin} if margin else maps[0].params
+
+
+def _tier_order(label: str) -> tuple[float, str]:
+    try:
+        return float(label.rstrip("x")), label
+    except ValueError:
+        return math.inf, label
+
+
+def _unite_tiers(maps: list[LiquidationMap]) -> tuple[list[LiquidationMap], tuple[str, ...]]:
+    """The maps with one tier axis: every label of any map, by leverage; a map's absent tiers hold zeros."""
+    labels = tuple(sorted({t for m in maps for t in m.tiers}, key=_tier_order))
+    index = {t: i for i, t in enumerate(labels)}
+    out = []
+    for m in maps:
+        cols = [index[t] for t in m.tiers]
+        long = np.zeros(m.long.shape[:2] + (len(labels),))
+        short = np.zeros_like(long)
+        long[:, :, cols] = m.long
+        short[:, :, cols] = m.short
+        out.append(replace(m, long=long, short=short, tiers=labels))
+    return out, labels

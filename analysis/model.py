@@ -40,12 +40,13 @@ from .margin import MarginTable, table_for
 __all__ = [
     "ModelParams", "SideModel", "OiUnits", "OpenBarSweep", "build_map", "ModelRun", "run_model", "map_from_run",
     "Levels", "build_levels", "side_shares", "entry_prices", "activity", "oi_flow", "level_inputs", "mmr_of", "clip_wicks",
-    "parse_overrides", "split_overrides", "non_default_params",
+    "parse_overrides", "split_overrides", "non_default_params", "fit_leverage", "ExcessLeverage", "margin_table_of",
 ]
 
 SideModel = Literal["auto", "taker", "neutral", "price_direction"]
 OiUnits = Literal["usd", "coin"]
 OpenBarSweep = Literal["close", "none", "range"]
+ExcessLeverage = Literal["proportional", "highest"]
 
 
 MAX_TIERS = 20  # leverage tiers a parameter set may list
@@ -106,7 +107,15 @@ class ModelParams:
         close: every entry happens before the close), ``range`` (at or beyond its low/high), ``none``.
     typical_position_usd, margin_table
         Which maintenance-margin bracket prices the levels; ``margin_table=None`` uses the shipped
-        table for the symbol.
+        table for the symbol. A live report passes the venue's own tiers here (``analysis.sources.tiers``).
+    max_leverage, excess_leverage
+        The cap is ``max_leverage`` or the margin table's maximum (the symbol's real maximum when the
+        table is the venue's), whichever is lower. Leverage tiers above it are dropped and their
+        weight goes to the remaining tiers: ``proportional`` (in proportion to their weights) or
+        ``highest`` (all to the highest remaining tier). With no tier at or below it, one tier at the
+        cap itself carries all the weight. The spread band of a kept tier is not clipped (a tier at
+        the cap still spreads above it by ``leverage_spread``), so a symbol whose maximum is at or
+        above the highest tier is priced exactly as before. See :func:`fit_leverage`.
     bin_pct, bin_width
         Price-grid bin width: ``bin_width`` if given, else a round number near ``price * bin_pct``.
     grid_pct, max_bins
@@ -138,6 +147,8 @@ class ModelParams:
     open_bar_sweep: OpenBarSweep = "close"
     typical_position_usd: float = 100_000.0
     margin_table: MarginTable | None = None
+    max_leverage: float = 200.0
+    excess_leverage: ExcessLeverage = "proportional"
     bin_pct: float = 0.001
     bin_width: float | None = None
     grid_pct: float = GRID_PCT
@@ -163,6 +174,10 @@ class ModelParams:
             raise InputError("oi_scale, bin_pct and bin_width must be positive")
         if self.oi_units not in ("coin", "usd"):
             raise InputError(f"unknown oi_units {self.oi_units!r}; use coin or usd")
+        if not (1.0 <= self.max_leverage <= 200.0):
+            raise InputError("max_leverage must lie between 1x and 200x")
+        if self.excess_leverage not in ("proportional", "highest"):
+            raise InputError(f"unknown excess_leverage {self.excess_leverage!r}; use proportional or highest")
         if self.open_bar_sweep not in ("close", "range", "none"):
             raise InputError(f"unknown open_bar_sweep {self.open_bar_sweep!r}; use close, range or none")
         if not (self.holding_days >= 0 and math.isfinite(self.holding_days)):
@@ -230,6 +245,7 @@ class ModelParams:
 #: Choices of the named (Literal) parameters.
 _CHOICES: dict[str, tuple[str, ...]] = {
     "side_model": get_args(SideModel), "oi_units": get_args(OiUnits), "open_bar_sweep": get_args(OpenBarSweep),
+    "excess_leverage": get_args(ExcessLeverage),
 }
 #: Parameters that may be ``none`` and those that may be ``inf`` (documented in ModelParams).
 _NONE_OK = ("bin_width",)
@@ -323,7 +339,8 @@ def non_default_params(described: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(stored, Mapping):
         return dict(stored)
     defaults = ModelParams().describe()
-    return {k: v for k, v in described.items() if k in defaults and v != defaults[k]}
+    # the margin table is chosen per venue and symbol (its own block in the map's params), not configured
+    return {k: v for k, v in described.items() if k in defaults and k != "margin_table" and v != defaults[k]}
 
 
 # -- the per-bar inputs ----------------------------------------------------------------------------
@@ -512,6 +529,36 @@ def level_inputs(bars: Bars, params: ModelParams) -> tuple[np.ndarray, np.ndarra
     return entry, lev, tier, np.repeat(w / m, m)
 
 
+def margin_table_of(params: ModelParams, symbol: str, price: float) -> MarginTable:
+    """The table that prices ``symbol``: ``params.margin_table`` or the shipped one, caps in USD at ``price``."""
+    return (params.margin_table or table_for(symbol)).in_usd(price)
+
+
+def fit_leverage(params: ModelParams, table: MarginTable) -> ModelParams:
+    """``params`` fitted to the symbol's table: leverage tiers above ``min(max_leverage, table max)``
+    dropped, their weight redistributed (``excess_leverage``; none left: one tier at the cap), the
+    cap kept in ``max_leverage`` and ``table`` in ``margin_table``. Unchanged tiers when none is
+    above the cap."""
+    cap = min(params.max_leverage, table.max_leverage)
+    lev = list(params.leverage)
+    w = [float(x) for x in params.leverage_weights]
+    keep = [i for i, x in enumerate(lev) if x <= cap]
+    if not keep:  # every tier is above the cap: one tier at the cap
+        return replace(params, leverage=(cap,), leverage_weights=(1.0,), max_leverage=cap, margin_table=table)
+    if len(keep) < len(lev):
+        total = sum(w)
+        kept = [w[i] for i in keep]
+        if params.excess_leverage == "highest":
+            top = max(range(len(keep)), key=lambda k: lev[keep[k]])
+            kept[top] += total - sum(kept)
+        elif sum(kept) > 0:
+            kept = [x * total / sum(kept) for x in kept]
+        else:
+            kept = [total / len(kept)] * len(kept)
+        params = replace(params, leverage=tuple(lev[i] for i in keep), leverage_weights=tuple(kept))
+    return replace(params, max_leverage=cap, margin_table=table)
+
+
 def mmr_of(table: MarginTable, leverage: np.ndarray, position_usd: float) -> np.ndarray:
     """:meth:`MarginTable.mmr_for` over an array of leverages.
 
@@ -537,7 +584,7 @@ def build_levels(bars: Bars, params: ModelParams) -> tuple[Levels, Levels, np.nd
     entry, lev, tier, slot_w = level_inputs(bars, params)
     needs_entry = params.side_model in ("auto", "taker")  # only the taker model values flow at entry
     long_share, side_used = side_shares(bars, d_oi, entry.mean(axis=1) if needs_entry else bars.close, params)
-    table = params.margin_table or table_for(bars.symbol)
+    table = margin_table_of(params, bars.symbol, bars.price)
 
     opening = np.nonzero(d_oi > 0)[0]
     if opening.size == len(bars):  # with turnover every bar opens: no copies needed
@@ -633,6 +680,7 @@ class ModelRun:
     info: dict
     gaps: list
     clip_notes: list[str]
+    params: ModelParams | None = None  # as fitted to the symbol's margin table (see fit_leverage)
 
 
 def run_model(bars: Bars, params: ModelParams) -> ModelRun:
@@ -640,6 +688,7 @@ def run_model(bars: Bars, params: ModelParams) -> ModelRun:
     gaps = bars.validate(min_bars=params.min_bars, max_gap_bars=params.max_gap_bars)
     bars, clip_notes = clip_wicks(bars, params.max_wick)
     n = len(bars)
+    params = fit_leverage(params, margin_table_of(params, bars.symbol, bars.price))
     longs, shorts, log_c, info = build_levels(bars, params)
 
     # Sweep bar: the opening bar itself when the level is beyond that bar's close, else the first
@@ -656,7 +705,7 @@ def run_model(bars: Bars, params: ModelParams) -> ModelRun:
     now_short = (shorts.price <= ref_short[shorts.t0]) & (rule != "none")
     t_long = sweep_bar(longs, bars.low, longs.price, now_long)
     t_short = sweep_bar(shorts, -bars.high, -shorts.price, now_short)
-    return ModelRun(bars, longs, shorts, t_long, t_short, log_c, info, gaps, clip_notes)
+    return ModelRun(bars, longs, shorts, t_long, t_short, log_c, info, gaps, clip_notes, params)
 
 
 def build_map(
@@ -673,6 +722,18 @@ def build_map(
     """
     params = params or ModelParams()
     return map_from_run(run_model(bars, params), params, window=window, now_ms=now_ms)
+
+
+def margin_notes(venue: str, params: ModelParams, fitted: ModelParams, now_ms: int) -> list[str]:
+    """The map's notes on margin: which table priced ``venue`` (and how old it is), and the tiers
+    dropped above the symbol's maximum leverage."""
+    table = fitted.margin_table or MarginTable("unknown", ())
+    notes = [table.source_note(venue, now_ms)]
+    dropped = [t for t in params.tier_labels if t not in fitted.tier_labels]
+    if dropped:
+        notes.append(f"{venue}: maximum leverage {fitted.max_leverage:g}x: the {', '.join(dropped)} tier(s) dropped, "
+                     f"their weight given to {', '.join(fitted.tier_labels)} ({params.excess_leverage})")
+    return notes
 
 
 def map_from_run(run: ModelRun, params: ModelParams, *, window: str = "", now_ms: int | None = None) -> LiquidationMap:
@@ -706,7 +767,8 @@ def map_from_run(run: ModelRun, params: ModelParams, *, window: str = "", now_ms
     lo = float(prices.min()) if prices.size else price
     hi = float(prices.max()) if prices.size else price
     grid_lo, n_bins = price_grid(price, width, lo, hi, max_bins=params.max_bins)
-    n_tiers = len(params.leverage)
+    fitted = run.params or params
+    n_tiers = len(fitted.leverage)
 
     def bin_side(p: np.ndarray, w: np.ndarray, tier: np.ndarray) -> np.ndarray:
         return bin_levels(p, w, tier, n_tiers, grid_lo, width, n_bins)
@@ -721,9 +783,15 @@ def map_from_run(run: ModelRun, params: ModelParams, *, window: str = "", now_ms
             f"{len(gaps)} gap(s) in the {bars.venue} data ({missing} bar(s) missing); "
             "OI change across a gap is booked after it and the unseen price path sweeps nothing"
         )
+    generated = int(now_ms if now_ms is not None else _time.time() * 1000)
+    notes += margin_notes(bars.venue, params, fitted, generated)
     p = params.describe()
     p.update(info)  # what was used (side model, margin table) may differ from what was configured ("auto")
     p["non_default_params"] = params.non_default()  # as configured: what a front end shows as overrides
+    table = fitted.margin_table or table_for(bars.symbol)
+    p["margin"] = {bars.venue: {**table.source_json(generated), "leverage_cap": fitted.max_leverage,
+                                "tiers_used": list(fitted.tier_labels),
+                                "tiers_dropped": [t for t in params.tier_labels if t not in fitted.tier_labels]}}
     return LiquidationMap(
         symbol=bars.symbol,
         venues=(bars.venue,),
@@ -731,13 +799,13 @@ def map_from_run(run: ModelRun, params: ModelParams, *, window: str = "", now_ms
         price=price,
         bin_width=width,
         grid_lo=grid_lo,
-        tiers=params.tier_labels,
+        tiers=fitted.tier_labels,
         long=bin_side(*kept[0]),
         short=bin_side(*kept[1]),
         window=window,
         start_ms=bars.start_ms,
         end_ms=bars.end_ms,
-        generated_ms=int(now_ms if now_ms is not None else _time.time() * 1000),
+        generated_ms=generated,
         swept=SweptSeries(bars.time.copy(), swept_series[0], swept_series[1], prior_series[0], prior_series[1]),
         notes=tuple(notes),
         params=p,

@@ -34,7 +34,7 @@ MAX_RECORD_BYTES = 64 * 1024
 MAX_USD = 1e15
 MAX_PRICE = 1e12
 MAX_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
-_KINDS = ("estimated", "coinglass")
+_KINDS = ("estimated", "coinglass", "measured")
 _LIMITS = {"distances": 16, "venues": 16, "clusters": 32, "thresholds": 32, "notes": 32}
 _TEXT = {"symbol": 32, "venue": 32, "window": 8, "tier": 32, "note": 500}
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, TypeVar
 from . import chart, commentary
 from .errors import InputError, LiqmapError, SourceError
 from .liqmap import LiquidationMap, merge
+from .margin import shipped_table
 from .metrics import MetricsParams, Reading, read
 from .model import ModelParams, build_map, non_default_params
 from .readings import to_record
@@ -300,10 +301,10 @@ class ReportService:
         async def one(venue: str) -> HeatmapStates:
             if progress is not None:
                 progress(f"fetching {venue} {symbol} {win.label}")
-            bars = await self.sources[venue].bars(symbol, win)
+            bars, params = await asyncio.gather(self.sources[venue].bars(symbol, win), self.venue_params(venue, symbol))
             if progress is not None:
                 progress(f"modelling {venue} over time ({len(bars):,} bars)")
-            return await asyncio.to_thread(build_states, bars, self.params, window=win.label)
+            return await asyncio.to_thread(build_states, bars, params, window=win.label)
 
         states, missing = await self._per_venue(symbol, venues, one)
         merged = merge_states(states)
@@ -374,10 +375,23 @@ class ReportService:
             progress(f"fetching {venue} {symbol} {win.label}")
         if callable(getattr(source, "map", None)):  # a source of finished maps (CoinGlass)
             return await source.map(symbol, win)
-        bars = await source.bars(symbol, win)
+        bars, params = await asyncio.gather(source.bars(symbol, win), self.venue_params(venue, symbol))
         if progress is not None:
             progress(f"modelling {venue} ({len(bars):,} bars)")
-        return await asyncio.to_thread(build_map, bars, self.params, window=win.label, now_ms=self._now_ms())
+        return await asyncio.to_thread(build_map, bars, params, window=win.label, now_ms=self._now_ms())
+
+    async def venue_params(self, venue: str, symbol: str) -> ModelParams:
+        """The model parameters for ``venue``'s map of ``symbol``: priced with the venue's own margin tiers
+        (``source.margin_tiers``, see :mod:`analysis.sources.tiers`) unless a table is configured; a source
+        without tiers, or whose tiers fail, leaves the shipped table (the map's notes say which)."""
+        get = getattr(self.sources[venue], "margin_tiers", None)
+        if self.params.margin_table is not None or get is None:
+            return self.params
+        try:
+            table = await get(symbol)
+        except LiqmapError as exc:  # e.g. the symbol is unknown there: the bars say so too
+            table = shipped_table(symbol, f"tiers unavailable ({_reason(exc)})")
+        return replace(self.params, margin_table=table)
 
     async def _build(
         self, symbol: str, win: Window, venues: tuple[str, ...], theme: str, stack: str,

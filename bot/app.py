@@ -34,6 +34,7 @@ from discord.ext import commands
 
 from analysis.errors import InputError, LiqmapError, SourceError, Unavailable
 
+from .contexts import NotInstalledHere, check_install, tree_defaults
 from .settings import Settings, redact_url
 
 if TYPE_CHECKING:  # (imported where used: `liqmap --help` and the CLI stay quick to start)
@@ -69,7 +70,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-COGS = ("bot.cogs.liqmap", "bot.cogs.daily", "bot.cogs.skew_alerts", "bot.cogs.clusters")
+COGS = ("bot.cogs.liqmap", "bot.cogs.about", "bot.cogs.daily", "bot.cogs.skew_alerts", "bot.cogs.clusters")
 NO_MENTIONS = discord.AllowedMentions.none()
 Mode = Literal["run", "dry-run", "sync"]
 
@@ -204,6 +205,8 @@ def error_message(error: BaseException) -> tuple[str, bool]:
         return f"{md_safe_text(repr(str(error.value)[:40]))} is not a valid {error.type.name} here.", False
     if isinstance(error, app_commands.NoPrivateMessage):
         return "This command works in servers only.", False
+    if isinstance(error, NotInstalledHere):
+        return str(error), False
     if isinstance(error, app_commands.CheckFailure):
         return "You can't use this command here.", False
     if isinstance(error, (app_commands.CommandNotFound, app_commands.CommandSignatureMismatch)):
@@ -250,7 +253,11 @@ async def send_error(interaction: discord.Interaction, error: BaseException) -> 
 
 
 class LiqmapTree(app_commands.CommandTree):
-    """The command tree: every command error becomes one short ephemeral reply."""
+    """The command tree: every command error becomes one short ephemeral reply; a server-only
+    command reached through a user installation is refused first (:func:`bot.contexts.check_install`)."""
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        return await check_install(self, interaction)
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError, /) -> None:
         await send_error(interaction, error)
@@ -297,6 +304,7 @@ class LiqmapBot(commands.Bot):
             intents=bot_intents(),
             allowed_mentions=NO_MENTIONS,
             tree_cls=LiqmapTree,
+            **tree_defaults(),  # server-only unless a command opts in (bot.contexts)
         )
         self.settings = settings
         self.mode = mode

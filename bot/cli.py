@@ -641,6 +641,59 @@ def _run_score(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- measure ---------------------------------------------------------------------------------------
+
+def _add_measure(sub: argparse._SubParsersAction) -> None:
+    from analysis.sources.registry import SOURCE_HELP
+
+    p = sub.add_parser(
+        "measure", help="Hyperliquid's real positions: track them, draw the measured map, score the estimate against it",
+        description="The measured layer (docs/methodology.md, Measured positions and Model against measurement). "
+                    "track: discover accounts from the public trades stream and documented lists, poll their "
+                    "positions within Hyperliquid's rate limit, write positions.json and the measured map. map: the "
+                    "measured map of a positions.json. compare: the estimated map's shape scored against the measured "
+                    "one, with a naive baseline.",
+    )
+    msub = p.add_subparsers(dest="measure_command", required=True, metavar="SUBCOMMAND", parser_class=type(p))
+    t = msub.add_parser("track", help="discover and poll accounts for --duration; write positions.json, measured.png, "
+                                      "measured.json")
+    t.add_argument("--symbol", action="append", default=None, help="coin to track, e.g. BTC (repeatable; default BTC)")
+    t.add_argument("--duration", default="10m", help="how long to track, e.g. 90s, 10m, 2h (default 10m)")
+    t.add_argument("--max-addresses", type=int, default=10_000, help="accounts kept at most (default 10,000)")
+    t.add_argument("--budget-share", type=float, default=0.8,
+                   help="share of the IP's 1200 weight a minute to use (default 0.8)")
+    t.add_argument("--no-seed", action="store_true", help="do not read recentTrades and the HLP vault's accounts at start")
+    t.add_argument("--status-every", type=float, default=30.0, metavar="SECONDS",
+                   help="status line interval (default 30); positions.json is also saved every 5 minutes")
+    t.add_argument("--info-url", default="https://api.hyperliquid.xyz/info", help=argparse.SUPPRESS)
+    t.add_argument("--ws-url", default="wss://api.hyperliquid.xyz/ws", help=argparse.SUPPRESS)
+    m = msub.add_parser("map", help="the measured map of a positions.json: measured.png, measured.json")
+    c = msub.add_parser("compare", help="score the estimated map's shape against the measured one: compare.png, "
+                                        "compare.json, measured.png")
+    for q in (m, c):
+        q.add_argument("--positions", required=True, type=Path, help="a positions.json written by liqmap measure track")
+        q.add_argument("--symbol", default="BTC", help="the coin, e.g. BTC (default BTC)")
+    c.add_argument("--source", default=None, help=f"where the estimate's bars come from: {SOURCE_HELP} "
+                                                   "(default LIQMAP_SOURCE, else live)")
+    c.add_argument("--exchange", default="hyperliquid", type=_choice,
+                   help="the venue whose estimated map is scored (default hyperliquid)")
+    c.add_argument("--window", default="7d", type=_choice, choices=tuple(WINDOWS), help="the estimate's window (default 7d)")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                   help="override one model parameter (repeatable)")
+    c.add_argument("--env-file", default=".env", help="settings file read besides the environment (default .env)")
+    for q in (t, m, c):
+        q.add_argument("--theme", default="dark", type=_choice, choices=THEMES, help="chart theme (default dark)")
+        q.add_argument("--out", required=True, type=Path, help="directory to write into")
+        q.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
+
+
+def _run_measure(args: argparse.Namespace) -> int:
+    from bot import measure
+
+    run = {"track": measure.run_track, "map": measure.run_map, "compare": measure.run_compare}[args.measure_command]
+    return run(args)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable[[argparse.Namespace], int]]] = {
     "report": (_add_report, _run_report),
     "record": (_add_record, _run_record),
@@ -650,6 +703,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction], None], Callable
     "health": (_add_health, _run_health),
     "tape": (_add_tape, _run_tape),
     "score": (_add_score, _run_score),
+    "measure": (_add_measure, _run_measure),
 }
 
 

@@ -33,6 +33,8 @@ __all__ = [
     "TapeSettings",
     "Settings",
     "parse_ws_url",
+    "parse_https_url",
+    "DEFAULT_METHOD_URL",
     "parse_tape_symbols",
     "load_settings",
     "default_database_url",
@@ -58,13 +60,42 @@ def _config(env_file: str | Path | None) -> SettingsConfigDict:
     )
 
 
+#: Where ``/about`` links for the method (docs/methodology.md of the project's repository).
+DEFAULT_METHOD_URL = "https://github.com/liqmap/liqmap/blob/main/docs/methodology.md"
+
+
+def parse_https_url(text: str) -> str:
+    """An ``https://`` URL with a host and no credentials, at most 512 characters, else ``ValueError``
+    (shown as a link in Discord: nothing that could hide another address or break the markdown)."""
+    from urllib.parse import urlsplit
+
+    raw = str(text).strip()
+    bad = any(c.isspace() or not c.isprintable() or c in "<>()[]`\"|" for c in raw)
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018  (a bad port raises here)
+    except ValueError:
+        raise ValueError("not a URL; write e.g. https://example.org/methodology") from None
+    if parts.scheme != "https" or not parts.hostname or "@" in parts.netloc or len(raw) > 512 or bad:
+        raise ValueError("must be an https:// URL with a host, no user or password, no spaces or brackets, "
+                         "at most 512 characters")
+    return raw
+
+
 class DiscordSettings(BaseSettings):
-    """Discord connection: the bot token and an optional development guild for instant sync."""
+    """Discord connection: the bot token and an optional development guild for instant sync; the
+    method link ``/about`` shows."""
 
     model_config = _config(".env")
 
     token: SecretStr | None = Field(None, validation_alias="DISCORD_TOKEN")
     dev_guild_id: int | None = Field(None, validation_alias="DEV_GUILD_ID", gt=0)
+    method_url: str = Field(DEFAULT_METHOD_URL, validation_alias="LIQMAP_METHOD_URL")
+
+    @field_validator("method_url")
+    @classmethod
+    def _method_url(cls, v: str) -> str:
+        return parse_https_url(v)
 
     @property
     def has_token(self) -> bool:

@@ -434,6 +434,15 @@ class TapeStore:
             rows = (await conn.execute(q)).all()
         return [HourlySum(int(h) * HOUR_MS, v, s, int(n), float(u or 0.0)) for h, v, s, n, u in rows]
 
+    async def latest(self, since_ms: int) -> dict[str, int]:
+        """Per venue, the time of its newest event at or after ``since_ms`` (a range of the time index,
+        so bounded by the events of that span); venues with none are absent."""
+        q = (select(EVENTS.c.venue, func.max(EVENTS.c.time_ms)).where(EVENTS.c.time_ms >= int(since_ms))
+             .group_by(EVENTS.c.venue))
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(q)).all()
+        return {str(v): int(t) for v, t in rows if t is not None}
+
     async def counts(self) -> tuple[int, int]:
         """``(events, gaps)`` stored (for status lines and tests)."""
         async with self.engine.connect() as conn:

@@ -31,6 +31,7 @@ DISCORD_OK = tuple(discord.version_info[:2]) in PINNED
 APP_ID = 900000000000000001
 BOT_ID = 900000000000000001
 GUILD_ID = 910000000000000001
+FOREIGN_GUILD_ID = 910000000000000009  # a server that never added the bot (user installations only)
 CHANNEL_ID = 920000000000000001
 OTHER_CHANNEL_ID = 920000000000000002
 LOCKED_CHANNEL_ID = 920000000000000003
@@ -250,8 +251,16 @@ def interaction_payload(
     perms: discord.Permissions = MEMBER_PERMS,
     user_id: int = USER_ID,
     guild: bool = True,
+    guild_id: int = GUILD_ID,
+    installs: tuple[str, ...] | None = None,
+    context: int | None = None,
 ) -> dict[str, Any]:
-    """An INTERACTION_CREATE payload: type 2 (command) or 4 (autocomplete, when ``focused``)."""
+    """An INTERACTION_CREATE payload: type 2 (command) or 4 (autocomplete, when ``focused``).
+
+    ``installs`` names the installations that authorize it (``"guild"``, ``"user"``; default: the
+    server's in a server, the user's in a DM), as ``authorizing_integration_owners``; ``guild_id``
+    another server (one the bot is not in: :data:`FOREIGN_GUILD_ID`); ``context`` 0 server, 1 the
+    bot's DM, 2 a private channel (default 0 or 1)."""
     opts = [_option(k, v, focused=(k == focused)) for k, v in (options or {}).items()]
     resolved: dict[str, Any] = {}
     channels = {str(v.id): {"id": str(v.id), "name": v.name, "type": v.type, "permissions": str(perms.value)}
@@ -273,16 +282,20 @@ def interaction_payload(
                     "permissions": str(perms.value), "nsfw": False, "position": 0, "parent_id": None,
                     "rate_limit_per_user": 0, "last_message_id": None, "topic": None, "flags": 0},
     }
+    owners = {"guild": ("0", str(guild_id) if guild else "0"), "user": ("1", str(user_id))}
+    authorizing = dict(owners[k] for k in (installs or (("guild",) if guild else ("user",))))
     if guild:
+        payload["channel"]["guild_id"] = str(guild_id)
         payload.update({
-            "guild_id": str(GUILD_ID), "guild_locale": "en-US", "context": 0,
-            "guild": {"id": str(GUILD_ID), "locale": "en-US", "features": []},
-            "authorizing_integration_owners": {"0": str(GUILD_ID)},
+            "guild_id": str(guild_id), "guild_locale": "en-US", "context": 0 if context is None else context,
+            "guild": {"id": str(guild_id), "locale": "en-US", "features": []},
+            "authorizing_integration_owners": authorizing,
             "member": {"user": user, "roles": [], "joined_at": "2024-01-01T00:00:00+00:00", "nick": None,
                        "permissions": str(perms.value), "deaf": False, "mute": False, "flags": 0, "avatar": None},
         })
     else:
-        payload.update({"user": user, "context": 1, "authorizing_integration_owners": {"1": str(user_id)}})
+        payload.update({"user": user, "context": 1 if context is None else context,
+                        "authorizing_integration_owners": authorizing})
         payload["channel"] = {"id": str(CHANNEL_ID), "type": 1, "recipients": [user], "flags": 0}
     return payload
 

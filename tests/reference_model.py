@@ -14,8 +14,7 @@ import math
 import numpy as np
 
 from analysis.bars import Bars
-from analysis.margin import table_for
-from analysis.model import ModelParams, level_inputs, side_shares
+from analysis.model import ModelParams, fit_leverage, level_inputs, margin_table_of, side_shares
 
 
 def reference_activity(bars: Bars, params: ModelParams) -> list[float]:
@@ -38,6 +37,7 @@ def reference_activity(bars: Bars, params: ModelParams) -> list[float]:
 def reference_levels(bars: Bars, params: ModelParams):
     """Return (active levels, swept_long, swept_short); levels are dicts with side/price/notional/tier/t0."""
     n = len(bars)
+    params = fit_leverage(params, margin_table_of(params, bars.symbol, bars.price))  # the symbol's tiers and cap
     coin = params.oi_units == "coin"
     q = [bars.oi_usd[t] / bars.close[t] if coin else bars.oi_usd[t] for t in range(n)]
     opened = np.zeros(n)  # USD notional opened in each bar
@@ -53,7 +53,8 @@ def reference_levels(bars: Bars, params: ModelParams):
         shrink[t] = max(((1.0 - tau) * q[t - 1] - max(-dq, 0.0)) / q[t - 1], 1e-12)
     entry, lev, lev_tier, slot_w = level_inputs(bars, params)
     long_share, _ = side_shares(bars, opened, entry.mean(axis=1), params)
-    table = params.margin_table or table_for(bars.symbol)
+    table = params.margin_table
+    assert table is not None
 
     active: list[dict] = []
     swept_long = [0.0] * n

@@ -53,7 +53,11 @@ async def test_command_definitions_match_the_committed_snapshot(live_like):
 
 def test_snapshot_reads_naturally_in_the_picker():
     defs = {d["name"]: d for d in json.loads(SNAPSHOT.read_text(encoding="utf-8"))}
-    assert set(defs) == {"liqmap", "daily", "skew-alerts", "cluster-alerts"}
+    assert set(defs) == {"liqmap", "about", "daily", "skew-alerts", "cluster-alerts"}
+    for name in ("liqmap", "about"):  # installable by a server and a user; servers, the bot's DM, private channels
+        assert defs[name]["integration_types"] == [0, 1] and defs[name]["contexts"] == [0, 1, 2], name
+    for name in ("daily", "skew-alerts", "cluster-alerts"):  # subscriptions: server installs, servers only
+        assert defs[name]["integration_types"] == [0] and defs[name]["contexts"] == [0], name
     assert [o["name"] for o in defs["liqmap"]["options"]] == ["symbol", "window", "exchange", "private", "view"]
     exch = next(o for o in defs["liqmap"]["options"] if o["name"] == "exchange")
     assert [c["value"] for c in exch["choices"]] == ["all", *LIVE_VENUES]
@@ -107,7 +111,7 @@ async def test_global_sync_happens_only_when_definitions_change(live_like):
     rest.respond = _answer_sync
     puts = lambda: [c for c in rest.calls if c.method == "PUT"]  # noqa: E731
     (line,) = await bot.sync_commands()
-    assert line.startswith("synced 4 global command(s)")
+    assert line.startswith("synced 5 global command(s)")
     (put,) = puts()
     assert put.path == f"/applications/{APP_ID}/commands"
     assert sorted(put.json, key=lambda d: d["name"]) == json.loads(SNAPSHOT.read_text(encoding="utf-8"))
@@ -127,7 +131,7 @@ async def test_dev_guild_syncs_there_instantly_and_leaves_global_alone(tmp_path)
     try:
         h.rest.respond = _answer_sync
         (line,) = await h.bot.sync_commands()
-        assert line == "synced 4 command(s) to guild 123456789012345678"
+        assert line == "synced 5 command(s) to guild 123456789012345678"
         (put,) = [c for c in h.rest.calls if c.method == "PUT"]
         assert put.path == f"/applications/{APP_ID}/guilds/123456789012345678/commands"
     finally:
@@ -142,7 +146,7 @@ def test_cli_dry_run_prints_definitions_without_a_token(tmp_path, monkeypatch, c
     assert cli.main(["bot", "--dry-run"]) == 0
     out, err = capsys.readouterr()
     defs = json.loads(out)
-    assert [d["name"] for d in defs] == ["cluster-alerts", "daily", "liqmap", "skew-alerts"]
+    assert [d["name"] for d in defs] == ["about", "cluster-alerts", "daily", "liqmap", "skew-alerts"]
     assert "migrated" in err and "dispatcher: Dispatcher ready" in err and '"token": "unset"' in err
     assert "cluster alerts: ClusterWatcher ready (not started); swept alerts unavailable: no realized-liquidation tape" in err
     assert (tmp_path / "dry.db").exists()  # the database was created and migrated
@@ -226,13 +230,13 @@ def test_cli_sync_commands_logs_in_over_http_and_syncs_globally(tmp_path, monkey
     caplog.set_level("DEBUG")
     assert cli.main(["sync-commands"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("synced 4 global command(s)")
+    assert out.startswith("synced 5 global command(s)")
     assert [(c.method, c.path) for c in rec.calls] == [
         ("GET", "/users/@me"), ("GET", "/oauth2/applications/@me"), ("PUT", f"/applications/{APP_ID}/commands")]
     assert (tmp_path / "cache" / "command-sync.json").exists()  # a later start sees nothing changed
     assert token not in caplog.text and token not in out
     assert cli.main(["sync-commands", "--guild", "42"]) == 0
-    assert capsys.readouterr().out.startswith("synced 4 command(s) to guild 42")
+    assert capsys.readouterr().out.startswith("synced 5 command(s) to guild 42")
     assert rec.calls[-1].path == f"/applications/{APP_ID}/guilds/42/commands"
 
 

@@ -74,6 +74,7 @@ from ..bars import INTERVAL_MS, Bars, iso
 from ..errors import InputError, SourceError
 from ..symbols import parse_symbol, suggest
 from ..windows import DAY_MS, Window
+from ..margin import MarginTable, shipped_table
 from .cache import BarCache
 from .http import DEFAULT_DEADLINE_S, RateLimiter, SingleFlight, VenueClient, gather_or_cancel
 from .series import chunk_ranges, store_fetched
@@ -215,6 +216,10 @@ def join(klines: pd.DataFrame, oi: pd.DataFrame, *, step_ms: int, now_ms: int, s
 
 # -- the source ------------------------------------------------------------------------------------
 
+#: why Binance maps use the shipped margin tables
+BINANCE_TIERS_WHY = "Binance publishes its leverage brackets only to signed (key) requests"
+
+
 class BinanceSource:
     """Binance USDⓈ-M perpetuals as a :class:`~analysis.sources.base.Source` (name ``binance``).
 
@@ -337,6 +342,11 @@ class BinanceSource:
         """Binance's current mark price of ``symbol`` (premiumIndex)."""
         sym = await self.resolve(symbol)
         return parse_premium_index(await self._get(PREMIUM_INDEX, {"symbol": sym}, weight=1))
+
+    async def margin_tiers(self, symbol: str) -> MarginTable:
+        """The shipped table: Binance serves its brackets only to signed requests (``/fapi/v1/leverageBracket``,
+        USER_DATA) and documents no public source of them."""
+        return shipped_table(parse_symbol(symbol).symbol, BINANCE_TIERS_WHY)
 
     # -- bars ------------------------------------------------------------------------------------
     def interval_for(self, window: Window) -> str:

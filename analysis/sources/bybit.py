@@ -22,6 +22,14 @@ Endpoints and the documented limits this module follows (bybit-exchange.github.i
     500 linear symbols). Only ``LinearPerpetual`` contracts are kept.
 ``/v5/market/tickers``
     the mark price of one symbol.
+``/v5/market/risk-limit``
+    public; ``category=linear&symbol=``; rows ``{id, symbol, riskLimitValue, maintenanceMargin,
+    initialMargin, isLowestRisk, maxLeverage, mmDeduction}`` and a ``nextPageCursor`` (without a
+    symbol the docs page 15..30 symbols per request; with one the cursor is followed all the same).
+    ``riskLimitValue`` is the tier's notional cap in the quote coin; ``maintenanceMargin`` and
+    ``initialMargin`` are percentages (the documented example: ``"0.5"``, ``"1"`` at ``100x``), which
+    the parser checks against ``maxLeverage`` (``initialMargin x maxLeverage`` near 100) before
+    dividing by 100. Read once a day per symbol into the source's :class:`~.tiers.TierBook`.
 
 Rate limits: public market data is limited per IP to 600 requests per 5 s; Bybit asks not to run
 near the edge, so this source sends at most 20 requests/s. ``HTTP 403 "access too frequent"``
@@ -43,6 +51,7 @@ endpoint                    largest legitimate response                         
 ``open-interest``           200 points x ~90 bytes = ~18 KB                         2 MB
 ``instruments-info``        1,000 instruments x ~1.8 KB = ~1.8 MB per page          32 MB
 ``tickers``                 one symbol, ~1.2 KB                                     256 KB
+``risk-limit``              one symbol's tiers, a few KB                            2 MB
 ==========================  ======================================================  =======
 
 Pages of a window are fetched concurrently (chunks sized to one page each), merged, de-duplicated
@@ -66,17 +75,19 @@ from ..bars import INTERVAL_MS, Bars, iso
 from ..errors import InputError, SourceError
 from ..windows import Window
 from .cache import BarCache
+from ..margin import Bracket, MarginTable
 from .http import DEFAULT_DEADLINE_S, RateLimiter, SingleFlight, VenueClient, gather_or_cancel, server_wait
 from .series import (
     Instrument, SymbolBook, chunk_ranges, coverage_notes, join_bars, last_closed_open, load_cached, missing_ranges,
     store_fetched,
 )
 from .series import tidy as _tidy
+from .tiers import TierBook, table_from_rows
 from .validate import expect_dict, expect_list, field, numeric_columns, to_float, to_int
 
 __all__ = [
     "BybitSource", "BASE_URL", "INTERVALS", "KLINE_LIMIT", "OI_LIMIT", "INSTRUMENTS_LIMIT", "MAX_BYTES", "MAX_RESET_WAIT_S",
-    "result_of", "parse_klines", "parse_open_interest", "parse_instruments", "parse_ticker",
+    "result_of", "parse_klines", "parse_open_interest", "parse_instruments", "parse_ticker", "parse_risk_limits",
     "Instrument", "SymbolBook", "chunk_ranges", "join_bars", "missing_ranges", "coverage_notes", "load_cached",
     "store_fetched",
 ]
@@ -98,15 +109,18 @@ _KLINE = "/v5/market/kline"
 _OI = "/v5/market/open-interest"
 _INSTRUMENTS = "/v5/market/instruments-info"
 _TICKERS = "/v5/market/tickers"
+_RISK = "/v5/market/risk-limit"
 MAX_RESET_WAIT_S = 10.0  # longest pause taken from X-Bapi-Limit-Reset-Timestamp (Bybit's windows are seconds)
 _MB = 1024 * 1024
 KLINE_MAX_BYTES = 4 * _MB  # 1,000 rows are ~100 KB
 OI_MAX_BYTES = 2 * _MB  # 200 points are ~18 KB
 INSTRUMENTS_MAX_BYTES = 32 * _MB  # 1,000 instruments are ~1.8 MB
 TICKERS_MAX_BYTES = 256 * 1024  # one symbol, ~1.2 KB
+RISK_MAX_BYTES = 2 * _MB  # one symbol's tiers (tens of rows x ~200 bytes), or 30 symbols' without a symbol
 #: decoded-body limit per endpoint (see the module docstring)
 MAX_BYTES: dict[str, int] = {
     _KLINE: KLINE_MAX_BYTES, _OI: OI_MAX_BYTES, _INSTRUMENTS: INSTRUMENTS_MAX_BYTES, _TICKERS: TICKERS_MAX_BYTES,
+    _RISK: RISK_MAX_BYTES,
 }
 
 log = logging.getLogger(__name__)
@@ -204,6 +218,37 @@ def parse_ticker(payload: Any, symbol: str, endpoint: str = _TICKERS) -> float:
     raise SourceError(VENUE, endpoint, f"no ticker for {symbol} in the response")
 
 
+def parse_risk_limits(payload: Any, endpoint: str = _RISK) -> tuple[dict[str, list[Bracket]], str | None]:
+    """One page of risk-limit tiers: ``({symbol: [Bracket]}, next cursor)``.
+
+    ``maintenanceMargin`` / ``initialMargin`` are percentages: a row whose ``initialMargin x
+    maxLeverage`` is not within 80..125 (of 100) is refused, so a change of unit can never price levels
+    a hundred times off.
+    """
+    result = result_of(payload, endpoint)
+    rows = expect_list(field(result, "list", VENUE, endpoint), VENUE, endpoint, what="list")
+    out: dict[str, list[Bracket]] = {}
+    for i, row in enumerate(rows):
+        where = f"tier row {i}"
+        sym = field(row, "symbol", VENUE, endpoint, where=where)
+        if not isinstance(sym, str) or not sym:
+            raise SourceError(VENUE, endpoint, f"{where}: symbol should be a non-empty string")
+        cap = to_float(field(row, "riskLimitValue", VENUE, endpoint, where=where), VENUE, endpoint,
+                       what=f"riskLimitValue of {sym} ({where})")
+        mm = to_float(field(row, "maintenanceMargin", VENUE, endpoint, where=where), VENUE, endpoint,
+                      what=f"maintenanceMargin of {sym} ({where})")
+        im = to_float(field(row, "initialMargin", VENUE, endpoint, where=where), VENUE, endpoint,
+                      what=f"initialMargin of {sym} ({where})")
+        lev = to_float(field(row, "maxLeverage", VENUE, endpoint, where=where), VENUE, endpoint,
+                       what=f"maxLeverage of {sym} ({where})")
+        if not (lev >= 1 and 80 <= im * lev <= 125):
+            raise SourceError(VENUE, endpoint, f"{where} ({sym}): initialMargin {im:g}% does not match maxLeverage "
+                                               f"{lev:g}x (expected percentages, initialMargin x maxLeverage near 100)")
+        out.setdefault(sym, []).append(Bracket(cap, lev, mm / 100.0))
+    cursor = result.get("nextPageCursor")
+    return out, cursor if isinstance(cursor, str) and cursor else None
+
+
 # -- the source -------------------------------------------------------------------------------------
 
 class BybitSource:
@@ -244,6 +289,7 @@ class BybitSource:
         self._flight = SingleFlight()
         self._blocked_until = 0.0
         self._reset_ms: int | None = None
+        self.tiers = TierBook(VENUE, self._load_tiers, cache=cache, now=lambda: self._now_ms() / 1000)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -318,6 +364,29 @@ class BybitSource:
         """Bybit's current mark price of ``symbol``."""
         inst = await self.resolve(symbol)
         return parse_ticker(await self._get(_TICKERS, {"category": "linear", "symbol": inst.venue_id}), inst.venue_id)
+
+    # -- margin tiers ----------------------------------------------------------------------------
+    async def margin_tiers(self, symbol: str) -> MarginTable:
+        """The symbol's risk-limit tiers (refreshed daily; last good copy, else the shipped table)."""
+        inst = await self.resolve(symbol)
+        return await self.tiers.table(inst.canonical)
+
+    async def _load_tiers(self, canonical: str) -> dict[str, MarginTable]:
+        """Every page of ``canonical``'s risk-limit tiers (``nextPageCursor`` until empty or repeated)."""
+        inst = await self.resolve(canonical)
+        found: list[Bracket] = []
+        cursor: str | None = None
+        seen: set[str] = set()
+        for _ in range(20):  # 20 pages of one symbol's tiers would be a broken cursor
+            page, cursor = parse_risk_limits(
+                await self._get(_RISK, {"category": "linear", "symbol": inst.venue_id, "cursor": cursor}))
+            found += page.get(inst.venue_id, [])
+            if not cursor or cursor in seen or not page:
+                break
+            seen.add(cursor)
+        if not found:
+            return {}
+        return {inst.canonical: table_from_rows(VENUE, _RISK, f"Bybit {inst.venue_id} risk limits", found)}
 
     # -- bars ------------------------------------------------------------------------------------
     def interval_for(self, window: Window) -> str:

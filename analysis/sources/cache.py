@@ -140,6 +140,24 @@ class BarCache:
         """Open time of the oldest cached bar, or None."""
         return self._one("SELECT MIN(time) FROM bars WHERE venue=? AND symbol=? AND interval=?", venue, symbol, interval)
 
+    def newest(self, venue: str) -> int | None:
+        """Open time of the newest bar cached for ``venue`` in any series, or None.
+
+        The series are found through their coverage records (``cover:<venue>:<id>:<interval>`` in
+        ``meta``, written at a series' first fetch), so each is one primary-key seek, not a scan.
+        """
+        prefix = f"cover:{venue}:"
+        with self._lock:
+            keys = [k for (k,) in self._db.execute("SELECT key FROM meta WHERE substr(key, 1, ?) = ?",
+                                                    (len(prefix), prefix))]
+        newest: int | None = None
+        for key in keys:
+            venue_id, _, interval = key[len(prefix):].rpartition(":")
+            t = self.last_time(venue, venue_id, interval)
+            if t is not None and (newest is None or t > newest):
+                newest = int(t)
+        return newest
+
     def count(self, venue: str, symbol: str, interval: str) -> int:
         return int(self._one("SELECT COUNT(*) FROM bars WHERE venue=? AND symbol=? AND interval=?", venue, symbol, interval) or 0)
 

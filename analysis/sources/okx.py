@@ -23,6 +23,12 @@ Endpoints and the documented limits this module follows (https://www.okx.com/doc
     ``state`` (``live`` is tradable); 20 requests / 2 s.
 ``/api/v5/public/mark-price``
     ``instType=SWAP&instId=``; ``markPx`` (:meth:`OkxSource.mark_price`); 10 requests / 2 s.
+``/api/v5/public/position-tiers``
+    ``instType=SWAP&tdMode=isolated&instFamily=BTC-USDT`` (``instFamily`` is required for swaps; the
+    model's formula is the isolated one); rows ``{uly, instFamily, instId, tier, minSz, maxSz, mmr,
+    imr, maxLever, ...}`` with ``minSz``/``maxSz`` in contracts (``x ctVal`` = coin, so the caps
+    follow the price) and ``mmr``/``imr`` as fractions; 10 requests / 2 s. Read once a day per
+    symbol into the source's :class:`~.tiers.TierBook`.
 
 Open interest in USD is ``oiCcy x close`` of the bar with the same open time (the same rule as
 Bybit); when ``oiCcy`` is absent it is ``oi x ctVal`` coins. Because open-interest history stops
@@ -46,6 +52,7 @@ endpoint                           largest legitimate response                  
 ``open-interest-history``          100 rows x ~60 bytes = ~6 KB                     1 MB
 ``instruments`` (``SWAP``)         a few hundred swaps x ~1 KB = well under 1 MB    32 MB
 ``mark-price``                     one swap, ~150 bytes                             256 KB
+``position-tiers``                 one family's tiers, a few KB                     1 MB
 =================================  ===============================================  =======
 """
 
@@ -65,17 +72,20 @@ from ..errors import InputError, SourceError
 from ..symbols import QUOTES
 from ..windows import Window
 from .cache import BarCache
+from ..margin import OPEN_CAP, Bracket, MarginTable
 from .http import DEFAULT_DEADLINE_S, RateLimiter, SingleFlight, VenueClient, gather_or_cancel
 from .series import (
     Instrument, SymbolBook, chunk_ranges, coverage_notes, join_bars, last_closed_open, load_cached, missing_ranges,
     store_fetched,
 )
 from .series import tidy as _tidy
+from .tiers import TierBook, table_from_rows
 from .validate import expect_dict, expect_list, field, numeric_columns, to_float, to_int
 
 __all__ = [
     "OkxSource", "BASE_URL", "BARS", "CANDLES_LIMIT", "HISTORY_LIMIT", "OI_LIMIT", "MAX_ENTRIES", "MAX_BYTES",
     "data_of", "parse_candles", "parse_open_interest", "parse_instruments", "parse_mark_price", "interval_for",
+    "parse_position_tiers",
 ]
 
 VENUE = "okx"
@@ -92,19 +102,21 @@ _HISTORY = "/api/v5/market/history-candles"
 _OI = "/api/v5/rubik/stat/contracts/open-interest-history"
 _INSTRUMENTS = "/api/v5/public/instruments"
 _MARK = "/api/v5/public/mark-price"
+_TIERS = "/api/v5/public/position-tiers"
 _MB = 1024 * 1024
 CANDLES_MAX_BYTES = 2 * _MB  # 300 rows are ~30 KB
 HISTORY_MAX_BYTES = 2 * _MB  # 100 rows are ~10 KB
 OI_MAX_BYTES = 1 * _MB  # 100 rows are ~6 KB
 INSTRUMENTS_MAX_BYTES = 32 * _MB  # every SWAP instrument, well under 1 MB
 MARK_MAX_BYTES = 256 * 1024  # one swap, ~150 bytes
+TIERS_MAX_BYTES = 1 * _MB  # one instrument family's tiers, a few KB
 #: decoded-body limit per endpoint (see the module docstring)
 MAX_BYTES: dict[str, int] = {
     _CANDLES: CANDLES_MAX_BYTES, _HISTORY: HISTORY_MAX_BYTES, _OI: OI_MAX_BYTES, _INSTRUMENTS: INSTRUMENTS_MAX_BYTES,
-    _MARK: MARK_MAX_BYTES,
+    _MARK: MARK_MAX_BYTES, _TIERS: TIERS_MAX_BYTES,
 }
 #: documented limits: requests per 2-second window, per endpoint
-_LIMITS_PER_2S = {_CANDLES: 40, _HISTORY: 20, _OI: 10, _INSTRUMENTS: 20, _MARK: 10}
+_LIMITS_PER_2S = {_CANDLES: 40, _HISTORY: 20, _OI: 10, _INSTRUMENTS: 20, _MARK: 10, _TIERS: 10}
 
 
 def _limiter(per_2s: int, clock: Callable[[], float], sleep: Callable[[float], Awaitable[Any]]) -> RateLimiter:
@@ -198,6 +210,28 @@ def parse_mark_price(payload: Any, inst_id: str, endpoint: str = _MARK) -> float
     raise SourceError(VENUE, endpoint, f"no mark price for {inst_id} in the response")
 
 
+def parse_position_tiers(payload: Any, family: str, ct_val: float, endpoint: str = _TIERS) -> list[Bracket]:
+    """``family``'s tiers as brackets with caps in coin (``maxSz`` contracts x ``ct_val``).
+
+    Rows of other families are ignored; the highest tier's cap is open-ended. ``mmr`` must be a
+    fraction below ``imr`` (checked by :func:`~.tiers.table_from_rows`).
+    """
+    out = []
+    for i, row in enumerate(data_of(payload, endpoint)):
+        where = f"tier row {i}"
+        fam = (row.get("instFamily") or row.get("uly")) if isinstance(row, dict) else None
+        if fam not in (None, "") and fam != family:
+            continue
+        max_sz = to_float(field(row, "maxSz", VENUE, endpoint, where=where), VENUE, endpoint, what=f"maxSz ({where})")
+        mmr = to_float(field(row, "mmr", VENUE, endpoint, where=where), VENUE, endpoint, what=f"mmr ({where})")
+        lev = to_float(field(row, "maxLever", VENUE, endpoint, where=where), VENUE, endpoint, what=f"maxLever ({where})")
+        out.append(Bracket(max_sz * ct_val, lev, mmr))
+    if out:
+        top = max(range(len(out)), key=lambda k: out[k].cap_usd)
+        out[top] = Bracket(OPEN_CAP, out[top].max_leverage, out[top].mmr)
+    return out
+
+
 def interval_for(window: Window) -> tuple[str, str | None]:
     """``(interval, note)``: the window's interval, or the nearest coarser one that fits in 1,440 entries."""
     order = list(BARS)
@@ -251,9 +285,25 @@ class OkxSource:
         self.cache = cache
         self.book = SymbolBook(VENUE, symbols_ttl_s, clock, cache)
         self._flight = SingleFlight()
+        self.tiers = TierBook(VENUE, self._load_tiers, cache=cache, now=lambda: self._now_ms() / 1000)
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+    async def margin_tiers(self, symbol: str) -> MarginTable:
+        """The swap's position tiers (refreshed daily; last good copy, else the shipped table)."""
+        inst = await self.resolve(symbol)
+        return await self.tiers.table(inst.canonical)
+
+    async def _load_tiers(self, canonical: str) -> dict[str, MarginTable]:
+        inst = await self.resolve(canonical)
+        family = inst.venue_id.removesuffix("-SWAP")
+        params = {"instType": "SWAP", "tdMode": "isolated", "instFamily": family}
+        rows = parse_position_tiers(await self._get(_TIERS, params), family, inst.contract_value)
+        if not rows:
+            return {}
+        return {inst.canonical: table_from_rows(VENUE, _TIERS, f"OKX {inst.venue_id} isolated tiers", rows,
+                                                cap_unit="coin")}
 
     async def _get(self, path: str, params: dict[str, Any]) -> Any:
         """GET through the endpoint's own limiter; code 50011 in a 200 body pauses and retries twice."""

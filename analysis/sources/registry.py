@@ -215,6 +215,10 @@ async def record(
                     continue
                 done.append(venue)
                 lines.append(f"{venue}: {len(bars)} {bars.interval} bars of {pair.symbol}")
+                tiers = getattr(src, "margin_tiers", None)
+                if tiers is not None:  # the venue's margin tiers too, so a replay prices levels as live did
+                    table = await tiers(pair.symbol)
+                    lines.append(f"{venue}: margin tiers: {table.name} ({table.origin})")
         finally:
             await aclose_sources(sources)
         if not done:

@@ -10,6 +10,9 @@ snapshot-only venue (CoinGlass) is refused before the defer. Validation runs
 before the defer on purpose: a refusal must be ephemeral, and after a public defer Discord cannot
 make the first followup ephemeral.
 
+Installable by a server and by a user (:mod:`bot.contexts`); in a server that has not added the
+app and does not let the member post external apps' replies, the answer is private.
+
 Symbol autocomplete reads :class:`SymbolIndex`, which holds the venues' symbol lists in memory and
 refreshes them in the background: an autocomplete answer never waits for the network.
 """
@@ -31,6 +34,7 @@ from analysis.windows import parse_window
 
 from ..app import NO_MENTIONS, LiqmapBot
 from ..choices import VIEW_CHOICES, WINDOW_CHOICES, exchange_choices, offer_choices
+from ..contexts import installable_anywhere, reply_ephemeral_if_external
 from ..cooldown import UserCooldown
 from ..poster import view_message
 from ..symbol_index import check_listed, symbol_choices
@@ -53,6 +57,7 @@ class LiqmapCog(commands.Cog):
         self.cooldown = UserCooldown(sched.cooldown_uses, sched.cooldown_seconds)
         offer_choices(self.liqmap, exchange=exchange_choices(self.service.venues))
 
+    @installable_anywhere
     @app_commands.command(name="liqmap", description="Liquidation map of a perpetual: chart, skew and key levels")
     @app_commands.describe(
         symbol="Perpetual to map, e.g. BTC, ETHUSDT or SOL-USDT-SWAP",
@@ -85,6 +90,7 @@ class LiqmapCog(commands.Cog):
     async def answer(self, interaction: discord.Interaction, symbol: str, window: str, exchange: str, private: bool,
                      view: str = "map") -> None:
         sym, win, _ = self.validate(symbol, window, exchange, view)
+        private = reply_ephemeral_if_external(interaction, private)  # a server without external apps
         self.cooldown.charge(interaction.user.id)  # once, whatever the view
         await interaction.response.defer(ephemeral=private, thinking=True)
         interaction.extras["public_defer"] = not private
