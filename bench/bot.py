@@ -86,7 +86,7 @@ async def populate(store: Store, now: datetime) -> None:
         sym = SYMBOLS[i % len(SYMBOLS)]
         await store.add_daily(guild, channel, symbols=sym, window="1d", exchange="all", time="09:00",
                               timezone="UTC", created_by=1, now=now)
-        await store.add_watch(guild, channel, symbol=sym, window="1d", exchange="all", created_by=1, now=now)
+        await store.add_skew_alert(guild, channel, symbol=sym, window="1d", exchange="all", created_by=1, now=now)
 
 
 def measure(fn):
@@ -97,7 +97,7 @@ def measure(fn):
     return timed
 
 
-TABLES = ("deliveries", "skew_watches", "daily_schedules", "store_marks", "alembic_version")
+TABLES = ("deliveries", "skew_alerts", "daily_schedules", "store_marks", "alembic_version")
 
 
 async def _server_tables(url: str, drop: bool) -> list[str]:

@@ -26,7 +26,7 @@ import re
 import signal
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 from discord import app_commands
@@ -36,6 +36,15 @@ from analysis.errors import InputError, LiqmapError, SourceError, Unavailable
 
 from .contexts import NotInstalledHere, check_install, tree_defaults
 from .settings import Settings, redact_url
+
+if TYPE_CHECKING:  # (imported where used: `liqmap --help` and the CLI stay quick to start)
+    from analysis.report import ReportService
+    from analysis.tape.events import TapeReader
+
+    from .cluster_watch import ClusterWatcher
+    from .scheduler import Dispatcher
+    from .store import Store
+    from .symbol_index import SymbolIndex
 
 __all__ = [
     "LiqmapBot",
@@ -63,7 +72,7 @@ log = logging.getLogger(__name__)
 
 #: how often the bot looks for a tape in its database while it reads none (seconds)
 TAPE_WATCH_S = 900.0
-COGS = ("bot.cogs.liqmap", "bot.cogs.about", "bot.cogs.daily", "bot.cogs.notices", "bot.cogs.clusters")
+COGS = ("bot.cogs.liqmap", "bot.cogs.about", "bot.cogs.daily", "bot.cogs.skew_alerts", "bot.cogs.clusters")
 NO_MENTIONS = discord.AllowedMentions.none()
 Mode = Literal["run", "dry-run", "sync"]
 
@@ -101,7 +110,7 @@ def definitions_hash(defs: list[dict[str, Any]]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def build_service(settings: Settings):
+def build_service(settings: Settings) -> ReportService:
     """The report service over the configured sources (``LIQMAP_SOURCE``, ``LIQMAP_CACHE_DIR``, the
     CoinGlass key) and model (``LIQMAP_MODEL``), built as ``liqmap report`` builds its own."""
     from analysis.report import ReportService
@@ -264,15 +273,27 @@ class LiqmapBot(commands.Bot):
     ``mode``: ``"run"`` (start the dispatcher, sync commands), ``"dry-run"`` (everything but the
     gateway and Discord HTTP), ``"sync"`` (load commands only, for ``liqmap sync-commands``).
     ``service`` and ``store`` may be injected (tests); otherwise they are built from ``settings``.
+    ``service`` and ``symbols`` exist from ``setup_hook`` on, before any cog loads; ``store`` is
+    None only in ``"sync"`` mode.
     """
+
+    settings: Settings
+    mode: Mode
+    store: Store | None
+    scheduler: Dispatcher | None
+    cluster_watch: ClusterWatcher | None
+    tape: TapeReader | None  # realized liquidations, once they are recorded
+    tape_task: asyncio.Task[None] | None  # the realized-liquidation recorder (LIQMAP_TAPE)
+    cog_modules: tuple[str, ...]
+    sync_state_path: Path
 
     def __init__(
         self,
         settings: Settings,
         *,
         mode: Mode = "run",
-        service: Any = None,
-        store: Any = None,
+        service: ReportService | None = None,
+        store: Store | None = None,
         cogs: tuple[str, ...] = COGS,
         sync_state_path: Path | None = None,
     ) -> None:
@@ -288,29 +309,43 @@ class LiqmapBot(commands.Bot):
             **tree_defaults(),  # server-only unless a command opts in (bot.contexts)
         )
         self.settings = settings
-        self.mode: Mode = mode
-        self.service = service
+        self.mode = mode
+        self._service = service
+        self._symbols: SymbolIndex | None = None
         self.store = store
-        self.scheduler: Any = None
-        self.cluster_watch: Any = None  # bot.cluster_watch.ClusterWatcher
-        self.tape: Any = None  # an analysis.tape.events.TapeReader once realized liquidations are recorded
-        self.symbols: Any = None
+        self.scheduler = None
+        self.cluster_watch = None
+        self.tape = None
         self.cog_modules = cogs
         self._owns_store = store is None
-        self.tape_task: asyncio.Task[None] | None = None  # the realized-liquidation recorder (LIQMAP_TAPE)
+        self.tape_task = None
         self._tape_stop = asyncio.Event()
         self._tape_watch: asyncio.Task[None] | None = None
         self.hl_oi_task: asyncio.Task[Any] | None = None  # the Hyperliquid OI poller (LIQMAP_HL_OI)
         self._hl_oi_stop = asyncio.Event()
         self.sync_state_path = sync_state_path or settings.sources.state_dir / "command-sync.json"
 
+    @property
+    def service(self) -> ReportService:
+        """The report service (injected, or built by ``setup_hook``)."""
+        if self._service is None:
+            raise RuntimeError("the report service is built by setup_hook")
+        return self._service
+
+    @property
+    def symbols(self) -> SymbolIndex:
+        """The venues' symbol lists behind autocomplete (built by ``setup_hook``)."""
+        if self._symbols is None:
+            raise RuntimeError("the symbol index is built by setup_hook")
+        return self._symbols
+
     # -- lifecycle -------------------------------------------------------------------------------
     async def setup_hook(self) -> None:
-        from .cogs import SymbolIndex
+        from .symbol_index import SymbolIndex
 
-        if self.service is None:
-            self.service = build_service(self.settings)
-        self.symbols = SymbolIndex(self.service.sources)
+        if self._service is None:
+            self._service = build_service(self.settings)
+        self._symbols = SymbolIndex(self._service.sources)
         if self.store is None and self.mode != "sync":
             self.store = await self._open_store()
         if self.mode != "sync":
@@ -448,12 +483,13 @@ class LiqmapBot(commands.Bot):
     async def _start_dispatcher(self) -> None:
         # After READY the channel cache is complete, so the poster can check permissions first.
         await self.wait_until_ready()
-        self.scheduler.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
         if self.cluster_watch is not None:
             self.cluster_watch.start()
         log.info("dispatcher started")
 
-    async def _open_store(self) -> Any:
+    async def _open_store(self) -> Store:
         """Open the database and run its migrations (exchanges limited to the configured venues).
 
         Start-up failures become one clear error (see :func:`database_error`), never a traceback.
@@ -480,9 +516,11 @@ class LiqmapBot(commands.Bot):
         log.info("database: %s (migrated)", store.location)
         return store
 
-    def _make_scheduler(self) -> Any:
+    def _make_scheduler(self) -> Dispatcher:
         from .poster import DiscordPoster
         from .scheduler import make_dispatcher
+
+        assert self.store is not None, "setup_hook opens the store before it makes the dispatcher"
 
         extra: dict[str, Any] = {}
         if self.mode == "run":  # the health signal read by `liqmap health` (bot.health)
@@ -494,8 +532,8 @@ class LiqmapBot(commands.Bot):
         return make_dispatcher(self.store, self.service, DiscordPoster(self), self.settings, **extra)
 
     async def close(self) -> None:
-        if self.symbols is not None:
-            self.symbols.stop()
+        if self._symbols is not None:
+            self._symbols.stop()
         await self.stop_tape()
         if self._tape_watch is not None:
             self._tape_watch.cancel()
@@ -513,7 +551,7 @@ class LiqmapBot(commands.Bot):
                 await self.store.close()
             except Exception:
                 log.exception("closing the store failed")
-        await _close_sources(self.service)
+        await _close_sources(self._service)
         await super().close()
 
     # -- command sync ----------------------------------------------------------------------------

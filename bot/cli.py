@@ -447,7 +447,7 @@ def _add_tape(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--venues", default=None, help=f"comma-separated, from {venues} (default LIQMAP_TAPE_VENUES, else all)")
     p.add_argument("--symbols", default=None,
                    help="comma-separated tickers, e.g. BTC,ETH,SOL (default LIQMAP_TAPE_SYMBOLS, else BTC, ETH and "
-                        "the symbols of the bot's active daily reports and notices in the database)")
+                        "the symbols of the bot's active daily reports and alerts in the database)")
     _add_db(p, "where the tape is recorded")
     p.add_argument("--duration", default=None, help="stop after this long, e.g. 90s, 10m, 2h, 1d (default: until stopped)")
     p.add_argument("--status-every", type=float, default=60.0, metavar="SECONDS",

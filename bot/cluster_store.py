@@ -1,4 +1,4 @@
-"""Durable cluster-alert subscriptions (``/cluster-alerts``), kept apart from ``bot/store.py``.
+"""Durable cluster-alert subscriptions (``/cluster-alerts``), kept apart from the ``bot/store`` package.
 
 One table, ``cluster_alerts`` (migration ``0007_cluster_alerts``), on the store's declarative
 ``Base``; :class:`ClusterStore` works through a :class:`~bot.store.Store`'s session and shares its
@@ -27,15 +27,14 @@ from analysis.errors import InputError
 from analysis.symbols import parse_symbol
 from analysis.windows import parse_window
 
-from .store import (
+from .schedule_time import aware as _aware
+from .store import Store
+from .store.tables import Base, UTCDateTime
+from .store.validation import (
     DEFAULT_COOLDOWN_S,
     MAX_COOLDOWN_S,
     MIN_COOLDOWN_S,
     SNOWFLAKE_MAX,
-    Base,
-    Store,
-    UTCDateTime,
-    _aware,
     _is_int_in,
     _parse_exchange,
     _parse_id,

@@ -4,7 +4,7 @@
 :func:`view_message` the embeds and files of a view (map, heatmap or both: one message, two embeds
 and two attachments, within Discord's 6000 characters per message). :class:`DiscordPoster` is the
 discord.py implementation of the dispatcher's :class:`~bot.scheduler.Poster`: it sends daily
-reports and skew notices to channels. The map is attached as ``liqmap.png`` and the heatmap as
+reports and skew-alert notices to channels. The map is attached as ``liqmap.png`` and the heatmap as
 ``heatmap.png``, each shown in its embed through ``attachment://<name>``; every send gets a fresh
 :class:`discord.File` over the same bytes (a File is consumed by one send). Messages never ping anyone.
 

@@ -1,7 +1,7 @@
-"""The one dispatcher: daily reports (each exactly once per schedule and local day) and skew notices.
+"""The one dispatcher: daily reports (each exactly once per schedule and local day) and skew alerts.
 
 One loop serves every guild (:meth:`Dispatcher.run`): every ``tick_s`` it posts the daily reports
-that are due, and every ``skew_interval_s`` it re-reads the watched symbols. Clock, sleep, poster
+that are due, and every ``skew_interval_s`` it re-reads the symbols of the skew alerts. Clock, sleep, poster
 and report function are injected, so tests drive it with a fake clock and a fake Discord.
 
 Rendering: within a tick each distinct (symbol, window, exchange) is rendered once and the same
@@ -67,11 +67,11 @@ Channel deleted or permissions lost (:class:`ChannelGone` / :class:`MissingAcces
 every subscription posting to that channel is paused with the reason (never deleted), and the
 delivery is recorded ``skipped``. Any other error is confined to its own post.
 
-DST (see :func:`bot.store.local_occurrence`): a local time that does not exist on a spring-forward
+DST (see :func:`bot.schedule_time.local_occurrence`): a local time that does not exist on a spring-forward
 day is posted the same amount after the jump (02:30 -> 03:30 in New York); an ambiguous local time
 on a fall-back day is posted at its first occurrence. Either way exactly once that local day.
 
-Skew watcher: one report per distinct (symbol, window, exchange), then per subscription the class
+Skew alerts: one report per distinct (symbol, window, exchange), then per subscription the class
 is advanced with hysteresis (:mod:`analysis.hysteresis`, the subscription's own thresholds). The
 first observation after subscribing (or resuming) records a baseline and announces nothing. A
 change is announced unless the subscription announced within its cooldown; during the cooldown
@@ -97,7 +97,8 @@ from analysis.hysteresis import step
 from analysis.metrics import SKEW_CLASSES
 from analysis.options import VIEWS
 
-from .store import Claim, DailySchedule, Outcome, ReadingIn, SkewWatch, Store, local_date_of, next_occurrence
+from .schedule_time import local_date_of, next_occurrence
+from .store import Claim, DailySchedule, Outcome, ReadingIn, SkewAlert, Store
 
 __all__ = [
     "Poster",
@@ -176,7 +177,7 @@ class DispatcherParams:
     tick_s
         How often due daily reports are looked for (seconds).
     skew_interval_s
-        How often watched symbols are re-read (default 15 minutes).
+        How often the symbols of skew alerts are re-read (default 15 minutes).
     grace
         How late a daily report may still be posted after downtime (default 2 h).
     claim_lease
@@ -405,7 +406,7 @@ def _missed(occ: datetime, grace: timedelta) -> str:
 
 
 class Dispatcher:
-    """Posts due daily reports and skew notices for every guild from one loop."""
+    """Posts due daily reports and skew-alert notices for every guild from one loop."""
 
     def __init__(
         self,
@@ -792,25 +793,25 @@ class Dispatcher:
                         getattr(rep, "symbol", "?"), exc)
             return None
 
-    # -- skew notices -------------------------------------------------------------------------------
+    # -- skew alerts --------------------------------------------------------------------------------
 
     async def run_skew(self) -> TickStats:
-        """Re-read every watched symbol once and announce class changes (see the module docstring)."""
+        """Re-read every skew alert's symbol once and announce class changes (see the module docstring)."""
         now = self.now()
         stats = TickStats()
-        watches = await self.store.active_watches()
-        stats.due = len(watches)
-        if not watches:
+        alerts = await self.store.active_skew_alerts()
+        stats.due = len(alerts)
+        if not alerts:
             return stats
-        reports = await self._render_all({(w.symbol, w.window, w.exchange) for w in watches}, stats)
+        reports = await self._render_all({(w.symbol, w.window, w.exchange) for w in alerts}, stats)
         baselines: list[tuple[int, str, float | None]] = []
-        changes: list[tuple[SkewWatch, Any, Any]] = []
-        for w in watches:
+        changes: list[tuple[SkewAlert, Any, Any]] = []
+        for w in alerts:
             rep = reports[(w.symbol, w.window, w.exchange)]
             if isinstance(rep, InputError):
-                if await self.store.pause("watch", w.id, f"cannot build {w.symbol}: {rep}", now=now):
+                if await self.store.pause("skew_alert", w.id, f"cannot build {w.symbol}: {rep}", now=now):
                     stats.paused += 1
-                    log.warning("skew notice %s paused: cannot build %s: %s", w.id, w.symbol, rep)
+                    log.warning("skew alert %s paused: cannot build %s: %s", w.id, w.symbol, rep)
                 continue
             if isinstance(rep, BaseException):
                 continue
@@ -830,12 +831,12 @@ class Dispatcher:
         sem = asyncio.Semaphore(self.params.post_concurrency)
         gone: dict[int, str] = {}
 
-        async def announce(w: SkewWatch, new: Any, rep: Any) -> None:
+        async def announce(w: SkewAlert, new: Any, rep: Any) -> None:
             async with sem:
                 if w.channel_id in gone:
                     return
                 ratio = rep.reading.imbalance
-                if not await self.store.set_watch_class(w.id, expected=w.last_class, new=new.key, ratio=ratio,
+                if not await self.store.set_skew_alert_class(w.id, expected=w.last_class, new=new.key, ratio=ratio,
                                                         announced_at=now):
                     return  # another dispatcher got there first
                 try:
@@ -865,13 +866,13 @@ class Dispatcher:
                     # the nonce window. Keep the class: at most once.
                     stats.failed += 1
                     stats.errors.append("TimeoutError: notice send timed out")
-                    log.warning("skew notice %s to channel %s timed out; not retried (it may have been posted)",
+                    log.warning("notice of skew alert %s to channel %s timed out; not retried (it may have been posted)",
                                 w.id, w.channel_id)
                 except Exception as exc:
                     stats.failed += 1
                     stats.errors.append(f"{type(exc).__name__}: {exc}"[:200])
-                    log.warning("skew notice %s to channel %s failed; will retry", w.id, w.channel_id, exc_info=True)
-                    await self.store.set_watch_class(w.id, expected=new.key, new=w.last_class, ratio=w.last_ratio,
+                    log.warning("notice of skew alert %s to channel %s failed; will retry", w.id, w.channel_id, exc_info=True)
+                    await self.store.set_skew_alert_class(w.id, expected=new.key, new=w.last_class, ratio=w.last_ratio,
                                                      announced_at=None, previous_announced_at=w.last_announced_at,
                                                      restore=True)
 

@@ -136,7 +136,7 @@ class SourceSettings(BaseSettings):
 
 
 class ScheduleSettings(BaseSettings):
-    """Timing and limits: daily grace window, skew-watch interval, caps, /liqmap cache and cooldown."""
+    """Timing and limits: daily grace window, skew- and cluster-alert check interval, caps, /liqmap cache and cooldown."""
 
     model_config = _config(".env")
 
@@ -202,7 +202,7 @@ class TapeSettings(BaseSettings):
 
     tape_enabled: bool = Field(False, validation_alias="LIQMAP_TAPE")
     tape_venues: str = Field("bybit,binance,okx", validation_alias="LIQMAP_TAPE_VENUES")
-    # empty: what the bot needs, i.e. BTC and ETH plus the symbols of active daily reports and notices
+    # empty: what the bot needs, i.e. BTC and ETH plus the symbols of active daily reports and alerts
     tape_symbols: str = Field("", validation_alias="LIQMAP_TAPE_SYMBOLS")
     # 30 days: the live score's longest --days plus the 24 h overlays, about 100 MB at a busy month's rate
     tape_retention_days: float = Field(30.0, validation_alias="LIQMAP_TAPE_RETENTION_DAYS", ge=1, le=3650, allow_inf_nan=False)

@@ -558,8 +558,8 @@ async def _delete_batch(conn: AsyncConnection, table: Any, cond: Any, batch: int
 
 async def needed_symbols(engine: AsyncEngine, extra: Iterable[str] = ("BTCUSDT", "ETHUSDT"), *, cap: int = 50) -> tuple[str, ...]:
     """The symbols the bot needs on the tape: ``extra`` first, then those of active daily reports
-    and skew notices (at most ``cap``; the rest is logged and left out)."""
-    from .store import DailyRow, WatchRow
+    and skew alerts (at most ``cap``; the rest is logged and left out)."""
+    from .store import DailyRow, SkewAlertRow
 
     out: list[str] = []
     for s in extra:
@@ -568,7 +568,7 @@ async def needed_symbols(engine: AsyncEngine, extra: Iterable[str] = ("BTCUSDT",
     async with engine.connect() as conn:
         for (text,) in (await conn.execute(select(DailyRow.symbols).where(DailyRow.paused_reason.is_(None)))).all():
             out.extend(s for s in str(text).split(",") if s and s not in out)
-        for (sym,) in (await conn.execute(select(WatchRow.symbol).where(WatchRow.paused_reason.is_(None)))).all():
+        for (sym,) in (await conn.execute(select(SkewAlertRow.symbol).where(SkewAlertRow.paused_reason.is_(None)))).all():
             if sym not in out:
                 out.append(sym)
     out = [s for s in out if _SYMBOL.fullmatch(s)]

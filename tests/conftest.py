@@ -52,7 +52,7 @@ async def _reset_server_database(url: str) -> None:
 
     engine = create_async_engine(url)
     async with engine.begin() as conn:
-        await conn.execute(text("DROP TABLE IF EXISTS cluster_alerts, tape_events, tape_gaps, daily_readings, deliveries, skew_watches, daily_schedules, store_marks, alembic_version CASCADE"))
+        await conn.execute(text("DROP TABLE IF EXISTS cluster_alerts, tape_events, tape_gaps, daily_readings, deliveries, skew_alerts, skew_watches, daily_schedules, store_marks, alembic_version CASCADE"))
     await engine.dispose()
 
 

@@ -14,8 +14,9 @@ import pytest
 
 from analysis.errors import SourceError
 from analysis.sources.registry import make_sources
-from bot.cogs import SymbolIndex, UserCooldown
 from bot.controls import controls_of
+from bot.cooldown import UserCooldown
+from bot.symbol_index import SymbolIndex
 
 from bot_harness import (
     COMPONENTS_V2, DISCORD_OK, PINNED, StubSource, component_media, component_text, interaction_payload, make_harness,

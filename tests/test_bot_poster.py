@@ -230,20 +230,20 @@ async def test_dispatcher_announces_a_skew_change_through_the_poster(h):
     bot = h.bot
     await h.dispatch(interaction_payload("skew-alerts", {"channel": Channel(OTHER_CHANNEL_ID), "symbol": "BTC",
                                                          "window": "1d"}, sub="subscribe", perms=MANAGER_PERMS))
-    (w,) = await bot.store.list_watches(GUILD_ID)
+    (w,) = await bot.store.list_skew_alerts(GUILD_ID)
     stats = await bot.scheduler.run_skew()
     assert (stats.baselines, stats.announced) == (1, 0) and not [c for c in h.rest.calls if c.method == "POST"]
-    (w,) = await bot.store.list_watches(GUILD_ID)
+    (w,) = await bot.store.list_skew_alerts(GUILD_ID)
     current = w.last_class
     other = "heavily_long" if current != "heavily_long" else "heavily_short"
-    assert await bot.store.set_watch_class(w.id, expected=current, new=other, ratio=None, announced_at=None)
+    assert await bot.store.set_skew_alert_class(w.id, expected=current, new=other, ratio=None, announced_at=None)
     stats = await bot.scheduler.run_skew()
     assert stats.announced == 1
     (post,) = [c for c in h.rest.calls if c.method == "POST"]
     embed = post.json["embeds"][0]
     assert post.path == f"/channels/{OTHER_CHANNEL_ID}/messages" and "BTCUSDT skew:" in embed["title"]
     assert embed["image"]["url"] == "attachment://liqmap.png" and post.files[0][1].startswith(b"\x89PNG")
-    assert (await bot.store.get_watch(w.id)).last_class == current  # persisted, so a restart stays quiet
+    assert (await bot.store.get_skew_alert(w.id)).last_class == current  # persisted, so a restart stays quiet
     assert (await bot.scheduler.run_skew()).announced == 0
 
 
@@ -288,17 +288,17 @@ def test_pause_reasons_in_lists_are_escaped():
     from types import SimpleNamespace
 
     from bot.cogs.daily import describe_schedule
-    from bot.cogs.notices import describe_watch
-    from bot.store import SkewWatch
+    from bot.cogs.skew_alerts import describe_skew_alert
+    from bot.store import SkewAlert
 
     from discord_safe import EVIL, assert_inert
 
     at = datetime(2026, 6, 1, tzinfo=timezone.utc)
     s = SimpleNamespace(id=1, symbols=("BTCUSDT",), window="1d", exchange="all", local_time="09:00", timezone="UTC",
                         view="map", channel_id=5, paused=True, paused_at=at, paused_reason=f"missing permissions: {EVIL}")
-    w = SkewWatch(2, 3, 5, "BTCUSDT", "7d", "all", None, None, None, None, 3600, None, None, None,
+    w = SkewAlert(2, 3, 5, "BTCUSDT", "7d", "all", None, None, None, None, 3600, None, None, None,
                   f"cannot build BTCUSDT: {EVIL}", at, 7, at)
-    for text in (describe_schedule(s), describe_watch(w)):
+    for text in (describe_schedule(s), describe_skew_alert(w)):
         reason = text.split("paused since", 1)[1].split(" — ", 1)[0]
         assert_inert(reason)
 

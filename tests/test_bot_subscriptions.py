@@ -87,9 +87,10 @@ async def test_member_without_manage_server_is_refused(h):
 
 async def test_groups_are_hidden_from_members_and_server_only(h):
     defs = {d["name"]: d for d in h.bot.definitions()}
-    for name in ("daily", "skew-alerts"):
+    for name in ("daily", "skew-alerts", "cluster-alerts"):
         assert int(defs[name]["default_member_permissions"]) == 1 << 5  # MANAGE_GUILD
         assert defs[name]["dm_permission"] is False
+        assert defs[name]["contexts"] == [0]  # servers only, also where users install the app (ManagerGroupCog)
     for d in defs.values():  # every option has a description
         for opt in d.get("options", []):
             assert opt["description"]
@@ -186,6 +187,18 @@ async def test_timezone_and_id_autocomplete(h):
     calls = await h.dispatch(interaction_payload("daily", {"id": ""}, sub="remove", focused="id", perms=MANAGER_PERMS))
     (choice,) = calls[0].body["data"]["choices"]
     assert choice["name"].startswith("#") and "BTCUSDT" in choice["name"] and isinstance(choice["value"], int)
+    assert choice["name"] == f"#{choice['value']} BTCUSDT 1d · 07:15 UTC"
+    # the skew alerts' ids too, a paused one marked, filtered by the typed prefix
+    answer(await h.dispatch(alerts("subscribe", channel=REPORTS, symbol="eth")))
+    (w,) = await h.bot.store.list_skew_alerts(GUILD_ID)
+    await h.bot.store.pause("skew_alert", w.id, "test")
+    for sub in ("unsubscribe", "resume"):
+        calls = await h.dispatch(interaction_payload("skew-alerts", {"id": str(w.id)}, sub=sub, focused="id",
+                                                     perms=MANAGER_PERMS))
+        assert calls[0].body["data"]["choices"] == [{"name": f"#{w.id} ETHUSDT 7d all · paused", "value": w.id}]
+    calls = await h.dispatch(interaction_payload("skew-alerts", {"id": f"{w.id}0"}, sub="resume", focused="id",
+                                                 perms=MANAGER_PERMS))
+    assert calls[0].body["data"]["choices"] == []  # no id starts with that
 
 
 async def test_skew_alert_subscribe_with_thresholds_list_and_unsubscribe(h):
@@ -193,7 +206,7 @@ async def test_skew_alert_subscribe_with_thresholds_list_and_unsubscribe(h):
                                           cooldown_minutes=30)))
     assert text.startswith("Skew alert set.") and "**BTCUSDT**" in text
     assert "mild 1.8×" in text and "heavy 4×" in text and "cooldown 30 min" in text
-    (w,) = await h.bot.store.list_watches(GUILD_ID)
+    (w,) = await h.bot.store.list_skew_alerts(GUILD_ID)
     assert (w.symbol, w.mild, w.heavy, w.cooldown_s, w.channel_id) == ("BTCUSDT", 1.8, 4.0, 1800, OTHER_CHANNEL_ID)
     text = answer(await h.dispatch(alerts("list")))
     assert "not measured yet" in text and f"`#{w.id}`" in text
@@ -201,7 +214,7 @@ async def test_skew_alert_subscribe_with_thresholds_list_and_unsubscribe(h):
     assert f"that skew alert for BTCUSDT 7d on all already exists in this channel (id {w.id})" in text
     text = answer(await h.dispatch(alerts("unsubscribe", id=w.id)))
     assert text.startswith(f"Removed skew alert `#{w.id}`")
-    assert await h.bot.store.list_watches(GUILD_ID) == []
+    assert await h.bot.store.list_skew_alerts(GUILD_ID) == []
 
 
 @pytest.mark.parametrize(
@@ -217,7 +230,7 @@ async def test_skew_alert_refuses_bad_thresholds_and_unlisted_symbols(h, options
     opts = {"channel": REPORTS, "symbol": "BTC", **options}
     text = refusal(await h.dispatch(alerts("subscribe", **opts)))
     assert needle in text
-    assert await h.bot.store.list_watches(GUILD_ID) == []
+    assert await h.bot.store.list_skew_alerts(GUILD_ID) == []
 
 
 async def test_skew_alert_symbol_autocomplete(h):
@@ -247,13 +260,13 @@ async def test_deleting_a_channel_pauses_its_subscriptions(h):
     h.bot._connection.parse_channel_delete({"id": str(OTHER_CHANNEL_ID), "type": 0, "guild_id": str(GUILD_ID),
                                             "name": "market-reports", "position": 1, "permission_overwrites": []})
     for _ in range(50):
-        if (await h.bot.store.list_watches(GUILD_ID))[0].paused:
+        if (await h.bot.store.list_skew_alerts(GUILD_ID))[0].paused:
             break
         await asyncio.sleep(0.02)
     daily_items = await h.bot.store.list_daily(GUILD_ID)
     assert [s.paused for s in daily_items] == [True, False]
     assert daily_items[0].paused_reason == "channel #market-reports was deleted"
-    assert (await h.bot.store.list_watches(GUILD_ID))[0].paused
+    assert (await h.bot.store.list_skew_alerts(GUILD_ID))[0].paused
 
 
 async def test_daily_set_refuses_a_symbol_no_venue_lists(h):
@@ -284,7 +297,7 @@ async def test_a_long_list_is_split_over_messages_without_losing_an_entry(tmp_pa
 
 
 def test_message_chunks():
-    from bot.cogs import message_chunks
+    from bot.replies import message_chunks
 
     assert message_chunks("H", ["a", "b"]) == ["H\na\nb"]
     assert message_chunks("H", ["x" * 6, "y" * 6], limit=10) == ["H\nxxxxxx", "yyyyyy"]
@@ -328,7 +341,7 @@ async def test_a_double_click_stores_one_subscription_and_refuses_the_other(h, g
         listed, noun = h.bot.store.list_daily, "daily report"
     else:
         make = lambda: alerts("subscribe", channel=REPORTS, symbol="BTC")  # noqa: E731
-        listed, noun = h.bot.store.list_watches, "skew alert for BTCUSDT 7d on all"
+        listed, noun = h.bot.store.list_skew_alerts, "skew alert for BTCUSDT 7d on all"
     answers = sorted(answer(calls) for calls in await _dispatch_together(h, make(), make()))
     (row,) = await listed(GUILD_ID)
     refused = [a for a in answers if "already exists" in a]
@@ -347,7 +360,7 @@ async def test_out_of_range_ids_get_a_clear_refusal_from_every_id_command(h, bad
         text = calls[-1].body.get("content") or calls[-1].body["data"]["content"]
         assert f"no {noun} with id {bad}" in text, text
         assert "went wrong" not in text
-    assert len(await h.bot.store.list_daily(GUILD_ID)) == 1 and len(await h.bot.store.list_watches(GUILD_ID)) == 1
+    assert len(await h.bot.store.list_daily(GUILD_ID)) == 1 and len(await h.bot.store.list_skew_alerts(GUILD_ID)) == 1
 
 
 def test_id_options_carry_the_range_discord_enforces():

@@ -131,7 +131,7 @@ def test_default_symbols_are_what_the_bot_needs_from_the_same_database(tmp_path,
 
     async def subscribe() -> None:
         st = await Store.open(url)
-        await st.add_watch(1, 2, symbol="DOGE", window="7d", exchange="all", created_by=3)
+        await st.add_skew_alert(1, 2, symbol="DOGE", window="7d", exchange="all", created_by=3)
         await st.close()
 
     asyncio.run(subscribe())
@@ -258,7 +258,7 @@ async def test_supervisor_restarts_the_recorder_when_the_needed_symbols_change(t
             await asyncio.sleep(0.01)
             if fake_recorder.made:
                 break
-        await st.add_watch(1, 2, symbol="XRP", window="7d", exchange="all", created_by=3)
+        await st.add_skew_alert(1, 2, symbol="XRP", window="7d", exchange="all", created_by=3)
         for _ in range(300):
             await asyncio.sleep(0.01)
             if len(fake_recorder.made) == 2:

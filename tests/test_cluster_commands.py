@@ -126,7 +126,7 @@ async def test_bad_values_are_refused_saying_what_is_valid(h, options, needle):
 
 
 async def test_the_cap_counts_cluster_alerts_with_the_others(h):
-    await h.bot.store.add_watch(GUILD_ID, OTHER_CHANNEL_ID, symbol="BTC", window="7d", exchange="all", created_by=1)
+    await h.bot.store.add_skew_alert(GUILD_ID, OTHER_CHANNEL_ID, symbol="BTC", window="7d", exchange="all", created_by=1)
     await h.bot.store.add_daily(GUILD_ID, OTHER_CHANNEL_ID, symbols="BTC", window="7d", exchange="all",
                                 time="09:00", timezone="UTC", created_by=1)
     answer(await h.dispatch(alerts("subscribe", channel=REPORTS, symbol="BTC", kind="approaching")))

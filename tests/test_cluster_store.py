@@ -70,14 +70,14 @@ async def test_refusals_say_what_is_valid_and_store_nothing(clusters, kw, needle
 async def test_cap_counts_daily_skew_and_cluster_alerts_together(store, clusters):
     await store.add_daily(G, C, symbols="BTC", window="1d", exchange="all", time="01:00", timezone="UTC",
                           created_by=U, now=NOW)
-    await store.add_watch(G, C, symbol="BTC", window="1d", exchange="all", created_by=U)
+    await store.add_skew_alert(G, C, symbol="BTC", window="1d", exchange="all", created_by=U)
     await add(clusters)
     await add(clusters, kind="swept")
     assert await store.count_subscriptions(G) == 4
     with pytest.raises(InputError, match="already has 4 subscriptions \\(daily reports, skew and cluster alerts"):
         await add(clusters, symbol="ETH")
     with pytest.raises(InputError, match="limit is 4"):
-        await store.add_watch(G, C, symbol="ETH", window="1d", exchange="all", created_by=U)
+        await store.add_skew_alert(G, C, symbol="ETH", window="1d", exchange="all", created_by=U)
     await add(clusters, guild=555, channel=999)  # other servers are not affected
     a = (await clusters.list(G))[0]
     await clusters.remove(G, a.id)

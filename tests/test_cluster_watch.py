@@ -173,13 +173,13 @@ async def test_a_deleted_channel_pauses_every_subscription_posting_there(rig, st
     clock, poster, reads, _, clusters, w = rig
     a = await subscribe(clusters)
     other = await subscribe(clusters, channel=C2)
-    await store.add_watch(G, C, symbol="BTC", window="7d", exchange="all", created_by=U)
+    await store.add_skew_alert(G, C, symbol="BTC", window="7d", exchange="all", created_by=U)
     poster.gone.add(C)
     stats = await walk(w, clock, reads, [98.0, 100.5])
     assert stats[1].paused == 2 and stats[1].announced == 1  # alert + skew watch paused; C2 still posted
     p = await clusters.get(a.id)
     assert p.paused and p.paused_reason.startswith("channel deleted or not visible")
-    assert (await store.list_watches(G))[0].paused
+    assert (await store.list_skew_alerts(G))[0].paused
     assert not (await clusters.get(other.id)).paused
     # paused alerts are not read any more
     n = len(reads.calls)

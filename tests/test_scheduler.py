@@ -490,7 +490,7 @@ async def test_a_deleted_post_refused_by_its_nonce_is_recorded_sent_not_paused(s
     clock = Clock(datetime(2026, 6, 1, 8, 0, tzinfo=UTC))
     poster = FakePoster()
     s = await daily(store, clock)
-    w = await store.add_watch(G, 1, symbol="BTC", window="1d", exchange="all", created_by=U)
+    w = await store.add_skew_alert(G, 1, symbol="BTC", window="1d", exchange="all", created_by=U)
 
     async def refused(channel_id, **kw):
         raise AlreadyPosted("Discord 10008: message with nonce lq... was deleted")
@@ -502,13 +502,13 @@ async def test_a_deleted_post_refused_by_its_nonce_is_recorded_sent_not_paused(s
     assert stats.paused == 0 and stats.failed == 0 and stats.recovered == 1
     (rec,) = await store.deliveries(s.id)
     assert rec.state == "sent" and "deleted" in rec.detail
-    assert not (await store.get_daily(s.id)).paused and not (await store.get_watch(w.id)).paused
+    assert not (await store.get_daily(s.id)).paused and not (await store.get_skew_alert(w.id)).paused
     assert (await store.get_daily(s.id)).next_run_at == datetime(2026, 6, 2, 9, 0, tzinfo=UTC)
     # a skew notice refused the same way counts as announced: the class is kept, nothing paused
-    await store.set_watch_class(w.id, expected=None, new="heavily_long", ratio=0.1, announced_at=None)
+    await store.set_skew_alert_class(w.id, expected=None, new="heavily_long", ratio=0.1, announced_at=None)
     stats = await d.run_skew()
     assert stats.announced == 1 and stats.paused == 0
-    assert (await store.get_watch(w.id)).last_class == "balanced"
+    assert (await store.get_skew_alert(w.id)).last_class == "balanced"
 
 
 async def test_send_error_is_verified_then_retried_once(store):
@@ -536,7 +536,7 @@ async def test_channel_gone_or_access_lost_pauses_not_deletes(store):
     for ch in (1, 2, 3):
         await daily(store, clock, channel=ch)
     await daily(store, clock, channel=1, time="12:00")  # same deleted channel, later schedule
-    w = await store.add_watch(G, 2, symbol="BTC", window="7d", exchange="all", created_by=U)
+    w = await store.add_skew_alert(G, 2, symbol="BTC", window="7d", exchange="all", created_by=U)
     clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
     stats = await dispatcher(store, poster, FakeReports(), clock).run_daily()
     assert stats.paused == 4 and poster.count(3) == 1
@@ -544,7 +544,7 @@ async def test_channel_gone_or_access_lost_pauses_not_deletes(store):
     assert len(listed) == 4
     assert listed[(1, "09:00")].paused_reason.startswith("channel deleted") and listed[(1, "12:00")].paused
     assert listed[(2, "09:00")].paused_reason == "missing permissions: Missing Access (50001)"
-    assert (await store.get_watch(w.id)).paused
+    assert (await store.get_skew_alert(w.id)).paused
     recs = await store.deliveries(listed[(1, "09:00")].id)
     assert recs[0].state == "skipped" and "paused" in recs[0].detail
     # resuming is one call; the next run is tomorrow's
@@ -598,10 +598,10 @@ async def test_degraded_map_names_the_missing_venue():
     assert "binance, bybit" in e["footer"]["text"] and "Estimated" in e["footer"]["text"]
 
 
-# -- skew notices -----------------------------------------------------------------------------------
+# -- skew alerts ------------------------------------------------------------------------------------
 
 async def watch(store, channel, symbol="BTC", **kw):
-    return await store.add_watch(G, channel, symbol=symbol, window="7d", exchange="all", created_by=U, **kw)
+    return await store.add_skew_alert(G, channel, symbol=symbol, window="7d", exchange="all", created_by=U, **kw)
 
 
 async def test_skew_baseline_then_announce_with_hysteresis_and_cooldown(store):
@@ -612,7 +612,7 @@ async def test_skew_baseline_then_announce_with_hysteresis_and_cooldown(store):
     reports.ratio["BTCUSDT"] = 1.0
     st = await d.run_skew()
     assert st.baselines == 1 and poster.count() == 0  # first observation: recorded, not announced
-    assert (await store.get_watch(w.id)).last_class == "balanced"
+    assert (await store.get_skew_alert(w.id)).last_class == "balanced"
 
     def at(minutes):
         clock.t = datetime(2026, 6, 1, 0, 0, tzinfo=UTC) + timedelta(minutes=minutes)
@@ -629,7 +629,7 @@ async def test_skew_baseline_then_announce_with_hysteresis_and_cooldown(store):
     at(60); reports.ratio["BTCUSDT"] = 1.2  # a real change, but within the hour's cooldown (announced at 15)
     st = await d.run_skew()
     assert st.cooldown == 1 and poster.count(1) == 1
-    assert (await store.get_watch(w.id)).last_class == "short"
+    assert (await store.get_skew_alert(w.id)).last_class == "short"
     at(74)
     assert (await d.run_skew()).cooldown == 1
     at(75)  # cooldown over and the change persisted: announced now
@@ -683,7 +683,7 @@ async def test_skew_send_failure_restores_class_and_channel_gone_pauses(store):
     clock.t += timedelta(minutes=15)
     stats = await d.run_skew()
     assert stats.failed == 1 and stats.paused == 1 and poster.count() == 0
-    got1, got2 = await store.get_watch(w1.id), await store.get_watch(w2.id)
+    got1, got2 = await store.get_skew_alert(w1.id), await store.get_skew_alert(w2.id)
     assert got1.last_class == "balanced" and got1.last_announced_at is None  # put back: retried next check
     assert got2.paused and "channel deleted" in got2.paused_reason
     clock.t += timedelta(minutes=15)
@@ -702,7 +702,7 @@ async def test_skew_nan_ratio_and_report_failure_change_nothing(store):
     assert (await d.run_skew()).unchanged == 1
     reports.down["BTCUSDT"] = "every venue down"
     assert (await d.run_skew()).render_failures == 1
-    assert (await store.get_watch(w.id)).last_class == "short" and poster.count() == 0
+    assert (await store.get_skew_alert(w.id)).last_class == "short" and poster.count() == 0
 
 
 # -- the loop ---------------------------------------------------------------------------------------
@@ -730,7 +730,7 @@ async def test_one_loop_ticks_daily_and_skew_on_their_own_intervals(store):
     assert len(skew_calls) == 4  # minutes 0, 15, 30, 45 of the hour simulated
 
 
-async def test_a_clock_set_back_does_not_stall_the_skew_watcher(store):
+async def test_a_clock_set_back_does_not_stall_the_skew_alerts(store):
     clock = Clock(datetime(2026, 6, 1, 9, 0, tzinfo=UTC))
     reports = FakeReports()
     await watch(store, 9)
@@ -799,7 +799,7 @@ async def test_real_report_service_over_the_bundled_sample(store):
     poster = FakePoster()
     s = await store.add_daily(G, 1, symbols="BTC", window="1d", exchange="all", time="09:00", timezone="UTC",
                               created_by=U, now=clock())
-    await store.add_watch(G, 2, symbol="BTC", window="1d", exchange="all", created_by=U)
+    await store.add_skew_alert(G, 2, symbol="BTC", window="1d", exchange="all", created_by=U)
     clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
     d = make_dispatcher(store, service, poster, None, now=clock)
     await d.tick()
@@ -834,7 +834,7 @@ async def test_a_request_the_service_refuses_pauses_that_subscription_only(store
 
     bad = await daily(store, clock, channel=1, exchange="coinglass")
     good = await daily(store, clock, channel=2)
-    w = await store.add_watch(G, 3, symbol="BTC", window="7d", exchange="coinglass", created_by=U)
+    w = await store.add_skew_alert(G, 3, symbol="BTC", window="7d", exchange="coinglass", created_by=U)
     clock.t = datetime(2026, 6, 1, 9, 0, tzinfo=UTC)
     d = dispatcher(store, poster, refusing, clock)
     stats = await d.run_daily()
@@ -844,7 +844,7 @@ async def test_a_request_the_service_refuses_pauses_that_subscription_only(store
     assert not (await store.get_daily(good.id)).paused
     assert (await store.deliveries(bad.id))[0].state == "skipped"
     assert (await d.run_skew()).paused == 1
-    assert "unknown exchange" in (await store.get_watch(w.id)).paused_reason
+    assert "unknown exchange" in (await store.get_skew_alert(w.id)).paused_reason
 
 
 async def test_stop_lets_a_tick_in_progress_finish(store):
@@ -1031,7 +1031,7 @@ async def test_a_skew_notice_that_timed_out_is_not_resent_blindly_at_the_next_ch
     clock.t += timedelta(minutes=15)
     await d.run_skew()
     assert poster.count(1) == 1  # not announced a second time with a new nonce
-    assert (await store.get_watch(w.id)).last_class == "heavily_short"
+    assert (await store.get_skew_alert(w.id)).last_class == "heavily_short"
 
 
 # -- the daily view: map, heatmap or both -------------------------------------------------------------

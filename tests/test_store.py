@@ -28,7 +28,7 @@ def _head() -> str:
     return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
-HEAD = "0009_hl_oi"
+HEAD = "0010_skew_alerts"
 
 
 def test_the_migration_chain_has_one_head_the_one_these_tests_expect():
@@ -149,12 +149,12 @@ async def test_duplicate_daily_refused(store):
 async def test_cap_counts_both_kinds_and_says_so(store):
     await add_daily(store, time="01:00")
     await add_daily(store, time="02:00")
-    await store.add_watch(G, C, symbol="BTC", window="1d", exchange="all", created_by=U)
-    await store.add_watch(G, C, symbol="ETH", window="1d", exchange="all", created_by=U)
+    await store.add_skew_alert(G, C, symbol="BTC", window="1d", exchange="all", created_by=U)
+    await store.add_skew_alert(G, C, symbol="ETH", window="1d", exchange="all", created_by=U)
     with pytest.raises(InputError, match="already has 4 subscriptions.*limit is 4"):
         await add_daily(store, time="03:00")
     with pytest.raises(InputError, match="limit is 4"):
-        await store.add_watch(G, C, symbol="SOL", window="1d", exchange="all", created_by=U)
+        await store.add_skew_alert(G, C, symbol="SOL", window="1d", exchange="all", created_by=U)
     assert await store.count_subscriptions(G) == 4
     await add_daily(store, guild=555, channel=999, time="03:00")  # other servers are not affected
     d = (await store.list_daily(G))[0]
@@ -169,7 +169,7 @@ async def test_cap_holds_when_managers_subscribe_at_the_same_moment(url):
     try:
         symbols = ("BTC", "ETH", "SOL", "XRP", "DOGE", "ADA")
         got = await asyncio.gather(
-            *(st.add_watch(G, C, symbol=sym, window="7d", exchange="all", created_by=U) for sym in symbols[:3]),
+            *(st.add_skew_alert(G, C, symbol=sym, window="7d", exchange="all", created_by=U) for sym in symbols[:3]),
             *(st.add_daily(G, C, symbols=sym, window="1d", exchange="all", time="09:30", timezone="UTC",
                            created_by=U, now=NOW) for sym in symbols[3:]),
             return_exceptions=True,
@@ -190,7 +190,7 @@ async def test_remove_and_resume_only_within_own_guild(store):
     assert await store.pause("daily", d.id, "channel deleted", now=NOW)
     assert not await store.pause("daily", d.id, "a second reason", now=NOW)  # the first reason stays
     assert not await store.pause("daily", 9999, "no such id", now=NOW)
-    with pytest.raises(InputError, match="daily or watch"):
+    with pytest.raises(InputError, match="daily or skew_alert"):
         await store.pause("weekly", d.id, "x")
     listed = (await store.list_daily(G))[0]
     assert listed.paused and listed.paused_reason == "channel deleted" and listed.paused_at == NOW
@@ -206,50 +206,50 @@ async def test_remove_and_resume_only_within_own_guild(store):
 async def test_pause_channel_pauses_every_kind_there(store):
     await add_daily(store)
     await add_daily(store, channel=999, time="10:00")
-    w = await store.add_watch(G, C, symbol="BTC", window="7d", exchange="all", created_by=U)
+    w = await store.add_skew_alert(G, C, symbol="BTC", window="7d", exchange="all", created_by=U)
     assert await store.pause_channel(C, "missing access: Send Messages", now=NOW) == 2
     assert await store.pause_channel(C, "again", now=NOW) == 0  # already paused ones keep their first reason
     daily = {d.channel_id: d for d in await store.list_daily(G)}
     assert daily[C].paused_reason == "missing access: Send Messages" and not daily[999].paused
-    assert (await store.list_watches(G))[0].paused
-    assert await store.active_watches() == []
-    await store.set_watch_class(w.id, expected=None, new="short", ratio=2.0, announced_at=None)
-    resumed = await store.resume_watch(G, w.id)
+    assert (await store.list_skew_alerts(G))[0].paused
+    assert await store.active_skew_alerts() == []
+    await store.set_skew_alert_class(w.id, expected=None, new="short", ratio=2.0, announced_at=None)
+    resumed = await store.resume_skew_alert(G, w.id)
     assert not resumed.paused and resumed.last_class is None  # fresh baseline after a pause
 
 
-# -- skew watches -----------------------------------------------------------------------------------
+# -- skew alerts ------------------------------------------------------------------------------------
 
-async def test_add_watch_defaults_and_validation(store):
-    w = await store.add_watch(G, C, symbol="eth-usdt-swap", window="7D", exchange="OKX", created_by=U)
+async def test_add_skew_alert_defaults_and_validation(store):
+    w = await store.add_skew_alert(G, C, symbol="eth-usdt-swap", window="7D", exchange="OKX", created_by=U)
     assert (w.symbol, w.window, w.exchange, w.cooldown_s, w.last_class) == ("ETHUSDT", "7d", "okx", 3600, None)
     assert (w.params.mild, w.params.heavy) == (1.5, 3.0)
     with pytest.raises(InputError, match=rf"that skew alert for ETHUSDT 7d on okx already exists in this channel \(id {w.id}\)"):
-        await store.add_watch(G, C, symbol="ETHUSDT", window="7d", exchange="okx", created_by=U)
+        await store.add_skew_alert(G, C, symbol="ETHUSDT", window="7d", exchange="okx", created_by=U)
     with pytest.raises(InputError, match="1 < mild < heavy"):
-        await store.add_watch(G, C, symbol="BTC", window="7d", exchange="okx", mild=4, heavy=3, created_by=U)
+        await store.add_skew_alert(G, C, symbol="BTC", window="7d", exchange="okx", mild=4, heavy=3, created_by=U)
     with pytest.raises(InputError, match="finite"):
-        await store.add_watch(G, C, symbol="BTC", window="7d", exchange="okx", mild=float("nan"), created_by=U)
+        await store.add_skew_alert(G, C, symbol="BTC", window="7d", exchange="okx", mild=float("nan"), created_by=U)
     with pytest.raises(InputError, match="cooldown"):
-        await store.add_watch(G, C, symbol="BTC", window="7d", exchange="okx", cooldown_s=5, created_by=U)
-    custom = await store.add_watch(G, C, symbol="BTC", window="7d", exchange="okx", mild=2, heavy=4, created_by=U)
+        await store.add_skew_alert(G, C, symbol="BTC", window="7d", exchange="okx", cooldown_s=5, created_by=U)
+    custom = await store.add_skew_alert(G, C, symbol="BTC", window="7d", exchange="okx", mild=2, heavy=4, created_by=U)
     assert (custom.params.mild, custom.params.heavy) == (2.0, 4.0)
-    assert [x.id for x in await store.list_watches(G)] == [w.id, custom.id]
-    await store.remove_watch(G, w.id)
+    assert [x.id for x in await store.list_skew_alerts(G)] == [w.id, custom.id]
+    await store.remove_skew_alert(G, w.id)
     with pytest.raises(InputError, match="no skew alert"):
-        await store.remove_watch(G, w.id)
+        await store.remove_skew_alert(G, w.id)
 
 
-async def test_set_watch_class_is_compare_and_set(store):
-    w = await store.add_watch(G, C, symbol="BTC", window="7d", exchange="all", created_by=U)
-    assert await store.set_watch_class(w.id, expected=None, new="balanced", ratio=1.0, announced_at=None)
-    assert not await store.set_watch_class(w.id, expected=None, new="short", ratio=2.0, announced_at=NOW)
-    assert await store.set_watch_class(w.id, expected="balanced", new="short", ratio=2.0, announced_at=NOW)
-    got = await store.get_watch(w.id)
+async def test_set_skew_alert_class_is_compare_and_set(store):
+    w = await store.add_skew_alert(G, C, symbol="BTC", window="7d", exchange="all", created_by=U)
+    assert await store.set_skew_alert_class(w.id, expected=None, new="balanced", ratio=1.0, announced_at=None)
+    assert not await store.set_skew_alert_class(w.id, expected=None, new="short", ratio=2.0, announced_at=NOW)
+    assert await store.set_skew_alert_class(w.id, expected="balanced", new="short", ratio=2.0, announced_at=NOW)
+    got = await store.get_skew_alert(w.id)
     assert (got.last_class, got.last_ratio, got.last_announced_at) == ("short", 2.0, NOW)
-    assert await store.set_watch_class(w.id, expected="short", new="balanced", ratio=float("inf"),
+    assert await store.set_skew_alert_class(w.id, expected="short", new="balanced", ratio=float("inf"),
                                        announced_at=None, previous_announced_at=None, restore=True)
-    got = await store.get_watch(w.id)
+    got = await store.get_skew_alert(w.id)
     assert (got.last_class, got.last_ratio, got.last_announced_at) == ("balanced", None, None)
 
 
@@ -258,8 +258,8 @@ async def test_set_watch_class_is_compare_and_set(store):
 async def test_everything_survives_a_restart(url):
     s = await Store.open(url)
     d = await add_daily(s, symbols="BTC,ETH")
-    w = await s.add_watch(G, C, symbol="SOL", window="30d", exchange="bybit", mild=2.0, heavy=5.0, created_by=U)
-    await s.pause("watch", w.id, "missing access", now=NOW)
+    w = await s.add_skew_alert(G, C, symbol="SOL", window="30d", exchange="bybit", mild=2.0, heavy=5.0, created_by=U)
+    await s.pause("skew_alert", w.id, "missing access", now=NOW)
     claimed, _ = await s.claim_delivery(d, date(2026, 3, 2), "BTCUSDT", due_at=d.next_run_at, now=NOW,
                                         lease=timedelta(minutes=5))
     await s.close()
@@ -267,7 +267,7 @@ async def test_everything_survives_a_restart(url):
     s2 = await Store.open(url)  # the migrations run again: a no-op
     try:
         assert await s2.list_daily(G) == [d]
-        (w2,) = await s2.list_watches(G)
+        (w2,) = await s2.list_skew_alerts(G)
         assert (w2.mild, w2.heavy, w2.paused_reason) == (2.0, 5.0, "missing access")
         (dv,) = await s2.deliveries(d.id)
         assert dv == claimed and dv.state == "claimed"
@@ -308,7 +308,7 @@ async def test_open_from_another_working_directory(tmp_path, monkeypatch):
 
 async def test_failed_write_leaves_previous_state(store, monkeypatch):
     d = await add_daily(store)
-    import bot.store as store_mod
+    import bot.store.daily as store_mod
 
     def boom(*a, **k):
         raise RuntimeError("crash mid-write")
@@ -423,12 +423,12 @@ async def test_claim_many_falls_back_one_by_one_on_a_conflict(store):
 
 
 async def test_record_baselines_only_fills_empty_classes(store):
-    w1 = await store.add_watch(G, C, symbol="BTC", window="7d", exchange="all", created_by=U)
-    w2 = await store.add_watch(G, C, symbol="ETH", window="7d", exchange="all", created_by=U)
-    await store.set_watch_class(w2.id, expected=None, new="short", ratio=2.0, announced_at=NOW)
+    w1 = await store.add_skew_alert(G, C, symbol="BTC", window="7d", exchange="all", created_by=U)
+    w2 = await store.add_skew_alert(G, C, symbol="ETH", window="7d", exchange="all", created_by=U)
+    await store.set_skew_alert_class(w2.id, expected=None, new="short", ratio=2.0, announced_at=NOW)
     await store.record_baselines([(w1.id, "long", 0.6), (w2.id, "balanced", 1.0)])
-    assert (await store.get_watch(w1.id)).last_class == "long"
-    assert (await store.get_watch(w2.id)).last_class == "short"
+    assert (await store.get_skew_alert(w1.id)).last_class == "long"
+    assert (await store.get_skew_alert(w2.id)).last_class == "short"
 
 
 def test_migrations_render_for_postgresql_offline():
@@ -450,6 +450,8 @@ def test_migrations_render_for_postgresql_offline():
     assert ("CREATE UNIQUE INDEX uq_daily_schedule ON daily_schedules "
             "(channel_id, symbols, \"window\", exchange, local_time, timezone)") in ddl
     assert ddl.index("DELETE FROM daily_schedules WHERE id IN") < ddl.index("CREATE UNIQUE INDEX uq_daily_schedule")
+    assert "ALTER TABLE skew_watches RENAME TO skew_alerts" in ddl  # 0008: a rename, rows kept
+    assert 'ADD CONSTRAINT uq_skew_alert UNIQUE (channel_id, symbol, "window", exchange)' in ddl
 
 
 @pytest.mark.skipif(not __import__("os").environ.get("LIQMAP_TEST_DATABASE_URL"),
@@ -476,7 +478,7 @@ async def test_live_database_round_trip():
 
 # -- identical subscriptions at the same moment (audit issue 8, item 1) -----------------------------
 
-@pytest.mark.parametrize("kind", ["daily", "watch"])
+@pytest.mark.parametrize("kind", ["daily", "skew_alert"])
 async def test_a_double_submit_stores_one_row_and_refuses_the_other_clearly(url, kind):
     import asyncio
 
@@ -489,9 +491,9 @@ async def test_a_double_submit_stores_one_row_and_refuses_the_other_clearly(url,
                 listed = st.list_daily
                 noun = "daily report"
             else:
-                make = lambda: st.add_watch(G, C + attempt, symbol="BTC", window="7d", exchange="all",  # noqa: E731
+                make = lambda: st.add_skew_alert(G, C + attempt, symbol="BTC", window="7d", exchange="all",  # noqa: E731
                                             created_by=U)
-                listed = st.list_watches
+                listed = st.list_skew_alerts
                 noun = "skew alert for BTCUSDT 7d on all"
             got = await asyncio.gather(make(), make(), return_exceptions=True)
             ok = [x for x in got if not isinstance(x, BaseException)]
@@ -611,6 +613,80 @@ async def test_migration_0004_gives_existing_schedules_the_map_view_and_keeps_th
         await st.close()
 
 
+async def test_migration_0010_renames_skew_watches_to_skew_alerts_keeping_rows_and_state(url):
+    old = await _schema_at(url, "0009_hl_oi")
+    cols = ("id, guild_id, channel_id, symbol, \"window\", exchange, mild, heavy, exit_mild, exit_heavy, cooldown_s, "
+            "last_class, last_ratio, last_announced_at, paused_reason, paused_at, created_by, created_at")
+    rows = [
+        {"id": 3, "g": G, "c": C, "s": "BTCUSDT", "w": "7d", "e": "all", "mi": 2.0, "he": 5.0, "xm": None, "xh": 4.0,
+         "cd": 600, "lc": "short_heavy", "lr": 5.5, "la": datetime(2026, 3, 1, 11, 0), "pr": None, "pa": None,
+         "u": U, "a": datetime(2026, 3, 1, 10, 0)},
+        {"id": 9, "g": G, "c": C, "s": "ETHUSDT", "w": "1d", "e": "binance", "mi": None, "he": None, "xm": None,
+         "xh": None, "cd": 3600, "lc": None, "lr": None, "la": None, "pr": "missing access",
+         "pa": datetime(2026, 3, 1, 11, 30), "u": U, "a": datetime(2026, 3, 1, 10, 5)},
+    ]
+    async with old.engine.begin() as conn:
+        await conn.execute(text(f"INSERT INTO skew_watches ({cols}) VALUES (:id, :g, :c, :s, :w, :e, :mi, :he, :xm, "
+                                ":xh, :cd, :lc, :lr, :la, :pr, :pa, :u, :a)"), rows)
+    await old.close()
+
+    st = await Store.open(url)  # upgrades to head
+    try:
+        a, b = await st.list_skew_alerts(G)
+        assert (a.id, a.symbol, a.window, a.exchange, a.mild, a.heavy, a.exit_mild, a.exit_heavy, a.cooldown_s) == (
+            3, "BTCUSDT", "7d", "all", 2.0, 5.0, None, 4.0, 600)
+        assert (a.last_class, a.last_ratio, a.last_announced_at) == ("short_heavy", 5.5,
+                                                                      datetime(2026, 3, 1, 11, 0, tzinfo=UTC))
+        assert (b.id, b.paused_reason, b.paused_at) == (9, "missing access", datetime(2026, 3, 1, 11, 30, tzinfo=UTC))
+        # the unique key is there under its new name, and new ids continue after the kept ones
+        with pytest.raises(InputError, match=r"already exists in this channel \(id 3\)"):
+            await st.add_skew_alert(G, C, symbol="BTC", window="7d", exchange="all", created_by=U)
+        new = await st.add_skew_alert(G, C, symbol="SOL", window="7d", exchange="all", created_by=U)
+        assert new.id > 9
+        async with st.engine.connect() as conn:
+            assert (await conn.execute(text("select version_num from alembic_version"))).scalar_one() == HEAD
+
+            def names(sync_conn):
+                from sqlalchemy import inspect
+
+                insp = inspect(sync_conn)
+                return (set(insp.get_table_names()), {i["name"] for i in insp.get_indexes("skew_alerts")},
+                        {u["name"] for u in insp.get_unique_constraints("skew_alerts")})
+
+            tables, indexes, uniques = await conn.run_sync(names)
+        assert "skew_alerts" in tables and "skew_watches" not in tables
+        assert {"ix_skew_alerts_guild_id", "ix_skew_alerts_channel_id"} <= indexes
+        assert "uq_skew_alert" in uniques
+    finally:
+        await st.close()
+
+    # and back down: the rows (the one added after the upgrade too) return to skew_watches
+    from alembic import command
+
+    from bot.store import alembic_config
+
+    st = await Store.open(url, migrate=False)
+    try:
+        def down(sync_conn):
+            cfg = alembic_config()
+            cfg.attributes["connection"] = sync_conn
+            command.downgrade(cfg, "0009_hl_oi")
+
+        async with st.engine.begin() as conn:
+            await conn.run_sync(down)
+        async with st.engine.connect() as conn:
+            got = (await conn.execute(text("select id, symbol, last_class, paused_reason from skew_watches order by id"))).all()
+        assert [tuple(r) for r in got] == [(3, "BTCUSDT", "short_heavy", None), (9, "ETHUSDT", None, "missing access"),
+                                           (new.id, "SOLUSDT", None, None)]
+    finally:
+        await st.close()
+    again = await Store.open(url)  # and up again
+    try:
+        assert [x.id for x in await again.list_skew_alerts(G)] == [3, 9, new.id]
+    finally:
+        await again.close()
+
+
 # -- out-of-range ids (audit issue 8, item 2): refused or "no such row", never OverflowError --------
 
 BAD_IDS = [0, -1, 2**31, 2**63, 2**64]
@@ -622,23 +698,23 @@ async def test_out_of_range_subscription_ids_match_nothing_at_every_entry_point(
     from bot.store import Claim, Outcome
 
     d = await add_daily(store)
-    w = await store.add_watch(G, C, symbol="BTC", window="7d", exchange="all", created_by=U)
+    w = await store.add_skew_alert(G, C, symbol="BTC", window="7d", exchange="all", created_by=U)
     for call, noun in ((store.remove_daily, "daily report"), (store.resume_daily, "daily report"),
-                       (store.remove_watch, "skew alert"), (store.resume_watch, "skew alert")):
+                       (store.remove_skew_alert, "skew alert"), (store.resume_skew_alert, "skew alert")):
         with pytest.raises(InputError, match=f"this server has no {noun} with id {bad}"):
             await call(G, bad)
-    assert await store.get_daily(bad) is None and await store.get_watch(bad) is None
-    assert not await store.pause("daily", bad, "x") and not await store.pause("watch", bad, "x")
+    assert await store.get_daily(bad) is None and await store.get_skew_alert(bad) is None
+    assert not await store.pause("daily", bad, "x") and not await store.pause("skew_alert", bad, "x")
     assert await store.deliveries(bad) == [] and await store.deliveries_for([(bad, date(2026, 3, 2))]) == {}
     assert not await store.advance(bad, NOW, NOW)
     assert not await store.renew_claim(bad, 1, now=NOW)
-    assert not await store.set_watch_class(bad, expected=None, new="short", ratio=1.0, announced_at=None)
+    assert not await store.set_skew_alert_class(bad, expected=None, new="short", ratio=1.0, announced_at=None)
     await store.finish_delivery(bad, "sent", now=NOW, message_id=1)
     await store.finish_many([Outcome(bad, "sent", message_id=1), Outcome(bad, "failed", attempts=1)], now=NOW)
     await store.advance_many([(bad, NOW, NOW)])
     await store.record_baselines([(bad, "short", 1.0)])
     # nothing real was touched
-    assert await store.list_daily(G) == [d] and await store.list_watches(G) == [w]
+    assert await store.list_daily(G) == [d] and await store.list_skew_alerts(G) == [w]
     assert await store.claim_many([Claim(d, date(2026, 3, 2), "BTCUSDT", d.next_run_at)], now=NOW,
                                   lease=timedelta(minutes=5))
 
@@ -651,12 +727,12 @@ async def test_out_of_range_discord_ids_are_refused_at_every_entry_point(store, 
             await add_daily(store, time="10:00", **kw)
         args = {"guild": G, "channel": C, "created_by": U, **kw}
         with pytest.raises(InputError, match="must be a positive Discord id"):
-            await store.add_watch(args["guild"], args["channel"], symbol="BTC", window="7d", exchange="all",
+            await store.add_skew_alert(args["guild"], args["channel"], symbol="BTC", window="7d", exchange="all",
                                   created_by=args["created_by"])
-    for call in (store.list_daily, store.list_watches, store.count_subscriptions):
+    for call in (store.list_daily, store.list_skew_alerts, store.count_subscriptions):
         with pytest.raises(InputError, match="server id must be a positive Discord id"):
             await call(bad)
-    for call in (store.remove_daily, store.resume_daily, store.remove_watch, store.resume_watch):
+    for call in (store.remove_daily, store.resume_daily, store.remove_skew_alert, store.resume_skew_alert):
         with pytest.raises(InputError, match="server id must be a positive Discord id"):
             await call(bad, d.id)
     assert await store.pause_channel(bad, "x") == 0

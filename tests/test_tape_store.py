@@ -203,7 +203,7 @@ async def test_migration_0003_to_0006_with_rows_then_downgrade(tmp_path):
 
     url = f"sqlite+aiosqlite:///{tmp_path / 'm.sqlite3'}"
     st = await Store.open(url)
-    await st.add_watch(1, 2, symbol="ETH", window="7d", exchange="all", created_by=3)
+    await st.add_skew_alert(1, 2, symbol="ETH", window="7d", exchange="all", created_by=3)
     tape = TapeStore(st.engine)
     await tape.write_events([ev(1)])
 
@@ -215,8 +215,9 @@ async def test_migration_0003_to_0006_with_rows_then_downgrade(tmp_path):
     async with st.engine.begin() as conn:
         await conn.run_sync(down)
         tables = {r[0] for r in await conn.execute(text("select name from sqlite_master where type='table'"))}
-    assert "tape_events" not in tables and "skew_watches" in tables
-    assert len(await st.list_watches(1)) == 1
+        kept = (await conn.execute(text("select count(*) from skew_watches"))).scalar_one()
+    assert "tape_events" not in tables and "skew_watches" in tables and "skew_alerts" not in tables
+    assert kept == 1  # (0008 renamed the table back on the way down)
     await st.close()
 
 

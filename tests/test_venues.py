@@ -12,7 +12,7 @@ from analysis import venues
 from analysis.sources import http, registry
 from bot import store
 from bot.cli import build_parser
-from bot.cogs import exchange_choices
+from bot.choices import exchange_choices
 
 ROOT = Path(__file__).resolve().parent.parent
 

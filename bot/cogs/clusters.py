@@ -10,9 +10,7 @@ hysteresis are :mod:`analysis.cluster_alerts`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Any
 
 import discord
 from discord import app_commands
@@ -31,21 +29,12 @@ from analysis.symbols import parse_symbol
 from analysis.tape.events import feed_coverage
 from analysis.windows import parse_window
 
+from ..app import LiqmapBot
+from ..checks import ManagerGroupCog, check_target_channel, guild_of, history_hint
+from ..choices import WINDOW_CHOICES, SubscriptionId, exchange_choices, offer_choices, subscription_id_choices
 from ..cluster_store import ClusterAlert, ClusterStore
-from . import (
-    WINDOW_CHOICES,
-    ManagerGroup,
-    SubscriptionId,
-    SymbolIndex,
-    check_listed,
-    check_target_channel,
-    exchange_choices,
-    history_hint,
-    list_subscriptions,
-    reply_private,
-    resume_subscription,
-    symbol_choices,
-)
+from ..replies import list_subscriptions, reply_private, resume_subscription
+from ..symbol_index import check_listed, symbol_choices
 
 __all__ = ["ClustersCog", "describe_alert", "setup"]
 
@@ -89,87 +78,115 @@ Usd = app_commands.Range[float, MIN_USD_RANGE[0], MIN_USD_RANGE[1]]
 Minutes = app_commands.Range[int, MINUTES_RANGE[0], MINUTES_RANGE[1]]
 
 
-class ClustersCog(commands.Cog):
+class ClustersCog(ManagerGroupCog, group_name="cluster-alerts",
+                  group_description="Notices when price nears a major liquidation cluster, or a sweep hits one"):
     """The ``/cluster-alerts`` command group."""
 
-    def __init__(self, bot: commands.Bot) -> None:
-        self.bot: Any = bot  # a LiqmapBot: service, symbols, store and tape
-        self.group = self._build_group()
+    def __init__(self, bot: LiqmapBot) -> None:
+        self.bot = bot
+        offer_choices(self.subscribe, exchange=exchange_choices(bot.service.venues))
 
     @property
     def clusters(self) -> ClusterStore:
-        store = getattr(self.bot, "store", None)
+        store = self.bot.store
         if store is None:
             raise InputError("cluster alerts are not available: the bot has no database configured")
         return ClusterStore(store)
 
-    def _build_group(self) -> app_commands.Group:
-        cog = self
-        service = self.bot.service
-        index: SymbolIndex = self.bot.symbols
-        group = ManagerGroup(name="cluster-alerts",
-                             description="Notices when price nears a major liquidation cluster, or a sweep hits one")
-
-        @group.command(name="subscribe", description="Post a notice in a channel when price nears or sweeps a cluster")
-        @app_commands.describe(
-            channel="Channel to post the notices in",
-            symbol="Perpetual to watch, e.g. BTC or ETHUSDT",
-            kind="approaching (price near a major cluster) or swept (realized liquidations at one)",
-            window="Map window the clusters are read from (default 7 days)",
-            exchange="Which exchange's data to use (default: all exchanges combined)",
-            within_pct="How near counts, in % of price (approaching default 1, swept default ±0.5)",
-            min_usd="swept only: realized USD near the cluster that counts (default 1,000,000)",
-            minutes="swept only: how many recent minutes of realized liquidations to sum (default 60)",
-            cooldown_minutes="Minimum minutes between two notices of this alert (default 60)",
+    @app_commands.command(name="subscribe", description="Post a notice in a channel when price nears or sweeps a cluster")
+    @app_commands.describe(
+        channel="Channel to post the notices in",
+        symbol="Perpetual to watch, e.g. BTC or ETHUSDT",
+        kind="approaching (price near a major cluster) or swept (realized liquidations at one)",
+        window="Map window the clusters are read from (default 7 days)",
+        exchange="Which exchange's data to use (default: all exchanges combined)",
+        within_pct="How near counts, in % of price (approaching default 1, swept default ±0.5)",
+        min_usd="swept only: realized USD near the cluster that counts (default 1,000,000)",
+        minutes="swept only: how many recent minutes of realized liquidations to sum (default 60)",
+        cooldown_minutes="Minimum minutes between two notices of this alert (default 60)",
+    )
+    @app_commands.choices(kind=KIND_CHOICES, window=WINDOW_CHOICES)
+    async def subscribe(
+        self,
+        interaction: discord.Interaction,
+        channel: discord.TextChannel,
+        symbol: str,
+        kind: str,
+        window: str = "7d",
+        exchange: str = "all",
+        within_pct: Pct | None = None,
+        min_usd: Usd | None = None,
+        minutes: Minutes | None = None,
+        cooldown_minutes: app_commands.Range[int, 1, 7 * 24 * 60] | None = None,
+    ) -> None:
+        clusters = self.clusters
+        sym = parse_symbol(symbol).symbol
+        win = parse_window(window).label
+        venues = check_listed(self.bot.symbols, self.bot.service, [sym], exchange)
+        params = ClusterAlertParams(kind, within_pct, min_usd, minutes)  # says what is wrong, before storing
+        if params.kind == "swept":
+            if self.bot.tape is None:
+                raise InputError(NO_TAPE)
+            if not any(feed_coverage(v) != "unknown" for v in venues):
+                raise InputError(f"swept alerts read realized liquidations, and {exchange} publishes none; "
+                                 "choose all, binance, bybit or okx")
+        check_target_channel(interaction, channel)
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        a = await clusters.add(
+            guild_of(interaction), channel.id, symbol=sym, window=win, exchange=exchange, kind=params.kind,
+            created_by=interaction.user.id, within_pct=within_pct, min_usd=min_usd, minutes=minutes,
+            cooldown_s=None if cooldown_minutes is None else int(cooldown_minutes) * 60,
         )
-        @app_commands.choices(kind=KIND_CHOICES, window=WINDOW_CHOICES, exchange=exchange_choices(service.venues))
-        async def subscribe(
-            interaction: discord.Interaction,
-            channel: discord.TextChannel,
-            symbol: str,
-            kind: str,
-            window: str = "7d",
-            exchange: str = "all",
-            within_pct: Pct | None = None,
-            min_usd: Usd | None = None,
-            minutes: Minutes | None = None,
-            cooldown_minutes: app_commands.Range[int, 1, 7 * 24 * 60] | None = None,
-        ) -> None:
-            await cog.do_subscribe(interaction, channel, symbol, kind, window, exchange, within_pct, min_usd, minutes,
-                                   cooldown_minutes)
+        log.info("guild %s added cluster alert %s", interaction.guild_id, a.id)
+        await reply_private(interaction, "Cluster alert set. The first check records where price stands; "
+                                         f"a notice follows when the alert fires.\n{describe_alert(a)}"
+                                         f"{history_hint(interaction, channel)}")
 
-        @subscribe.autocomplete("symbol")
-        async def symbol_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-            return symbol_choices(index, service, current, getattr(interaction.namespace, "exchange", None))
+    @subscribe.autocomplete("symbol")
+    async def symbol_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return symbol_choices(self.bot.symbols, self.bot.service, current,
+                              getattr(interaction.namespace, "exchange", None))
 
-        @group.command(name="list", description="Show this server's cluster alerts, including paused ones")
-        async def alerts_list(interaction: discord.Interaction) -> None:
-            await cog.do_list(interaction)
+    @app_commands.command(name="list", description="Show this server's cluster alerts, including paused ones")
+    async def alerts_list(self, interaction: discord.Interaction) -> None:
+        clusters = self.clusters
+        await list_subscriptions(
+            interaction, clusters, clusters.list, title="Cluster alerts",
+            empty="No cluster alerts yet. Create one with `/cluster-alerts subscribe`.", describe=describe_alert,
+        )
 
-        @group.command(name="remove", description="Stop and delete a cluster alert")
-        @app_commands.describe(id="The alert's number, as shown by /cluster-alerts list")
-        async def remove(interaction: discord.Interaction, id: SubscriptionId) -> None:
-            await cog.do_remove(interaction, id)
+    @app_commands.command(name="remove", description="Stop and delete a cluster alert")
+    @app_commands.describe(id="The alert's number, as shown by /cluster-alerts list")
+    async def remove(self, interaction: discord.Interaction, id: SubscriptionId) -> None:
+        clusters = self.clusters
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        a = await clusters.remove(guild_of(interaction), id)
+        log.info("guild %s removed cluster alert %s", interaction.guild_id, a.id)
+        await reply_private(interaction, f"Removed cluster alert `#{a.id}` ({a.symbol} {a.kind} → <#{a.channel_id}>).")
 
-        @group.command(name="resume", description="Resume a paused cluster alert (after fixing the channel or permissions)")
-        @app_commands.describe(id="The alert's number, as shown by /cluster-alerts list")
-        async def resume(interaction: discord.Interaction, id: SubscriptionId) -> None:
-            await cog.do_resume(interaction, id)
+    @app_commands.command(name="resume", description="Resume a paused cluster alert (after fixing the channel or permissions)")
+    @app_commands.describe(id="The alert's number, as shown by /cluster-alerts list")
+    async def resume(self, interaction: discord.Interaction, id: SubscriptionId) -> None:
+        clusters = self.clusters
+        await resume_subscription(
+            interaction, id, get=clusters.get, resume=clusters.resume,
+            describe=describe_alert, noun="cluster alert", short="alert", list_command="/cluster-alerts list",
+            redo="remove it and subscribe again for another channel",
+            resumed_note=" The next check records a fresh baseline.",
+        )
 
-        remove.autocomplete("id")(cog.id_autocomplete)
-        resume.autocomplete("id")(cog.id_autocomplete)
-        return group
-
-    async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.group)
-
-    async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.group.name)
+    @remove.autocomplete("id")
+    @resume.autocomplete("id")
+    async def id_autocomplete(self, interaction: discord.Interaction, current: int | str) -> list[app_commands.Choice[int]]:
+        fetch = None if self.bot.store is None else self.clusters.list
+        return await subscription_id_choices(interaction, current, fetch,
+                                             lambda a: f"#{a.id} {a.symbol} {a.kind} {a.window} {a.exchange}{' · paused' if a.paused else ''}",
+                                             timeout=AUTOCOMPLETE_TIMEOUT)
 
     @commands.Cog.listener()
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:
         # the bot's own handler pauses daily and skew subscriptions; this one the cluster alerts
-        if getattr(self.bot, "store", None) is None:
+        if self.bot.store is None:
             return
         try:
             n = await self.clusters.pause_channel(channel.id, f"channel #{channel.name} was deleted")
@@ -179,75 +196,6 @@ class ClustersCog(commands.Cog):
         if n:
             log.info("channel %s deleted: %d cluster alert(s) paused", channel.id, n)
 
-    async def id_autocomplete(self, interaction: discord.Interaction, current: int | str) -> list[app_commands.Choice[int]]:
-        if interaction.guild_id is None or getattr(self.bot, "store", None) is None:
-            return []
-        if not interaction.permissions.manage_guild:  # autocomplete skips the group's check
-            return []
-        try:
-            items = await asyncio.wait_for(self.clusters.list(interaction.guild_id), AUTOCOMPLETE_TIMEOUT)
-        except Exception as exc:
-            log.warning("cluster alert id autocomplete failed: %s", exc)
-            return []
-        typed = str(current or "").strip()
-        out = []
-        for a in items:
-            if typed and not str(a.id).startswith(typed):
-                continue
-            state = " · paused" if a.paused else ""
-            out.append(app_commands.Choice(name=f"#{a.id} {a.symbol} {a.kind} {a.window} {a.exchange}{state}"[:100],
-                                           value=a.id))
-        return out[:25]
 
-    async def do_subscribe(self, interaction: discord.Interaction, channel: discord.TextChannel, symbol: str,
-                           kind: str, window: str, exchange: str, within_pct: float | None, min_usd: float | None,
-                           minutes: int | None, cooldown_minutes: int | None) -> None:
-        clusters = self.clusters
-        sym = parse_symbol(symbol).symbol
-        win = parse_window(window).label
-        venues = check_listed(self.bot.symbols, self.bot.service, [sym], exchange)
-        params = ClusterAlertParams(kind, within_pct, min_usd, minutes)  # says what is wrong, before storing
-        if params.kind == "swept":
-            if getattr(self.bot, "tape", None) is None:
-                raise InputError(NO_TAPE)
-            if not any(feed_coverage(v) != "unknown" for v in venues):
-                raise InputError(f"swept alerts read realized liquidations, and {exchange} publishes none; "
-                                 "choose all, binance, bybit or okx")
-        check_target_channel(interaction, channel)
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        a = await clusters.add(
-            interaction.guild_id, channel.id, symbol=sym, window=win, exchange=exchange, kind=params.kind,
-            created_by=interaction.user.id, within_pct=within_pct, min_usd=min_usd, minutes=minutes,
-            cooldown_s=None if cooldown_minutes is None else int(cooldown_minutes) * 60,
-        )
-        log.info("guild %s added cluster alert %s", interaction.guild_id, a.id)
-        await reply_private(interaction, "Cluster alert set. The first check records where price stands; "
-                                         f"a notice follows when the alert fires.\n{describe_alert(a)}"
-                                         f"{history_hint(interaction, channel)}")
-
-    async def do_list(self, interaction: discord.Interaction) -> None:
-        clusters = self.clusters
-        await list_subscriptions(
-            interaction, clusters, clusters.list, title="Cluster alerts",
-            empty="No cluster alerts yet. Create one with `/cluster-alerts subscribe`.", describe=describe_alert,
-        )
-
-    async def do_remove(self, interaction: discord.Interaction, alert_id: int) -> None:
-        clusters = self.clusters
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        a = await clusters.remove(interaction.guild_id, alert_id)
-        log.info("guild %s removed cluster alert %s", interaction.guild_id, a.id)
-        await reply_private(interaction, f"Removed cluster alert `#{a.id}` ({a.symbol} {a.kind} → <#{a.channel_id}>).")
-
-    async def do_resume(self, interaction: discord.Interaction, alert_id: int) -> None:
-        clusters = self.clusters
-        await resume_subscription(
-            interaction, alert_id, get=clusters.get, resume=clusters.resume,
-            describe=describe_alert, noun="cluster alert", short="alert", list_command="/cluster-alerts list",
-            redo="remove it and subscribe again for another channel",
-            resumed_note=" The next check records a fresh baseline.",
-        )
-
-
-async def setup(bot: Any) -> None:
+async def setup(bot: LiqmapBot) -> None:
     await bot.add_cog(ClustersCog(bot))

@@ -12,33 +12,30 @@ whose permissions were removed is paused with the reason, shown by ``/daily list
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from datetime import datetime, timezone
-from typing import Any
 
 import discord
 from discord import app_commands
-from discord.ext import commands
 
 from analysis.commentary import md_safe_text
 from analysis.errors import InputError
 from analysis.windows import parse_window
 
-from . import (
-    SubscriptionId,
+from ..app import LiqmapBot
+from ..checks import ManagerGroupCog, check_target_channel, guild_of, history_hint
+from ..choices import (
     VIEW_CHOICES,
     WINDOW_CHOICES,
-    ManagerGroup,
-    check_listed,
-    check_target_channel,
+    SubscriptionId,
     exchange_choices,
-    history_hint,
-    list_subscriptions,
-    reply_private,
-    resume_subscription,
+    offer_choices,
+    subscription_id_choices,
     timezone_choices,
 )
+from ..replies import list_subscriptions, reply_private, resume_subscription
+from ..store import DailySchedule, Store, parse_symbols, parse_time, parse_timezone, parse_view
+from ..symbol_index import check_listed
 
 __all__ = ["DailyCog", "describe_schedule", "setup"]
 
@@ -58,7 +55,7 @@ def _ts(at: datetime | None, style: str = "f") -> str:
 _VIEW_LABELS = {"map": "map", "heatmap": "heatmap", "both": "map + heatmap"}
 
 
-def describe_schedule(s: Any) -> str:
+def describe_schedule(s: DailySchedule) -> str:
     """One list line: id, symbols, window, exchange, view, local time and zone, channel, next run or pause."""
     head = (f"`#{s.id}` **{', '.join(s.symbols)}** · {s.window} · {s.exchange} · {_VIEW_LABELS.get(s.view, md_safe_text(s.view, 8))} · "
             f"{s.local_time} {s.timezone} → <#{s.channel_id}>")
@@ -68,128 +65,88 @@ def describe_schedule(s: Any) -> str:
     return f"{head}\n  next: {_ts(s.next_run_at)} ({_ts(s.next_run_at, 'R')})"
 
 
-class DailyCog(commands.Cog):
+class DailyCog(ManagerGroupCog, group_name="daily", group_description="Daily liquidation-map reports posted to a channel"):
     """The ``/daily`` command group."""
 
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: LiqmapBot) -> None:
         self.bot = bot
-        self.group = self._build_group()
+        offer_choices(self.daily_set, exchange=exchange_choices(bot.service.venues))
 
     @property
-    def store(self) -> Any:
-        store = getattr(self.bot, "store", None)
+    def store(self) -> Store:
+        store = self.bot.store
         if store is None:
             raise InputError("daily reports are not available: the bot has no database configured")
         return store
 
-    def _build_group(self) -> app_commands.Group:
-        cog = self
-        service = self.bot.service  # type: ignore[attr-defined]
-        group = ManagerGroup(name="daily", description="Daily liquidation-map reports posted to a channel")
-
-        @group.command(name="set", description="Post a daily liquidation-map report to a channel at a local time")
-        @app_commands.describe(
-            channel="Channel to post the report in",
-            time="Local time of day, 24-hour HH:MM, e.g. 09:30",
-            timezone="Your timezone (IANA name), e.g. Europe/London; start typing to search",
-            symbols="Up to 5 perpetuals, comma-separated, e.g. BTC, ETH, SOL (default BTC)",
-            window="How far back open-interest flow is read (default 1 day)",
-            exchange="Which exchange's data to use (default: all exchanges combined)",
-            view="Post the map, the heatmap over the window, or both (default map)",
-        )
-        @app_commands.choices(window=WINDOW_CHOICES, exchange=exchange_choices(service.venues), view=VIEW_CHOICES)
-        async def daily_set(interaction: discord.Interaction, channel: discord.TextChannel, time: str,
-                            timezone: str, symbols: str = "BTC", window: str = "1d", exchange: str = "all",
-                            view: str = "map") -> None:
-            await cog.do_set(interaction, channel, time, timezone, symbols, window, exchange, view)
-
-        @daily_set.autocomplete("timezone")
-        async def tz_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-            return timezone_choices(current)
-
-        @group.command(name="list", description="Show this server's daily reports, including paused ones")
-        async def daily_list(interaction: discord.Interaction) -> None:
-            await cog.do_list(interaction)
-
-        @group.command(name="remove", description="Stop and delete a daily report")
-        @app_commands.describe(id="The report's number, as shown by /daily list")
-        async def daily_remove(interaction: discord.Interaction, id: SubscriptionId) -> None:
-            await cog.do_remove(interaction, id)
-
-        @group.command(name="resume", description="Resume a paused daily report (after fixing the channel or permissions)")
-        @app_commands.describe(id="The report's number, as shown by /daily list")
-        async def daily_resume(interaction: discord.Interaction, id: SubscriptionId) -> None:
-            await cog.do_resume(interaction, id)
-
-        daily_remove.autocomplete("id")(cog.id_autocomplete)
-        daily_resume.autocomplete("id")(cog.id_autocomplete)
-        return group
-
-    async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.group)
-
-    async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.group.name)
-
-    async def id_autocomplete(self, interaction: discord.Interaction, current: int | str) -> list[app_commands.Choice[int]]:
-        if interaction.guild_id is None or getattr(self.bot, "store", None) is None:
-            return []
-        if not interaction.permissions.manage_guild:  # autocomplete skips the group's check
-            return []
-        try:
-            items = await asyncio.wait_for(self.store.list_daily(interaction.guild_id), AUTOCOMPLETE_TIMEOUT)
-        except Exception as exc:  # an autocomplete answer is best effort
-            log.warning("daily id autocomplete failed: %s", exc)
-            return []
-        typed = str(current or "").strip()
-        out = []
-        for s in items:
-            if typed and not str(s.id).startswith(typed):
-                continue
-            state = "paused" if s.paused else f"{s.local_time} {s.timezone}"
-            out.append(app_commands.Choice(name=f"#{s.id} {', '.join(s.symbols)} {s.window} · {state}"[:100], value=s.id))
-        return out[:25]
-
-    async def do_set(self, interaction: discord.Interaction, channel: discord.TextChannel, time: str, tz: str,
-                  symbols: str, window: str, exchange: str, view: str = "map") -> None:
-        from ..store import parse_symbols, parse_time, parse_timezone, parse_view
-
+    @app_commands.command(name="set", description="Post a daily liquidation-map report to a channel at a local time")
+    @app_commands.describe(
+        channel="Channel to post the report in",
+        time="Local time of day, 24-hour HH:MM, e.g. 09:30",
+        timezone="Your timezone (IANA name), e.g. Europe/London; start typing to search",
+        symbols="Up to 5 perpetuals, comma-separated, e.g. BTC, ETH, SOL (default BTC)",
+        window="How far back open-interest flow is read (default 1 day)",
+        exchange="Which exchange's data to use (default: all exchanges combined)",
+        view="Post the map, the heatmap over the window, or both (default map)",
+    )
+    @app_commands.choices(window=WINDOW_CHOICES, view=VIEW_CHOICES)
+    async def daily_set(self, interaction: discord.Interaction, channel: discord.TextChannel, time: str,
+                        timezone: str, symbols: str = "BTC", window: str = "1d", exchange: str = "all",
+                        view: str = "map") -> None:
         store = self.store
-        hhmm, zone, syms = parse_time(time), parse_timezone(tz), parse_symbols(symbols)
+        hhmm, zone, syms = parse_time(time), parse_timezone(timezone), parse_symbols(symbols)
         win = parse_window(window).label
         shown = parse_view(view)
-        service = self.bot.service  # type: ignore[attr-defined]
-        check_listed(self.bot.symbols, service, syms, exchange)  # type: ignore[attr-defined]
+        service = self.bot.service
+        check_listed(self.bot.symbols, service, syms, exchange)
         if shown != "map":
             service.heatmap_venues(exchange)  # a snapshot-only venue has no heatmap: refused now, not at 09:30
         check_target_channel(interaction, channel)
         await interaction.response.defer(ephemeral=True, thinking=True)
         s = await store.add_daily(
-            interaction.guild_id, channel.id, symbols=syms, window=win, exchange=exchange, time=hhmm,
+            guild_of(interaction), channel.id, symbols=syms, window=win, exchange=exchange, time=hhmm,
             timezone=zone, created_by=interaction.user.id, view=shown,
         )
         log.info("guild %s added daily report %s", interaction.guild_id, s.id)
         await reply_private(interaction, f"Daily report set.\n{describe_schedule(s)}{history_hint(interaction, channel)}")
 
-    async def do_list(self, interaction: discord.Interaction) -> None:
+    @daily_set.autocomplete("timezone")
+    async def tz_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return timezone_choices(current)
+
+    @app_commands.command(name="list", description="Show this server's daily reports, including paused ones")
+    async def daily_list(self, interaction: discord.Interaction) -> None:
         await list_subscriptions(
             interaction, self.store, self.store.list_daily, title="Daily reports",
             empty="No daily reports yet. Create one with `/daily set`.", describe=describe_schedule,
         )
 
-    async def do_remove(self, interaction: discord.Interaction, schedule_id: int) -> None:
+    @app_commands.command(name="remove", description="Stop and delete a daily report")
+    @app_commands.describe(id="The report's number, as shown by /daily list")
+    async def daily_remove(self, interaction: discord.Interaction, id: SubscriptionId) -> None:
         store = self.store
         await interaction.response.defer(ephemeral=True, thinking=True)
-        s = await store.remove_daily(interaction.guild_id, schedule_id)
+        s = await store.remove_daily(guild_of(interaction), id)
         log.info("guild %s removed daily report %s", interaction.guild_id, s.id)
         await reply_private(interaction, f"Removed daily report `#{s.id}` ({', '.join(s.symbols)} → <#{s.channel_id}>).")
 
-    async def do_resume(self, interaction: discord.Interaction, schedule_id: int) -> None:
+    @app_commands.command(name="resume", description="Resume a paused daily report (after fixing the channel or permissions)")
+    @app_commands.describe(id="The report's number, as shown by /daily list")
+    async def daily_resume(self, interaction: discord.Interaction, id: SubscriptionId) -> None:
         await resume_subscription(
-            interaction, schedule_id, get=self.store.get_daily, resume=self.store.resume_daily,
+            interaction, id, get=self.store.get_daily, resume=self.store.resume_daily,
             describe=describe_schedule, noun="daily report", short="report", list_command="/daily list",
             redo="remove the report and set it again for another channel",
         )
 
-async def setup(bot: commands.Bot) -> None:
+    @daily_remove.autocomplete("id")
+    @daily_resume.autocomplete("id")
+    async def id_autocomplete(self, interaction: discord.Interaction, current: int | str) -> list[app_commands.Choice[int]]:
+        fetch = None if self.bot.store is None else self.store.list_daily
+        return await subscription_id_choices(interaction, current, fetch,
+                                             lambda s: f"#{s.id} {', '.join(s.symbols)} {s.window} · {'paused' if s.paused else f'{s.local_time} {s.timezone}'}",
+                                             timeout=AUTOCOMPLETE_TIMEOUT)
+
+
+async def setup(bot: LiqmapBot) -> None:
     await bot.add_cog(DailyCog(bot))

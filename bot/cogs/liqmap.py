@@ -31,10 +31,12 @@ from analysis.options import VIEWS
 from analysis.symbols import parse_symbol
 from analysis.windows import parse_window
 
-from ..app import NO_MENTIONS
+from ..app import NO_MENTIONS, LiqmapBot
+from ..choices import VIEW_CHOICES, WINDOW_CHOICES, exchange_choices, offer_choices
 from ..contexts import installable_anywhere, reply_ephemeral_if_external
 from ..controls import CONTROL_ITEMS, AnswerControls, AnswerState, attach
-from . import VIEW_CHOICES, WINDOW_CHOICES, SymbolIndex, UserCooldown, check_listed, exchange_choices, symbol_choices
+from ..cooldown import UserCooldown
+from ..symbol_index import check_listed, symbol_choices
 
 __all__ = ["LiqmapCog", "setup"]
 
@@ -44,45 +46,38 @@ log = logging.getLogger(__name__)
 class LiqmapCog(commands.Cog):
     """The ``/liqmap`` command and its symbol autocomplete."""
 
-    def __init__(self, bot: commands.Bot) -> None:
+    def __init__(self, bot: LiqmapBot) -> None:
         self.bot = bot
-        self.service = bot.service  # type: ignore[attr-defined]
-        self.index: SymbolIndex = bot.symbols  # type: ignore[attr-defined]
-        sched = bot.settings.schedule  # type: ignore[attr-defined]
+        self.service = bot.service
+        self.index = bot.symbols
+        sched = bot.settings.schedule
         self.cooldown = UserCooldown(sched.cooldown_uses, sched.cooldown_seconds)
         self.controls = AnswerControls(self.service, self.cooldown, self.validate)
-        self.command = self._build_command()
+        offer_choices(self.liqmap, exchange=exchange_choices(self.service.venues))
 
-    def _build_command(self) -> app_commands.Command:
-        cog = self
+    @installable_anywhere
+    @app_commands.command(name="liqmap", description="Liquidation map of a perpetual: chart, skew and key levels")
+    @app_commands.describe(
+        symbol="Perpetual to map, e.g. BTC, ETHUSDT or SOL-USDT-SWAP",
+        window="How far back open-interest flow is read (default 7 days)",
+        exchange="Which exchange's data to use (default: all exchanges combined)",
+        private="Only you see the answer (default: everyone in the channel)",
+        view="Map now, heatmap over the window, or both (default map)",
+    )
+    @app_commands.choices(window=WINDOW_CHOICES, view=VIEW_CHOICES)
+    async def liqmap(self, interaction: discord.Interaction, symbol: str, window: str = "7d",
+                     exchange: str = "all", private: bool = False, view: str = "map") -> None:
+        await self.answer(interaction, symbol, window, exchange, private, view)
 
-        @installable_anywhere
-        @app_commands.command(name="liqmap", description="Liquidation map of a perpetual: chart, skew and key levels")
-        @app_commands.describe(
-            symbol="Perpetual to map, e.g. BTC, ETHUSDT or SOL-USDT-SWAP",
-            window="How far back open-interest flow is read (default 7 days)",
-            exchange="Which exchange's data to use (default: all exchanges combined)",
-            private="Only you see the answer (default: everyone in the channel)",
-            view="Map now, heatmap over the window, or both (default map)",
-        )
-        @app_commands.choices(window=WINDOW_CHOICES, exchange=exchange_choices(self.service.venues), view=VIEW_CHOICES)
-        async def liqmap(interaction: discord.Interaction, symbol: str, window: str = "7d",
-                         exchange: str = "all", private: bool = False, view: str = "map") -> None:
-            await cog.answer(interaction, symbol, window, exchange, private, view)
-
-        @liqmap.autocomplete("symbol")
-        async def symbol_autocomplete(interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-            return symbol_choices(cog.index, cog.service, current, getattr(interaction.namespace, "exchange", None))
-
-        return liqmap
+    @liqmap.autocomplete("symbol")
+    async def symbol_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return symbol_choices(self.index, self.service, current, getattr(interaction.namespace, "exchange", None))
 
     async def cog_load(self) -> None:
-        self.bot.tree.add_command(self.command)
         attach(self.bot, self.controls)
         self.bot.add_dynamic_items(*CONTROL_ITEMS)  # the answer's controls, persistent across restarts
 
     async def cog_unload(self) -> None:
-        self.bot.tree.remove_command(self.command.name)
         self.bot.remove_dynamic_items(*CONTROL_ITEMS)
 
     def validate(self, symbol: str, window: str, exchange: str, view: str = "map") -> tuple[str, str, tuple[str, ...]]:
@@ -110,5 +105,5 @@ class LiqmapCog(commands.Cog):
         interaction.extras["public_defer"] = False
 
 
-async def setup(bot: commands.Bot) -> None:
+async def setup(bot: LiqmapBot) -> None:
     await bot.add_cog(LiqmapCog(bot))
