@@ -199,3 +199,11 @@ async def test_evicted_accounts_leave_the_schedule_and_the_positions():
     tr.discovered([address(50)])
     assert address(1) not in tr.book and address(1) not in tr.scheduler and address(1) not in tr.positions
     assert address(50) in tr.scheduler
+
+
+def test_the_default_budget_and_the_sources_limiter_fit_one_ip_together():
+    from analysis.measured.budget import DEFAULT_SHARE, IP_LIMIT_PER_MIN, WeightBudget
+    from analysis.sources.hyperliquid import SOURCE_WEIGHT_PER_MIN
+
+    assert WeightBudget().capacity == int(IP_LIMIT_PER_MIN * DEFAULT_SHARE)
+    assert WeightBudget().capacity + SOURCE_WEIGHT_PER_MIN < IP_LIMIT_PER_MIN

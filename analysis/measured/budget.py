@@ -2,8 +2,9 @@
 
 :class:`WeightBudget` is a sliding window over the documented IP limit: Hyperliquid allows 1200
 weight per minute per IP for REST requests (``clearinghouseState`` weighs 2, ``metaAndAssetCtxs``
-and ``recentTrades`` 20). We take only ``share`` of it (default 80%, room for liqmap's own candle
-and OI requests and anything else on the same IP). ``acquire(w)`` waits until the weight charged
+and ``recentTrades`` 20). We take only ``share`` of it: by default 60% (720 a minute), so that
+with the Hyperliquid source's own limiter (``SOURCE_WEIGHT_PER_MIN`` = 400 a minute for candles,
+OI and tiers) the two stay under the IP's 1200 with 80 to spare when they share one IP. ``acquire(w)`` waits until the weight charged
 in the last 60 s plus ``w`` fits, then charges it: the sum over any 60 s window never exceeds the
 budget, exactly, counting every request we sent. A 429 closes the gate for the server's wait.
 
@@ -32,6 +33,8 @@ __all__ = ["WeightBudget", "PollParams", "PollScheduler", "IP_LIMIT_PER_MIN", "C
 
 #: the documented REST limit: aggregated weight per minute per IP
 IP_LIMIT_PER_MIN = 1200
+#: the measured layer's default share of the IP limit; see the module docstring
+DEFAULT_SHARE = 0.6
 #: documented weight of one clearinghouseState request
 CLEARINGHOUSE_WEIGHT = 2
 
@@ -39,7 +42,7 @@ CLEARINGHOUSE_WEIGHT = 2
 class WeightBudget:
     """At most ``floor(limit * share)`` weight in any ``window_s`` seconds, waiting when it is spent."""
 
-    def __init__(self, *, limit: int = IP_LIMIT_PER_MIN, share: float = 0.8, window_s: float = 60.0,
+    def __init__(self, *, limit: int = IP_LIMIT_PER_MIN, share: float = DEFAULT_SHARE, window_s: float = 60.0,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         if not (isinstance(limit, int) and limit > 0):
