@@ -187,14 +187,14 @@ async def test_lazy_history_turns_a_broken_database_into_a_sourceerror(tmp_path)
     await lazy.close()
 
 
-async def test_migration_0009_creates_the_table_at_head(tmp_path):
+async def test_migration_0009_creates_the_table_kept_at_head(tmp_path):
     from bot.store import Store
 
     s = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'bot.sqlite3'}")
     async with s.engine.connect() as conn:
         cols = [r[1] for r in (await conn.execute(text("pragma table_info(hl_oi_snapshots)"))).all()]
         version = (await conn.execute(text("select version_num from alembic_version"))).scalar_one()
-    assert cols == ["id", "coin", "symbol", "time_ms", "oi_coin", "mark_px"] and version == "0009_hl_oi"
+    assert cols == ["id", "coin", "symbol", "time_ms", "oi_coin", "mark_px"] and version == "0010_skew_alerts"
     await s.close()
 
 
