@@ -148,7 +148,10 @@ def bybit(fake: FakeBybitTiers, now: list[float], cache: BarCache | None = None)
 def test_bybit_tiers_follow_the_cursor_to_the_last_page():
     fake, now = FakeBybitTiers(), [1_700_000_000.0]
     table = run(bybit(fake, now).margin_tiers("BTC"))
-    assert [c.get("cursor") for c in fake.calls] == [None, "2%3A1%2C2%3A1"]
+    # Bybit's cursor is already percent-encoded; httpx releases differ in whether they decode it on read
+    from urllib.parse import unquote
+
+    assert [c.get("cursor") and unquote(c.get("cursor")) for c in fake.calls] == [None, "2:1,2:1"]
     assert all(c["category"] == "linear" and c["symbol"] == "BTCUSDT" for c in fake.calls)
     assert table.brackets == (Bracket(2e6, 100.0, 0.005), Bracket(1e7, 50.0, 0.01), Bracket(4e7, 20.0, 0.025))
     assert (table.origin, table.as_of_ms, table.stale) == ("venue", 1_700_000_000_000, False)
