@@ -1,4 +1,13 @@
-"""The Discord bot: the ``commands.Bot`` subclass, its command tree, error handling and command sync.
+"""The Discord bot: the ``commands.AutoShardedBot`` subclass, its command tree, error handling and command sync.
+
+Sharding (issue 14): ``LIQMAP_SHARD_COUNT`` and ``LIQMAP_SHARD_IDS`` (:class:`bot.settings.ScaleSettings`)
+give this process its shards; unset, discord.py asks Discord for the count and runs them all here.
+The dispatcher (daily posts, skew and cluster alerts) and the command sync run in one process only
+(``LIQMAP_DISPATCHER``, by default the one holding shard 0): it posts to every channel of every shard
+over REST (an uncached channel is a partial messageable, see :class:`bot.poster.DiscordPoster`), and
+each daily post still goes through the claim lease in the database, so an overlap of two
+dispatchers (a rolling restart) never posts one report twice. The other processes answer the
+interactions of their own shards and write their own heartbeat.
 
 ``LiqmapBot.setup_hook`` builds the report service, opens the store (running migrations), loads
 the cogs (``bot.cogs.*``, each with ``async def setup(bot)``), creates the one dispatcher and the
@@ -267,7 +276,22 @@ class LiqmapTree(app_commands.CommandTree):
 
 # -- the bot -------------------------------------------------------------------------------------
 
-class LiqmapBot(commands.Bot):
+#: how often a process without the dispatcher rewrites its heartbeat (seconds; the dispatcher's own tick is 30 s)
+HEARTBEAT_S = 30.0
+
+
+def shard_options(settings: Settings) -> dict[str, Any]:
+    """``shard_count``/``shard_ids`` for ``AutoShardedBot`` from the settings (empty: discord.py decides)."""
+    scale = settings.scale
+    out: dict[str, Any] = {}
+    if scale.shard_count is not None:
+        out["shard_count"] = scale.shard_count
+    if scale.shard_id_list:
+        out["shard_ids"] = list(scale.shard_id_list)
+    return out
+
+
+class LiqmapBot(commands.AutoShardedBot):
     """liqmap's Discord bot.
 
     ``mode``: ``"run"`` (start the dispatcher, sync commands), ``"dry-run"`` (everything but the
@@ -307,6 +331,7 @@ class LiqmapBot(commands.Bot):
             allowed_mentions=NO_MENTIONS,
             tree_cls=LiqmapTree,
             **tree_defaults(),  # server-only unless a command opts in (bot.contexts)
+            **shard_options(settings),
         )
         self.settings = settings
         self.mode = mode
@@ -324,6 +349,20 @@ class LiqmapBot(commands.Bot):
         self.hl_oi_task: asyncio.Task[Any] | None = None  # the Hyperliquid OI poller (LIQMAP_HL_OI)
         self._hl_oi_stop = asyncio.Event()
         self.sync_state_path = sync_state_path or settings.sources.state_dir / "command-sync.json"
+        self._heartbeat_task: asyncio.Task[None] | None = None
+
+    @property
+    def runs_dispatcher(self) -> bool:
+        """Whether this process posts (``LIQMAP_DISPATCHER``; by default the process holding shard 0)."""
+        return self.settings.scale.runs_dispatcher
+
+    def shard_summary(self) -> str:
+        """``"shards 0-1 of 4"`` / ``"shards: automatic"`` / the shards discord.py runs once connected."""
+        count = self.shard_count or self.settings.scale.shard_count
+        ids = list(self.shard_ids or self.settings.scale.shard_id_list or (range(count) if count else ()))
+        if not count:
+            return "shards: automatic (discord.py asks Discord for the count)"
+        return f"shard{'s' if len(ids) != 1 else ''} {_ranges(ids)} of {count}"
 
     @property
     def service(self) -> ReportService:
@@ -354,15 +393,21 @@ class LiqmapBot(commands.Bot):
             await self.load_extension(module)
         if self.mode == "sync":
             return
-        self.scheduler = self._make_scheduler()
-        from .cluster_watch import make_cluster_watch
+        if self.runs_dispatcher:
+            self.scheduler = self._make_scheduler()
+            from .cluster_watch import make_cluster_watch
 
-        self.cluster_watch = make_cluster_watch(self)
+            self.cluster_watch = make_cluster_watch(self)
         if self.mode == "run":
             self.symbols.ensure_fresh()  # symbol lists for autocomplete, loaded in the background
-            await self.sync_commands()
+            log.info("%s; dispatcher %s", self.shard_summary(),
+                     "here" if self.runs_dispatcher else "in another process (LIQMAP_DISPATCHER)")
+            if self.runs_dispatcher:  # one process syncs the commands (they are the application's, not a shard's)
+                await self.sync_commands()
             if self.scheduler is not None:
                 self.loop.create_task(self._start_dispatcher(), name="liqmap-start-dispatcher")
+            else:
+                self._heartbeat_task = self.loop.create_task(self._beat(), name="liqmap-heartbeat")
             self.start_tape()
             self.start_hl_oi()
             if self.tape is None:  # a standalone `liqmap tape` may start recording into the database later
@@ -480,6 +525,20 @@ class LiqmapBot(commands.Bot):
         if n:
             log.info("channel %s deleted in guild %s: %d subscription(s) paused", channel.id, channel.guild.id, n)
 
+    async def _beat(self, interval_s: float = HEARTBEAT_S) -> None:
+        """The heartbeat of a process without the dispatcher: rewritten while its gateway is connected."""
+        from datetime import datetime, timezone
+
+        from analysis.paths import heartbeat_path
+
+        from .health import Heartbeat
+
+        beat = Heartbeat(heartbeat_path(), shards=self.shard_summary())
+        await self.wait_until_ready()
+        while not self.is_closed():
+            beat(datetime.now(timezone.utc))
+            await asyncio.sleep(interval_s)
+
     async def _start_dispatcher(self) -> None:
         # After READY the channel cache is complete, so the poster can check permissions first.
         await self.wait_until_ready()
@@ -528,12 +587,16 @@ class LiqmapBot(commands.Bot):
 
             from .health import Heartbeat
 
-            extra["heartbeat"] = Heartbeat(heartbeat_path())
+            extra["heartbeat"] = Heartbeat(heartbeat_path(), shards=self.shard_summary())
         return make_dispatcher(self.store, self.service, DiscordPoster(self), self.settings, **extra)
 
     async def close(self) -> None:
         if self._symbols is not None:
             self._symbols.stop()
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+            self._heartbeat_task = None
         await self.stop_tape()
         if self._tape_watch is not None:
             self._tape_watch.cancel()
@@ -609,6 +672,17 @@ class LiqmapBot(commands.Bot):
 
 
 _DRIVERS = {"asyncpg": "pip install 'liqmap[postgres]'", "aiosqlite": "pip install aiosqlite"}
+
+
+def _ranges(ids: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2,5"``."""
+    out: list[str] = []
+    for i in sorted(ids):
+        if out and out[-1].split("-")[-1] == str(i - 1):
+            out[-1] = f"{out[-1].split('-')[0]}-{i}"
+        else:
+            out.append(str(i))
+    return ",".join(out)
 
 
 def database_error(exc: BaseException, url: str) -> LiqmapError | None:

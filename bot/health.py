@@ -1,7 +1,7 @@
 """The bot's health signal: a heartbeat file the dispatcher rewrites after every loop iteration.
 
 The file (``heartbeat.json`` in the data dir, see :mod:`analysis.paths`) holds one JSON object,
-``{"time": "<ISO 8601 UTC>", "pid": <int>}``, written atomically (a temporary file in the same
+``{"time": "<ISO 8601 UTC>", "pid": <int>, "shards": "shards 0-1 of 4"}`` (``shards`` when known), written atomically (a temporary file in the same
 directory, then ``os.replace``), so a reader never sees half a file. ``liqmap health`` reads it:
 fresh (younger than ``--max-age``) is exit 0, stale, missing or unreadable is exit 1, each with a
 one-line reason. The age is measured from the time *inside* the file, not its mtime.
@@ -34,14 +34,18 @@ class Health:
 class Heartbeat:
     """Writes the heartbeat file; call it with the dispatcher's (UTC) clock reading."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, shards: str | None = None) -> None:
         self.path = Path(path)
+        self.shards = shards  # this process's shards (bot.app.LiqmapBot.shard_summary), kept in the file
         self._warned = False
 
     def __call__(self, now: datetime) -> None:
         """Write ``now`` atomically; a failure is logged once (the bot keeps running, health goes stale)."""
         stamp = (now if now.tzinfo else now.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
-        body = json.dumps({"time": stamp.isoformat(), "pid": os.getpid()})
+        data: dict[str, object] = {"time": stamp.isoformat(), "pid": os.getpid()}
+        if self.shards:
+            data["shards"] = self.shards
+        body = json.dumps(data)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from analysis import paths
@@ -31,6 +31,8 @@ __all__ = [
     "SourceSettings",
     "ScheduleSettings",
     "TapeSettings",
+    "ScaleSettings",
+    "parse_shard_ids",
     "Settings",
     "parse_ws_url",
     "parse_https_url",
@@ -269,6 +271,119 @@ class TapeSettings(BaseSettings):
         for key, value in self.model_dump().items():
             yield key, redact_url(value) if key.startswith("tape_url_") and value else value
 
+MAX_SHARDS = 100_000  # Discord's own ceiling is far below: a guard against a typo, not a limit
+
+
+def parse_shard_ids(text: str) -> tuple[int, ...]:
+    """``"0-3"`` -> ``(0, 1, 2, 3)``; ``"0,2"`` -> ``(0, 2)``; ``"0-1, 4"`` -> ``(0, 1, 4)``, in the
+    order given; else ``ValueError`` (a duplicate, a reversed range, something not a number)."""
+    import re
+
+    out: list[int] = []
+    items = [i for i in re.split(r"[\s,;]+", str(text)) if i]
+    for n, item in enumerate(items, 1):
+        m = re.fullmatch(r"(\d{1,6})(?:-(\d{1,6}))?", item)
+        if m is None:  # settings errors never quote the value
+            raise ValueError(f"item {n} is not a shard id or range; write e.g. 0-3 or 0,1")
+        lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
+        if hi < lo:
+            raise ValueError(f"item {n} is a reversed range; write the lower id first, e.g. 0-3")
+        if hi - lo >= MAX_SHARDS:
+            raise ValueError(f"item {n} spans more than {MAX_SHARDS} shards")
+        for i in range(lo, hi + 1):
+            if i in out:
+                raise ValueError(f"shard {i} is named twice (item {n}); name each shard once")
+            out.append(i)
+    return tuple(out)
+
+
+class ScaleSettings(BaseSettings):
+    """Running past one process (issue 14): sharding, which process dispatches, the shared Redis.
+
+    * ``LIQMAP_SHARD_COUNT`` (all shards) and ``LIQMAP_SHARD_IDS`` (this process's, e.g. ``0-3`` or
+      ``0,1``): unset, discord.py's ``AutoShardedBot`` asks Discord for the count and runs every
+      shard here; a count alone runs all of that many here; ids need the count, each below it.
+    * ``LIQMAP_DISPATCHER``: ``auto`` (default) runs the daily posts and the alert watchers in the
+      process that holds shard 0 (or runs every shard); ``on``/``off`` force it. Every post still
+      goes through the claim lease in the database, so two dispatchers never post one report twice.
+    * ``LIQMAP_REDIS_URL`` (``redis://[:password@]host:port/db``): the report cache, the single-flight of
+      identical reports and the venues' rate-limit budgets shared by every process on the host
+      (:mod:`analysis.sharing`); unset, each process keeps its own. The URL's password never reaches a log.
+    """
+
+    model_config = _config(".env")
+
+    shard_count: int | None = Field(None, validation_alias="LIQMAP_SHARD_COUNT", ge=1, le=MAX_SHARDS)
+    shard_ids: str = Field("", validation_alias="LIQMAP_SHARD_IDS")
+    dispatcher: str = Field("auto", validation_alias="LIQMAP_DISPATCHER")
+    redis_url: str | None = Field(None, validation_alias="LIQMAP_REDIS_URL")
+    redis_prefix: str = Field("liqmap", validation_alias="LIQMAP_REDIS_PREFIX", min_length=1, max_length=40,
+                              pattern=r"^[A-Za-z0-9_.-]+$")
+    redis_timeout_s: float = Field(0.5, validation_alias="LIQMAP_REDIS_TIMEOUT", gt=0, le=30, allow_inf_nan=False)
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _ids(cls, v: str) -> str:
+        return ",".join(str(i) for i in parse_shard_ids(v))
+
+    @field_validator("dispatcher")
+    @classmethod
+    def _dispatcher(cls, v: str) -> str:
+        v = str(v).strip().lower()
+        if v not in ("auto", "on", "off"):
+            raise ValueError("choose auto, on or off")
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, v: str | None) -> str | None:
+        if v is None or not str(v).strip():
+            return None
+        from urllib.parse import urlsplit
+
+        raw = str(v).strip()
+        try:
+            parts = urlsplit(raw)
+            parts.port  # noqa: B018  (a bad port raises here)
+        except ValueError:
+            raise ValueError("not a URL; write e.g. redis://127.0.0.1:6379/0") from None
+        if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not parts.hostname) \
+                or any(c.isspace() for c in raw) or len(raw) > 2000:
+            raise ValueError("must be a redis://, rediss:// or unix:// URL, e.g. redis://127.0.0.1:6379/0")
+        return raw
+
+    @model_validator(mode="after")
+    def _shards(self) -> "ScaleSettings":
+        ids = self.shard_id_list
+        if ids and self.shard_count is None:
+            raise ValueError("LIQMAP_SHARD_IDS needs LIQMAP_SHARD_COUNT (the number of shards of all processes)")
+        if self.shard_count is not None:
+            bad = [i for i in ids if i >= self.shard_count]
+            if bad:
+                raise ValueError(f"LIQMAP_SHARD_IDS: shard {bad[0]} is not below LIQMAP_SHARD_COUNT={self.shard_count} "
+                                 f"(ids run from 0 to {self.shard_count - 1})")
+        return self
+
+    @property
+    def shard_id_list(self) -> tuple[int, ...]:
+        """This process's shard ids (empty: every shard, or discord.py decides)."""
+        return tuple(int(i) for i in self.shard_ids.split(",") if i)
+
+    @property
+    def runs_dispatcher(self) -> bool:
+        """Whether this process runs the dispatcher (see ``LIQMAP_DISPATCHER``)."""
+        if self.dispatcher != "auto":
+            return self.dispatcher == "on"
+        return not self.shard_id_list or 0 in self.shard_id_list
+
+    def shard_of(self, guild_id: int) -> int | None:
+        """The shard that carries ``guild_id`` (Discord's ``(guild_id >> 22) % shard_count``); None unsharded."""
+        return None if self.shard_count is None else (int(guild_id) >> 22) % self.shard_count
+
+    def __repr_args__(self):  # the Redis URL may carry a password
+        for key, value in self.model_dump().items():
+            yield key, redact_url(value) if key == "redis_url" and value else value
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -279,11 +394,12 @@ class Settings:
     sources: SourceSettings
     schedule: ScheduleSettings
     tape: TapeSettings
+    scale: ScaleSettings
 
     def safe_dict(self) -> dict[str, Any]:
         """Every setting, with secrets shown only as set/unset (safe to print or log)."""
         out: dict[str, Any] = {}
-        for name in ("discord", "database", "sources", "schedule", "tape"):
+        for name in ("discord", "database", "sources", "schedule", "tape", "scale"):
             section: BaseSettings = getattr(self, name)
             values = {}
             for key, value in section.model_dump().items():
@@ -298,6 +414,8 @@ class Settings:
         for key in ("tape_url_bybit", "tape_url_binance", "tape_url_okx"):
             if out["tape"][key]:
                 out["tape"][key] = redact_url(out["tape"][key])
+        if out["scale"]["redis_url"]:
+            out["scale"]["redis_url"] = redact_url(out["scale"]["redis_url"])
         return out
 
 
@@ -362,6 +480,7 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
         "sources": SourceSettings,
         "schedule": ScheduleSettings,
         "tape": TapeSettings,
+        "scale": ScaleSettings,
     }
     built: dict[str, BaseSettings] = {}
     problems: list[str] = []
@@ -372,7 +491,10 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
             built[name] = cls(_env_file=env_file, **mine)  # type: ignore[call-arg]
         except ValidationError as exc:
             for err in exc.errors(include_input=False, include_url=False):
-                field = str(err["loc"][0]) if err["loc"] else name
+                if not err["loc"]:  # a check across fields (ScaleSettings' shards): its message names them
+                    problems.append(str(err["msg"]).removeprefix("Value error, "))
+                    continue
+                field = str(err["loc"][0])
                 alias = cls.model_fields[field].validation_alias if field in cls.model_fields else field
                 problems.append(f"{alias}: {err['msg']}")
         except (ValueError, OSError) as exc:  # pydantic-settings' own SettingsError, an unreadable file
