@@ -801,3 +801,51 @@ async def test_a_post_due_before_the_horizon_is_never_claimed_anew_but_an_unfini
     # the unfinished record before the horizon was kept, and is still taken over for verification
     ((again, recovering),) = await store.claim_many([c_open], now=later, lease=lease)
     assert again.id == stuck.id and recovering
+
+
+# -- several processes on one database (issue 14) ---------------------------------------------------
+
+def test_taking_over_stale_claims_skips_rows_another_dispatcher_holds_on_postgresql():
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from bot.store.deliveries import lock_free
+
+    pg = str(lock_free([1, 2]).compile(dialect=postgresql.dialect()))
+    assert pg.rstrip().endswith("FOR UPDATE SKIP LOCKED") and "deliveries.id IN" in pg
+    assert "FOR UPDATE" not in str(lock_free([1]).compile(dialect=sqlite.dialect()))  # SQLite has no row locks
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["new", "taken-over"])
+async def test_two_stores_on_one_database_never_both_win_a_claim(url, stale):
+    import asyncio
+
+    from bot.store import Claim
+
+    one, two = await Store.open(url), await Store.open(url)  # two processes' stores on one file
+    try:
+        scheds = [await add_daily(one, channel=1000 + i) for i in range(6)]
+        day, lease = date(2026, 3, 2), timedelta(minutes=5)
+        claims = [Claim(s, day, "BTCUSDT", s.next_run_at) for s in scheds]
+        when = NOW
+        if stale:  # every record claimed by a third dispatcher that crashed: both try to take them over
+            assert len(await one.claim_many(claims, now=NOW, lease=lease)) == 6
+            when = NOW + lease
+        for _ in range(3):
+            a, b = await asyncio.gather(one.claim_many(claims, now=when, lease=lease),
+                                        two.claim_many(claims, now=when, lease=lease))
+            ids_a, ids_b = {d.id for d, _ in a}, {d.id for d, _ in b}
+            assert not ids_a & ids_b
+            if ids_a or ids_b:
+                assert len(ids_a | ids_b) == 6 and all(rec == stale for _, rec in a + b)
+                break
+        else:
+            pytest.fail("neither store won the claims")
+        # one by one, at the same moment: exactly one winner per post
+        more = [Claim(s, date(2026, 3, 3), "BTCUSDT", s.next_run_at) for s in scheds]
+        got = await asyncio.gather(*(st.claim_delivery(c.schedule, c.local_date, c.symbol, due_at=c.due_at,
+                                                       now=NOW, lease=lease) for c in more for st in (one, two)))
+        winners = [d.id for d, _ in got if d is not None]
+        assert len(winners) == len(set(winners)) == 6
+    finally:
+        await one.close()
+        await two.close()

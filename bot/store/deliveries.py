@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Iterable, Literal, Sequence
 
-from sqlalchemy import bindparam, delete, select, update
+from sqlalchemy import Select, bindparam, delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -103,6 +103,14 @@ class Outcome:
     attempts: int | None = None  # the claim's attempt number: the outcome is written only if still ours
 
 
+def lock_free(ids: Sequence[int]) -> Select[tuple[int]]:
+    """The ids among ``ids`` that no other transaction holds, locked for this one: PostgreSQL's
+    ``SELECT ... FOR UPDATE SKIP LOCKED``. Two dispatchers taking over stale claims at once never wait
+    on each other's rows: each takes the rows the other has not locked (SQLite ignores the clause;
+    its writes are serialised by the database lock, and the compare-and-set decides)."""
+    return select(DeliveryRow.id).where(DeliveryRow.id.in_(list(ids))).with_for_update(skip_locked=True)
+
+
 def _reclaimable(row: DeliveryRow, now: datetime, lease: timedelta) -> bool:
     """A record may be taken over when its send failed, or its claimer has held it longer than ``lease``."""
     if row.state == "failed":
@@ -168,6 +176,8 @@ class DeliveryStore(ReadingStore):
                 )
             )
             if row is None or not _reclaimable(row, now, lease):
+                return None, False
+            if await s.scalar(lock_free([row.id])) is None:  # another dispatcher is taking it over right now
                 return None, False
             res = await s.execute(
                 update(DeliveryRow)
@@ -308,6 +318,10 @@ class DeliveryStore(ReadingStore):
                             existing[(r.schedule_id, r.local_date, r.symbol)] = r
                 won: list[tuple[DeliveryRow, bool]] = []
                 horizon = await self._horizon(s)
+                stale = sorted(r.id for r in existing.values() if _reclaimable(r, now, lease))
+                free: set[int] = set()
+                for chunk in _chunks(stale, 500):  # rows another dispatcher holds are left to it (SKIP LOCKED)
+                    free.update(await s.scalars(lock_free(chunk)))
                 for c in claims:
                     r = existing.get((c.schedule.id, c.local_date, c.symbol))
                     if r is None:
@@ -327,7 +341,7 @@ class DeliveryStore(ReadingStore):
                         )
                         s.add(r)
                         won.append((r, False))
-                    elif _reclaimable(r, now, lease):
+                    elif r.id in free:
                         res = await s.execute(
                             update(DeliveryRow)
                             .where(DeliveryRow.id == r.id, DeliveryRow.state == r.state, DeliveryRow.attempts == r.attempts)
