@@ -23,7 +23,7 @@ RUN groupadd --system --gid 10001 liqmap \
  && mkdir -p /data/cache \
  && chown -R liqmap:liqmap /data
 COPY --from=build /dist/ /tmp/dist/
-RUN pip install --no-cache-dir --disable-pip-version-check "$(ls /tmp/dist/liqmap-*.whl)[postgres]" \
+RUN pip install --no-cache-dir --disable-pip-version-check "$(ls /tmp/dist/liqmap-*.whl)[postgres,redis]" \
  && rm -rf /tmp/dist \
  && liqmap --version
 USER liqmap:liqmap

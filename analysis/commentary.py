@@ -698,6 +698,7 @@ class AboutFacts:
     checks: "tuple[tuple[str, str, str], ...] | None" = None
     model_overrides: "tuple[tuple[str, object], ...]" = ()  # the bot's non-default model parameters
     notes: tuple[str, ...] = ()
+    deployment: str = ""  # this process's shards and the shared layer (bot.app.LiqmapBot.deployment)
 
 
 _SOURCE_TEXT = {
@@ -790,4 +791,5 @@ def about(facts: AboutFacts, *, limit: int = EMBED_LIMIT) -> str:
     notes = tuple("⚠️ " + _md_safe(n, 300) for n in
                   [*(facts.accuracy.notes if facts.accuracy is not None else ()), *facts.notes][:3])
     return _render("about.md.j2", limit, what=what, what_not=what_not, method=method, accuracy_title=accuracy_title,
-                   accuracy=accuracy, data=tuple(data), venues=tuple(venues), notes=notes)
+                   accuracy=accuracy, data=tuple(data), venues=tuple(venues), notes=notes,
+                   deployment=_md_safe(facts.deployment, 200) if facts.deployment else "")

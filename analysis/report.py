@@ -7,6 +7,10 @@ text, see :attr:`Report.nbytes`), sweeps expired entries on every store, stores 
 ``ttl`` is 0, and makes concurrent requests for the same key share one computation (single-flight). Venues that fail are named in the report;
 only when every venue fails is it an error.
 
+With a shared layer (``shared``, :mod:`analysis.sharing`: Redis for several bot processes on one
+host) a key missing here is looked up there, built by one process while the others wait, and
+stored there for them; the local LRU keeps what this process got, for what is left of its TTL.
+
 ``ReportService.heatmap()`` is cached and single-flighted the same way, under its own key
 (``theme`` part ``heatmap/<theme>``) and in the same byte budget (PNG plus the state arrays, see
 :func:`heatmap_nbytes`).
@@ -15,6 +19,7 @@ only when every venue fails is it an error.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -35,6 +40,7 @@ from .windows import Window, parse_window
 
 if TYPE_CHECKING:
     from .heatmap import HeatmapStates
+    from .sharing import SharedLayer
     from .tape.events import TapeReader
     from .tape.realized import RealizedParams, RealizedTape
 
@@ -121,6 +127,7 @@ class ReportService:
         now_ms: Callable[[], int] | None = None,
         tape: TapeReader | None = None,
         tape_params: RealizedParams | None = None,
+        shared: SharedLayer | None = None,
     ) -> None:
         if not sources:
             raise ValueError("a report service needs at least one source")
@@ -141,6 +148,7 @@ class ReportService:
         self.heatmap_computations = 0  # how many heatmaps were actually built
         self.tape = tape
         self.tape_params = tape_params
+        self.shared = shared  # the cache and single-flight of every process on the host (None: this one's only)
 
     @property
     def venues(self) -> tuple[str, ...]:
@@ -170,19 +178,20 @@ class ReportService:
         _, _, size = self._cache.pop(key)
         self._cache_bytes -= size
 
-    def _store(self, key: ReportKey, rep: Any, size: int) -> None:
+    def _store(self, key: ReportKey, rep: Any, size: int, age: float = 0.0) -> None:
         """Cache ``rep`` of ``size`` bytes (unless ``ttl`` is 0 or it alone exceeds the budget), then
-        sweep expired entries and evict least recently used ones until the cache fits ``max_bytes``."""
+        sweep expired entries and evict least recently used ones until the cache fits ``max_bytes``.
+        ``age``: how old ``rep`` already is (built by another process), taken off its TTL here."""
         now = self._clock()
         if key in self._cache:
             self._drop(key)
         for k in [k for k, (t, _, _) in self._cache.items() if now - t >= self.ttl]:
             self._drop(k)
-        if self.ttl <= 0 or size > self.max_bytes:
+        if self.ttl <= 0 or size > self.max_bytes or age >= self.ttl:
             return
         while self._cache and self._cache_bytes + size > self.max_bytes:
             self._drop(next(iter(self._cache)))
-        self._cache[key] = (now, rep, size)
+        self._cache[key] = (now - max(age, 0.0), rep, size)
         self._cache_bytes += size
 
     def resolve_venues(self, exchange: str) -> tuple[str, ...]:
@@ -236,17 +245,28 @@ class ReportService:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
-            value = await build()
+            if self.shared is not None and self.ttl > 0:
+                value, age = await self.shared.flight(self._shared_key(key), build, ttl=self.ttl, max_bytes=self.max_bytes)
+            else:
+                value, age = await build(), 0.0
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # mark retrieved: waiters re-raise it themselves
             raise
         else:
-            self._store(key, value, size(value))
+            self._store(key, value, size(value), age)
             fut.set_result(value)
             return value
         finally:
             self._inflight.pop(key, None)
+
+    def _shared_key(self, key: ReportKey) -> str:
+        """``key`` for the shared layer, scoped by what else shapes the value (parameters, sources,
+        tape), so that processes configured differently never share a report."""
+        scope = repr((self.params, self.metrics, [(v, type(s).__name__) for v, s in self.sources.items()],
+                      self.tape is not None, self.tape_params))
+        symbol, window, venues, view = key
+        return f"{symbol}:{window}:{','.join(venues)}:{view}:{hashlib.sha256(scope.encode()).hexdigest()[:16]}"
 
     async def maps(
         self, symbol: str, win: Window, venues: tuple[str, ...], progress: Callable[[str], None] | None = None,

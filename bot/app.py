@@ -124,10 +124,18 @@ def build_service(settings: Settings) -> ReportService:
     CoinGlass key) and model (``LIQMAP_MODEL``), built as ``liqmap report`` builds its own."""
     from analysis.report import ReportService
 
-    from .settings import build_sources, model_params
+    from .settings import build_shared, build_sources, model_params
 
     sch = settings.schedule
-    return ReportService(build_sources(settings), params=model_params(settings.sources),
+    sources = build_sources(settings)
+    shared = build_shared(settings)
+    if shared is not None:
+        from analysis.sharing import share_limiters
+
+        names = share_limiters(sources, shared)
+        log.info("shared layer: %s; reports, single-flight and the budgets %s shared", shared.status(),
+                 ", ".join(names) or "(none)")
+    return ReportService(sources, params=model_params(settings.sources), shared=shared,
                          ttl=sch.report_ttl_seconds, max_bytes=int(sch.report_cache_mb * 1024 * 1024))
 
 
@@ -355,6 +363,12 @@ class LiqmapBot(commands.AutoShardedBot):
     def runs_dispatcher(self) -> bool:
         """Whether this process posts (``LIQMAP_DISPATCHER``; by default the process holding shard 0)."""
         return self.settings.scale.runs_dispatcher
+
+    def deployment(self) -> str:
+        """One line for /about: this process's shards and the shared layer's state."""
+        shared = getattr(self._service, "shared", None)
+        where = shared.status() if shared is not None else "work shared by no other process"
+        return f"This process: {self.shard_summary()}; {where}"
 
     def shard_summary(self) -> str:
         """``"shards 0-1 of 4"`` / ``"shards: automatic"`` / the shards discord.py runs once connected."""
@@ -862,6 +876,12 @@ async def sync_commands(settings: Settings, *, guild_id: int | None = None) -> l
 
 
 async def _close_sources(service: Any) -> None:
+    shared = getattr(service, "shared", None)
+    if shared is not None:
+        try:
+            await shared.aclose()
+        except Exception:
+            log.exception("closing the shared layer failed")
     for src in getattr(service, "sources", {}).values():
         closer = getattr(src, "aclose", None) or getattr(src, "close", None)
         if closer is None:

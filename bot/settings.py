@@ -44,6 +44,7 @@ __all__ = [
     "MAX_ENV_FILE_BYTES",
     "model_params",
     "build_sources",
+    "build_shared",
 ]
 
 MAX_ENV_FILE_BYTES = 1024 * 1024  # a settings file is a few dozen lines
@@ -534,6 +535,21 @@ def build_sources(settings: Settings, *, transport: httpx.AsyncBaseTransport | N
                            coinglass_api_key=key or None, **kwargs)
     attach_oi_history(sources, settings.database.url)
     return sources
+
+
+def build_shared(settings: Settings) -> Any:
+    """The shared layer of ``LIQMAP_REDIS_URL`` (an :class:`analysis.sharing.RedisLayer`), or None.
+    Needs the ``redis`` extra (``pip install 'liqmap[redis]'``): without it, an InputError saying so."""
+    scale = settings.scale
+    if not scale.redis_url:
+        return None
+    try:
+        from analysis.sharing import RedisLayer
+        import redis.asyncio  # noqa: F401
+    except ImportError:
+        raise InputError("LIQMAP_REDIS_URL is set but the redis package is missing; "
+                         "install liqmap[redis] (pip install 'liqmap[redis]')") from None
+    return RedisLayer(scale.redis_url, prefix=scale.redis_prefix, timeout_s=scale.redis_timeout_s)
 
 
 def attach_oi_history(sources: Mapping[str, Any], url: str) -> None:

@@ -140,6 +140,11 @@ class RateLimiter:
     driven negative by :meth:`observe`, in which case callers wait for the debt to refill).
     Venues feed server-reported usage through :meth:`observe` (e.g. Binance's used weight) and
     server-ordered pauses through :meth:`pause` (e.g. ``Retry-After``).
+
+    :meth:`share` puts the bucket in a shared layer (:mod:`analysis.sharing`, Redis): ``acquire``
+    then takes from the one bucket of every process on the host, and ``charge``/``pause``/``observe``
+    apply to it too (in the background) as well as here. While the layer is unavailable the local
+    bucket serves alone, as without one.
     """
 
     def __init__(
@@ -161,6 +166,22 @@ class RateLimiter:
         self._paused_until = 0.0
         self._lock = asyncio.Lock()
         self.waited_s = 0.0  # total time callers were asked to wait (for tests and benchmarks)
+        self.shared: Any = None  # an analysis.sharing.SharedBudget, see share()
+
+    def share(self, budget: Any) -> None:
+        """Take tokens from ``budget`` (an :class:`analysis.sharing.SharedBudget`) while it answers."""
+        self.shared = budget
+
+    async def _take_shared(self, cost: float) -> float | None:
+        """The shared bucket's answer (0: taken, else the wait), None when there is none or it is down."""
+        if self.shared is None:
+            return None
+        from ..sharing import SharedUnavailable
+
+        try:
+            return await self.shared.take(cost, self.rate, self.burst)
+        except SharedUnavailable:
+            return None
 
     def _refill(self) -> None:
         now = self._clock()
@@ -177,6 +198,14 @@ class RateLimiter:
         cost = min(float(cost), self.burst)
         async with self._lock:
             while True:
+                shared = await self._take_shared(cost)
+                if shared is not None:
+                    if shared <= 0:
+                        return
+                    wait = min(shared, MAX_SERVER_WAIT_S)
+                    self.waited_s += wait
+                    await self._sleep(wait)
+                    continue
                 self._refill()
                 now = self._clock()
                 wait = max(0.0, self._paused_until - now)
@@ -198,10 +227,15 @@ class RateLimiter:
             return
         self._refill()
         self._tokens = max(-self.burst, self._tokens - min(cost, self.burst))
+        if self.shared is not None:
+            self.shared.apply("charge", cost, self.rate, self.burst)
 
     def pause(self, seconds: float) -> None:
         """Hold every acquire for ``seconds`` from now (a server said to back off); clamped by :func:`server_wait`."""
-        self._paused_until = max(self._paused_until, self._clock() + server_wait(seconds))
+        wait = server_wait(seconds)
+        self._paused_until = max(self._paused_until, self._clock() + wait)
+        if self.shared is not None:
+            self.shared.apply("pause", wait, self.rate, self.burst)
 
     def observe(self, used: float, limit: float, *, headroom: float = 0.9) -> None:
         """Account for usage the server reports: ``used`` of ``limit`` in its current window.
@@ -215,7 +249,10 @@ class RateLimiter:
         if not (math.isfinite(used) and math.isfinite(limit)) or limit <= 0:
             return
         self._refill()
-        self._tokens = min(self._tokens, headroom * limit - min(max(used, 0.0), limit))
+        cap = headroom * limit - min(max(used, 0.0), limit)
+        self._tokens = min(self._tokens, cap)
+        if self.shared is not None:
+            self.shared.apply("cap", cap, self.rate, self.burst)
 
 
 class SingleFlight:

@@ -102,6 +102,7 @@ class AboutCog(commands.Cog):
             tape=tape[0], tape_since_ms=tape[1], tape_error=tape[2],
             checks=None if self.source != "live" else tuple((v, s.state, s.detail) for v, s in checks.items()),
             model_overrides=tuple(overrides.items()),
+            deployment=self.bot.deployment(),
         )
 
     async def _accuracy(self) -> tuple[Any, str]:
