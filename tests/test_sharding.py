@@ -115,3 +115,32 @@ def test_without_redis_there_is_no_shared_layer(tmp_path):
 
     svc = build_service(load_settings(None, source="sample", url=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}"))
     assert svc.shared is None
+
+
+def test_the_compose_file_has_a_sharded_profile_with_redis_and_two_bot_processes():
+    """Structure only (no docker here): with PyYAML when installed, else the service blocks by indentation."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docker-compose.yml").read_text(encoding="utf-8")
+    try:
+        import yaml
+    except ImportError:
+        yaml = None
+    if yaml is not None:
+        services = yaml.safe_load(text)["services"]
+        blocks = {name: yaml.safe_dump(body) for name, body in services.items()}
+    else:
+        body = text.split("\nservices:\n", 1)[1].split("\nvolumes:\n", 1)[0]
+        parts = re.split(r"^  ([a-z0-9-]+):\n", body, flags=re.M)
+        blocks = dict(zip(parts[1::2], parts[2::2]))
+    assert set(blocks) == {"db", "bot", "redis", "bot-1"}
+    for name in ("redis", "bot-1"):
+        assert re.search(r"profiles: \[\"sharded\"\]|profiles:\n\s*- sharded\n", blocks[name]), name
+    assert "profiles" not in blocks["bot"] and "profiles" not in blocks["db"]
+    assert "redis:7-alpine" in blocks["redis"] and "allkeys-lru" in blocks["redis"] and "maxmemory" in blocks["redis"]
+    assert "LIQMAP_SHARD_IDS" in blocks["bot"] and "${LIQMAP_SHARD_COUNT:+0}" in blocks["bot"]
+    assert 'LIQMAP_SHARD_IDS: "1"' in blocks["bot-1"] or "LIQMAP_SHARD_IDS: '1'" in blocks["bot-1"]
+    for name in ("bot", "bot-1"):
+        assert "postgresql+asyncpg://" in blocks[name] and "redis://redis:6379/0" in blocks[name]
+    assert "liqmap-data-1:/data" in blocks["bot-1"]  # its own heartbeat

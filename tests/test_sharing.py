@@ -341,3 +341,20 @@ def test_share_limiters_finds_every_limiter_of_the_sources():
     names = share_limiters({"binance": src}, a)
     assert names == ["binance.oi_limiter", "binance.weight"]
     assert src.weight.shared is not None and src.oi_limiter.shared.name == "binance.oi_limiter"
+
+
+def test_the_benchmark_skips_cleanly_without_a_redis_server(monkeypatch, capsys, tmp_path):
+    import shutil
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:  # bench/ is a folder of the checkout, not an installed package
+        sys.path.insert(0, root)
+    from bench import shared
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    doc = tmp_path / "benchmarks.md"
+    monkeypatch.setattr("bench.doc.DOC", doc)
+    assert shared.main(["--processes", "2"]) == 0
+    assert "skipped: no redis-server binary" in capsys.readouterr().out and not doc.exists()
