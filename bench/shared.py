@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import multiprocessing as mp
 import os
 import shutil
@@ -87,7 +88,9 @@ async def _work(url: str | None, repeats: int, prefix: str) -> dict[str, Any]:
     c0 = time.process_time()
     reps = await asyncio.gather(*(svc.report(sym, win, "all", theme) for sym, win, theme in KEYS for _ in range(repeats)))
     out = {"fetches": src.fetches, "renders": svc.computations, "wall_s": time.perf_counter() - t0,
-           "cpu_s": time.process_time() - c0, "pngs": sorted({len(r.png) for r in reps}),
+           "cpu_s": time.process_time() - c0,
+           "pngs": sorted({(k, hashlib.sha256(r.png).hexdigest()) for k, r in zip(
+               [k for k in KEYS for _ in range(repeats)], reps)}),
            "builds": getattr(layer, "builds", 0), "waits": getattr(layer, "waits", 0), "hits": getattr(layer, "hits", 0),
            "fallbacks": getattr(layer, "fallbacks", 0), "healthy": getattr(layer, "healthy", None)}
     if layer is not None:
@@ -192,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     hits = sum(w["hits"] for r in shared for w in r)
     builds = sum(w["builds"] for r in shared for w in r)
     falls = sum(w["fallbacks"] for r in shared for w in r)
-    same_png = all(len({p for w in r for p in w["pngs"]}) <= keys for r in shared)
+    same_png = all(len({tuple(p) for w in r for p in w["pngs"]}) == keys for r in shared)
     t_alone = statistics.median(w["wall_s"] for w in b_alone)
     t_shared = max(w["wall_s"] for w in b_shared)
     ideal = (n * budget["tokens"] - budget["burst"]) / budget["rate"]
@@ -212,7 +215,8 @@ def main(argv: list[str] | None = None) -> int:
         row("Redis", shared),
         "",
         f"With Redis, over all rounds: {builds} builds, {waits} processes waited for another's build, {hits} "
-        f"values read from Redis, {falls} fallbacks to building locally; every process got the same PNGs: "
+        f"values read from Redis, {falls} fallbacks to building locally; in every round all processes got "
+        f"byte-identical PNGs for each key (SHA-256): "
         f"{'yes' if same_png else 'no'}.",
         "",
         f"Budget: one venue limiter of {budget['rate']:g} tokens/s, burst {budget['burst']}; each of the {n} processes "
