@@ -84,4 +84,13 @@ def check(path: Path, now: datetime, max_age_s: float = DEFAULT_MAX_AGE_S) -> He
         return Health(False, f"unhealthy: last heartbeat {age:.0f} s ago ({when}), older than {max_age_s:g} s")
     if age < -max_age_s:  # from the future: a clock jump or a copied file; don't call it fresh
         return Health(False, f"unhealthy: heartbeat time {when} is {-age:.0f} s in the future (clock changed?)")
-    return Health(True, f"ok: last heartbeat {max(age, 0.0):.0f} s ago ({when})")
+    return Health(True, f"ok: last heartbeat {max(age, 0.0):.0f} s ago ({when}){_shards(path)}")
+
+
+def _shards(path: Path) -> str:
+    """``", shards 0-1 of 4"`` when the heartbeat names its process's shards, else ``""``."""
+    try:
+        shards = json.loads(Path(path).read_text(encoding="utf-8")).get("shards")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f", {shards[:80]}" if isinstance(shards, str) and shards.isprintable() else ""

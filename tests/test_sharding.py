@@ -87,8 +87,9 @@ def test_the_heartbeat_names_the_process_s_shards(tmp_path):
     now = datetime(2026, 3, 1, tzinfo=timezone.utc)
     Heartbeat(path, shards="shards 0-1 of 4")(now)
     assert json.loads(path.read_text())["shards"] == "shards 0-1 of 4" and check(path, now).ok
+    assert check(path, now).reason.endswith("(2026-03-01T00:00:00+00:00), shards 0-1 of 4")
     Heartbeat(path)(now)
-    assert "shards" not in json.loads(path.read_text())
+    assert "shards" not in json.loads(path.read_text()) and check(path, now).reason.endswith("+00:00)")
 
 
 def test_redis_url_builds_the_shared_layer_and_shares_the_venues_budgets(monkeypatch, tmp_path, caplog):

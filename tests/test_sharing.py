@@ -358,3 +358,20 @@ def test_the_benchmark_skips_cleanly_without_a_redis_server(monkeypatch, capsys,
     monkeypatch.setattr("bench.doc.DOC", doc)
     assert shared.main(["--processes", "2"]) == 0
     assert "skipped: no redis-server binary" in capsys.readouterr().out and not doc.exists()
+
+
+async def test_a_value_the_codec_refuses_is_built_and_kept_in_process_logged_once(caplog):
+    a, b, _ = two_layers()
+    n = 0
+
+    async def build():
+        nonlocal n
+        n += 1
+        return NotAllowed()
+
+    with caplog.at_level(logging.INFO, logger="analysis.sharing.redis_layer"):
+        v1, _ = await a.flight("k1", build, ttl=60, max_bytes=10**6)
+        v2, _ = await a.flight("k2", build, ttl=60, max_bytes=10**6)
+    assert isinstance(v1, NotAllowed) and isinstance(v2, NotAllowed) and n == 2
+    assert await a.client.keys("liqmap:r:*") == []  # nothing stored, locks released
+    assert caplog.text.count("stay in this process (cannot share a NotAllowed)") == 1

@@ -122,6 +122,7 @@ class RedisLayer:
         self._renew = client.register_script(_RENEW)
         self._bucket = client.register_script(_BUCKET)
         self._background: set[asyncio.Task[Any]] = set()
+        self._unshared: set[str] = set()
         # what happened (for tests, /about and benchmarks)
         self.hits = self.builds = self.waits = self.fallbacks = 0
 
@@ -241,7 +242,9 @@ class RedisLayer:
             try:
                 payload = _TIME.pack(time.time()) + dumps(value)
             except CodecError as exc:
-                log.info("shared layer: %s stays in this process (%s)", full[:80], exc)
+                if str(exc) not in self._unshared:  # once per reason: a value of a new type stays local
+                    self._unshared.add(str(exc))
+                    log.info("shared layer: values like %s stay in this process (%s)", full[:80], exc)
                 payload = b""
             if payload and len(payload) <= max_bytes and ttl > 0:
                 try:
