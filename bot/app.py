@@ -787,9 +787,11 @@ async def dry_run(settings: Settings, **kw: Any) -> tuple[list[dict[str, Any]], 
             f"{type(bot.store).__name__} with a cap of {bot.store.max_per_guild} subscriptions per server",
             f"report service: venues {', '.join(bot.service.venues)}, cache {bot.service.ttl:g} s, "
             f"up to {getattr(bot.service, 'max_bytes', 0) / 2**20:g} MB",
-            f"dispatcher: {type(bot.scheduler).__name__} ready (not started)",
-            f"cluster alerts: {type(bot.cluster_watch).__name__} ready (not started); swept alerts "
-            + ("read the realized-liquidation tape" if bot.tape is not None else "unavailable: no realized-liquidation tape"),
+            *([f"dispatcher: {type(bot.scheduler).__name__} ready (not started)",
+               f"cluster alerts: {type(bot.cluster_watch).__name__} ready (not started); swept alerts "
+               + ("read the realized-liquidation tape" if bot.tape is not None else "unavailable: no realized-liquidation tape")]
+              if bot.runs_dispatcher else ["dispatcher and cluster alerts: in another process (LIQMAP_DISPATCHER)"]),
+            f"processes: {bot.deployment().removeprefix('This process: ')}",
             f"commands: {len(defs)} ({', '.join('/' + d['name'] for d in defs)}), definitions {definitions_hash(defs)[:12]}",
             await _tape_status(bot),
         ]

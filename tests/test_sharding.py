@@ -145,3 +145,15 @@ def test_the_compose_file_has_a_sharded_profile_with_redis_and_two_bot_processes
     for name in ("bot", "bot-1"):
         assert "postgresql+asyncpg://" in blocks[name] and "redis://redis:6379/0" in blocks[name]
     assert "liqmap-data-1:/data" in blocks["bot-1"]  # its own heartbeat
+
+
+async def test_the_dry_run_says_where_the_dispatcher_runs_and_which_shards_are_here(monkeypatch, tmp_path):
+    from bot.app import dry_run
+
+    monkeypatch.setenv("LIQMAP_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LIQMAP_SHARD_COUNT", "2")
+    monkeypatch.setenv("LIQMAP_SHARD_IDS", "1")
+    settings = load_settings(None, source="sample", url=f"sqlite+aiosqlite:///{tmp_path / 'b.db'}")
+    _, status = await dry_run(settings, sync_state_path=tmp_path / "sync.json")
+    assert "dispatcher and cluster alerts: in another process (LIQMAP_DISPATCHER)" in status
+    assert "processes: shard 1 of 2; work shared by no other process" in status
