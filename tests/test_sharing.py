@@ -375,3 +375,16 @@ async def test_a_value_the_codec_refuses_is_built_and_kept_in_process_logged_onc
     assert isinstance(v1, NotAllowed) and isinstance(v2, NotAllowed) and n == 2
     assert await a.client.keys("liqmap:r:*") == []  # nothing stored, locks released
     assert caplog.text.count("stay in this process (cannot share a NotAllowed)") == 1
+
+
+async def test_foreign_bytes_under_a_report_key_are_refused_and_the_report_rebuilt(caplog):
+    import pickle
+
+    a, _, _ = two_layers()
+    svc, src = service(a, delay=0)
+    key = svc._shared_key(("BTCUSDT", "1d", ("binance",), "dark/tier"))
+    await a.client.set(f"liqmap:r:{key}", struct.pack(">d", 0.0) + pickle.dumps(NotAllowed()), px=60_000)
+    with caplog.at_level(logging.WARNING, logger="analysis.sharing.redis_layer"):
+        rep = await svc.report("BTC", "1d")
+    assert rep.png and svc.computations == 1 and src.fetches == 1 and "unreadable (not a shared report" in caplog.text
+    assert (await a.client.get(f"liqmap:r:{key}"))[8:12] == b"LQS1"  # replaced by the rebuilt report
