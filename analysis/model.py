@@ -559,6 +559,18 @@ def fit_leverage(params: ModelParams, table: MarginTable) -> ModelParams:
     return replace(params, max_leverage=cap, margin_table=table)
 
 
+def _mmr_steps(table: MarginTable, position_usd: float) -> tuple[tuple[float, float], ...]:
+    """The rate of :meth:`MarginTable.mmr_for` at ``position_usd`` as a step function of leverage:
+    ``((-inf, r0), (x1, r1), ...)``, rate ``r_i`` for leverages above ``x_i``; only the steps where it changes."""
+    steps = sorted({float(b.max_leverage) for b in table.brackets})
+    values = [table.mmr_for(x, position_usd) for x in steps] + [table.mmr_for(steps[-1] * 2, position_usd)]
+    out = [(-math.inf, values[0])]
+    for i in range(1, len(values)):
+        if values[i] != values[i - 1]:
+            out.append((steps[i - 1], values[i]))
+    return tuple(out)
+
+
 def mmr_of(table: MarginTable, leverage: np.ndarray, position_usd: float) -> np.ndarray:
     """:meth:`MarginTable.mmr_for` over an array of leverages.
 
@@ -567,41 +579,87 @@ def mmr_of(table: MarginTable, leverage: np.ndarray, position_usd: float) -> np.
     pass per step where the rate actually changes (one pass for the BTC table at $100k).
     """
     lev = np.asarray(leverage, dtype=float)
-    steps = sorted({float(b.max_leverage) for b in table.brackets})
-    values = [table.mmr_for(x, position_usd) for x in steps] + [table.mmr_for(steps[-1] * 2, position_usd)]
-    out = np.full(lev.shape, values[0])
-    for i in range(1, len(values)):
-        if values[i] != values[i - 1]:
-            out[lev > steps[i - 1]] = values[i]  # leverages in (steps[i-1], steps[i]] and beyond
+    steps = _mmr_steps(table, position_usd)
+    out = np.full(lev.shape, steps[0][1])
+    for above, value in steps[1:]:
+        out[lev > above] = value  # leverages in (steps[i-1], steps[i]] and beyond
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class Slots:
+    """Every level slot of every bar, both sides, before the opening filter (bar 0 and bars whose
+    OI did not rise open nothing). ``price_*`` are ``(n, K)``; ``tier`` and ``slot_w`` ``(K,)``;
+    ``entry_mean`` the bar's mean entry price (``None`` unless the side model values taker flow)."""
+
+    price_long: np.ndarray
+    price_short: np.ndarray
+    tier: np.ndarray
+    slot_w: np.ndarray
+    entry_mean: np.ndarray | None
+
+
+def slot_prices(bars: Bars, params: ModelParams, table: MarginTable) -> Slots:
+    """The liquidation price of every slot of every bar (each bar's own prices only, so the slots of
+    a bar are the same whatever window it is in). ``params`` fitted (:func:`fit_leverage`)."""
+    entry, lev, tier, slot_w = level_inputs(bars, params)
+    mmr = mmr_of(table, lev, params.typical_position_usd)
+    inv = 1.0 / lev
+    price_long = entry * ((1.0 - inv) / (1.0 - mmr))
+    price_short = entry * ((1.0 + inv) / (1.0 + mmr))
+    needs_entry = params.side_model in ("auto", "taker")  # only the taker model values flow at entry
+    tier_row = np.ascontiguousarray(tier[0]) if len(bars) else np.asarray(tier).reshape(-1, slot_w.size)[:0].ravel()
+    return Slots(price_long, price_short, tier_row, slot_w, entry.mean(axis=1) if needs_entry else None)
+
+
+def _opening_rows(d_oi: np.ndarray) -> tuple[np.ndarray, slice | None]:
+    """The bars that open levels, and the slice they form when contiguous to the end (no copies then)."""
+    opening = np.flatnonzero(d_oi > 0)
+    n = d_oi.size
+    if opening.size and opening.size == n - int(opening[0]):
+        return opening, slice(int(opening[0]), n)
+    return opening, None
+
+
+def _select(a: np.ndarray, opening: np.ndarray, rows: slice | None) -> np.ndarray:
+    """Rows ``opening`` of an ``(n, K)`` array, flat (a view when they are a slice)."""
+    return (a[rows] if rows is not None else a.take(opening, axis=0)).reshape(-1)
+
+
+def levels_from_slots(
+    slots: Slots, d_oi: np.ndarray, long_share: np.ndarray,
+) -> tuple[Levels, Levels, np.ndarray, slice | None]:
+    """Both sides' levels: the slots of the bars that open (``d_oi > 0``), weighted by the bar's
+    opened notional, side share and slot weight. Also returns the opening bars (and their slice)."""
+    opening, rows = _opening_rows(d_oi)
+    k = slots.slot_w.size
+    t0 = np.repeat(opening, k)
+    tier = np.tile(slots.tier, opening.size)
+    opened = d_oi[rows] if rows is not None else d_oi[opening]
+
+    def side(share: np.ndarray, price: np.ndarray) -> Levels:
+        sh = share[rows] if rows is not None else share[opening]
+        weight = ((opened * sh)[:, None] * slots.slot_w[None, :]).ravel()
+        return Levels(t0, _select(price, opening, rows), weight, tier)
+
+    return side(long_share, slots.price_long), side(1.0 - long_share, slots.price_short), opening, rows
 
 
 def build_levels(bars: Bars, params: ModelParams) -> tuple[Levels, Levels, np.ndarray, dict]:
     """Open the levels of every bar. Returns (longs, shorts, log shrink cumsum, info)."""
+    longs, shorts, log_c, info, _ = _build_levels(bars, params)
+    return longs, shorts, log_c, info
+
+
+def _build_levels(bars: Bars, params: ModelParams) -> tuple[Levels, Levels, np.ndarray, dict, Slots]:
     d_oi, shrink = oi_flow(bars, params)
     log_c = np.cumsum(np.log(shrink))
-
-    entry, lev, tier, slot_w = level_inputs(bars, params)
-    needs_entry = params.side_model in ("auto", "taker")  # only the taker model values flow at entry
-    long_share, side_used = side_shares(bars, d_oi, entry.mean(axis=1) if needs_entry else bars.close, params)
     table = margin_table_of(params, bars.symbol, bars.price)
-
-    opening = np.nonzero(d_oi > 0)[0]
-    if opening.size == len(bars):  # with turnover every bar opens: no copies needed
-        e, lv, tr = entry, lev, tier.ravel()
-    else:
-        e, lv, tr = entry[opening], lev[opening], tier[opening].ravel()  # (m, K)
-    mmr = mmr_of(table, lv, params.typical_position_usd)
-    t0 = np.repeat(opening, slot_w.size)
-
-    def side(share: np.ndarray, factor: np.ndarray) -> Levels:
-        weight = ((d_oi[opening] * share[opening])[:, None] * slot_w[None, :]).ravel()
-        return Levels(t0, (e * factor).ravel(), weight, tr)
-
-    longs = side(long_share, (1.0 - 1.0 / lv) / (1.0 - mmr))
-    shorts = side(1.0 - long_share, (1.0 + 1.0 / lv) / (1.0 + mmr))
-    info = {"side_model": side_used, "margin_table": table.name, "levels_per_bar": int(slot_w.size)}
-    return longs, shorts, log_c, info
+    slots = slot_prices(bars, params, table)
+    long_share, side_used = side_shares(bars, d_oi, slots.entry_mean if slots.entry_mean is not None else bars.close, params)
+    longs, shorts, _, _ = levels_from_slots(slots, d_oi, long_share)
+    info = {"side_model": side_used, "margin_table": table.name, "levels_per_bar": int(slots.slot_w.size)}
+    return longs, shorts, log_c, info, slots
 
 
 def _first_at_or_below(series: np.ndarray, start: np.ndarray, thresh: np.ndarray) -> np.ndarray:
@@ -609,29 +667,37 @@ def _first_at_or_below(series: np.ndarray, start: np.ndarray, thresh: np.ndarray
 
     Binary lifting over a sparse table of range minima: O((n + q) log n), no loop over q. Each
     table is padded with -inf where its window would run past the end, so a jump is taken exactly
-    when the whole window it skips stays above the threshold.
+    when the whole window it skips stays above the threshold (and a position never passes n).
     """
     n = series.size
     out = np.full(start.size, n, dtype=np.int64)
     if n == 0 or start.size == 0:
         return out
-    suffix_min = np.minimum.accumulate(series[::-1])[::-1]
-    suffix_min = np.append(suffix_min, np.inf)
-    live = np.nonzero(suffix_min[np.minimum(start, n)] <= thresh)[0]  # ever touched
+    suffix_min = np.empty(n + 1)
+    suffix_min[:n] = np.minimum.accumulate(series[::-1])[::-1]
+    suffix_min[n] = np.inf
+    live = np.flatnonzero(suffix_min.take(start, mode="clip") <= thresh)  # ever touched (start >= 0)
     if live.size == 0:
         return out
-    pos = start[live].astype(np.int64)
-    th = thresh[live]
+    pos = start.take(live).astype(np.int64)
+    np.minimum(pos, n, out=pos)
+    th = thresh.take(live)
     levels = max(1, n.bit_length())
-    tables = np.full((levels, n + 1), -np.inf)
+    tables = np.empty((levels, n + 1))
     tables[0, :n] = series
+    tables[0, n] = -np.inf
     for k in range(1, levels):
         half, m = 1 << (k - 1), n - (1 << k) + 1
         np.minimum(tables[k - 1, :m], tables[k - 1, half : half + m], out=tables[k, :m])
+        tables[k, m:] = -np.inf
+    vals = np.empty(pos.size)
     move = np.empty(pos.size, dtype=bool)
+    step = np.empty(pos.size, dtype=np.int64)
     for k in range(levels - 1, -1, -1):
-        np.greater(tables[k].take(pos), th, out=move)
-        np.add(pos, 1 << k, out=pos, where=move)
+        tables[k].take(pos, mode="clip", out=vals)  # pos <= n always: clip only skips the bounds check
+        np.greater(vals, th, out=move)
+        np.left_shift(move, k, out=step, dtype=np.int64)  # 0 or 2^k: an unmasked add
+        pos += step
     out[live] = pos
     return out
 
@@ -685,27 +751,56 @@ class ModelRun:
 
 def run_model(bars: Bars, params: ModelParams) -> ModelRun:
     """Validate and clip ``bars``, open every level and find the bar that sweeps it."""
+    return _run(bars, params)[0]
+
+
+@dataclass(frozen=True, eq=False)
+class SlotSweeps:
+    """Every slot of a run (:class:`Slots`) and the bar each is swept in, ``(n, K)`` each (``n``:
+    never); what :mod:`analysis.model_state` keeps to extend a run by new bars."""
+
+    slots: Slots
+    t_long: np.ndarray
+    t_short: np.ndarray
+    table_steps: tuple[tuple[float, float], ...]
+
+
+def sweep_rule(bars: Bars, params: ModelParams) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The open-bar sweep's reference prices (longs, shorts) and whether it applies at all."""
+    rule = params.open_bar_sweep
+    return (bars.low if rule == "range" else bars.close), (bars.high if rule == "range" else bars.close), rule != "none"
+
+
+def _run(bars: Bars, params: ModelParams) -> tuple[ModelRun, SlotSweeps]:
     gaps = bars.validate(min_bars=params.min_bars, max_gap_bars=params.max_gap_bars)
     bars, clip_notes = clip_wicks(bars, params.max_wick)
     n = len(bars)
     params = fit_leverage(params, margin_table_of(params, bars.symbol, bars.price))
-    longs, shorts, log_c, info = build_levels(bars, params)
+    longs, shorts, log_c, info, slots = _build_levels(bars, params)
+    k = slots.slot_w.size
 
-    # Sweep bar: the opening bar itself when the level is beyond that bar's close, else the first
-    # later bar whose low (longs) / high (shorts) reaches it. Shorts use -high so both are "<=".
-    def sweep_bar(lv: Levels, touch: np.ndarray, thresh: np.ndarray, now: np.ndarray) -> np.ndarray:
-        out = _first_at_or_below(touch, np.minimum(lv.t0 + 1, n), thresh)
-        out[now] = lv.t0[now]
-        return out
+    # Sweep bar of every slot: the opening bar itself when the level is beyond that bar's close,
+    # else the first later bar whose low (longs) / high (shorts) reaches it. Shorts use -high so
+    # both are "<=". Found for every bar's slots, then kept for the bars that open.
+    t0 = np.repeat(np.arange(n, dtype=np.int64), k)
+    start = np.minimum(t0 + 1, n)
+    ref_long, ref_short, applies = sweep_rule(bars, params)
 
-    rule = params.open_bar_sweep
-    ref_long = bars.low if rule == "range" else bars.close
-    ref_short = bars.high if rule == "range" else bars.close
-    now_long = (longs.price >= ref_long[longs.t0]) & (rule != "none")
-    now_short = (shorts.price <= ref_short[shorts.t0]) & (rule != "none")
-    t_long = sweep_bar(longs, bars.low, longs.price, now_long)
-    t_short = sweep_bar(shorts, -bars.high, -shorts.price, now_short)
-    return ModelRun(bars, longs, shorts, t_long, t_short, log_c, info, gaps, clip_notes, params)
+    def sweep_bar(touch: np.ndarray, thresh: np.ndarray, now: np.ndarray) -> np.ndarray:
+        out = _first_at_or_below(touch, start, thresh.reshape(-1))
+        if applies:
+            hit = now.reshape(-1)
+            out[hit] = t0[hit]
+        return out.reshape(n, k)
+
+    t_long = sweep_bar(bars.low, slots.price_long, slots.price_long >= ref_long[:, None])
+    t_short = sweep_bar(-bars.high, -slots.price_short, slots.price_short <= ref_short[:, None])
+    d_oi_rows = longs.t0[::k] if k else longs.t0
+    rows = slice(int(d_oi_rows[0]), n) if d_oi_rows.size and d_oi_rows.size == n - int(d_oi_rows[0]) else None
+    run = ModelRun(bars, longs, shorts, _select(t_long, d_oi_rows, rows), _select(t_short, d_oi_rows, rows),
+                   log_c, info, gaps, clip_notes, params)
+    table = params.margin_table or table_for(bars.symbol)
+    return run, SlotSweeps(slots, t_long, t_short, _mmr_steps(table.in_usd(bars.price), params.typical_position_usd))
 
 
 def build_map(
