@@ -23,11 +23,12 @@ range minima; its notional then is its weight times the product of shrink factor
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import time as _time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -233,7 +234,7 @@ class ModelParams:
 
     def describe(self) -> dict:
         """The parameters as plain JSON-able values (for reports and the JSON output)."""
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # every value immutable: asdict's copies not needed
         d["margin_table"] = self.margin_table.name if self.margin_table else "default for symbol"
         d["leverage"] = list(self.leverage)
         d["leverage_weights"] = list(self.leverage_weights)
@@ -329,6 +330,11 @@ def split_overrides(text: str) -> list[str]:
     return [part.strip() for part in _ITEM_SPLIT.split(str(text)) if part.strip()]
 
 
+@functools.cache
+def _default_described() -> dict[str, Any]:
+    return ModelParams().describe()
+
+
 def non_default_params(described: Mapping[str, Any]) -> dict[str, Any]:
     """The configured parameters that differ from the defaults.
 
@@ -338,7 +344,7 @@ def non_default_params(described: Mapping[str, Any]) -> dict[str, Any]:
     stored = described.get("non_default_params")
     if isinstance(stored, Mapping):
         return dict(stored)
-    defaults = ModelParams().describe()
+    defaults = _default_described()
     # the margin table is chosen per venue and symbol (its own block in the map's params), not configured
     return {k: v for k, v in described.items() if k in defaults and k != "margin_table" and v != defaults[k]}
 
@@ -840,15 +846,18 @@ def map_from_run(run: ModelRun, params: ModelParams, *, window: str = "", now_ms
     swept_series = []
     prior_series = []  # only levels opened in an earlier bar: on the map when the sweeping bar opened
     remaining = []
+    to_end = np.exp(log_c[n - 1] - log_c)  # a never-swept level's shrink since its bar: one exp per bar
     for lv, t_sw in ((longs, t_long), (shorts, t_short)):
         swept = t_sw < n
+        hit, kept_ = np.flatnonzero(swept), np.flatnonzero(~swept)
+        t_hit, t0_hit = t_sw.take(hit), lv.t0.take(hit)
         # notional at the sweep: shrunk through bars t0+1 .. T-1 (consumption precedes closing)
-        upto = np.where(swept, np.maximum(t_sw - 1, lv.t0), n - 1)
-        amount = lv.weight * np.exp(log_c[upto] - log_c[lv.t0])
-        swept_series.append(np.bincount(t_sw[swept], weights=amount[swept], minlength=n)[:n])
-        prior = swept & (t_sw > lv.t0)
-        prior_series.append(np.bincount(t_sw[prior], weights=amount[prior], minlength=n)[:n])
-        remaining.append((lv.price[~swept], amount[~swept], lv.tier[~swept]))
+        upto = np.maximum(t_hit - 1, t0_hit)
+        amount = lv.weight.take(hit) * np.exp(log_c.take(upto) - log_c.take(t0_hit))
+        swept_series.append(np.bincount(t_hit, weights=amount, minlength=n)[:n])
+        prior = t_hit > t0_hit
+        prior_series.append(np.bincount(t_hit[prior], weights=amount[prior], minlength=n)[:n])
+        remaining.append((lv.price.take(kept_), lv.weight.take(kept_) * to_end.take(lv.t0.take(kept_)), lv.tier.take(kept_)))
 
     price = bars.price
     width = params.bin_width or nice_width(price * params.bin_pct)
@@ -856,6 +865,10 @@ def map_from_run(run: ModelRun, params: ModelParams, *, window: str = "", now_ms
     kept, off = [], []
     for p_, w_, tier_ in remaining:
         inside = (p_ >= lo_bound) & (p_ <= hi_bound)
+        if inside.all():  # the common case: no copies
+            kept.append((p_, w_, tier_))
+            off.append(0.0)
+            continue
         kept.append((p_[inside], w_[inside], tier_[inside]))
         off.append(float(w_[~inside].sum()))
     prices = np.concatenate([kept[0][0], kept[1][0]])
