@@ -405,14 +405,31 @@ def activity(bars: Bars, params: ModelParams) -> np.ndarray:
         return np.ones(n)
     x = ((bars.high - bars.low) / bars.close) ** params.turnover_activity
     log_d = -bars.interval_ms / (params.holding_days * 86_400_000.0)
-    t = np.arange(1, n + 1, dtype=np.float64)
-    ewm = _decayed_sum(x, log_d) / (np.expm1(t * log_d) / math.expm1(log_d))  # sum of the weights
+    ewm = _decayed_sum(x, log_d) / _weight_sums(n, log_d)
     ref = np.empty(n)
     ref[0] = 0.0
     ref[1:] = ewm[:-1]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         out = np.where(ref > 0, x / np.where(ref > 0, ref, 1.0), 1.0)
     return np.minimum(out, params.max_activity)
+
+
+@functools.lru_cache(maxsize=32)
+def _powers(block: int, log_d: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(d^k, d^-k)`` for ``k < block`` (read-only; cached: every run of a window size and interval uses the same)."""
+    k = np.arange(block, dtype=np.float64)
+    down, up = np.exp(k * log_d), np.exp(-k * log_d)
+    down.flags.writeable = up.flags.writeable = False
+    return down, up
+
+
+@functools.lru_cache(maxsize=32)
+def _weight_sums(n: int, log_d: float) -> np.ndarray:
+    """``sum_{j<t} d^j`` for ``t = 1..n``: the EWM's normalisation (read-only, cached like :func:`_powers`)."""
+    t = np.arange(1, n + 1, dtype=np.float64)
+    out = np.expm1(t * log_d) / math.expm1(log_d)
+    out.flags.writeable = False
+    return out
 
 
 def _decayed_sum(x: np.ndarray, log_d: float) -> np.ndarray:
@@ -425,8 +442,7 @@ def _decayed_sum(x: np.ndarray, log_d: float) -> np.ndarray:
     if log_d < -27.0:  # d < 2e-12: earlier bars weigh nothing
         return x.astype(np.float64, copy=True)
     block = max(1, min(n, int(200.0 / -log_d)))
-    k = np.arange(block, dtype=np.float64)
-    down, up = np.exp(k * log_d), np.exp(-k * log_d)
+    down, up = _powers(block, log_d)
     out = np.empty(n)
     carry = 0.0
     for c in range(0, n, block):
@@ -634,13 +650,20 @@ def _select(a: np.ndarray, opening: np.ndarray, rows: slice | None) -> np.ndarra
 
 def levels_from_slots(
     slots: Slots, d_oi: np.ndarray, long_share: np.ndarray,
+    index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> tuple[Levels, Levels, np.ndarray, slice | None]:
     """Both sides' levels: the slots of the bars that open (``d_oi > 0``), weighted by the bar's
-    opened notional, side share and slot weight. Also returns the opening bars (and their slice)."""
+    opened notional, side share and slot weight. Also returns the opening bars (and their slice).
+
+    ``index``: ``(opening, t0, tier)`` of an earlier call, reused (not copied) when the opening bars
+    are the same (an incremental run's usual case)."""
     opening, rows = _opening_rows(d_oi)
     k = slots.slot_w.size
-    t0 = np.repeat(opening, k)
-    tier = np.tile(slots.tier, opening.size)
+    if index is not None and np.array_equal(index[0], opening):
+        t0, tier = index[1], index[2]
+    else:
+        t0 = np.repeat(opening, k)
+        tier = np.tile(slots.tier, opening.size)
     opened = d_oi[rows] if rows is not None else d_oi[opening]
 
     def side(share: np.ndarray, price: np.ndarray) -> Levels:

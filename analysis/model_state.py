@@ -114,6 +114,7 @@ class ModelState:
         self.open_long = np.flatnonzero(self.sweep_long[:n].reshape(-1) == _NEVER)  # flat slot indices, ascending
         self.open_short = np.flatnonzero(self.sweep_short[:n].reshape(-1) == _NEVER)
         self.run = run
+        self._index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
         self.valid = True
         return run
 
@@ -164,8 +165,11 @@ class ModelState:
             else:
                 fitted = fit_leverage(params, margin_table_of(params, bars.symbol, bars.price))
                 table = fitted.margin_table or MarginTable("unknown", ())
-                if (_fitted_key(fitted) != _fitted_key(self.fitted)
-                        or _mmr_steps(table, fitted.typical_position_usd) != self.steps):
+                before = self.fitted  # params agree but for the table: the fit can differ only in these
+                if ((fitted.leverage, fitted.leverage_weights, fitted.max_leverage)
+                        != (before.leverage, before.leverage_weights, before.max_leverage)
+                        or (table is not before.margin_table
+                            and _mmr_steps(table, fitted.typical_position_usd) != self.steps)):
                     reason = "the margin tiers price the levels differently now"
         if reason or fitted is None:
             return self._rebuild(bars, params), Update(True, reason)
@@ -266,10 +270,15 @@ class ModelState:
         em = None if self.entry_mean is None else self.entry_mean[a:e]
         slots = Slots(self.price_long[a:e], self.price_short[a:e], self.tier, self.slot_w, em)
         long_share, side_used = side_shares(clipped, d_oi, em if em is not None else clipped.close, fitted)
-        longs, shorts, opening, rows = levels_from_slots(slots, d_oi, long_share)
+        longs, shorts, opening, rows = levels_from_slots(slots, d_oi, long_share, self._index)
+        if self._index is None or longs.t0 is not self._index[1]:
+            self._index = (opening, longs.t0, longs.tier)  # reused while the opening bars stay the same
 
-        def rel(sweeps: np.ndarray) -> np.ndarray:
-            return _select(np.minimum(sweeps[a:e] - a, n), opening, rows)  # never swept: n
+        def rel(sweeps: np.ndarray) -> np.ndarray:  # window-relative sweep bars, never swept: n
+            if rows is None:
+                return np.minimum(sweeps[a:e].take(opening, axis=0) - a, n).reshape(-1)
+            out = np.subtract(sweeps[a + rows.start : e], a)
+            return np.minimum(out, n, out=out).reshape(-1)
 
         table = fitted.margin_table
         info = {"side_model": side_used, "margin_table": table.name if table else "unknown",
