@@ -360,3 +360,37 @@ def test_a_bar_that_touches_a_level_exactly_sweeps_it() -> None:
     assert np.all(run.longs.price[:-1] == 50.0) and np.all(run.shorts.price[:-1] == 150.0)
     assert np.all(run.t_long[:-1] == 20) and np.all(run.t_short[:-1] == 20)  # low == 50 and high == 150 reach them
     assert_same_run(run, run_model(bars, params))
+
+
+# -- wired into the report service -------------------------------------------------------------------
+
+class SlidingSource:
+    """Random bars whose window moves on by one closed bar on every fetch."""
+
+    def __init__(self) -> None:
+        self.all = random_bars(21, 500)
+        self.fetches = 0
+
+    async def symbols(self) -> list[str]:
+        return ["BTCUSDT"]
+
+    async def bars(self, symbol: str, window: object) -> Bars:
+        self.fetches += 1
+        return self.all.slice(self.fetches, 288 + self.fetches)
+
+
+async def test_report_service_extends_the_venue_models_incrementally() -> None:
+    from analysis.report import ReportService
+    from analysis.windows import parse_window
+
+    src = SlidingSource()
+    svc = ReportService({"test": src}, ttl=0, now_ms=lambda: 0)
+    win = parse_window("1d")
+    for _ in range(4):
+        m, missing = await svc.maps("BTCUSDT", win, ("test",))
+        assert not missing
+        expected = build_map(src.all.slice(src.fetches, 288 + src.fetches), svc.params, window="1d", now_ms=0)
+        np.testing.assert_array_equal(m.long, expected.long)
+        np.testing.assert_array_equal(m.short, expected.short)
+        assert m.notes == expected.notes
+    assert (svc.models.incremental, svc.models.rebuilds, len(svc.models)) == (3, 0, 1)
