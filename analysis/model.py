@@ -648,30 +648,33 @@ def _select(a: np.ndarray, opening: np.ndarray, rows: slice | None) -> np.ndarra
     return (a[rows] if rows is not None else a.take(opening, axis=0)).reshape(-1)
 
 
-def levels_from_slots(
-    slots: Slots, d_oi: np.ndarray, long_share: np.ndarray,
-    index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-) -> tuple[Levels, Levels, np.ndarray, slice | None]:
-    """Both sides' levels: the slots of the bars that open (``d_oi > 0``), weighted by the bar's
-    opened notional, side share and slot weight. Also returns the opening bars (and their slice).
+#: ``(opening bars, t0, tier, slot weight)`` per level: what :func:`levels_from_slots` can reuse
+LevelIndex = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
-    ``index``: ``(opening, t0, tier)`` of an earlier call, reused (not copied) when the opening bars
-    are the same (an incremental run's usual case)."""
+
+def levels_from_slots(
+    slots: Slots, d_oi: np.ndarray, long_share: np.ndarray, index: LevelIndex | None = None,
+) -> tuple[Levels, Levels, LevelIndex, slice | None]:
+    """Both sides' levels: the slots of the bars that open (``d_oi > 0``), weighted by the bar's
+    opened notional, side share and slot weight. Also returns the index (opening bars, and per level
+    t0, tier, slot weight) and the slice the opening bars form when contiguous.
+
+    ``index``: the index of an earlier call, reused (not copied) when the opening bars are the same
+    (an incremental run's usual case)."""
     opening, rows = _opening_rows(d_oi)
     k = slots.slot_w.size
-    if index is not None and np.array_equal(index[0], opening):
-        t0, tier = index[1], index[2]
-    else:
-        t0 = np.repeat(opening, k)
-        tier = np.tile(slots.tier, opening.size)
+    if index is None or not np.array_equal(index[0], opening):
+        index = (opening, np.repeat(opening, k), np.tile(slots.tier, opening.size), np.tile(slots.slot_w, opening.size))
+    _, t0, tier, slot_w = index
     opened = d_oi[rows] if rows is not None else d_oi[opening]
 
     def side(share: np.ndarray, price: np.ndarray) -> Levels:
         sh = share[rows] if rows is not None else share[opening]
-        weight = ((opened * sh)[:, None] * slots.slot_w[None, :]).ravel()
+        weight = np.repeat(opened * sh, k)  # then times the slot weight: flat passes, not k-wide rows
+        np.multiply(weight, slot_w, out=weight)
         return Levels(t0, _select(price, opening, rows), weight, tier)
 
-    return side(long_share, slots.price_long), side(1.0 - long_share, slots.price_short), opening, rows
+    return side(long_share, slots.price_long), side(1.0 - long_share, slots.price_short), index, rows
 
 
 def build_levels(bars: Bars, params: ModelParams) -> tuple[Levels, Levels, np.ndarray, dict]:

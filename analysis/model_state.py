@@ -32,7 +32,7 @@ from .bars import Bars, bar_fault
 from .liqmap import LiquidationMap
 from .margin import MarginTable
 from .model import (
-    ModelParams, ModelRun, Slots, _mmr_steps, _run, _select, clip_wicks, fit_leverage, levels_from_slots,
+    LevelIndex, ModelParams, ModelRun, Slots, _mmr_steps, _run, _select, clip_wicks, fit_leverage, levels_from_slots,
     map_from_run, margin_table_of, oi_flow, side_shares, slot_prices, sweep_rule,
 )
 
@@ -114,7 +114,7 @@ class ModelState:
         self.open_long = np.flatnonzero(self.sweep_long[:n].reshape(-1) == _NEVER)  # flat slot indices, ascending
         self.open_short = np.flatnonzero(self.sweep_short[:n].reshape(-1) == _NEVER)
         self.run = run
-        self._index: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._index: LevelIndex | None = None
         self.valid = True
         return run
 
@@ -173,6 +173,8 @@ class ModelState:
                     reason = "the margin tiers price the levels differently now"
         if reason or fitted is None:
             return self._rebuild(bars, params), Update(True, reason)
+        if d == 0 and fresh == 0 and params == self.params:  # the very bars and parameters of the cached run
+            return self.run, Update(False)
         gaps = bars.gaps()
         if any(g.missing > params.max_gap_bars for g in gaps):  # cannot happen after the checks; kept exact
             return self._rebuild(bars, params), Update(True, "a gap longer than max_gap_bars")
@@ -270,9 +272,8 @@ class ModelState:
         em = None if self.entry_mean is None else self.entry_mean[a:e]
         slots = Slots(self.price_long[a:e], self.price_short[a:e], self.tier, self.slot_w, em)
         long_share, side_used = side_shares(clipped, d_oi, em if em is not None else clipped.close, fitted)
-        longs, shorts, opening, rows = levels_from_slots(slots, d_oi, long_share, self._index)
-        if self._index is None or longs.t0 is not self._index[1]:
-            self._index = (opening, longs.t0, longs.tier)  # reused while the opening bars stay the same
+        longs, shorts, self._index, rows = levels_from_slots(slots, d_oi, long_share, self._index)  # reused while
+        opening = self._index[0]  # the opening bars stay the same
 
         def rel(sweeps: np.ndarray) -> np.ndarray:  # window-relative sweep bars, never swept: n
             if rows is None:
