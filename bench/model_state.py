@@ -83,15 +83,15 @@ def main(argv: list[str] | None = None) -> None:
     full: dict[str, list[float]] = {"cumsum": [], "run_model": [], "build_map": [], "run_model before": [],
                                     "build_map before": []}
     for r in range(5 + 30):
-        t = {"cumsum": _time(lambda: np.cumsum(data, out=buf)),
+        round_ms = {"cumsum": _time(lambda: np.cumsum(data, out=buf)),
              "run_model": _time(lambda: run_model(first, params)),
              "build_map": _time(lambda: build_map(first, params, now_ms=0))}
         if old is not None:
-            t["run_model before"] = _time(lambda: old.run_model(first, old.ModelParams()))
-            t["build_map before"] = _time(lambda: old.build_map(first, old.ModelParams(), now_ms=0))
+            round_ms["run_model before"] = _time(lambda: old.run_model(first, old.ModelParams()))
+            round_ms["build_map before"] = _time(lambda: old.build_map(first, old.ModelParams(), now_ms=0))
         if r >= 5:
-            for k, v in t.items():
-                full[k].append(v)
+            for name, v in round_ms.items():
+                full[name].append(v)
     med = {k: statistics.median(v) for k, v in full.items() if v}
     cs = med["cumsum"]
 
@@ -136,10 +136,10 @@ def main(argv: list[str] | None = None) -> None:
         "| full rebuild | median ms | ratio to one cumsum |",
         "|---|---:|---:|",
     ]
-    for k in ("run_model before", "run_model", "build_map before", "build_map"):
-        if k in med:
-            label = k.replace(" before", f" before the fixes ({args.baseline})") if "before" in k else k + " (now)"
-            lines.append(f"| {label} | {med[k]:.2f} | {med[k] / cs:.0f} |")
+    for name in ("run_model before", "run_model", "build_map before", "build_map"):
+        if name in med:
+            label = name.replace(" before", f" before the fixes ({args.baseline})") if "before" in name else name + " (now)"
+            lines.append(f"| {label} | {med[name]:.2f} | {med[name] / cs:.0f} |")
     if "build_map before" in med:
         lines += ["", f"The fixes make the run {med['run_model before'] / med['run_model']:.2f}x and the map "
                       f"(run + map) {med['build_map before'] / med['build_map']:.2f}x faster; outputs are bit-identical "

@@ -50,8 +50,9 @@ def random_bars(seed: int, n: int, *, taker: bool = True, wicks: bool = False, s
         bad = rng.random(n) < 0.02
         high = np.where(bad, high * 500, high)
     oi = 1e6 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
-    extra = {"taker_net": rng.normal(0, 50, n)} if taker else {}
-    return Bars("test", symbol, "5m", T0 + 300_000 * np.arange(n), open_, high, low, close, oi, **extra)
+    net = rng.normal(0, 50, n)
+    return Bars("test", symbol, "5m", T0 + 300_000 * np.arange(n), open_, high, low, close, oi,
+                taker_net=net if taker else None)
 
 
 def assert_same_run(a: ModelRun, b: ModelRun) -> None:
@@ -208,6 +209,7 @@ def test_gap_where_new_bars_join_rebuilds(built: tuple[Bars, ModelState]) -> Non
     bars, state = built
     idx = np.r_[0:300, 302:305]  # two bars missing after the cached ones
     cols = {k: getattr(bars, k)[idx] for k in ("time", "open", "high", "low", "close", "oi_usd")}
+    assert bars.taker_net is not None
     joined = Bars(bars.venue, bars.symbol, bars.interval, cols.pop("time"), **cols, taker_net=bars.taker_net[idx])
     reason = _rebuilt(state, joined)
     assert "gap" in reason
