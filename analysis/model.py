@@ -540,14 +540,19 @@ def level_inputs(bars: Bars, params: ModelParams) -> tuple[np.ndarray, np.ndarra
     r = (j[None, :] + shift_u) / m  # (n, m): stratified positions within each tier's band
     a = _lattice_multiplier(m)
     v = np.mod(np.mod(j * a, m)[None, :] / m + shift_v, 1.0)  # (n, m): entry quantiles
-    lev = tiers[None, :, None] * np.exp(params.leverage_spread * (2.0 * r[:, None, :] - 1.0))  # (n, T, m)
-    lev = np.clip(lev, 1.0, 200.0).reshape(n, tiers.size * m)
+    band = np.exp(params.leverage_spread * (2.0 * r - 1.0))  # (n, m): one exp per bar and position, not per tier
+    if m == 1:  # the same products as the broadcast below, in (n, T) rows rather than length-1 ones
+        lev = np.multiply.outer(band[:, 0], tiers)
+    else:
+        lev = tiers[None, :, None] * band[:, None, :]  # (n, T, m)
+    lev = np.clip(lev, 1.0, 200.0, out=lev).reshape(n, tiers.size * m)
     tier = np.broadcast_to(np.repeat(np.arange(tiers.size), m), (n, tiers.size * m))
     if params.entry_points == 1:
         entry = np.broadcast_to(entry_prices(bars, 1)[0], (n, tiers.size * m))
     else:
         q = np.broadcast_to(v[:, None, :], (n, tiers.size, m)).reshape(n, tiers.size * m)
-        entry = bars.low[:, None] + q * (bars.high - bars.low)[:, None]
+        span = np.repeat(bars.high - bars.low, q.shape[1]).reshape(q.shape)  # flat passes, not K-wide rows
+        entry = np.repeat(bars.low, q.shape[1]).reshape(q.shape) + q * span
     return entry, lev, tier, np.repeat(w / m, m)
 
 
