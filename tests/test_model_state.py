@@ -39,7 +39,8 @@ VARIANTS = {
 }
 
 
-def random_bars(seed: int, n: int, *, taker: bool = True, wicks: bool = False, symbol: str = "BTCUSDT") -> Bars:
+def random_bars(seed: int, n: int, *, taker: bool = True, wicks: bool = False, symbol: str = "BTCUSDT",
+                interval: str = "5m") -> Bars:
     """A random walk of ``n`` 5m bars with open interest that rises and falls."""
     rng = np.random.default_rng(seed)
     close = 100.0 * np.exp(np.cumsum(rng.normal(0, 0.004, n)))
@@ -51,7 +52,9 @@ def random_bars(seed: int, n: int, *, taker: bool = True, wicks: bool = False, s
         high = np.where(bad, high * 500, high)
     oi = 1e6 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))
     net = rng.normal(0, 50, n)
-    return Bars("test", symbol, "5m", T0 + 300_000 * np.arange(n), open_, high, low, close, oi,
+    step = {"5m": 300_000, "15m": 900_000, "1h": 3_600_000}[interval]
+    t0 = T0 - T0 % step
+    return Bars("test", symbol, interval, t0 + step * np.arange(n), open_, high, low, close, oi,
                 taker_net=net if taker else None)
 
 
@@ -109,6 +112,14 @@ def test_sliding_window_matches_full_rebuild(name: str) -> None:
     bars = random_bars(1, 700, wicks=True)
     steps = [(1, 1)] * 40 + [(0, 2), (3, 1), (2, 5), (0, 0)] * 10 + [(1, 1)] * 100  # past the buffer's capacity
     assert walk(bars, params, 300, steps) >= 150
+
+
+@pytest.mark.parametrize("interval", ["15m", "1h"])
+@pytest.mark.parametrize("name", ["default", "grid", "vwap"])
+def test_other_intervals_match_full_rebuild(interval: str, name: str) -> None:
+    # 15m: the live 30-day window; 1h: several lattice positions per tier and bar
+    bars = random_bars(4, 400, interval=interval)
+    assert walk(bars, VARIANTS[name], 200, [(1, 1)] * 30 + [(2, 3)] * 10) == 40
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
