@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -63,6 +63,7 @@ def _time(fn: Callable[[], object]) -> float:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.model_state")
     ap.add_argument("--updates", type=int, default=300, help="one-bar updates timed (median reported)")
+    ap.add_argument("--rounds", type=int, default=60, help="timed rounds of the full rebuilds (median reported)")
     ap.add_argument("--baseline", default=BASELINE, help="git ref of the model before the fixes ('' to skip)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not update docs/benchmarks.md")
     args = ap.parse_args(argv)
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     # full rebuilds, before and after, and the cumsum pass: round-robin so a busy spell hits all alike
     full: dict[str, list[float]] = {"cumsum": [], "run_model": [], "build_map": [], "run_model before": [],
                                     "build_map before": []}
-    for r in range(5 + 30):
+    for r in range(5 + args.rounds):
         round_ms = {"cumsum": _time(lambda: np.cumsum(data, out=buf)),
              "run_model": _time(lambda: run_model(first, params)),
              "build_map": _time(lambda: build_map(first, params, now_ms=0))}
@@ -95,8 +96,19 @@ def main(argv: list[str] | None = None) -> None:
     med = {k: statistics.median(v) for k, v in full.items() if v}
     cs = med["cumsum"]
 
-    # incremental: slide by one bar per update; each update's run is checked against the full rebuild
+    # incremental: slide by one bar per update; each update's run is checked against the full rebuild.
+    # The sweep pass alone (ModelState._append: the new bar's slots, one compare pass over the unswept
+    # levels) is timed by wrapping it for this loop only.
     state = ModelState(first, params)
+    sweep_ms: list[float] = []
+    plain_append = ModelState._append
+
+    def timed_append(self: ModelState, *a: Any) -> None:
+        t = time.perf_counter()
+        plain_append(self, *a)
+        sweep_ms.append((time.perf_counter() - t) * 1000)
+
+    setattr(ModelState, "_append", timed_append)  # bench-only instrumentation, restored below
     upd, mapt, cs_inc, rebuild = [], [], [], []
     exact = True
     for i in range(1, args.updates + 1):
@@ -117,6 +129,8 @@ def main(argv: list[str] | None = None) -> None:
             exact &= all(np.array_equal(getattr(run.longs, k), getattr(full_run.longs, k)) and
                          np.array_equal(getattr(run.shorts, k), getattr(full_run.shorts, k))
                          for k in ("t0", "price", "weight", "tier"))
+    setattr(ModelState, "_append", plain_append)
+    unswept = int(state.open_long.size + state.open_short.size)
     # k new bars at once (a refresh after a quiet spell): per bar
     per_bar = {}
     for k in (4, 12, 64):
@@ -149,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
         f"| incremental, window sliding by one bar ({len(upd)} updates) | median ms | ratio to one cumsum |",
         "|---|---:|---:|",
         f"| state update: the new run (sweeps of the new bar, the window's flow and weights) | {u:.3f} | {u / csi:.1f} |",
+        f"| of which the sweep pass (the new bar's levels, one compare over the {unswept:,} unswept) | "
+        f"{statistics.median(sweep_ms):.3f} | {statistics.median(sweep_ms) / csi:.1f} |",
         f"| map from the run (map_from_run) | {mp:.3f} | {mp / csi:.1f} |",
         f"| update + map | {u + mp:.3f} | {(u + mp) / csi:.1f} |",
         f"| full rebuild of the same map (build_map) | {rb:.2f} | {rb / csi:.0f} |",
