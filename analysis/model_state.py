@@ -86,7 +86,8 @@ def _fitted_key(p: ModelParams) -> ModelParams:
 
 class ModelState:
     """A model run that can be extended by new bars (see the module docstring). Not thread-safe:
-    :class:`ModelCache` holds a lock per state."""
+    :class:`ModelCache` holds a lock per state. The bars of the last update are kept, not copied, to
+    compare the next ones with: like every :class:`Bars`, they must not be changed in place."""
 
     def __init__(self, bars: Bars, params: ModelParams) -> None:
         self.run = self._rebuild(bars, params)
