@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 #: More new bars than this at once are cheaper as a full rebuild (each new bar is one pass over the unswept levels).
 MAX_APPEND = 64
-#: Default bounds of a :class:`ModelCache`: states kept, and their bytes together (a 30-day 5m state is about 2.5 MB).
+#: Default bounds of a :class:`ModelCache`: states kept, and their bytes together (:meth:`ModelState.nbytes`:
+#: a state of 8,640 5m bars is about 5.2 MB, the live 30-day window of 2,880 15m bars about 1.7 MB).
 DEFAULT_MAX_STATES = 64
 DEFAULT_MAX_STATE_BYTES = 96 * 1024 * 1024
 
