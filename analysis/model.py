@@ -42,6 +42,8 @@ __all__ = [
     "ModelParams", "SideModel", "OiUnits", "OpenBarSweep", "build_map", "ModelRun", "run_model", "map_from_run",
     "Levels", "build_levels", "side_shares", "entry_prices", "activity", "oi_flow", "level_inputs", "mmr_of", "clip_wicks",
     "parse_overrides", "split_overrides", "non_default_params", "fit_leverage", "ExcessLeverage", "margin_table_of",
+    "Slots", "SlotSweeps", "slot_prices", "levels_from_slots", "LevelIndex", "select_rows", "sweep_rule", "mmr_steps",
+    "run_with_slots",
 ]
 
 SideModel = Literal["auto", "taker", "neutral", "price_direction"]
@@ -586,7 +588,7 @@ def fit_leverage(params: ModelParams, table: MarginTable) -> ModelParams:
     return replace(params, max_leverage=cap, margin_table=table)
 
 
-def _mmr_steps(table: MarginTable, position_usd: float) -> tuple[tuple[float, float], ...]:
+def mmr_steps(table: MarginTable, position_usd: float) -> tuple[tuple[float, float], ...]:
     """The rate of :meth:`MarginTable.mmr_for` at ``position_usd`` as a step function of leverage:
     ``((-inf, r0), (x1, r1), ...)``, rate ``r_i`` for leverages above ``x_i``; only the steps where it changes."""
     steps = sorted({float(b.max_leverage) for b in table.brackets})
@@ -606,7 +608,7 @@ def mmr_of(table: MarginTable, leverage: np.ndarray, position_usd: float) -> np.
     pass per step where the rate actually changes (one pass for the BTC table at $100k).
     """
     lev = np.asarray(leverage, dtype=float)
-    steps = _mmr_steps(table, position_usd)
+    steps = mmr_steps(table, position_usd)
     out = np.full(lev.shape, steps[0][1])
     for above, value in steps[1:]:
         out[lev > above] = value  # leverages in (steps[i-1], steps[i]] and beyond
@@ -648,7 +650,7 @@ def _opening_rows(d_oi: np.ndarray) -> tuple[np.ndarray, slice | None]:
     return opening, None
 
 
-def _select(a: np.ndarray, opening: np.ndarray, rows: slice | None) -> np.ndarray:
+def select_rows(a: np.ndarray, opening: np.ndarray, rows: slice | None) -> np.ndarray:
     """Rows ``opening`` of an ``(n, K)`` array, flat (a view when they are a slice)."""
     return (a[rows] if rows is not None else a.take(opening, axis=0)).reshape(-1)
 
@@ -677,7 +679,7 @@ def levels_from_slots(
         sh = share[rows] if rows is not None else share[opening]
         weight = np.repeat(opened * sh, k)  # then times the slot weight: flat passes, not k-wide rows
         np.multiply(weight, slot_w, out=weight)
-        return Levels(t0, _select(price, opening, rows), weight, tier)
+        return Levels(t0, select_rows(price, opening, rows), weight, tier)
 
     return side(long_share, slots.price_long), side(1.0 - long_share, slots.price_short), index, rows
 
@@ -788,7 +790,7 @@ class ModelRun:
 
 def run_model(bars: Bars, params: ModelParams) -> ModelRun:
     """Validate and clip ``bars``, open every level and find the bar that sweeps it."""
-    return _run(bars, params)[0]
+    return run_with_slots(bars, params)[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -808,7 +810,8 @@ def sweep_rule(bars: Bars, params: ModelParams) -> tuple[np.ndarray, np.ndarray,
     return (bars.low if rule == "range" else bars.close), (bars.high if rule == "range" else bars.close), rule != "none"
 
 
-def _run(bars: Bars, params: ModelParams) -> tuple[ModelRun, SlotSweeps]:
+def run_with_slots(bars: Bars, params: ModelParams) -> tuple[ModelRun, SlotSweeps]:
+    """:func:`run_model`, and every slot of every bar with its sweep bar (what a :class:`~analysis.model_state.ModelState` keeps)."""
     gaps = bars.validate(min_bars=params.min_bars, max_gap_bars=params.max_gap_bars)
     bars, clip_notes = clip_wicks(bars, params.max_wick)
     n = len(bars)
@@ -834,10 +837,10 @@ def _run(bars: Bars, params: ModelParams) -> tuple[ModelRun, SlotSweeps]:
     t_short = sweep_bar(-bars.high, -slots.price_short, slots.price_short <= ref_short[:, None])
     d_oi_rows = longs.t0[::k] if k else longs.t0
     rows = slice(int(d_oi_rows[0]), n) if d_oi_rows.size and d_oi_rows.size == n - int(d_oi_rows[0]) else None
-    run = ModelRun(bars, longs, shorts, _select(t_long, d_oi_rows, rows), _select(t_short, d_oi_rows, rows),
+    run = ModelRun(bars, longs, shorts, select_rows(t_long, d_oi_rows, rows), select_rows(t_short, d_oi_rows, rows),
                    log_c, info, gaps, clip_notes, params)
     table = params.margin_table or table_for(bars.symbol)
-    return run, SlotSweeps(slots, t_long, t_short, _mmr_steps(table.in_usd(bars.price), params.typical_position_usd))
+    return run, SlotSweeps(slots, t_long, t_short, mmr_steps(table.in_usd(bars.price), params.typical_position_usd))
 
 
 def build_map(

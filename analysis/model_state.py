@@ -32,8 +32,8 @@ from .bars import Bars, bar_fault
 from .liqmap import LiquidationMap
 from .margin import MarginTable
 from .model import (
-    LevelIndex, ModelParams, ModelRun, Slots, _mmr_steps, _run, _select, clip_wicks, fit_leverage, levels_from_slots,
-    map_from_run, margin_table_of, oi_flow, side_shares, slot_prices, sweep_rule,
+    LevelIndex, ModelParams, ModelRun, Slots, clip_wicks, fit_leverage, levels_from_slots, map_from_run,
+    margin_table_of, mmr_steps, oi_flow, run_with_slots, select_rows, side_shares, slot_prices, sweep_rule,
 )
 
 __all__ = ["ModelState", "ModelCache", "Update", "MAX_APPEND", "DEFAULT_MAX_STATES", "DEFAULT_MAX_STATE_BYTES"]
@@ -96,7 +96,7 @@ class ModelState:
     # -- the full rebuild ----------------------------------------------------------------------
     def _rebuild(self, bars: Bars, params: ModelParams) -> ModelRun:
         self.valid = False
-        run, sweeps = _run(bars, params)
+        run, sweeps = run_with_slots(bars, params)
         slots = sweeps.slots
         n, k = slots.price_long.shape
         cap = n + n // 4 + 64
@@ -171,7 +171,7 @@ class ModelState:
                 if ((fitted.leverage, fitted.leverage_weights, fitted.max_leverage)
                         != (before.leverage, before.leverage_weights, before.max_leverage)
                         or (table is not before.margin_table
-                            and _mmr_steps(table, fitted.typical_position_usd) != self.steps)):
+                            and mmr_steps(table, fitted.typical_position_usd) != self.steps)):
                     reason = "the margin tiers price the levels differently now"
         if reason or fitted is None:
             return self._rebuild(bars, params), Update(True, reason)
