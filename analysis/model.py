@@ -23,11 +23,12 @@ range minima; its notional then is its weight times the product of shrink factor
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import time as _time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal, get_args
 
 import numpy as np
@@ -41,6 +42,8 @@ __all__ = [
     "ModelParams", "SideModel", "OiUnits", "OpenBarSweep", "build_map", "ModelRun", "run_model", "map_from_run",
     "Levels", "build_levels", "side_shares", "entry_prices", "activity", "oi_flow", "level_inputs", "mmr_of", "clip_wicks",
     "parse_overrides", "split_overrides", "non_default_params", "fit_leverage", "ExcessLeverage", "margin_table_of",
+    "Slots", "SlotSweeps", "slot_prices", "levels_from_slots", "LevelIndex", "select_rows", "sweep_rule", "mmr_steps",
+    "run_with_slots",
 ]
 
 SideModel = Literal["auto", "taker", "neutral", "price_direction"]
@@ -233,7 +236,7 @@ class ModelParams:
 
     def describe(self) -> dict:
         """The parameters as plain JSON-able values (for reports and the JSON output)."""
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # every value immutable: asdict's copies not needed
         d["margin_table"] = self.margin_table.name if self.margin_table else "default for symbol"
         d["leverage"] = list(self.leverage)
         d["leverage_weights"] = list(self.leverage_weights)
@@ -329,6 +332,11 @@ def split_overrides(text: str) -> list[str]:
     return [part.strip() for part in _ITEM_SPLIT.split(str(text)) if part.strip()]
 
 
+@functools.cache
+def _default_described() -> dict[str, Any]:
+    return ModelParams().describe()
+
+
 def non_default_params(described: Mapping[str, Any]) -> dict[str, Any]:
     """The configured parameters that differ from the defaults.
 
@@ -338,7 +346,7 @@ def non_default_params(described: Mapping[str, Any]) -> dict[str, Any]:
     stored = described.get("non_default_params")
     if isinstance(stored, Mapping):
         return dict(stored)
-    defaults = ModelParams().describe()
+    defaults = _default_described()
     # the margin table is chosen per venue and symbol (its own block in the map's params), not configured
     return {k: v for k, v in described.items() if k in defaults and k != "margin_table" and v != defaults[k]}
 
@@ -399,14 +407,31 @@ def activity(bars: Bars, params: ModelParams) -> np.ndarray:
         return np.ones(n)
     x = ((bars.high - bars.low) / bars.close) ** params.turnover_activity
     log_d = -bars.interval_ms / (params.holding_days * 86_400_000.0)
-    t = np.arange(1, n + 1, dtype=np.float64)
-    ewm = _decayed_sum(x, log_d) / (np.expm1(t * log_d) / math.expm1(log_d))  # sum of the weights
+    ewm = _decayed_sum(x, log_d) / _weight_sums(n, log_d)
     ref = np.empty(n)
     ref[0] = 0.0
     ref[1:] = ewm[:-1]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         out = np.where(ref > 0, x / np.where(ref > 0, ref, 1.0), 1.0)
     return np.minimum(out, params.max_activity)
+
+
+@functools.lru_cache(maxsize=32)
+def _powers(block: int, log_d: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(d^k, d^-k)`` for ``k < block`` (read-only; cached: every run of a window size and interval uses the same)."""
+    k = np.arange(block, dtype=np.float64)
+    down, up = np.exp(k * log_d), np.exp(-k * log_d)
+    down.flags.writeable = up.flags.writeable = False
+    return down, up
+
+
+@functools.lru_cache(maxsize=32)
+def _weight_sums(n: int, log_d: float) -> np.ndarray:
+    """``sum_{j<t} d^j`` for ``t = 1..n``: the EWM's normalisation (read-only, cached like :func:`_powers`)."""
+    t = np.arange(1, n + 1, dtype=np.float64)
+    out = np.expm1(t * log_d) / math.expm1(log_d)
+    out.flags.writeable = False
+    return out
 
 
 def _decayed_sum(x: np.ndarray, log_d: float) -> np.ndarray:
@@ -419,8 +444,7 @@ def _decayed_sum(x: np.ndarray, log_d: float) -> np.ndarray:
     if log_d < -27.0:  # d < 2e-12: earlier bars weigh nothing
         return x.astype(np.float64, copy=True)
     block = max(1, min(n, int(200.0 / -log_d)))
-    k = np.arange(block, dtype=np.float64)
-    down, up = np.exp(k * log_d), np.exp(-k * log_d)
+    down, up = _powers(block, log_d)
     out = np.empty(n)
     carry = 0.0
     for c in range(0, n, block):
@@ -518,14 +542,19 @@ def level_inputs(bars: Bars, params: ModelParams) -> tuple[np.ndarray, np.ndarra
     r = (j[None, :] + shift_u) / m  # (n, m): stratified positions within each tier's band
     a = _lattice_multiplier(m)
     v = np.mod(np.mod(j * a, m)[None, :] / m + shift_v, 1.0)  # (n, m): entry quantiles
-    lev = tiers[None, :, None] * np.exp(params.leverage_spread * (2.0 * r[:, None, :] - 1.0))  # (n, T, m)
-    lev = np.clip(lev, 1.0, 200.0).reshape(n, tiers.size * m)
+    band = np.exp(params.leverage_spread * (2.0 * r - 1.0))  # (n, m): one exp per bar and position, not per tier
+    if m == 1:  # the same products as the broadcast below, in (n, T) rows rather than length-1 ones
+        lev = np.multiply.outer(band[:, 0], tiers)
+    else:
+        lev = tiers[None, :, None] * band[:, None, :]  # (n, T, m)
+    lev = np.clip(lev, 1.0, 200.0, out=lev).reshape(n, tiers.size * m)
     tier = np.broadcast_to(np.repeat(np.arange(tiers.size), m), (n, tiers.size * m))
     if params.entry_points == 1:
         entry = np.broadcast_to(entry_prices(bars, 1)[0], (n, tiers.size * m))
     else:
         q = np.broadcast_to(v[:, None, :], (n, tiers.size, m)).reshape(n, tiers.size * m)
-        entry = bars.low[:, None] + q * (bars.high - bars.low)[:, None]
+        span = np.repeat(bars.high - bars.low, q.shape[1]).reshape(q.shape)  # flat passes, not K-wide rows
+        entry = np.repeat(bars.low, q.shape[1]).reshape(q.shape) + q * span
     return entry, lev, tier, np.repeat(w / m, m)
 
 
@@ -559,6 +588,18 @@ def fit_leverage(params: ModelParams, table: MarginTable) -> ModelParams:
     return replace(params, max_leverage=cap, margin_table=table)
 
 
+def mmr_steps(table: MarginTable, position_usd: float) -> tuple[tuple[float, float], ...]:
+    """The rate of :meth:`MarginTable.mmr_for` at ``position_usd`` as a step function of leverage:
+    ``((-inf, r0), (x1, r1), ...)``, rate ``r_i`` for leverages above ``x_i``; only the steps where it changes."""
+    steps = sorted({float(b.max_leverage) for b in table.brackets})
+    values = [table.mmr_for(x, position_usd) for x in steps] + [table.mmr_for(steps[-1] * 2, position_usd)]
+    out = [(-math.inf, values[0])]
+    for i in range(1, len(values)):
+        if values[i] != values[i - 1]:
+            out.append((steps[i - 1], values[i]))
+    return tuple(out)
+
+
 def mmr_of(table: MarginTable, leverage: np.ndarray, position_usd: float) -> np.ndarray:
     """:meth:`MarginTable.mmr_for` over an array of leverages.
 
@@ -567,41 +608,97 @@ def mmr_of(table: MarginTable, leverage: np.ndarray, position_usd: float) -> np.
     pass per step where the rate actually changes (one pass for the BTC table at $100k).
     """
     lev = np.asarray(leverage, dtype=float)
-    steps = sorted({float(b.max_leverage) for b in table.brackets})
-    values = [table.mmr_for(x, position_usd) for x in steps] + [table.mmr_for(steps[-1] * 2, position_usd)]
-    out = np.full(lev.shape, values[0])
-    for i in range(1, len(values)):
-        if values[i] != values[i - 1]:
-            out[lev > steps[i - 1]] = values[i]  # leverages in (steps[i-1], steps[i]] and beyond
+    steps = mmr_steps(table, position_usd)
+    out = np.full(lev.shape, steps[0][1])
+    for above, value in steps[1:]:
+        out[lev > above] = value  # leverages in (steps[i-1], steps[i]] and beyond
     return out
+
+
+@dataclass(frozen=True, eq=False)
+class Slots:
+    """Every level slot of every bar, both sides, before the opening filter (bar 0 and bars whose
+    OI did not rise open nothing). ``price_*`` are ``(n, K)``; ``tier`` and ``slot_w`` ``(K,)``;
+    ``entry_mean`` the bar's mean entry price (``None`` unless the side model values taker flow)."""
+
+    price_long: np.ndarray
+    price_short: np.ndarray
+    tier: np.ndarray
+    slot_w: np.ndarray
+    entry_mean: np.ndarray | None
+
+
+def slot_prices(bars: Bars, params: ModelParams, table: MarginTable) -> Slots:
+    """The liquidation price of every slot of every bar (each bar's own prices only, so the slots of
+    a bar are the same whatever window it is in). ``params`` fitted (:func:`fit_leverage`)."""
+    entry, lev, tier, slot_w = level_inputs(bars, params)
+    mmr = mmr_of(table, lev, params.typical_position_usd)
+    inv = 1.0 / lev
+    price_long = entry * ((1.0 - inv) / (1.0 - mmr))
+    price_short = entry * ((1.0 + inv) / (1.0 + mmr))
+    needs_entry = params.side_model in ("auto", "taker")  # only the taker model values flow at entry
+    tier_row = np.ascontiguousarray(tier[0]) if len(bars) else np.asarray(tier).reshape(-1, slot_w.size)[:0].ravel()
+    return Slots(price_long, price_short, tier_row, slot_w, entry.mean(axis=1) if needs_entry else None)
+
+
+def _opening_rows(d_oi: np.ndarray) -> tuple[np.ndarray, slice | None]:
+    """The bars that open levels, and the slice they form when contiguous to the end (no copies then)."""
+    opening = np.flatnonzero(d_oi > 0)
+    n = d_oi.size
+    if opening.size and opening.size == n - int(opening[0]):
+        return opening, slice(int(opening[0]), n)
+    return opening, None
+
+
+def select_rows(a: np.ndarray, opening: np.ndarray, rows: slice | None) -> np.ndarray:
+    """Rows ``opening`` of an ``(n, K)`` array, flat (a view when they are a slice)."""
+    return (a[rows] if rows is not None else a.take(opening, axis=0)).reshape(-1)
+
+
+#: ``(opening bars, t0, tier, slot weight)`` per level: what :func:`levels_from_slots` can reuse
+LevelIndex = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def levels_from_slots(
+    slots: Slots, d_oi: np.ndarray, long_share: np.ndarray, index: LevelIndex | None = None,
+) -> tuple[Levels, Levels, LevelIndex, slice | None]:
+    """Both sides' levels: the slots of the bars that open (``d_oi > 0``), weighted by the bar's
+    opened notional, side share and slot weight. Also returns the index (opening bars, and per level
+    t0, tier, slot weight) and the slice the opening bars form when contiguous.
+
+    ``index``: the index of an earlier call, reused (not copied) when the opening bars are the same
+    (an incremental run's usual case)."""
+    opening, rows = _opening_rows(d_oi)
+    k = slots.slot_w.size
+    if index is None or not np.array_equal(index[0], opening):
+        index = (opening, np.repeat(opening, k), np.tile(slots.tier, opening.size), np.tile(slots.slot_w, opening.size))
+    _, t0, tier, slot_w = index
+    opened = d_oi[rows] if rows is not None else d_oi[opening]
+
+    def side(share: np.ndarray, price: np.ndarray) -> Levels:
+        sh = share[rows] if rows is not None else share[opening]
+        weight = np.repeat(opened * sh, k)  # then times the slot weight: flat passes, not k-wide rows
+        np.multiply(weight, slot_w, out=weight)
+        return Levels(t0, select_rows(price, opening, rows), weight, tier)
+
+    return side(long_share, slots.price_long), side(1.0 - long_share, slots.price_short), index, rows
 
 
 def build_levels(bars: Bars, params: ModelParams) -> tuple[Levels, Levels, np.ndarray, dict]:
     """Open the levels of every bar. Returns (longs, shorts, log shrink cumsum, info)."""
+    longs, shorts, log_c, info, _ = _build_levels(bars, params)
+    return longs, shorts, log_c, info
+
+
+def _build_levels(bars: Bars, params: ModelParams) -> tuple[Levels, Levels, np.ndarray, dict, Slots]:
     d_oi, shrink = oi_flow(bars, params)
     log_c = np.cumsum(np.log(shrink))
-
-    entry, lev, tier, slot_w = level_inputs(bars, params)
-    needs_entry = params.side_model in ("auto", "taker")  # only the taker model values flow at entry
-    long_share, side_used = side_shares(bars, d_oi, entry.mean(axis=1) if needs_entry else bars.close, params)
     table = margin_table_of(params, bars.symbol, bars.price)
-
-    opening = np.nonzero(d_oi > 0)[0]
-    if opening.size == len(bars):  # with turnover every bar opens: no copies needed
-        e, lv, tr = entry, lev, tier.ravel()
-    else:
-        e, lv, tr = entry[opening], lev[opening], tier[opening].ravel()  # (m, K)
-    mmr = mmr_of(table, lv, params.typical_position_usd)
-    t0 = np.repeat(opening, slot_w.size)
-
-    def side(share: np.ndarray, factor: np.ndarray) -> Levels:
-        weight = ((d_oi[opening] * share[opening])[:, None] * slot_w[None, :]).ravel()
-        return Levels(t0, (e * factor).ravel(), weight, tr)
-
-    longs = side(long_share, (1.0 - 1.0 / lv) / (1.0 - mmr))
-    shorts = side(1.0 - long_share, (1.0 + 1.0 / lv) / (1.0 + mmr))
-    info = {"side_model": side_used, "margin_table": table.name, "levels_per_bar": int(slot_w.size)}
-    return longs, shorts, log_c, info
+    slots = slot_prices(bars, params, table)
+    long_share, side_used = side_shares(bars, d_oi, slots.entry_mean if slots.entry_mean is not None else bars.close, params)
+    longs, shorts, _, _ = levels_from_slots(slots, d_oi, long_share)
+    info = {"side_model": side_used, "margin_table": table.name, "levels_per_bar": int(slots.slot_w.size)}
+    return longs, shorts, log_c, info, slots
 
 
 def _first_at_or_below(series: np.ndarray, start: np.ndarray, thresh: np.ndarray) -> np.ndarray:
@@ -609,29 +706,37 @@ def _first_at_or_below(series: np.ndarray, start: np.ndarray, thresh: np.ndarray
 
     Binary lifting over a sparse table of range minima: O((n + q) log n), no loop over q. Each
     table is padded with -inf where its window would run past the end, so a jump is taken exactly
-    when the whole window it skips stays above the threshold.
+    when the whole window it skips stays above the threshold (and a position never passes n).
     """
     n = series.size
     out = np.full(start.size, n, dtype=np.int64)
     if n == 0 or start.size == 0:
         return out
-    suffix_min = np.minimum.accumulate(series[::-1])[::-1]
-    suffix_min = np.append(suffix_min, np.inf)
-    live = np.nonzero(suffix_min[np.minimum(start, n)] <= thresh)[0]  # ever touched
+    suffix_min = np.empty(n + 1)
+    suffix_min[:n] = np.minimum.accumulate(series[::-1])[::-1]
+    suffix_min[n] = np.inf
+    live = np.flatnonzero(suffix_min.take(start, mode="clip") <= thresh)  # ever touched (start >= 0)
     if live.size == 0:
         return out
-    pos = start[live].astype(np.int64)
-    th = thresh[live]
+    pos = start.take(live).astype(np.int64)
+    np.minimum(pos, n, out=pos)
+    th = thresh.take(live)
     levels = max(1, n.bit_length())
-    tables = np.full((levels, n + 1), -np.inf)
+    tables = np.empty((levels, n + 1))
     tables[0, :n] = series
+    tables[0, n] = -np.inf
     for k in range(1, levels):
         half, m = 1 << (k - 1), n - (1 << k) + 1
         np.minimum(tables[k - 1, :m], tables[k - 1, half : half + m], out=tables[k, :m])
+        tables[k, m:] = -np.inf
+    vals = np.empty(pos.size)
     move = np.empty(pos.size, dtype=bool)
+    step = np.empty(pos.size, dtype=np.int64)
     for k in range(levels - 1, -1, -1):
-        np.greater(tables[k].take(pos), th, out=move)
-        np.add(pos, 1 << k, out=pos, where=move)
+        tables[k].take(pos, mode="clip", out=vals)  # pos <= n always: clip only skips the bounds check
+        np.greater(vals, th, out=move)
+        np.left_shift(move, k, out=step, dtype=np.int64)  # 0 or 2^k: an unmasked add
+        pos += step
     out[live] = pos
     return out
 
@@ -685,27 +790,57 @@ class ModelRun:
 
 def run_model(bars: Bars, params: ModelParams) -> ModelRun:
     """Validate and clip ``bars``, open every level and find the bar that sweeps it."""
+    return run_with_slots(bars, params)[0]
+
+
+@dataclass(frozen=True, eq=False)
+class SlotSweeps:
+    """Every slot of a run (:class:`Slots`) and the bar each is swept in, ``(n, K)`` each (``n``:
+    never); what :mod:`analysis.model_state` keeps to extend a run by new bars."""
+
+    slots: Slots
+    t_long: np.ndarray
+    t_short: np.ndarray
+    table_steps: tuple[tuple[float, float], ...]
+
+
+def sweep_rule(bars: Bars, params: ModelParams) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The open-bar sweep's reference prices (longs, shorts) and whether it applies at all."""
+    rule = params.open_bar_sweep
+    return (bars.low if rule == "range" else bars.close), (bars.high if rule == "range" else bars.close), rule != "none"
+
+
+def run_with_slots(bars: Bars, params: ModelParams) -> tuple[ModelRun, SlotSweeps]:
+    """:func:`run_model`, and every slot of every bar with its sweep bar (what a :class:`~analysis.model_state.ModelState` keeps)."""
     gaps = bars.validate(min_bars=params.min_bars, max_gap_bars=params.max_gap_bars)
     bars, clip_notes = clip_wicks(bars, params.max_wick)
     n = len(bars)
     params = fit_leverage(params, margin_table_of(params, bars.symbol, bars.price))
-    longs, shorts, log_c, info = build_levels(bars, params)
+    longs, shorts, log_c, info, slots = _build_levels(bars, params)
+    k = slots.slot_w.size
 
-    # Sweep bar: the opening bar itself when the level is beyond that bar's close, else the first
-    # later bar whose low (longs) / high (shorts) reaches it. Shorts use -high so both are "<=".
-    def sweep_bar(lv: Levels, touch: np.ndarray, thresh: np.ndarray, now: np.ndarray) -> np.ndarray:
-        out = _first_at_or_below(touch, np.minimum(lv.t0 + 1, n), thresh)
-        out[now] = lv.t0[now]
-        return out
+    # Sweep bar of every slot: the opening bar itself when the level is beyond that bar's close,
+    # else the first later bar whose low (longs) / high (shorts) reaches it. Shorts use -high so
+    # both are "<=". Found for every bar's slots, then kept for the bars that open.
+    t0 = np.repeat(np.arange(n, dtype=np.int64), k)
+    start = np.minimum(t0 + 1, n)
+    ref_long, ref_short, applies = sweep_rule(bars, params)
 
-    rule = params.open_bar_sweep
-    ref_long = bars.low if rule == "range" else bars.close
-    ref_short = bars.high if rule == "range" else bars.close
-    now_long = (longs.price >= ref_long[longs.t0]) & (rule != "none")
-    now_short = (shorts.price <= ref_short[shorts.t0]) & (rule != "none")
-    t_long = sweep_bar(longs, bars.low, longs.price, now_long)
-    t_short = sweep_bar(shorts, -bars.high, -shorts.price, now_short)
-    return ModelRun(bars, longs, shorts, t_long, t_short, log_c, info, gaps, clip_notes, params)
+    def sweep_bar(touch: np.ndarray, thresh: np.ndarray, now: np.ndarray) -> np.ndarray:
+        out = _first_at_or_below(touch, start, thresh.reshape(-1))
+        if applies:
+            hit = now.reshape(-1)
+            out[hit] = t0[hit]
+        return out.reshape(n, k)
+
+    t_long = sweep_bar(bars.low, slots.price_long, slots.price_long >= ref_long[:, None])
+    t_short = sweep_bar(-bars.high, -slots.price_short, slots.price_short <= ref_short[:, None])
+    d_oi_rows = longs.t0[::k] if k else longs.t0
+    rows = slice(int(d_oi_rows[0]), n) if d_oi_rows.size and d_oi_rows.size == n - int(d_oi_rows[0]) else None
+    run = ModelRun(bars, longs, shorts, select_rows(t_long, d_oi_rows, rows), select_rows(t_short, d_oi_rows, rows),
+                   log_c, info, gaps, clip_notes, params)
+    table = params.margin_table or table_for(bars.symbol)
+    return run, SlotSweeps(slots, t_long, t_short, mmr_steps(table.in_usd(bars.price), params.typical_position_usd))
 
 
 def build_map(
@@ -745,15 +880,18 @@ def map_from_run(run: ModelRun, params: ModelParams, *, window: str = "", now_ms
     swept_series = []
     prior_series = []  # only levels opened in an earlier bar: on the map when the sweeping bar opened
     remaining = []
+    to_end = np.exp(log_c[n - 1] - log_c)  # a never-swept level's shrink since its bar: one exp per bar
     for lv, t_sw in ((longs, t_long), (shorts, t_short)):
         swept = t_sw < n
+        hit, kept_ = np.flatnonzero(swept), np.flatnonzero(~swept)
+        t_hit, t0_hit = t_sw.take(hit), lv.t0.take(hit)
         # notional at the sweep: shrunk through bars t0+1 .. T-1 (consumption precedes closing)
-        upto = np.where(swept, np.maximum(t_sw - 1, lv.t0), n - 1)
-        amount = lv.weight * np.exp(log_c[upto] - log_c[lv.t0])
-        swept_series.append(np.bincount(t_sw[swept], weights=amount[swept], minlength=n)[:n])
-        prior = swept & (t_sw > lv.t0)
-        prior_series.append(np.bincount(t_sw[prior], weights=amount[prior], minlength=n)[:n])
-        remaining.append((lv.price[~swept], amount[~swept], lv.tier[~swept]))
+        upto = np.maximum(t_hit - 1, t0_hit)
+        amount = lv.weight.take(hit) * np.exp(log_c.take(upto) - log_c.take(t0_hit))
+        swept_series.append(np.bincount(t_hit, weights=amount, minlength=n)[:n])
+        prior = t_hit > t0_hit
+        prior_series.append(np.bincount(t_hit[prior], weights=amount[prior], minlength=n)[:n])
+        remaining.append((lv.price.take(kept_), lv.weight.take(kept_) * to_end.take(lv.t0.take(kept_)), lv.tier.take(kept_)))
 
     price = bars.price
     width = params.bin_width or nice_width(price * params.bin_pct)
@@ -761,6 +899,10 @@ def map_from_run(run: ModelRun, params: ModelParams, *, window: str = "", now_ms
     kept, off = [], []
     for p_, w_, tier_ in remaining:
         inside = (p_ >= lo_bound) & (p_ <= hi_bound)
+        if inside.all():  # the common case: no copies
+            kept.append((p_, w_, tier_))
+            off.append(0.0)
+            continue
         kept.append((p_[inside], w_[inside], tier_[inside]))
         off.append(float(w_[~inside].sum()))
     prices = np.concatenate([kept[0][0], kept[1][0]])

@@ -31,7 +31,8 @@ from .errors import InputError, LiqmapError, SourceError
 from .liqmap import LiquidationMap, merge
 from .margin import shipped_table
 from .metrics import MetricsParams, Reading, read
-from .model import ModelParams, build_map, non_default_params
+from .model import ModelParams, non_default_params
+from .model_state import ModelCache
 from .readings import to_record
 from .sources.base import Source
 from .symbols import parse_symbol
@@ -149,6 +150,8 @@ class ReportService:
         self.tape = tape
         self.tape_params = tape_params
         self.shared = shared  # the cache and single-flight of every process on the host (None: this one's only)
+        # the model states of the venue maps, extended by new bars instead of rebuilt (analysis/model_state.py)
+        self.models = ModelCache()
 
     @property
     def venues(self) -> tuple[str, ...]:
@@ -398,7 +401,8 @@ class ReportService:
         bars, params = await asyncio.gather(source.bars(symbol, win), self.venue_params(venue, symbol))
         if progress is not None:
             progress(f"modelling {venue} ({len(bars):,} bars)")
-        return await asyncio.to_thread(build_map, bars, params, window=win.label, now_ms=self._now_ms())
+        return await asyncio.to_thread(self.models.build_map, (venue, symbol, win.label), bars, params,
+                                       window=win.label, now_ms=self._now_ms())
 
     async def venue_params(self, venue: str, symbol: str) -> ModelParams:
         """The model parameters for ``venue``'s map of ``symbol``: priced with the venue's own margin tiers

@@ -19,7 +19,7 @@ from analysis import chart, commentary
 from analysis.bars import Bars
 from analysis.liqmap import merge
 from analysis.metrics import read
-from analysis.model import build_map
+from analysis.model import ModelParams, build_map, run_model
 from analysis.sources import SAMPLE_PATH, read_bars_csv
 
 from .calibrate import Calibration
@@ -101,11 +101,24 @@ def main(argv: list[str] | None = None) -> None:
     t_big = median_ms(lambda: build_map(big), args.repeat)
     ratio = t_big / t_small
 
+    # the figure that holds across machines: the 30d model as a ratio to one np.cumsum over as many levels
+    month_run = run_model(month, ModelParams())
+    n_levels = month_run.longs.t0.size + month_run.shorts.t0.size
+    flat, out = np.random.default_rng(0).random(n_levels), np.empty(n_levels)
+    cumsum_ms = median_ms(lambda: np.cumsum(flat, out=out), args.repeat * 4)
+    month_ms = median_ms(lambda: build_map(month), args.repeat)
+
     lines = ["| model input | bars | median ms |", "|---|---:|---:|"]
     lines += [f"| {label} | {n:,} | {ms:.2f} |" for label, n, ms in rows]
     lines += ["", "| full report (model + metrics + chart + text) | median ms |", "|---|---:|"]
     lines += [f"| {label} | {ms:.1f} |" for label, ms in report_rows]
     biggest = model_ms["3 venues x 30d in one series (25,920 bars)"]
+    lines += [
+        "",
+        f"Ratio to one `np.cumsum` over the same number of levels: the 30d model (build_map, {n_levels:,} levels) "
+        f"took {month_ms:.2f} ms, one cumsum of {n_levels:,} float64 {cumsum_ms:.3f} ms: **{month_ms / cumsum_ms:.0f}x** "
+        f"(target <= 40; before and after the numpy fixes, and the incremental update: section 'Model: incremental update against a full rebuild').",
+    ]
     lines += [
         "",
         f"Scaling: 2,592 bars {t_small:.2f} ms, 25,920 bars {t_big:.2f} ms: 10x the bars costs {ratio:.1f}x the time "
