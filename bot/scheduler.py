@@ -97,6 +97,7 @@ from analysis.hysteresis import step
 from analysis.metrics import SKEW_CLASSES
 from analysis.options import VIEWS
 
+from .pacer import DEFAULT_POSTS_PER_S, Capacity, DiscordPacer, PacedPoster, posting_capacity
 from .schedule_time import local_date_of, next_occurrence
 from .store import Claim, DailySchedule, Outcome, ReadingIn, SkewAlert, Store
 
@@ -425,9 +426,11 @@ class Dispatcher:
         heatmap: HeatmapFn | None = None,
         heatmap_embed: HeatmapEmbedFn = default_heatmap_embed,
         heatmap_text: Callable[[Any], str] = _heatmap_text,
+        pacer: DiscordPacer | None = None,
     ) -> None:
         self.store = store
-        self.poster = poster
+        self.pacer = pacer  # Discord's global rate: every post and marker search waits for it
+        self.poster: Poster = PacedPoster(poster, pacer) if pacer is not None else poster
         self.report = report
         self.heatmap: HeatmapFn = heatmap or _no_heatmap
         self.heatmap_embed = heatmap_embed
@@ -448,11 +451,24 @@ class Dispatcher:
         self.last_pruned: int | None = None
         self.last_daily: TickStats | None = None
         self.last_skew: TickStats | None = None
+        self.capacity: Capacity | None = None  # the last posting-capacity check (with a pacer)
 
     # -- the loop -----------------------------------------------------------------------------------
 
+    async def check_capacity(self) -> Capacity | None:
+        """Whether the daily posts due at each minute fit the grace window at the pacer's rate
+        (:func:`bot.pacer.posting_capacity`); logged (a warning when they do not), kept in
+        :attr:`capacity` for ``/about``. None without a pacer."""
+        if self.pacer is None:
+            return None
+        cap = posting_capacity(await self.store.due_load(), self.pacer.rate_per_s, self.params.grace)
+        self.capacity = cap
+        (log.info if cap.fits else log.warning)("%s", cap.line())
+        return cap
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Tick until ``stop`` (or :meth:`stop`) is set. A failing tick is logged, never fatal."""
+        """Tick until ``stop`` (or :meth:`stop`) is set. A failing tick is logged, never fatal.
+        With a pacer, the posting capacity is checked (and logged) at the start and with every skew check."""
         stop = stop or self._stop
         while not stop.is_set():
             self._in_tick = True
@@ -477,6 +493,10 @@ class Dispatcher:
         # (a next check more than one interval ahead means the clock was set back: check now)
         if self._next_skew is None or now >= self._next_skew or self._next_skew - now > interval:
             self._next_skew = now + interval
+            try:
+                await self.check_capacity()
+            except Exception:
+                log.exception("checking the posting capacity failed")
             try:
                 self.last_skew = await self.run_skew()
             except Exception:
@@ -680,22 +700,16 @@ class Dispatcher:
             if len(skips) > 20:
                 log.warning("... and %d more daily posts skipped", len(skips) - 20)
 
-        # The claim is stamped with the time it is made (rendering may have taken minutes), so its
-        # lease really covers the sends that follow; a send that starts late renews it first.
-        claimed_at = self.now()
-        won = await self.store.claim_many(claims, now=claimed_at, lease=self.params.claim_lease)
         late_days = {(p.sched.id, p.late.day) for p in plans if p.late}
         scheds = {p.sched.id: p.sched for p in plans}
-        # the reading behind each schedule's last posted report: one query for the whole tick
-        kept = await self.store.latest_readings({(d.schedule_id, d.symbol) for d, _ in won})
-        previous = {k: _previous_reading(v, k[1]) for k, v in kept.items()}
         texts: dict[tuple[ViewKey, str, int | None], str] = {}
         records: dict[ViewKey, str | None] = {}
-        posted: list[ReadingIn] = []
         sem = asyncio.Semaphore(self.params.post_concurrency)
         gone: dict[int, str] = {}
+        queued_late = 0  # posts whose grace window ran out while they waited for the posting rate
 
         async def deliver(d: Any, recovering: bool) -> Outcome | None:
+            nonlocal queued_late
             sched = scheds[d.schedule_id]
             async with sem:
                 if d.channel_id in gone:
@@ -722,6 +736,11 @@ class Dispatcher:
                     if (sched.id, d.local_date) in late_days:
                         stats.skipped += 1
                         return Outcome(d.id, "skipped", detail=_missed(d.due_at, self.params.grace), attempts=d.attempts)
+                    if self.now() - d.due_at > self.params.grace:  # queued behind the posting rate too long
+                        queued_late += 1
+                        stats.skipped += 1
+                        return Outcome(d.id, "skipped", detail=_missed(d.due_at, self.params.grace) +
+                                       " (queued behind Discord's rate limit)", attempts=d.attempts)
                     key = (d.symbol, sched.window, sched.exchange, sched.view)
                     rendered = reports[key]
                     prev = previous.get((sched.id, d.symbol))
@@ -759,10 +778,31 @@ class Dispatcher:
                                 d.local_date, d.symbol, d.channel_id, type(exc).__name__, exc_info=True)
                     return Outcome(d.id, "failed", detail=f"{type(exc).__name__}: {exc}", attempts=d.attempts)
 
-        outcomes = await asyncio.gather(*(deliver(d, rec) for d, rec in won))
-        # written only where the claim is still ours (see Store.finish_many); the readings of the
-        # reports posted in this tick go in the same transaction
-        await self.store.finish_many([o for o in outcomes if o is not None], now=self.now(), readings=posted)
+        # Earliest due first, claimed in chunks the posting rate sends within a quarter of the lease
+        # (so no claim needs renewing, a crash leaves at most one chunk to verify, and outcomes are
+        # recorded as the chunks finish); the heartbeat is written between chunks.
+        claims.sort(key=lambda c: (c.due_at, c.schedule.id, c.symbol))
+        chunk = self._claim_chunk(len(claims))
+        for first in range(0, len(claims), chunk):
+            # The claim is stamped with the time it is made (rendering may have taken minutes), so its
+            # lease really covers the sends that follow; a send that starts late renews it first.
+            claimed_at = self.now()
+            won = await self.store.claim_many(claims[first:first + chunk], now=claimed_at, lease=self.params.claim_lease)
+            won.sort(key=lambda w: (w[0].due_at, w[0].schedule_id, w[0].symbol))
+            # the reading behind each schedule's last posted report: one query per chunk
+            kept = await self.store.latest_readings({(d.schedule_id, d.symbol) for d, _ in won})
+            previous = {k: _previous_reading(v, k[1]) for k, v in kept.items()}
+            posted: list[ReadingIn] = []
+            outcomes = await asyncio.gather(*(deliver(d, rec) for d, rec in won))
+            # written only where the claim is still ours (see Store.finish_many); the readings of the
+            # reports posted in this chunk go in the same transaction
+            await self.store.finish_many([o for o in outcomes if o is not None], now=self.now(), readings=posted)
+            if self.heartbeat is not None and first + chunk < len(claims):
+                self.heartbeat(self.now())
+        if queued_late:
+            log.warning("%d daily posts passed their %s grace window while queued behind the posting rate "
+                        "(%s); recorded missed", queued_late, _td(grace),
+                        f"{self.pacer.rate_per_s:g}/s" if self.pacer is not None else "unpaced")
 
         # move next_run_at: hold it on a run that is not final yet, else past the current run
         final = await self.store.deliveries_for((p.sched.id, r.day) for p in plans for r in p.runs())
@@ -783,6 +823,12 @@ class Dispatcher:
                 moves.append((p.sched.id, p.sched.next_run_at, target))
         await self.store.advance_many(moves)
         return stats
+
+    def _claim_chunk(self, n: int) -> int:
+        """How many posts to claim at once: what the pacer sends in a quarter of the claim lease."""
+        if self.pacer is None:
+            return max(1, n)
+        return max(1, int(self.pacer.rate_per_s * self.params.claim_lease.total_seconds() / 4))
 
     def _record(self, rep: Any) -> str | None:
         """The reading record to keep for a posted report, or None (logged) if it cannot be made."""
@@ -907,4 +953,6 @@ def make_dispatcher(store: Store, service: Any, poster: Poster, settings: Any = 
         return await service.heatmap(symbol, window, exchange)
 
     kw.setdefault("heatmap", heatmap if callable(getattr(service, "heatmap", None)) else None)
+    if "pacer" not in kw:  # Discord's global rate limit (LIQMAP_DISCORD_POSTS_PER_SECOND)
+        kw["pacer"] = DiscordPacer(float(getattr(sched, "discord_posts_per_second", DEFAULT_POSTS_PER_S)))
     return Dispatcher(store, poster, report, params=params, **kw)

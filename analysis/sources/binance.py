@@ -272,6 +272,7 @@ class BinanceSource:
         self._clock = clock
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.weight = RateLimiter(WEIGHT_LIMIT_1M / 60.0, WEIGHT_LIMIT_1M // 2, clock=clock, sleep=sleep)
+        self._sleep = sleep
         self.oi_budget = oi_budget or RequestBudget(OI_BUDGET, clock=clock, sleep=sleep)
         self.demand = demand or Demand(clock=clock)
         self.hold_after_s = float(hold_after_s)
@@ -290,6 +291,11 @@ class BinanceSource:
         self._flight = SingleFlight()
         self._pages = asyncio.Semaphore(max(1, max_concurrency))
         self.used_weight: int | None = None  # last X-MBX-USED-WEIGHT-1M seen
+
+    def set_oi_budget(self, params: BudgetParams) -> None:
+        """Replace the open-interest budget with one of ``params`` (settings; before any request)."""
+        if params != self.oi_budget.params:
+            self.oi_budget = RequestBudget(params, clock=self._clock, sleep=self._sleep)
 
     @property
     def oi_limiter(self) -> RateLimiter:
