@@ -500,13 +500,18 @@ class BinanceSource:
         if len(cached) == 0:
             raise HeldBack(
                 VENUE, OI_HIST,
-                f"{sym} is queued behind Binance's open-interest request budget ({OI_REQUESTS_PER_5M:,} requests "
-                f"per 5 minutes per IP, shared by every map this bot makes); its data should be ready in {wait}",
+                f"{sym} is queued behind Binance's open-interest request budget ({self._budget_words()}, "
+                f"shared by every map this bot makes); its data should be ready in {wait}",
                 retry_after=eta,
             )
         last = int(cached["time"].iloc[-1])
         return cached, (f"stale: held back by Binance's open-interest request budget; data to {iso(last)}, "
                         f"a refresh is queued (ready in {wait})")
+
+    def _budget_words(self) -> str:
+        p = self.oi_budget.params
+        minutes = p.window_s / 60
+        return f"{p.limit:,} requests per {minutes:g} minutes per IP"
 
     async def _series(self, sym: str, interval: str, start: int, end: int, now: int) -> pd.DataFrame:
         step = INTERVAL_MS[interval]

@@ -62,18 +62,22 @@ class BudgetParams:
             raise ValueError("the margin must be between 0 and 1 (exclusive)")
 
     @property
+    def steady(self) -> int:
+        """Requests per window spent at an even rate (at most ``limit - 1``: the burst is at least one)."""
+        return min(self.limit - 1, math.floor(self.limit * self.margin + 1e-9)) if self.limit > 1 else 1
+
+    @property
     def rate_per_s(self) -> float:
-        return self.limit * self.margin / self.window_s
+        return self.steady / self.window_s
 
     @property
     def burst(self) -> int:
-        return max(1, math.floor(self.limit * (1 - self.margin)))
+        return max(1, self.limit - self.steady)
 
     def describe(self) -> str:
         """``Binance open-interest history: 1,000 requests per 5 min (900 steady + 100 burst)``."""
         window = f"{self.window_s / 60:g} min" if self.window_s >= 60 else f"{self.window_s:g} s"
-        steady = round(self.rate_per_s * self.window_s)
-        return f"{self.name}: {self.limit:,} requests per {window} ({steady:,} steady + {self.burst:,} burst)"
+        return f"{self.name}: {self.limit:,} requests per {window} ({self.steady:,} steady + {self.burst:,} burst)"
 
 
 class HeldBack(SourceError):
@@ -206,7 +210,8 @@ class Demand:
     """Which symbols matter most: subscribed (:data:`SUBSCRIBED`), most asked (:data:`ASKED`), others.
 
     :meth:`asked` counts a request for a symbol; counts halve every ``half_life_s`` (so they say
-    *recent*) and at most ``max_symbols`` are kept (the least asked go first). :meth:`set_subscribed`
+    *recent*) and at most ``max_symbols`` are kept (Space-Saving: a newcomer takes the least
+    counted slot and its count, an overestimate by at most that count). :meth:`set_subscribed`
     replaces the subscribed set (the bot reads it from its database).
     """
 
@@ -236,10 +241,12 @@ class Demand:
     def asked(self, symbol: str) -> None:
         """One more recent request for ``symbol``."""
         self._decay()
+        if symbol not in self._counts and len(self._counts) >= self.max_symbols:
+            # Space-Saving (Metwally et al. 2005): the least counted gives its slot and count to the
+            # newcomer, so a rising symbol can climb in while the table stays bounded
+            least = min(self._counts, key=lambda s: self._counts[s])
+            self._counts[symbol] = self._counts.pop(least)
         self._counts[symbol] = self._counts.get(symbol, 0.0) + 1.0
-        if len(self._counts) > self.max_symbols:
-            keep = sorted(self._counts.items(), key=lambda kv: -kv[1])[: self.max_symbols]
-            self._counts = dict(keep)
 
     def count(self, symbol: str) -> float:
         self._decay()
