@@ -10,8 +10,11 @@ discord.py keeps its own per-route buckets and, on a 429, waits and retries by i
 here fights that. The pacer *hears* it: :func:`watch_discord_http` listens to discord.py's log of
 a global 429 ("Global rate limit has been hit. Retrying in N seconds.") and pauses the pacer for
 that long, and a send that discord.py gives up on (:class:`discord.RateLimited`, a Cloudflare 429)
-reaches the dispatcher as :class:`Throttled`, which :class:`PacedPoster` turns into a pause before
-re-raising (the post is then recorded ``failed`` and verified before any retry, as any failed send).
+reaches the dispatcher as :class:`Throttled`, which pauses the pacer (the post is then recorded
+``failed`` and verified before any retry, as any failed send).
+
+The dispatcher takes a turn before every post and marker search, outside the send's own timeout,
+in order of due time (see :mod:`bot.scheduler`).
 
 :func:`posting_capacity` says whether the daily posts due at each minute fit: posts go out in
 order of due time at the pacer's rate, so the posts of a busy minute (and those queued before
@@ -26,14 +29,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from analysis.sources.http import RateLimiter
 
-__all__ = ["DiscordPacer", "PacedPoster", "Throttled", "watch_discord_http", "posting_capacity", "Capacity",
+__all__ = ["DiscordPacer", "Throttled", "watch_discord_http", "posting_capacity", "Capacity",
            "DISCORD_GLOBAL_PER_S", "DEFAULT_POSTS_PER_S"]
 
 log = logging.getLogger(__name__)
@@ -103,34 +106,6 @@ def watch_discord_http(pacer: DiscordPacer, logger: logging.Logger | None = None
     handler = _DiscordHttpWatcher(pacer)
     (logger or logging.getLogger("discord.http")).addHandler(handler)
     return handler
-
-
-class PacedPoster:
-    """A :class:`~bot.scheduler.Poster` whose every request first waits for the pacer; a
-    :class:`Throttled` answer pauses the pacer and is re-raised (the post counts as failed)."""
-
-    def __init__(self, poster: Any, pacer: DiscordPacer) -> None:
-        self.inner = poster
-        self.pacer = pacer
-
-    async def post(self, channel_id: int, *, content: str | None, embed: dict | None, png: bytes, filename: str,
-                   nonce: str, extra: Sequence[tuple[dict, bytes, str]] = ()) -> int:
-        await self.pacer.acquire()
-        try:
-            return int(await self.inner.post(channel_id, content=content, embed=embed, png=png, filename=filename,
-                                             nonce=nonce, extra=extra))
-        except Throttled as exc:
-            self.pacer.pause(exc.retry_after, "a send refused")
-            raise
-
-    async def find_marker(self, channel_id: int, marker: str, *, since: datetime | None = None) -> int | None:
-        await self.pacer.acquire()  # one request per search (a deep one reads more pages: rare, after crashes)
-        try:
-            found: int | None = await self.inner.find_marker(channel_id, marker, since=since)
-            return found
-        except Throttled as exc:
-            self.pacer.pause(exc.retry_after, "a history read refused")
-            raise
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,7 @@ from analysis.hysteresis import step
 from analysis.metrics import SKEW_CLASSES
 from analysis.options import VIEWS
 
-from .pacer import DEFAULT_POSTS_PER_S, Capacity, DiscordPacer, PacedPoster, posting_capacity
+from .pacer import DEFAULT_POSTS_PER_S, Capacity, DiscordPacer, Throttled, posting_capacity
 from .schedule_time import local_date_of, next_occurrence
 from .store import Claim, DailySchedule, Outcome, ReadingIn, SkewAlert, Store
 
@@ -429,8 +429,8 @@ class Dispatcher:
         pacer: DiscordPacer | None = None,
     ) -> None:
         self.store = store
-        self.pacer = pacer  # Discord's global rate: every post and marker search waits for it
-        self.poster: Poster = PacedPoster(poster, pacer) if pacer is not None else poster
+        self.pacer = pacer  # Discord's global rate: every post and marker search waits its turn
+        self.poster = poster
         self.report = report
         self.heatmap: HeatmapFn = heatmap or _no_heatmap
         self.heatmap_embed = heatmap_embed
@@ -725,6 +725,7 @@ class Dispatcher:
                         return None
                 try:
                     if recovering:
+                        await self._turn()
                         found = await asyncio.wait_for(self.poster.find_marker(d.channel_id, d.marker, since=d.due_at),
                                                        self.params.post_timeout_s)
                         if found is not None:
@@ -736,11 +737,16 @@ class Dispatcher:
                     if (sched.id, d.local_date) in late_days:
                         stats.skipped += 1
                         return Outcome(d.id, "skipped", detail=_missed(d.due_at, self.params.grace), attempts=d.attempts)
-                    if self.now() - d.due_at > self.params.grace:  # queued behind the posting rate too long
-                        queued_late += 1
-                        stats.skipped += 1
-                        return Outcome(d.id, "skipped", detail=_missed(d.due_at, self.params.grace) +
-                                       " (queued behind Discord's rate limit)", attempts=d.attempts)
+                    # queued behind the posting rate past the grace window: checked before taking a
+                    # turn (a missed post takes none) and again once the turn comes
+                    for take_turn in (True, False):
+                        if self.now() - d.due_at > self.params.grace:
+                            queued_late += 1
+                            stats.skipped += 1
+                            return Outcome(d.id, "skipped", detail=_missed(d.due_at, self.params.grace) +
+                                           " (queued behind Discord's rate limit)", attempts=d.attempts)
+                        if take_turn:
+                            await self._turn()
                     key = (d.symbol, sched.window, sched.exchange, sched.view)
                     rendered = reports[key]
                     prev = previous.get((sched.id, d.symbol))
@@ -772,6 +778,7 @@ class Dispatcher:
                     log.warning("channel %s: %s; its subscriptions are paused", d.channel_id, reason)
                     return Outcome(d.id, "skipped", detail=f"subscription paused: {reason}", attempts=d.attempts)
                 except Exception as exc:  # includes TimeoutError: outcome unknown, verified before a retry
+                    self._throttled(exc)
                     stats.failed += 1
                     stats.errors.append(f"{type(exc).__name__}: {exc}"[:200])
                     log.warning("daily %s %s %s to channel %s failed (%s); will verify and retry", sched.id,
@@ -823,6 +830,16 @@ class Dispatcher:
                 moves.append((p.sched.id, p.sched.next_run_at, target))
         await self.store.advance_many(moves)
         return stats
+
+    async def _turn(self) -> None:
+        """Wait for the pacer's next request (outside a send's timeout); nothing without a pacer."""
+        if self.pacer is not None:
+            await self.pacer.acquire()
+
+    def _throttled(self, exc: BaseException) -> None:
+        """A send Discord refused with a 429 discord.py did not wait out: every post pauses."""
+        if isinstance(exc, Throttled) and self.pacer is not None:
+            self.pacer.pause(exc.retry_after, str(exc))
 
     def _claim_chunk(self, n: int) -> int:
         """How many posts to claim at once: what the pacer sends in a quarter of the claim lease."""
@@ -892,6 +909,7 @@ class Dispatcher:
                     marker = f"liqmap-w{w.id}-{now:%Y%m%dT%H%M%S}"
                     nonce = "lq" + hashlib.sha256(marker.encode()).hexdigest()[:23]
                     title = f"{w.symbol} skew: {old.label} → {new.label}"
+                    await self._turn()
                     await asyncio.wait_for(
                         self.poster.post(w.channel_id, content=None, embed=self.embed(rep, title, text, marker),
                                          png=rep.png, filename=ATTACHMENT, nonce=nonce),
@@ -915,6 +933,7 @@ class Dispatcher:
                     log.warning("notice of skew alert %s to channel %s timed out; not retried (it may have been posted)",
                                 w.id, w.channel_id)
                 except Exception as exc:
+                    self._throttled(exc)
                     stats.failed += 1
                     stats.errors.append(f"{type(exc).__name__}: {exc}"[:200])
                     log.warning("notice of skew alert %s to channel %s failed; will retry", w.id, w.channel_id, exc_info=True)
