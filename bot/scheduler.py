@@ -87,6 +87,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import math
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -131,6 +132,9 @@ PRUNE_EVERY = timedelta(days=1)  # how often old final delivery records are prun
 # 429) must stay within this bound of the first attempt; every later retry searches for the marker
 # first. Enforced through post_timeout_s <= BLIND_RETRY_WINDOW (see DispatcherParams).
 BLIND_RETRY_WINDOW = timedelta(minutes=2)
+# the slowest usual latency of a Discord send with an attachment: the sends kept in flight are the
+# pacer's rate times this, so latency never caps the posting rate below the pacer's
+SEND_LATENCY_S = 0.7
 
 
 class ChannelGone(Exception):
@@ -959,7 +963,10 @@ def _td(d: timedelta) -> str:
 def make_dispatcher(store: Store, service: Any, poster: Poster, settings: Any = None, **kw: Any) -> Dispatcher:
     """The dispatcher the bot runs: reports from ``service.report``, timing from ``settings.schedule``."""
     sched = getattr(settings, "schedule", None)
+    rate = float(getattr(sched, "discord_posts_per_second", DEFAULT_POSTS_PER_S))
     params = DispatcherParams(
+        # enough sends in flight that the pacer, not Discord's latency, sets the rate (bench/budgets.py)
+        post_concurrency=max(8, math.ceil(rate * SEND_LATENCY_S)),
         grace=timedelta(minutes=float(getattr(sched, "daily_grace_minutes", 120.0))),
         skew_interval_s=60.0 * float(getattr(sched, "watch_interval_minutes", 15.0)),
         retention=timedelta(days=float(getattr(sched, "delivery_retention_days", 30.0))),
@@ -973,5 +980,5 @@ def make_dispatcher(store: Store, service: Any, poster: Poster, settings: Any = 
 
     kw.setdefault("heatmap", heatmap if callable(getattr(service, "heatmap", None)) else None)
     if "pacer" not in kw:  # Discord's global rate limit (LIQMAP_DISCORD_POSTS_PER_SECOND)
-        kw["pacer"] = DiscordPacer(float(getattr(sched, "discord_posts_per_second", DEFAULT_POSTS_PER_S)))
+        kw["pacer"] = DiscordPacer(rate)
     return Dispatcher(store, poster, report, params=params, **kw)
