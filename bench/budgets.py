@@ -343,7 +343,7 @@ latency, not the pacer, bounds the rate ({runs[0]['achieved']:.1f}/s: 8 sends ov
 
     if args.only in (None, "oi"):
         cal = Calibration()
-        runs = [cold_start(args.symbols, 100, 100, p) for p in (True, False)]
+        runs = [cold_start(args.symbols, args.symbols // 5, args.symbols // 5, p) for p in (True, False)]
         cal.finish()
         pr, fifo = runs
         rows = "\n".join(
@@ -353,8 +353,8 @@ latency, not the pacer, bounds the rate ({runs[0]['achieved']:.1f}/s: 8 sends ov
         body = f"""
 {args.symbols} symbols with nothing cached, each asked for its 7d (5m bars) and 30d (15m bars) map at once
 (in a shuffled order), through the real Binance source and its budget ({pr['budget']}) over an
-offline stand-in of Binance (tests/fake_binance.py; every symbol served from the real sample). 100
-symbols are subscribed, 100 more asked for with decreasing counts. Requests that the budget cannot
+offline stand-in of Binance (tests/fake_binance.py; every symbol served from the real sample). A fifth
+of the symbols ({args.symbols // 5}) are subscribed, a fifth more asked for with decreasing counts. Requests that the budget cannot
 serve within 10 s are held back (their refresh stays queued) and answered with when they will be
 ready. Simulated time (bench/budgets.py); CPU is real.
 
@@ -363,7 +363,7 @@ ready. Simulated time (bench/budgets.py); CPU is real.
 {rows}
 
 The cold start spends {pr['oi_requests']:,} open-interest requests: {pr['oi_requests'] - OI_BURST:,} past the
-burst at 3 a second is {(pr['oi_requests'] - OI_BURST) / 3 / 60:.1f} min, so all 500 are fresh after
+burst at 3 a second is {(pr['oi_requests'] - OI_BURST) / 3 / 60:.1f} min, so all {args.symbols} are fresh after
 {pr['all_min']:.0f} min either way; in priority order the subscribed symbols are fresh after
 {pr['subscribed_min']:.1f} min instead of {fifo['subscribed_min']:.1f} (ratio {fifo['subscribed_min'] / max(pr['subscribed_min'], 1e-9):.1f}).
 """

@@ -320,10 +320,11 @@ class BinanceSource:
             self.used_weight = min(int(raw), WEIGHT_LIMIT_1M)  # beyond the limit the venue answers 429 anyway
             self.weight.observe(self.used_weight, WEIGHT_LIMIT_1M)
 
-    async def _get(self, path: str, params: dict[str, Any], *, weight: float) -> Any:
+    async def _get(self, path: str, params: dict[str, Any], *, weight: float, oi_paid: bool = False) -> Any:
         extra: dict[str, Any] = {}
         if path == OI_HIST:  # its own budget, in priority order; retries are charged by the client
-            await self.oi_budget.take(self.demand.priority(str(params.get("symbol"))))
+            if not oi_paid:
+                await self.oi_budget.take(self.demand.priority(str(params.get("symbol"))))
             extra = {"budget": self.oi_budget.limiter, "budget_paid": True}
         try:
             return await self.client.get_json(path, params, cost=weight, max_bytes=MAX_BYTES[path], **extra)
@@ -558,12 +559,16 @@ class BinanceSource:
 
     async def _page(self, path: str, sym: str, interval: str, s: int, e: int, step: int) -> pd.DataFrame:
         n = (e - s) // step + 1
+        if path == OI_HIST:
+            # the budget's turn comes first, in priority order, and only then a page slot: otherwise the
+            # slots (first come, first served) would decide which symbol's pages wait for the budget
+            await self.oi_budget.take(self.demand.priority(sym))
         async with self._pages:
             if path == KLINES:
                 params = {"symbol": sym, "interval": interval, "startTime": s, "endTime": e + step - 1, "limit": n}
                 return parse_klines(await self._get(KLINES, params, weight=kline_weight(n)))
             params = {"symbol": sym, "period": interval, "startTime": s, "endTime": e + step - 1, "limit": n}
-            return parse_open_interest(await self._get(OI_HIST, params, weight=0))
+            return parse_open_interest(await self._get(OI_HIST, params, weight=0, oi_paid=True))
 
 
 def _about(seconds: float) -> str:
