@@ -208,3 +208,29 @@ async def test_the_dispatcher_checks_the_capacity_of_its_schedules(store, caplog
     assert cap.per_minute == 20 and cap.busiest == "08:00 UTC" and cap.busiest_count == 30 and cap.late == 9
     assert any(r.levelno == logging.WARNING and "9 of 35 would miss it" in r.getMessage() for r in caplog.records)
     assert await Dispatcher(store, FakePoster(), FakeReports()).check_capacity() is None  # no pacer: nothing to say
+
+
+def test_the_benchmarks_simulated_clock_skips_waits_but_keeps_their_order():
+    import asyncio
+    import sys
+    import time
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:  # bench/ is a folder of the checkout, not an installed package
+        sys.path.insert(0, root)
+    from bench.budgets import run_virtual
+
+    async def go() -> tuple[list[str], float]:
+        seen: list[str] = []
+
+        async def after(s: float, name: str) -> None:
+            await asyncio.sleep(s)
+            seen.append(name)
+
+        await asyncio.gather(after(3600, "hour"), after(60, "minute"), after(86400, "day"))
+        return seen, asyncio.get_running_loop().time()
+
+    t = time.perf_counter()
+    seen, now = run_virtual(go)
+    assert seen == ["minute", "hour", "day"] and now == 86400 and time.perf_counter() - t < 5
