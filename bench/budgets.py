@@ -97,14 +97,16 @@ class DiscordLike:
                    extra: Any = ()) -> int:
         from bot.pacer import Throttled
 
-        now = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()  # when the request reaches Discord
         while self.recent and self.recent[0] <= now - 1.0:
             self.recent.popleft()
+        refused = len(self.recent) >= self.limit
+        if not refused:
+            self.recent.append(now)
         await asyncio.sleep(self.median_s * math.exp(self.sigma * self.rng.gauss(0, 1)))
-        if len(self.recent) >= self.limit:
+        if refused:
             self.refused += 1
             raise Throttled(1.0, "HTTP 429 (global)")
-        self.recent.append(now)
         self.sent += 1
         self.next_id += 1
         self.done_at.append(asyncio.get_running_loop().time())
