@@ -33,11 +33,12 @@ answer pauses it for the server's ``Retry-After``. Requests take it in priority 
 (:class:`~analysis.sources.budget.Demand`: subscribed symbols, then the most asked, then the rest).
 Refreshes are coalesced per (symbol, interval): concurrent ones share one fetch, and a refresh
 already made for the newest closed bar is not repeated within ``refresh_min_s`` (60 s) when the
-venue had not published that bar yet. When the budget
-cannot serve a refresh within ``hold_after_s`` (default 10 s), the symbol is **held back**: its
-refresh stays queued, the request gets the cached bars with a stale note, or, with nothing cached,
-a :class:`~analysis.sources.budget.HeldBack` error saying when it should be ready. A ``X-MBX-USED-WEIGHT-1M`` that is not a
-plain number is ignored and one above the limit counts as the limit, so the header can never
+venue had not published that bar yet. When the budget cannot serve a refresh within
+``hold_after_s`` (default 10 s), the symbol is **held back**: its refresh stays queued, the
+request gets the cached bars with a stale note, or, with nothing cached, a
+:class:`~analysis.sources.budget.HeldBack` error saying when it should be ready.
+
+A ``X-MBX-USED-WEIGHT-1M`` that is not a plain number is ignored and one above the limit counts as the limit, so the header can never
 make the source wait more than ``(0.1 x 2400 + cost) / 40`` s (about 6 s) for weight.
 
 Deadlines and sizes (the HTTP core's contract): every request has a total deadline of
