@@ -699,6 +699,9 @@ class AboutFacts:
     model_overrides: "tuple[tuple[str, object], ...]" = ()  # the bot's non-default model parameters
     notes: tuple[str, ...] = ()
     deployment: str = ""  # this process's shards and the shared layer (bot.app.LiqmapBot.deployment)
+    # per exchange budget with keys held back now: (the budget's description, how many, the first few keys)
+    held_back: "tuple[tuple[str, int, tuple[str, ...]], ...]" = ()
+    posting: str = ""  # the dispatcher's posting capacity (bot.pacer.Capacity.line), "" when unknown
 
 
 _SOURCE_TEXT = {
@@ -773,6 +776,15 @@ def about(facts: AboutFacts, *, limit: int = EMBED_LIMIT) -> str:
             name = _md_safe(_venue(venue), 20)
             data.append(f"{name}: bars cached to {_ago(newest)}" if newest is not None
                         else f"{name}: nothing cached yet (fetched on the first map asked for)")
+    for budget, count, first in facts.held_back:
+        if count <= 0:
+            continue
+        shown = ", ".join(_md_safe(k, 40) for k in first[:5])
+        more = f" and {count - len(first[:5]):,} more" if count > len(first[:5]) else ""
+        data.append(f"Held back by {_md_safe(budget, 160)}: {count:,} (" + shown + more + "); they keep their last "
+                    "data, marked stale, or are queued until the budget allows")
+    if facts.posting:
+        data.append(_md_safe(facts.posting[:1].upper() + facts.posting[1:], 400))
     if facts.tape is None:
         data.append(f"Realized-liquidation tape: unavailable ({_md_safe(facts.tape_error, 200)}).")
     elif facts.tape:

@@ -1,5 +1,13 @@
-"""``python -m bench``: run the model/report benchmark (see bench/model.py)."""
+"""``python -m bench``: run the model/report benchmark (see bench/model.py);
+``python -m bench budgets [...]``: the posting spread and OI cold start (bench/budgets.py)."""
 
-from .model import main
+import sys
 
-main()
+if len(sys.argv) > 1 and sys.argv[1] == "budgets":
+    from .budgets import main as budgets
+
+    budgets(sys.argv[2:])
+else:
+    from .model import main
+
+    main()

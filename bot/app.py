@@ -50,7 +50,10 @@ if TYPE_CHECKING:  # (imported where used: `liqmap --help` and the CLI stay quic
     from analysis.report import ReportService
     from analysis.tape.events import TapeReader
 
+    from analysis.sources.budget import Demand
+
     from .cluster_watch import ClusterWatcher
+    from .pacer import DiscordPacer
     from .scheduler import Dispatcher
     from .store import Store
     from .symbol_index import SymbolIndex
@@ -198,11 +201,16 @@ def error_message(error: BaseException) -> tuple[str, bool]:
     goes through the same Discord-safe escaping as every outside string (``md_safe_text``).
     """
     from analysis.commentary import md_safe_text
+    from analysis.sources.budget import HeldBack
 
     if isinstance(error, app_commands.CommandInvokeError):
         error = error.original
     if isinstance(error, app_commands.TransformerError) and isinstance(error.__cause__, LiqmapError):
         error = error.__cause__
+    if isinstance(error, HeldBack):  # queued behind an exchange budget: say when, not "try again shortly"
+        wait = max(1, math.ceil(error.retry_after or 0))
+        when = int(discord.utils.utcnow().timestamp()) + wait
+        return f"{md_safe_text(error.reason, 1800)} (<t:{when}:R>). Please ask again then.", False
     if isinstance(error, SourceError):
         hint = f" (the venue asks us to wait {error.retry_after:.0f} s)" if error.retry_after else ""
         return f"Market data is unavailable right now: {md_safe_text(error, 1800)}{hint}. Please try again shortly.", False
@@ -358,6 +366,12 @@ class LiqmapBot(commands.AutoShardedBot):
         self._hl_oi_stop = asyncio.Event()
         self.sync_state_path = sync_state_path or settings.sources.state_dir / "command-sync.json"
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self.pacer: DiscordPacer | None = None  # Discord's global rate for the dispatcher's posts
+        self._pacer_watch: logging.Handler | None = None
+        from analysis.sources.budget import Demand
+
+        self.demand: Demand = Demand()  # which symbols the exchange budgets serve first (subscribed, most asked)
+        self._demand_task: asyncio.Task[None] | None = None
 
     @property
     def runs_dispatcher(self) -> bool:
@@ -398,6 +412,9 @@ class LiqmapBot(commands.AutoShardedBot):
 
         if self._service is None:
             self._service = build_service(self.settings)
+        for src in self._service.sources.values():  # one demand for every source that orders its budget by it
+            if isinstance(getattr(src, "demand", None), type(self.demand)):
+                src.demand = self.demand
         self._symbols = SymbolIndex(self._service.sources)
         if self.store is None and self.mode != "sync":
             self.store = await self._open_store()
@@ -424,6 +441,7 @@ class LiqmapBot(commands.AutoShardedBot):
                 self._heartbeat_task = self.loop.create_task(self._beat(), name="liqmap-heartbeat")
             self.start_tape()
             self.start_hl_oi()
+            self._demand_task = self.loop.create_task(self.watch_demand(), name="liqmap-demand")
             if self.tape is None:  # a standalone `liqmap tape` may start recording into the database later
                 self._tape_watch = self.loop.create_task(self.watch_for_tape(), name="liqmap-tape-watch")
 
@@ -461,6 +479,27 @@ class LiqmapBot(commands.AutoShardedBot):
         while self.tape is None:
             await asyncio.sleep(interval_s)
             await self.install_tape_reader()
+
+    async def refresh_demand(self) -> int:
+        """Read the symbols of active subscriptions (daily reports, skew and cluster alerts) into
+        :attr:`demand`, so the exchange budgets refresh them first; returns how many."""
+        engine = getattr(self.store, "engine", None)
+        if engine is None:
+            return 0
+        from .demand import subscribed_symbols
+
+        symbols = await subscribed_symbols(engine)
+        self.demand.set_subscribed(symbols)
+        return len(symbols)
+
+    async def watch_demand(self, interval_s: float = TAPE_WATCH_S) -> None:
+        """:meth:`refresh_demand` now and every ``interval_s``; a failure is logged and retried."""
+        while True:
+            try:
+                await self.refresh_demand()
+            except Exception:
+                log.warning("reading the subscribed symbols failed; keeping the last set", exc_info=True)
+            await asyncio.sleep(interval_s)
 
     def start_hl_oi(self, source: Any = None, **kw: Any) -> bool:
         """Start the Hyperliquid OI poller when ``LIQMAP_HL_OI`` is on, on the store's engine; it
@@ -602,7 +641,12 @@ class LiqmapBot(commands.AutoShardedBot):
             from .health import Heartbeat
 
             extra["heartbeat"] = Heartbeat(heartbeat_path(), shards=self.shard_summary())
-        return make_dispatcher(self.store, self.service, DiscordPoster(self), self.settings, **extra)
+        from .pacer import DiscordPacer, watch_discord_http
+
+        self.pacer = DiscordPacer(self.settings.schedule.discord_posts_per_second)
+        if self.mode == "run":  # a global 429 discord.py waits out pauses the pacer too
+            self._pacer_watch = watch_discord_http(self.pacer)
+        return make_dispatcher(self.store, self.service, DiscordPoster(self), self.settings, pacer=self.pacer, **extra)
 
     async def close(self) -> None:
         if self._symbols is not None:
@@ -617,6 +661,13 @@ class LiqmapBot(commands.AutoShardedBot):
             await asyncio.gather(self._tape_watch, return_exceptions=True)
             self._tape_watch = None
         await self.stop_hl_oi()
+        if self._demand_task is not None:
+            self._demand_task.cancel()
+            await asyncio.gather(self._demand_task, return_exceptions=True)
+            self._demand_task = None
+        if self._pacer_watch is not None:
+            logging.getLogger("discord.http").removeHandler(self._pacer_watch)
+            self._pacer_watch = None
         for loop_ in (self.scheduler, self.cluster_watch):
             if loop_ is not None:
                 try:

@@ -158,8 +158,10 @@ class ClusterWatcher:
         params: WatchParams | None = None,
         now: Callable[[], datetime] = _utcnow,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        pacer: Any = None,
     ) -> None:
         self.clusters = clusters
+        self.pacer = pacer  # bot.pacer.DiscordPacer shared with the dispatcher: one global rate for all posts
         self.poster = poster
         self.reading = reading
         self.tape = tape
@@ -338,6 +340,8 @@ class ClusterWatcher:
                     feeds = [v for v in ref.venues if feed_coverage(v) != "unknown"]
                     text = alert_text(d, ref.reading, a.params, feeds=feeds, reference_end_ms=ref.end_ms,
                                       data_end_ms=ref.end_ms)
+                    if self.pacer is not None:
+                        await self.pacer.acquire()
                     await asyncio.wait_for(
                         self.poster.send_alert(a.channel_id, embed=alert_embed(a, text, marker, ref.end_ms),
                                                nonce=nonce),
@@ -386,4 +390,4 @@ def make_cluster_watch(bot: Any) -> ClusterWatcher | None:
         return MapReading(r, int(m.end_ms or 0), tuple(venues))
 
     return ClusterWatcher(ClusterStore(bot.store), DiscordAlertPoster(bot), reading,
-                          tape=lambda: getattr(bot, "tape", None), params=params)
+                          tape=lambda: getattr(bot, "tape", None), params=params, pacer=getattr(bot, "pacer", None))

@@ -11,7 +11,9 @@ reports and skew-alert notices to channels. The map is attached as ``liqmap.png`
 Failures the dispatcher acts on: a deleted or invisible channel raises
 :class:`~bot.scheduler.ChannelGone`; a missing permission raises
 :class:`~bot.scheduler.MissingAccess` naming it; a send refused because its nonce's message was
-posted and deleted since (404, code 10008) raises :class:`~bot.scheduler.AlreadyPosted`. Both pause the subscriptions of that channel. The
+posted and deleted since (404, code 10008) raises :class:`~bot.scheduler.AlreadyPosted`; a 429 that
+discord.py does not wait out itself (:class:`discord.RateLimited`, or Cloudflare's) raises
+:class:`~bot.pacer.Throttled`, which pauses the dispatcher's pacer. Both pause the subscriptions of that channel. The
 permissions are checked from the cache *before* sending, because without Embed Links Discord
 would accept the message and silently drop its embed.
 """
@@ -26,6 +28,8 @@ from typing import Any, Sequence
 import discord
 
 from analysis.commentary import heatmap_summary, missing_venues
+
+from .pacer import Throttled
 
 __all__ = [
     "ATTACHMENT",
@@ -145,6 +149,8 @@ REQUIRED_CHANNEL_PERMISSIONS: tuple[tuple[str, str], ...] = (
 UNKNOWN_CHANNEL = 10003
 UNKNOWN_MESSAGE = 10008  # on a send with enforce_nonce: this nonce's message was posted and deleted since
 MISSING_ACCESS = 50001
+#: how long posts pause after a 429 that is not Discord's own (Cloudflare's edge: no Retry-After to read)
+CLOUDFLARE_WAIT_S = 60.0
 
 
 def missing_channel_permissions(perms: discord.Permissions, *, thread: bool = False) -> list[str]:
@@ -216,7 +222,13 @@ class DiscordPoster:
                 allowed_mentions=discord.AllowedMentions.none(),
                 **more,
             )
-        except (discord.NotFound, discord.Forbidden) as exc:
+        except discord.RateLimited as exc:  # discord.py would not wait this long itself
+            raise Throttled(exc.retry_after, f"Discord rate limited the post for {exc.retry_after:.0f} s") from exc
+        except discord.HTTPException as exc:
+            if exc.status == 429:  # not Discord's own JSON 429 (discord.py waits those out): Cloudflare's
+                raise Throttled(CLOUDFLARE_WAIT_S, "Discord's edge refused the post with HTTP 429") from exc
+            if not isinstance(exc, (discord.NotFound, discord.Forbidden)):
+                raise
             if isinstance(exc, discord.NotFound) and exc.code == UNKNOWN_MESSAGE:
                 from .scheduler import AlreadyPosted
 

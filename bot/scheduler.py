@@ -87,6 +87,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import math
 import logging
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -97,6 +98,7 @@ from analysis.hysteresis import step
 from analysis.metrics import SKEW_CLASSES
 from analysis.options import VIEWS
 
+from .pacer import DEFAULT_POSTS_PER_S, Capacity, DiscordPacer, Throttled, posting_capacity
 from .schedule_time import local_date_of, next_occurrence
 from .store import Claim, DailySchedule, Outcome, ReadingIn, SkewAlert, Store
 
@@ -130,6 +132,9 @@ PRUNE_EVERY = timedelta(days=1)  # how often old final delivery records are prun
 # 429) must stay within this bound of the first attempt; every later retry searches for the marker
 # first. Enforced through post_timeout_s <= BLIND_RETRY_WINDOW (see DispatcherParams).
 BLIND_RETRY_WINDOW = timedelta(minutes=2)
+# the slowest usual latency of a Discord send with an attachment: the sends kept in flight are the
+# pacer's rate times this, so latency never caps the posting rate below the pacer's
+SEND_LATENCY_S = 0.7
 
 
 class ChannelGone(Exception):
@@ -425,8 +430,10 @@ class Dispatcher:
         heatmap: HeatmapFn | None = None,
         heatmap_embed: HeatmapEmbedFn = default_heatmap_embed,
         heatmap_text: Callable[[Any], str] = _heatmap_text,
+        pacer: DiscordPacer | None = None,
     ) -> None:
         self.store = store
+        self.pacer = pacer  # Discord's global rate: every post and marker search waits its turn
         self.poster = poster
         self.report = report
         self.heatmap: HeatmapFn = heatmap or _no_heatmap
@@ -448,11 +455,24 @@ class Dispatcher:
         self.last_pruned: int | None = None
         self.last_daily: TickStats | None = None
         self.last_skew: TickStats | None = None
+        self.capacity: Capacity | None = None  # the last posting-capacity check (with a pacer)
 
     # -- the loop -----------------------------------------------------------------------------------
 
+    async def check_capacity(self) -> Capacity | None:
+        """Whether the daily posts due at each minute fit the grace window at the pacer's rate
+        (:func:`bot.pacer.posting_capacity`); logged (a warning when they do not), kept in
+        :attr:`capacity` for ``/about``. None without a pacer."""
+        if self.pacer is None:
+            return None
+        cap = posting_capacity(await self.store.due_load(), self.pacer.rate_per_s, self.params.grace)
+        self.capacity = cap
+        (log.info if cap.fits else log.warning)("%s", cap.line())
+        return cap
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Tick until ``stop`` (or :meth:`stop`) is set. A failing tick is logged, never fatal."""
+        """Tick until ``stop`` (or :meth:`stop`) is set. A failing tick is logged, never fatal.
+        With a pacer, the posting capacity is checked (and logged) at the start and with every skew check."""
         stop = stop or self._stop
         while not stop.is_set():
             self._in_tick = True
@@ -477,6 +497,10 @@ class Dispatcher:
         # (a next check more than one interval ahead means the clock was set back: check now)
         if self._next_skew is None or now >= self._next_skew or self._next_skew - now > interval:
             self._next_skew = now + interval
+            try:
+                await self.check_capacity()
+            except Exception:
+                log.exception("checking the posting capacity failed")
             try:
                 self.last_skew = await self.run_skew()
             except Exception:
@@ -680,22 +704,16 @@ class Dispatcher:
             if len(skips) > 20:
                 log.warning("... and %d more daily posts skipped", len(skips) - 20)
 
-        # The claim is stamped with the time it is made (rendering may have taken minutes), so its
-        # lease really covers the sends that follow; a send that starts late renews it first.
-        claimed_at = self.now()
-        won = await self.store.claim_many(claims, now=claimed_at, lease=self.params.claim_lease)
         late_days = {(p.sched.id, p.late.day) for p in plans if p.late}
         scheds = {p.sched.id: p.sched for p in plans}
-        # the reading behind each schedule's last posted report: one query for the whole tick
-        kept = await self.store.latest_readings({(d.schedule_id, d.symbol) for d, _ in won})
-        previous = {k: _previous_reading(v, k[1]) for k, v in kept.items()}
         texts: dict[tuple[ViewKey, str, int | None], str] = {}
         records: dict[ViewKey, str | None] = {}
-        posted: list[ReadingIn] = []
         sem = asyncio.Semaphore(self.params.post_concurrency)
         gone: dict[int, str] = {}
+        queued_late = 0  # posts whose grace window ran out while they waited for the posting rate
 
         async def deliver(d: Any, recovering: bool) -> Outcome | None:
+            nonlocal queued_late
             sched = scheds[d.schedule_id]
             async with sem:
                 if d.channel_id in gone:
@@ -711,6 +729,7 @@ class Dispatcher:
                         return None
                 try:
                     if recovering:
+                        await self._turn()
                         found = await asyncio.wait_for(self.poster.find_marker(d.channel_id, d.marker, since=d.due_at),
                                                        self.params.post_timeout_s)
                         if found is not None:
@@ -722,6 +741,16 @@ class Dispatcher:
                     if (sched.id, d.local_date) in late_days:
                         stats.skipped += 1
                         return Outcome(d.id, "skipped", detail=_missed(d.due_at, self.params.grace), attempts=d.attempts)
+                    # queued behind the posting rate past the grace window: checked before taking a
+                    # turn (a missed post takes none) and again once the turn comes
+                    for take_turn in (True, False):
+                        if self.now() - d.due_at > self.params.grace:
+                            queued_late += 1
+                            stats.skipped += 1
+                            return Outcome(d.id, "skipped", detail=_missed(d.due_at, self.params.grace) +
+                                           " (queued behind Discord's rate limit)", attempts=d.attempts)
+                        if take_turn:
+                            await self._turn()
                     key = (d.symbol, sched.window, sched.exchange, sched.view)
                     rendered = reports[key]
                     prev = previous.get((sched.id, d.symbol))
@@ -753,16 +782,38 @@ class Dispatcher:
                     log.warning("channel %s: %s; its subscriptions are paused", d.channel_id, reason)
                     return Outcome(d.id, "skipped", detail=f"subscription paused: {reason}", attempts=d.attempts)
                 except Exception as exc:  # includes TimeoutError: outcome unknown, verified before a retry
+                    self._throttled(exc)
                     stats.failed += 1
                     stats.errors.append(f"{type(exc).__name__}: {exc}"[:200])
                     log.warning("daily %s %s %s to channel %s failed (%s); will verify and retry", sched.id,
                                 d.local_date, d.symbol, d.channel_id, type(exc).__name__, exc_info=True)
                     return Outcome(d.id, "failed", detail=f"{type(exc).__name__}: {exc}", attempts=d.attempts)
 
-        outcomes = await asyncio.gather(*(deliver(d, rec) for d, rec in won))
-        # written only where the claim is still ours (see Store.finish_many); the readings of the
-        # reports posted in this tick go in the same transaction
-        await self.store.finish_many([o for o in outcomes if o is not None], now=self.now(), readings=posted)
+        # Earliest due first, claimed in chunks the posting rate sends within a quarter of the lease
+        # (so no claim needs renewing, a crash leaves at most one chunk to verify, and outcomes are
+        # recorded as the chunks finish); the heartbeat is written between chunks.
+        claims.sort(key=lambda c: (c.due_at, c.schedule.id, c.symbol))
+        chunk = self._claim_chunk(len(claims))
+        for first in range(0, len(claims), chunk):
+            # The claim is stamped with the time it is made (rendering may have taken minutes), so its
+            # lease really covers the sends that follow; a send that starts late renews it first.
+            claimed_at = self.now()
+            won = await self.store.claim_many(claims[first:first + chunk], now=claimed_at, lease=self.params.claim_lease)
+            won.sort(key=lambda w: (w[0].due_at, w[0].schedule_id, w[0].symbol))
+            # the reading behind each schedule's last posted report: one query per chunk
+            kept = await self.store.latest_readings({(d.schedule_id, d.symbol) for d, _ in won})
+            previous = {k: _previous_reading(v, k[1]) for k, v in kept.items()}
+            posted: list[ReadingIn] = []
+            outcomes = await asyncio.gather(*(deliver(d, rec) for d, rec in won))
+            # written only where the claim is still ours (see Store.finish_many); the readings of the
+            # reports posted in this chunk go in the same transaction
+            await self.store.finish_many([o for o in outcomes if o is not None], now=self.now(), readings=posted)
+            if self.heartbeat is not None and first + chunk < len(claims):
+                self.heartbeat(self.now())
+        if queued_late:
+            log.warning("%d daily posts passed their %s grace window while queued behind the posting rate "
+                        "(%s); recorded missed", queued_late, _td(grace),
+                        f"{self.pacer.rate_per_s:g}/s" if self.pacer is not None else "unpaced")
 
         # move next_run_at: hold it on a run that is not final yet, else past the current run
         final = await self.store.deliveries_for((p.sched.id, r.day) for p in plans for r in p.runs())
@@ -783,6 +834,22 @@ class Dispatcher:
                 moves.append((p.sched.id, p.sched.next_run_at, target))
         await self.store.advance_many(moves)
         return stats
+
+    async def _turn(self) -> None:
+        """Wait for the pacer's next request (outside a send's timeout); nothing without a pacer."""
+        if self.pacer is not None:
+            await self.pacer.acquire()
+
+    def _throttled(self, exc: BaseException) -> None:
+        """A send Discord refused with a 429 discord.py did not wait out: every post pauses."""
+        if isinstance(exc, Throttled) and self.pacer is not None:
+            self.pacer.pause(exc.retry_after, str(exc))
+
+    def _claim_chunk(self, n: int) -> int:
+        """How many posts to claim at once: what the pacer sends in a quarter of the claim lease."""
+        if self.pacer is None:
+            return max(1, n)
+        return max(1, int(self.pacer.rate_per_s * self.params.claim_lease.total_seconds() / 4))
 
     def _record(self, rep: Any) -> str | None:
         """The reading record to keep for a posted report, or None (logged) if it cannot be made."""
@@ -846,6 +913,7 @@ class Dispatcher:
                     marker = f"liqmap-w{w.id}-{now:%Y%m%dT%H%M%S}"
                     nonce = "lq" + hashlib.sha256(marker.encode()).hexdigest()[:23]
                     title = f"{w.symbol} skew: {old.label} → {new.label}"
+                    await self._turn()
                     await asyncio.wait_for(
                         self.poster.post(w.channel_id, content=None, embed=self.embed(rep, title, text, marker),
                                          png=rep.png, filename=ATTACHMENT, nonce=nonce),
@@ -869,6 +937,7 @@ class Dispatcher:
                     log.warning("notice of skew alert %s to channel %s timed out; not retried (it may have been posted)",
                                 w.id, w.channel_id)
                 except Exception as exc:
+                    self._throttled(exc)
                     stats.failed += 1
                     stats.errors.append(f"{type(exc).__name__}: {exc}"[:200])
                     log.warning("notice of skew alert %s to channel %s failed; will retry", w.id, w.channel_id, exc_info=True)
@@ -894,7 +963,10 @@ def _td(d: timedelta) -> str:
 def make_dispatcher(store: Store, service: Any, poster: Poster, settings: Any = None, **kw: Any) -> Dispatcher:
     """The dispatcher the bot runs: reports from ``service.report``, timing from ``settings.schedule``."""
     sched = getattr(settings, "schedule", None)
+    rate = float(getattr(sched, "discord_posts_per_second", DEFAULT_POSTS_PER_S))
     params = DispatcherParams(
+        # enough sends in flight that the pacer, not Discord's latency, sets the rate (bench/budgets.py)
+        post_concurrency=max(8, math.ceil(rate * SEND_LATENCY_S)),
         grace=timedelta(minutes=float(getattr(sched, "daily_grace_minutes", 120.0))),
         skew_interval_s=60.0 * float(getattr(sched, "watch_interval_minutes", 15.0)),
         retention=timedelta(days=float(getattr(sched, "delivery_retention_days", 30.0))),
@@ -907,4 +979,6 @@ def make_dispatcher(store: Store, service: Any, poster: Poster, settings: Any = 
         return await service.heatmap(symbol, window, exchange)
 
     kw.setdefault("heatmap", heatmap if callable(getattr(service, "heatmap", None)) else None)
+    if "pacer" not in kw:  # Discord's global rate limit (LIQMAP_DISCORD_POSTS_PER_SECOND)
+        kw["pacer"] = DiscordPacer(rate)
     return Dispatcher(store, poster, report, params=params, **kw)

@@ -127,6 +127,11 @@ class SourceSettings(BaseSettings):
     cache_dir: Path | None = Field(None, validation_alias="LIQMAP_CACHE_DIR")
     # model overrides in `--set` syntax, e.g. "holding_days=7, leverage_spread=0.3" (analysis.model)
     model: str = Field("", validation_alias="LIQMAP_MODEL")
+    # Binance's openInterestHist limit (requests per 5 minutes per IP) and the share of it spent steadily
+    # (the rest is the burst, so no window exceeds the limit); see analysis.sources.budget
+    binance_oi_per_5m: int = Field(1000, validation_alias="LIQMAP_BINANCE_OI_PER_5M", ge=10, le=100_000)
+    binance_oi_margin: float = Field(0.9, validation_alias="LIQMAP_BINANCE_OI_MARGIN", ge=0.5, le=0.99,
+                                     allow_inf_nan=False)
 
     @property
     def state_dir(self) -> Path:
@@ -152,6 +157,9 @@ class ScheduleSettings(BaseSettings):
     report_cache_mb: float = Field(64.0, validation_alias="LIQMAP_REPORT_CACHE_MB", ge=0, le=16384, allow_inf_nan=False)
     cooldown_uses: int = Field(2, validation_alias="LIQMAP_COOLDOWN_USES", ge=1, le=100)
     cooldown_seconds: float = Field(30.0, validation_alias="LIQMAP_COOLDOWN_SECONDS", ge=0, le=3600)
+    # Discord's global limit is about 50 requests per second per bot: the dispatcher's posts spend this much
+    discord_posts_per_second: float = Field(45.0, validation_alias="LIQMAP_DISCORD_POSTS_PER_SECOND", gt=0, le=50,
+                                            allow_inf_nan=False)
 
 
 TAPE_DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
@@ -534,6 +542,7 @@ def build_sources(settings: Settings, *, transport: httpx.AsyncBaseTransport | N
     sources = make_sources(src.source, cache_dir=src.cache_dir.expanduser() if src.cache_dir is not None else None,
                            coinglass_api_key=key or None, **kwargs)
     attach_oi_history(sources, settings.database.url)
+    configure_oi_budget(sources, src)
     return sources
 
 
@@ -550,6 +559,19 @@ def build_shared(settings: Settings) -> Any:
         raise InputError("LIQMAP_REDIS_URL is set but the redis package is missing; "
                          "install liqmap[redis] (pip install 'liqmap[redis]')") from None
     return RedisLayer(scale.redis_url, prefix=scale.redis_prefix, timeout_s=scale.redis_timeout_s)
+
+
+def configure_oi_budget(sources: Mapping[str, Any], src: SourceSettings) -> None:
+    """Give the Binance source the open-interest budget of ``LIQMAP_BINANCE_OI_PER_5M`` and
+    ``LIQMAP_BINANCE_OI_MARGIN`` (the defaults are Binance's documented 1,000 and 0.9)."""
+    setter = getattr(sources.get("binance"), "set_oi_budget", None)
+    if setter is None:
+        return
+    from dataclasses import replace
+
+    from analysis.sources.binance import OI_BUDGET
+
+    setter(replace(OI_BUDGET, limit=src.binance_oi_per_5m, margin=src.binance_oi_margin))
 
 
 def attach_oi_history(sources: Mapping[str, Any], url: str) -> None:

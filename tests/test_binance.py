@@ -415,7 +415,11 @@ async def test_empty_array_on_refresh_keeps_cached_bars(world):
     second = await src.bars("BTCUSDT", WINDOWS["1d"])  # the venue returned nothing new: serve what we have
     assert int(second.time[-1]) == int(first.time[-1])
     pd.testing.assert_frame_equal(snapshot(cache), before)
-    third = await src.bars("BTCUSDT", WINDOWS["1d"])  # and the next refresh catches up
+    n = fake.count()
+    await src.bars("BTCUSDT", WINDOWS["1d"])  # within the freshness interval: not asked again
+    assert fake.count() == n
+    clock.mono += src.refresh_min_s
+    third = await src.bars("BTCUSDT", WINDOWS["1d"])  # and the next refresh after it catches up
     assert int(third.time[-1]) == int(first.time[-1]) + 3 * STEP
 
 

@@ -17,7 +17,7 @@ ENV_NAMES = (
     "DISCORD_TOKEN", "DEV_GUILD_ID", "LIQMAP_METHOD_URL", "DATABASE_URL", "LIQMAP_SOURCE", "COINGLASS_API_KEY", "LIQMAP_CACHE_DIR", "LIQMAP_MODEL",
     "LIQMAP_DAILY_GRACE_MINUTES", "LIQMAP_DELIVERY_RETENTION_DAYS", "LIQMAP_WATCH_INTERVAL_MINUTES",
     "LIQMAP_GUILD_SUBSCRIPTION_CAP", "LIQMAP_REPORT_TTL_SECONDS", "LIQMAP_REPORT_CACHE_MB", "LIQMAP_COOLDOWN_USES",
-    "LIQMAP_COOLDOWN_SECONDS",
+    "LIQMAP_COOLDOWN_SECONDS", "LIQMAP_DISCORD_POSTS_PER_SECOND", "LIQMAP_BINANCE_OI_PER_5M", "LIQMAP_BINANCE_OI_MARGIN",
     "LIQMAP_TAPE", "LIQMAP_TAPE_VENUES", "LIQMAP_TAPE_SYMBOLS", "LIQMAP_TAPE_RETENTION_DAYS",
     "LIQMAP_TAPE_URL_BYBIT", "LIQMAP_TAPE_URL_BINANCE", "LIQMAP_TAPE_URL_OKX",
     "LIQMAP_SHARD_COUNT", "LIQMAP_SHARD_IDS", "LIQMAP_DISPATCHER", "LIQMAP_REDIS_URL", "LIQMAP_REDIS_PREFIX",
@@ -157,3 +157,25 @@ def test_unknown_source_spec_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("LIQMAP_SOURCE", "nasdaq")
     with pytest.raises(InputError, match="unknown source"):
         build_service(load_settings(None))
+
+
+def test_the_exchange_and_discord_budgets_are_settings(monkeypatch):
+    from analysis.sources.binance import BinanceSource
+    from analysis.sources.cache import BarCache
+    from bot.settings import configure_oi_budget
+
+    monkeypatch.setenv("LIQMAP_BINANCE_OI_PER_5M", "500")
+    monkeypatch.setenv("LIQMAP_BINANCE_OI_MARGIN", "0.8")
+    monkeypatch.setenv("LIQMAP_DISCORD_POSTS_PER_SECOND", "30")
+    s = load_settings(None)
+    assert s.schedule.discord_posts_per_second == 30
+    src = BinanceSource(cache=BarCache(None))
+    configure_oi_budget({"binance": src}, s.sources)
+    assert (src.oi_budget.params.limit, src.oi_budget.params.steady, src.oi_budget.params.burst) == (500, 400, 100)
+    for name, bad in (("LIQMAP_DISCORD_POSTS_PER_SECOND", "60"), ("LIQMAP_BINANCE_OI_MARGIN", "1.5"),
+                      ("LIQMAP_BINANCE_OI_PER_5M", "nan")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(InputError, match=name) as ei:
+            load_settings(None)
+        assert bad not in str(ei.value).replace(name, "")
+        monkeypatch.delenv(name)

@@ -335,3 +335,13 @@ async def test_stop_ends_a_sleeping_loop_at_once(store):
         await asyncio.sleep(0.01)
     await asyncio.wait_for(w.stop(timeout=30), 2)
     assert task.done()
+
+
+async def test_alerts_take_their_turn_from_the_shared_discord_pacer(rig):
+    from bot.pacer import DiscordPacer
+
+    clock, poster, reads, _, clusters, w = rig
+    w.pacer = DiscordPacer(10.0, 12.0, clock=lambda: 0.0, sleep=clock.sleep)
+    await subscribe(clusters)
+    stats = await walk(w, clock, reads, [98.0, 100.5])
+    assert stats[1].announced == 1 and w.pacer.requests == 1  # one notice, one request of the bot's global rate

@@ -339,8 +339,10 @@ def test_share_limiters_finds_every_limiter_of_the_sources():
     a, _, _ = two_layers()
     src = BinanceSource()
     names = share_limiters({"binance": src}, a)
-    assert names == ["binance.oi_limiter", "binance.weight"]
-    assert src.weight.shared is not None and src.oi_limiter.shared.name == "binance.oi_limiter"
+    assert names == ["binance.oi_budget", "binance.weight"]
+    # the open-interest budget (1,000 per 5 min per IP) is spent from one bucket by every process
+    assert src.weight.shared is not None and src.oi_budget.limiter.shared.name == "binance.oi_budget"
+    assert src.oi_limiter is src.oi_budget.limiter
 
 
 def test_the_benchmark_skips_cleanly_without_a_redis_server(monkeypatch, capsys, tmp_path):

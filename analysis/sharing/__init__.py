@@ -70,13 +70,17 @@ class SharedLayer(Protocol):
 
 def share_limiters(sources: Mapping[str, Any], layer: SharedLayer) -> list[str]:
     """Put every :class:`~analysis.sources.http.RateLimiter` the sources hold (as attributes, e.g.
-    ``limiter``, ``weight``, ``oi_limiter``) on ``layer``'s budgets, named ``venue.attribute``;
+    ``limiter``, ``weight``, or the bucket of a :class:`~analysis.sources.budget.RequestBudget` such as
+    Binance's ``oi_budget``) on ``layer``'s budgets, named ``venue.attribute``;
     returns the names."""
+    from ..sources.budget import RequestBudget
     from ..sources.http import RateLimiter
 
     names: list[str] = []
     for venue, src in sources.items():
         for attr, value in sorted(vars(src).items()) if hasattr(src, "__dict__") else ():
+            if isinstance(value, RequestBudget):  # e.g. Binance's open-interest budget: its bucket
+                value = value.limiter
             if isinstance(value, RateLimiter):
                 name = f"{venue}.{attr}"
                 value.share(layer.budget(name))

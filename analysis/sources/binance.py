@@ -22,10 +22,23 @@ Market Data REST API):
 Rate limits: request weight is capped at 2400 per minute per IP. The source spends it through a
 token bucket (40 weight/s, burst 1200) and reads ``X-MBX-USED-WEIGHT-1M`` from every response:
 the bucket never believes more than 90% of the limit minus the reported usage is left, so it slows
-down before the limit, including when other processes share the IP. Open-interest requests go
-through a second bucket (1000 per 300 s). 429/418/451/5xx handling is the
-:class:`~analysis.sources.http.VenueClient` contract. A ``X-MBX-USED-WEIGHT-1M`` that is not a
-plain number is ignored and one above the limit counts as the limit, so the header can never
+down before the limit, including when other processes share the IP. 429/418/451/5xx handling is
+the :class:`~analysis.sources.http.VenueClient` contract.
+
+The open-interest budget: openInterestHist has its own limit of 1,000 requests per 5 minutes per
+IP. Every attempt (retries included) is charged to :attr:`BinanceSource.oi_budget`, a named
+:class:`~analysis.sources.budget.RequestBudget` (:data:`OI_BUDGET`: 900 per 5 minutes steady plus
+a burst of 100 at the default margin 0.9, so no 5-minute window exceeds 1,000), and a 429 or 418
+answer pauses it for the server's ``Retry-After``. Requests take it in priority order
+(:class:`~analysis.sources.budget.Demand`: subscribed symbols, then the most asked, then the rest).
+Refreshes are coalesced per (symbol, interval): concurrent ones share one fetch, and a refresh
+already made for the newest closed bar is not repeated within ``refresh_min_s`` (60 s) when the
+venue had not published that bar yet. When the budget cannot serve a refresh within
+``hold_after_s`` (default 10 s), the symbol is **held back**: its refresh stays queued, the
+request gets the cached bars with a stale note, or, with nothing cached, a
+:class:`~analysis.sources.budget.HeldBack` error saying when it should be ready.
+
+A ``X-MBX-USED-WEIGHT-1M`` that is not a plain number is ignored and one above the limit counts as the limit, so the header can never
 make the source wait more than ``(0.1 x 2400 + cost) / 40`` s (about 6 s) for weight.
 
 Deadlines and sizes (the HTTP core's contract): every request has a total deadline of
@@ -75,6 +88,7 @@ from ..errors import InputError, SourceError
 from ..symbols import parse_symbol, suggest
 from ..windows import DAY_MS, Window
 from ..margin import MarginTable, shipped_table
+from .budget import BudgetParams, Demand, HeldBack, RequestBudget
 from .cache import BarCache
 from .http import DEFAULT_DEADLINE_S, RateLimiter, SingleFlight, VenueClient, gather_or_cancel
 from .series import chunk_ranges, store_fetched
@@ -100,6 +114,12 @@ OI_LIMIT = 500
 OI_HISTORY_MS = 30 * DAY_MS
 WEIGHT_LIMIT_1M = 2400
 OI_REQUESTS_PER_5M = 1000
+#: openInterestHist's own IP limit as a named budget (the margin is ``LIQMAP_BINANCE_OI_MARGIN`` in the bot)
+OI_BUDGET = BudgetParams("binance openInterestHist", OI_REQUESTS_PER_5M, 300.0, margin=0.9)
+#: how long a request waits for the OI budget before its symbol is held back (seconds)
+HOLD_AFTER_S = 10.0
+#: a refresh that reached a bar is not repeated for the same bar within this many seconds
+REFRESH_MIN_S = 60.0
 SYMBOLS_TTL_S = 3600.0
 OI_PERIODS = ("5m", "15m", "30m", "1h", "2h", "4h", "6h", "12h", "1d")
 KLINE_COLUMNS = ("time", "open", "high", "low", "close", "volume", "close_time", "quote_volume", "taker_buy")
@@ -245,11 +265,22 @@ class BinanceSource:
         budget_s: float = 30.0,
         deadline_s: float = DEFAULT_DEADLINE_S,
         max_concurrency: int = 4,
+        oi_budget: RequestBudget | None = None,
+        demand: Demand | None = None,
+        hold_after_s: float = HOLD_AFTER_S,
+        refresh_min_s: float = REFRESH_MIN_S,
     ) -> None:
         self._clock = clock
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.weight = RateLimiter(WEIGHT_LIMIT_1M / 60.0, WEIGHT_LIMIT_1M // 2, clock=clock, sleep=sleep)
-        self.oi_limiter = RateLimiter(OI_REQUESTS_PER_5M / 300.0, 20, clock=clock, sleep=sleep)
+        self._sleep = sleep
+        self.oi_budget = oi_budget or RequestBudget(OI_BUDGET, clock=clock, sleep=sleep)
+        self.demand = demand or Demand(clock=clock)
+        self.hold_after_s = float(hold_after_s)
+        self._refreshing: dict[tuple[str, str], asyncio.Task[pd.DataFrame]] = {}
+        self._waiters: dict[asyncio.Task[pd.DataFrame], int] = {}
+        self._fresh: dict[tuple[str, str], tuple[int, float]] = {}  # (newest closed bar, clock) of the last refresh
+        self.refresh_min_s = float(refresh_min_s)
         self.client = client or VenueClient(
             VENUE, base_url, transport=transport, limiter=self.weight, sleep=sleep, clock=clock,
             on_response=self._on_response, recorder=recorder, budget_s=budget_s, deadline_s=deadline_s,
@@ -262,8 +293,22 @@ class BinanceSource:
         self._pages = asyncio.Semaphore(max(1, max_concurrency))
         self.used_weight: int | None = None  # last X-MBX-USED-WEIGHT-1M seen
 
+    def set_oi_budget(self, params: BudgetParams) -> None:
+        """Replace the open-interest budget with one of ``params`` (settings; before any request)."""
+        if params != self.oi_budget.params:
+            self.oi_budget = RequestBudget(params, clock=self._clock, sleep=self._sleep)
+
+    @property
+    def oi_limiter(self) -> RateLimiter:
+        """The open-interest budget's bucket."""
+        return self.oi_budget.limiter
+
     async def aclose(self) -> None:
-        """Close the HTTP client (the cache stays open for other users)."""
+        """Close the HTTP client and drop queued refreshes (the cache stays open for other users)."""
+        tasks = list(self._refreshing.values())
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.client.aclose()
 
     @property
@@ -276,11 +321,14 @@ class BinanceSource:
             self.used_weight = min(int(raw), WEIGHT_LIMIT_1M)  # beyond the limit the venue answers 429 anyway
             self.weight.observe(self.used_weight, WEIGHT_LIMIT_1M)
 
-    async def _get(self, path: str, params: dict[str, Any], *, weight: float) -> Any:
-        if path == OI_HIST:
-            await self.oi_limiter.acquire(1)
+    async def _get(self, path: str, params: dict[str, Any], *, weight: float, oi_paid: bool = False) -> Any:
+        extra: dict[str, Any] = {}
+        if path == OI_HIST:  # its own budget, in priority order; retries are charged by the client
+            if not oi_paid:
+                await self.oi_budget.take(self.demand.priority(str(params.get("symbol"))))
+            extra = {"budget": self.oi_budget.limiter, "budget_paid": True}
         try:
-            return await self.client.get_json(path, params, cost=weight, max_bytes=MAX_BYTES[path])
+            return await self.client.get_json(path, params, cost=weight, max_bytes=MAX_BYTES[path], **extra)
         except SourceError as exc:
             body = getattr(exc, "body", None) or ""
             if exc.status == 400 and "-1121" in body:
@@ -367,7 +415,9 @@ class BinanceSource:
         if start < oldest:
             start = oldest
             notes.append(f"{_OI_NOTE}; the {window.label} window starts at {iso(start)}")
-        frame = await self._flight.do((sym, interval, start, end), lambda: self._series(sym, interval, start, end, now))
+        frame, held = await self._refreshed(sym, interval, start, end, now)
+        if held:
+            notes.append(held)
         if len(frame) == 0:
             raise SourceError(VENUE, KLINES, f"no bars with open interest for {sym} {interval} between {iso(start)} and {iso(end)}")
         bars = Bars.from_frame(frame, venue=VENUE, symbol=sym, interval=interval)
@@ -376,6 +426,94 @@ class BinanceSource:
         if covered < 0.97 * window.duration_ms and not notes[1:]:
             notes.append(f"the data covers {covered / DAY_MS:.1f} of the {window.label} window's days; the map uses all of it")
         return bars.with_notes(*notes)
+
+    def _oi_need(self, ranges: list[tuple[int, int]], step: int) -> int:
+        """openInterestHist requests a fetch of ``ranges`` makes."""
+        return sum(len(page_ranges(a, b, step, OI_LIMIT)) for a, b in ranges)
+
+    async def _refreshed(self, sym: str, interval: str, start: int, end: int, now: int) -> tuple[pd.DataFrame, str]:
+        """The series ``start..end`` after a refresh, or the cached part of it and a note when held back.
+
+        One refresh per (symbol, interval) at a time: concurrent requests join it (a wider one waits
+        for it, then fetches only what is still missing). The refresh runs on its own, so a request
+        that stops waiting (held back) leaves it queued for the next one.
+        """
+        key = (sym, interval)
+        step = INTERVAL_MS[interval]
+        started = False
+        for _ in range(3):  # a joined refresh may leave a wider request's head to fetch; ours is the last
+            task = self._refreshing.get(key)
+            if task is None:
+                if started:
+                    break
+                ranges = self._missing(sym, interval, start, end, step)
+                if not ranges:
+                    break
+                need = self._oi_need(ranges, step)
+                eta = self.oi_budget.eta_s(self.demand.priority(sym), need)
+                task = asyncio.ensure_future(self._series(sym, interval, start, end, now))
+                started = True
+                self._refreshing[key] = task
+                task.add_done_callback(lambda t, k=key, e=end: self._refresh_done(k, e, t))
+            else:
+                eta = self.oi_budget.eta_s(self.demand.priority(sym), 0)  # its requests are queued already
+            if eta <= self.hold_after_s:
+                try:  # within the client's budget: a budget drained meanwhile holds it back after all
+                    await self._wait(key, task, max(self.hold_after_s, self.client.budget_s))
+                    continue
+                except asyncio.TimeoutError:
+                    eta = max(eta, self.oi_budget.eta_s(self.demand.priority(sym), 0))
+            return self._held_back(sym, interval, start, end, step, eta)
+        return self.cache.load(VENUE, sym, interval, start, end + step), ""
+
+    async def _wait(self, key: tuple[str, str], task: asyncio.Task[pd.DataFrame], timeout: float) -> None:
+        """Wait for a refresh. When its last waiter is cancelled it is cancelled too (its page slots and
+        budget go to work someone wants), unless it is held back: then it stays queued on purpose."""
+        self._waiters[task] = self._waiters.get(task, 0) + 1
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout)
+        except asyncio.CancelledError:
+            if self._waiters.get(task, 1) <= 1 and not self.oi_budget.is_held(f"{key[0]} {key[1]}"):
+                task.cancel()
+            raise
+        finally:
+            left = self._waiters.get(task, 1) - 1
+            if left > 0:
+                self._waiters[task] = left
+            else:
+                self._waiters.pop(task, None)
+
+    def _refresh_done(self, key: tuple[str, str], end: int, task: asyncio.Task[pd.DataFrame]) -> None:
+        if self._refreshing.get(key) is task:
+            del self._refreshing[key]
+        self.oi_budget.release(f"{key[0]} {key[1]}")
+        if task.cancelled():
+            return
+        exc = task.exception()  # retrieved here; a waiter re-raises it itself
+        if exc is None:
+            self._fresh[key] = (end, self._clock())
+        elif not isinstance(exc, SourceError):
+            log.error("binance refresh of %s %s failed", *key, exc_info=exc)
+
+    def _held_back(self, sym: str, interval: str, start: int, end: int, step: int, eta: float) -> tuple[pd.DataFrame, str]:
+        cached = self.cache.load(VENUE, sym, interval, start, end + step)
+        self.oi_budget.hold(f"{sym} {interval}", eta, stale=len(cached) > 0)
+        wait = _about(eta)
+        if len(cached) == 0:
+            raise HeldBack(
+                VENUE, OI_HIST,
+                f"{sym} is queued behind Binance's open-interest request budget ({self._budget_words()}, "
+                f"shared by every map this bot makes); its data should be ready in {wait}",
+                retry_after=eta,
+            )
+        last = int(cached["time"].iloc[-1])
+        return cached, (f"stale: held back by Binance's open-interest request budget; data to {iso(last)}, "
+                        f"a refresh is queued (ready in {wait})")
+
+    def _budget_words(self) -> str:
+        p = self.oi_budget.params
+        minutes = p.window_s / 60
+        return f"{p.limit:,} requests per {minutes:g} minutes per IP"
 
     async def _series(self, sym: str, interval: str, start: int, end: int, now: int) -> pd.DataFrame:
         step = INTERVAL_MS[interval]
@@ -399,8 +537,12 @@ class BinanceSource:
         covered_from = cover[0] if cover is not None else self.cache.first_time(VENUE, sym, interval)
         if covered_from is not None and start < covered_from:
             out.append((start, covered_from - step))
-        if last < end:
-            out.append((last, end))  # from the newest cached bar itself: a revised bar is replaced
+        fresh_end, fresh_at = self._fresh.get((sym, interval), (-1, -math.inf))
+        if last < end and not (fresh_end >= end and self._clock() - fresh_at < self.refresh_min_s):
+            # from the newest cached bar itself (a revised bar is replaced); a refresh that reached
+            # this end already (the venue had not published the newest point yet) is not repeated
+            # within refresh_min_s
+            out.append((last, end))
         return out
 
     async def _fetch(self, sym: str, interval: str, a: int, b: int, now: int) -> pd.DataFrame:
@@ -418,12 +560,21 @@ class BinanceSource:
 
     async def _page(self, path: str, sym: str, interval: str, s: int, e: int, step: int) -> pd.DataFrame:
         n = (e - s) // step + 1
+        if path == OI_HIST:
+            # the budget's turn comes first, in priority order, and only then a page slot: otherwise the
+            # slots (first come, first served) would decide which symbol's pages wait for the budget
+            await self.oi_budget.take(self.demand.priority(sym))
         async with self._pages:
             if path == KLINES:
                 params = {"symbol": sym, "interval": interval, "startTime": s, "endTime": e + step - 1, "limit": n}
                 return parse_klines(await self._get(KLINES, params, weight=kline_weight(n)))
             params = {"symbol": sym, "period": interval, "startTime": s, "endTime": e + step - 1, "limit": n}
-            return parse_open_interest(await self._get(OI_HIST, params, weight=0))
+            return parse_open_interest(await self._get(OI_HIST, params, weight=0, oi_paid=True))
+
+
+def _about(seconds: float) -> str:
+    """``about 4 min`` / ``about 30 s``."""
+    return f"about {max(1, round(seconds)):.0f} s" if seconds < 90 else f"about {round(seconds / 60):.0f} min"
 
 
 def _cover_key(sym: str, interval: str) -> str:

@@ -21,7 +21,8 @@ follows exactly the same rules as a GET):
   exponential backoff and jitter, as long as ``max_attempts`` and ``budget_s`` allow (a retry
   needs a quarter of ``deadline_s`` left after its backoff);
 * 429 honours ``Retry-After`` (seconds or an HTTP date): the client waits that long, pausing the
-  limiter so that concurrent requests wait too. When the wait would exceed the budget it stops
+  limiter (and the endpoint's own request ``budget``, when the call has one) so that concurrent
+  requests wait too. When the wait would exceed the budget it stops
   with a :class:`SourceError` carrying ``retry_after`` and refuses further requests until then;
 * 418 (the venue banned this IP for ignoring 429s) is never retried: it raises at once with
   ``retry_after`` (``Retry-After``, else :data:`DEFAULT_BAN_S`) and sends nothing more until then;
@@ -216,6 +217,16 @@ class RateLimiter:
                     wait = max(1e-3, (cost - self._tokens) / self.rate)
                 self.waited_s += wait
                 await self._sleep(wait)
+
+    def wait_s(self, cost: float = 1.0) -> float:
+        """Seconds until ``cost`` tokens could be taken, from now (a pause included); takes nothing.
+
+        An estimate for callers that decide whether to wait (e.g. a request budget's ETA).
+        """
+        self._refill()
+        cost = min(float(cost), self.burst)
+        pause = max(0.0, self._paused_until - self._clock())
+        return max(pause, max(0.0, cost - self._tokens) / self.rate)
 
     def charge(self, cost: float) -> None:
         """Take ``cost`` tokens now without waiting (a cost known only from the response).
@@ -495,13 +506,17 @@ class VenueClient:
 
     async def get_json(
         self, path: str, params: Mapping[str, Any] | None = None, *, cost: float = 1.0, max_bytes: int = DEFAULT_MAX_BYTES,
+        budget: RateLimiter | None = None, budget_paid: bool = False,
     ) -> Any:
         """GET ``path`` and return its decoded JSON, or raise :class:`SourceError` (see module doc).
 
-        ``max_bytes`` is the endpoint's limit on the decoded body.
+        ``max_bytes`` is the endpoint's limit on the decoded body. ``budget`` is an endpoint's own
+        request budget besides the venue's limiter (Binance's openInterestHist: 1,000 requests per
+        5 minutes): every attempt takes one request from it, the first too unless ``budget_paid``
+        (a priority queue already took it), and a 429 or 418 pauses it for the server's wait.
         """
         params = {k: v for k, v in (params or {}).items() if v is not None}
-        return await self._request_json("GET", path, params, None, path, cost, max_bytes)
+        return await self._request_json("GET", path, params, None, path, cost, max_bytes, budget, budget_paid)
 
     async def post_json(
         self, path: str, body: Mapping[str, Any], *, cost: float = 1.0, max_bytes: int = DEFAULT_MAX_BYTES,
@@ -523,7 +538,7 @@ class VenueClient:
 
     async def _request_json(
         self, method: str, path: str, params: Mapping[str, Any], content: bytes | None, endpoint: str,
-        cost: float, max_bytes: int,
+        cost: float, max_bytes: int, budget: RateLimiter | None = None, budget_paid: bool = False,
     ) -> Any:
         """The shared attempt loop of :meth:`get_json` and :meth:`post_json` (see the module doc)."""
         began = time.monotonic()
@@ -536,10 +551,13 @@ class VenueClient:
 
         for attempt in range(self.max_attempts):
             self._check_blocked(endpoint)
-            if self.limiter is not None:
+            takes = [(self.limiter, cost)] if self.limiter is not None else []
+            if budget is not None and (attempt or not budget_paid):
+                takes.append((budget, 1.0))  # every attempt is one request of the endpoint's own budget
+            for lim, lim_cost in takes:
                 try:
                     async with asyncio.timeout(max(0.0, self.budget_s - used())):
-                        await self.limiter.acquire(cost)
+                        await lim.acquire(lim_cost)
                 except TimeoutError:
                     raise _sourceerror(
                         self.venue, endpoint,
@@ -587,6 +605,8 @@ class VenueClient:
                     wait = _retry_after(resp)
                     ban = wait if wait is not None else DEFAULT_BAN_S
                     self._block(ban, status)
+                    if budget is not None:
+                        budget.pause(ban)
                     raise _sourceerror(
                         self.venue, endpoint,
                         f"the venue has banned this IP for too many requests (HTTP 418); "
@@ -604,6 +624,8 @@ class VenueClient:
                     wait = _retry_after(resp)
                     delay = wait if wait is not None else self._backoff(attempt)
                     last_reason, last_status = f"rate limited (HTTP 429: {_venue_message(resp)})", status
+                    if budget is not None:
+                        budget.pause(delay)  # the endpoint's own budget waits too, for every caller
                     if used() + delay > self.budget_s or attempt + 1 >= self.max_attempts:
                         self._block(delay, status)
                         raise _sourceerror(

@@ -10,7 +10,10 @@ bounded so the answer never waits long:
 - the data: per live venue the newest bar of the bar cache (:meth:`BarCache.newest`), and per
   venue the newest realized liquidation of the tape in the last 24 hours (:meth:`TapeStore.latest`);
 - the venues: :class:`bot.venue_health.VenueHealth` (one probe per venue, cached 60 s, at most
-  3.5 s of waiting). An offline source (sample, recording, file) asks no exchange.
+  3.5 s of waiting). An offline source (sample, recording, file) asks no exchange;
+- the exchange budgets: how many symbols Binance's open-interest budget holds back now and the
+  first few (:meth:`analysis.sources.budget.RequestBudget.held`), and the dispatcher's posting
+  capacity (:attr:`bot.scheduler.Dispatcher.capacity`: posts per due minute that fit the grace window).
 """
 
 from __future__ import annotations
@@ -103,7 +106,27 @@ class AboutCog(commands.Cog):
             checks=None if self.source != "live" else tuple((v, s.state, s.detail) for v, s in checks.items()),
             model_overrides=tuple(overrides.items()),
             deployment=self.bot.deployment(),
+            held_back=self._held_back(),
+            posting=self._posting(),
         )
+
+    def _held_back(self) -> tuple[tuple[str, int, tuple[str, ...]], ...]:
+        """Per exchange budget (Binance's open-interest history): the keys it holds back now."""
+        from analysis.sources.budget import RequestBudget
+
+        out = []
+        for src in self.bot.service.sources.values():
+            budget = getattr(src, "oi_budget", None)
+            if isinstance(budget, RequestBudget):
+                held = budget.held()
+                if held:
+                    out.append((budget.params.describe(), len(held), tuple(h.key for h in held[:5])))
+        return tuple(out)
+
+    def _posting(self) -> str:
+        cap = getattr(self.bot.scheduler, "capacity", None)
+        line = getattr(cap, "line", None)
+        return line() if callable(line) else ""
 
     async def _accuracy(self) -> tuple[Any, str]:
         try:

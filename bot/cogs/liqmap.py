@@ -97,6 +97,7 @@ class LiqmapCog(commands.Cog):
         sym, win, _ = self.validate(symbol, window, exchange, view)
         private = reply_ephemeral_if_external(interaction, private)  # a server without external apps
         self.cooldown.charge(interaction.user.id)  # once, whatever the view
+        self.bot.demand.asked(sym)  # the most asked symbols are refreshed first when a budget is short
         await interaction.response.defer(ephemeral=private, thinking=True)
         interaction.extras["public_defer"] = not private
         state = AnswerState(sym, win, exchange.strip().lower(), view, interaction.user.id)

@@ -122,6 +122,18 @@ class DailyStore(SubscriptionStore):
             )
             return [DailySchedule._of(r) for r in rows]
 
+    async def due_load(self) -> dict[int, int]:
+        """Posts per UTC minute of the day (0..1439) of the active schedules' next runs (one per
+        symbol): what :func:`bot.pacer.posting_capacity` checks against the posting rate."""
+        out: dict[int, int] = {}
+        async with self._session() as s:
+            rows = await s.execute(select(DailyRow.next_run_at, DailyRow.symbols).where(DailyRow.paused_reason.is_(None)))
+            for when, symbols in rows:
+                at = aware(when)
+                minute = at.hour * 60 + at.minute
+                out[minute] = out.get(minute, 0) + max(1, len([x for x in str(symbols).split(",") if x]))
+        return out
+
     async def next_due_at(self) -> datetime | None:
         """The earliest ``next_run_at`` of an active schedule (None when there is none)."""
         async with self._session() as s:
