@@ -115,6 +115,10 @@ class ModelState:
         self.bad[:n] = _bad_wicks(bars, params.max_wick)
         self.open_long = np.flatnonzero(self.sweep_long[:n].reshape(-1) == _NEVER)  # flat slot indices, ascending
         self.open_short = np.flatnonzero(self.sweep_short[:n].reshape(-1) == _NEVER)
+        # their prices, compact (shorts negated: a bar reaches a short when -high <= -price), so a new bar's
+        # sweep is one contiguous compare pass, not a gather first
+        self.px_long = self.price_long.reshape(-1).take(self.open_long)
+        self.px_short = np.negative(self.price_short.reshape(-1).take(self.open_short))
         self.run = run
         self._index: LevelIndex | None = None
         self.valid = True
@@ -195,8 +199,9 @@ class ModelState:
             return
         self.a += d
         cut = self.a * self.k
-        self.open_long = self.open_long[np.searchsorted(self.open_long, cut):]
-        self.open_short = self.open_short[np.searchsorted(self.open_short, cut):]
+        lo, so = int(np.searchsorted(self.open_long, cut)), int(np.searchsorted(self.open_short, cut))
+        self.open_long, self.px_long = self.open_long[lo:], self.px_long[lo:]
+        self.open_short, self.px_short = self.open_short[so:], self.px_short[so:]
 
     def _room(self, rows: int) -> None:
         """Make room for ``rows`` more rows: move the window to fresh buffers' start (never in place,
@@ -220,7 +225,7 @@ class ModelState:
                 new_1d = np.zeros(cap, dtype=old_1d.dtype)
                 new_1d[:n] = old_1d[self.a : self.e]
                 setattr(self, name, new_1d)
-        self.open_long = self.open_long - shift * self.k
+        self.open_long = self.open_long - shift * self.k  # (their prices px_* stay as they are)
         self.open_short = self.open_short - shift * self.k
         self.a, self.e, self.cap = 0, n, cap
 
@@ -239,27 +244,35 @@ class ModelState:
             self.entry_mean[r0 : r0 + f] = slots.entry_mean
         self.bad[r0 : r0 + f] = bad
         ref_long, ref_short, applies = sweep_rule(clipped, fitted)
-        flat_pl, flat_ps = self.price_long.reshape(-1), self.price_short.reshape(-1)
         flat_sl, flat_ss = self.sweep_long.reshape(-1), self.sweep_short.reshape(-1)
+        no_sweep = np.zeros(k, dtype=bool)
         for i in range(f):
             r = r0 + i
             # consume: the unswept levels of earlier bars this bar reaches (low <= long price, -high <= -short price)
-            hit = clipped.low[i] <= flat_pl.take(self.open_long)
-            flat_sl[self.open_long[hit]] = r
-            self.open_long = self.open_long[~hit]
-            hit = -clipped.high[i] <= -flat_ps.take(self.open_short)
-            flat_ss[self.open_short[hit]] = r
-            self.open_short = self.open_short[~hit]
+            self.open_long, self.px_long = self._consume(self.open_long, self.px_long, clipped.low[i], flat_sl, r)
+            self.open_short, self.px_short = self._consume(self.open_short, self.px_short, -clipped.high[i], flat_ss, r)
             # open: the bar's own slots, swept at once when beyond its close (open_bar_sweep)
             idx = np.arange(r * k, (r + 1) * k, dtype=np.int64)
-            for prices, sweeps, ref, cmp, name in (
-                (self.price_long, self.sweep_long, ref_long[i], np.greater_equal, "open_long"),
-                (self.price_short, self.sweep_short, ref_short[i], np.less_equal, "open_short"),
-            ):
-                now = cmp(prices[r], ref) if applies else np.zeros(k, dtype=bool)
-                sweeps[r] = np.where(now, r, _NEVER)
-                setattr(self, name, np.concatenate([getattr(self, name), idx[~now]]))
+            now_l = np.greater_equal(self.price_long[r], ref_long[i]) if applies else no_sweep
+            now_s = np.less_equal(self.price_short[r], ref_short[i]) if applies else no_sweep
+            self.sweep_long[r] = np.where(now_l, r, _NEVER)
+            self.sweep_short[r] = np.where(now_s, r, _NEVER)
+            keep_l, keep_s = ~now_l, ~now_s
+            self.open_long = np.concatenate([self.open_long, idx[keep_l]])
+            self.px_long = np.concatenate([self.px_long, self.price_long[r][keep_l]])
+            self.open_short = np.concatenate([self.open_short, idx[keep_s]])
+            self.px_short = np.concatenate([self.px_short, np.negative(self.price_short[r][keep_s])])
         self.e = r0 + f
+
+    @staticmethod
+    def _consume(idx: np.ndarray, px: np.ndarray, touch: float, flat_sweeps: np.ndarray, r: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """Sweep at bar ``r`` the unswept slots ``idx`` (prices ``px``) that ``touch <= px``; the rest."""
+        hit = np.flatnonzero(touch <= px)
+        if hit.size == 0:
+            return idx, px
+        flat_sweeps[idx.take(hit)] = r
+        return np.delete(idx, hit), np.delete(px, hit)
 
     def _assemble(self, bars: Bars, params: ModelParams, fitted: ModelParams, gaps: list) -> ModelRun:
         """The run over the window ``[a, e)``: the cached slots and sweeps, the window's own flow and weights."""
@@ -293,7 +306,7 @@ class ModelState:
         """Bytes this state holds: its buffers, unswept indices and the bars (the last run's arrays are
         mostly views of these or of the same size; counted once more as an upper bound)."""
         total = sum(getattr(self, name).nbytes for name in ("price_long", "price_short", "sweep_long", "sweep_short",
-                                                             "bad", "open_long", "open_short"))
+                                                             "bad", "open_long", "open_short", "px_long", "px_short"))
         total += 0 if self.entry_mean is None else self.entry_mean.nbytes
         total += sum(c.nbytes for c in (getattr(self.bars, name) for name in _COLUMNS) if c is not None)
         r = self.run
