@@ -21,6 +21,7 @@ new bars, or new bars that fail validation (the rebuild then raises the usual :c
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -28,7 +29,7 @@ from typing import Hashable
 
 import numpy as np
 
-from .bars import Bars, bar_fault
+from .bars import MAX_TIME_MS, Bars, bar_fault
 from .liqmap import LiquidationMap
 from .margin import MarginTable
 from .model import (
@@ -72,6 +73,31 @@ def _same_columns(a: Bars, a0: int, b: Bars, b0: int, m: int) -> bool:
             continue
         if not np.array_equal(x[a0 : a0 + m], y[b0 : b0 + m]):
             return False
+    return True
+
+
+def _plainly_valid(cols: dict[str, np.ndarray | None]) -> bool:
+    """A few rows checked in plain Python: True only if :func:`~analysis.bars.bar_fault` finds no fault
+    in them (a stricter rule: exact OHLC order, no tolerance); False means ask ``bar_fault``. Saves its
+    ~40 numpy calls on the one or two rows an update brings."""
+    before = -math.inf
+    prices = [c.tolist() for c in (cols["open"], cols["high"], cols["low"], cols["close"], cols["oi_usd"])]
+    extra = [(name, c.tolist()) for name in ("volume", "quote_volume", "taker_buy", "taker_net")
+             if (c := cols.get(name)) is not None]
+    for i, t_raw in enumerate(cols["time"].tolist()):
+        t = float(t_raw)
+        if not (0.0 <= t < MAX_TIME_MS and t == math.floor(t) and t > before):
+            return False
+        before = t
+        o, h, lo, c, oi = (col[i] for col in prices)
+        if not all(math.isfinite(x) and x > 0.0 for x in (o, h, lo, c, oi)):
+            return False
+        if not (h >= lo and h >= max(o, c) and lo <= min(o, c)):
+            return False
+        for name, col in extra:
+            x = col[i]
+            if not math.isfinite(x) or (name != "taker_net" and x < 0.0):
+                return False
     return True
 
 
@@ -153,8 +179,8 @@ class ModelState:
             step = np.diff(bars.time[m - 1 :])
             if np.any(step != bars.interval_ms):
                 return "a gap where the new bars join or among them", 0, 0
-            if bar_fault({name: (None if getattr(bars, name) is None else getattr(bars, name)[m - 1 :])
-                          for name in _COLUMNS}) is not None:
+            cols = {name: (None if getattr(bars, name) is None else getattr(bars, name)[m - 1 :]) for name in _COLUMNS}
+            if not _plainly_valid(cols) and bar_fault(cols) is not None:
                 return "a new bar fails validation", 0, 0
         return "", d, fresh
 
@@ -290,16 +316,19 @@ class ModelState:
         longs, shorts, self._index, rows = levels_from_slots(slots, d_oi, long_share, self._index)  # reused while
         opening = self._index[0]  # the opening bars stay the same
 
-        def rel(sweeps: np.ndarray) -> np.ndarray:  # window-relative sweep bars, never swept: n
+        def rel(sweeps: np.ndarray, unswept: np.ndarray) -> np.ndarray:  # window-relative sweep bars, never swept: n
             if rows is None:
                 return np.minimum(sweeps[a:e].take(opening, axis=0) - a, n).reshape(-1)
-            out = np.subtract(sweeps[a + rows.start : e], a)
-            return np.minimum(out, n, out=out).reshape(-1)
+            first = (a + rows.start) * self.k  # the unswept slots are the _NEVER ones: set those, not a min pass
+            out = np.subtract(sweeps[a + rows.start : e].reshape(-1), a)
+            out[unswept[np.searchsorted(unswept, first):] - first] = n
+            return out
 
         table = fitted.margin_table
         info = {"side_model": side_used, "margin_table": table.name if table else "unknown",
                 "levels_per_bar": int(self.k)}
-        return ModelRun(clipped, longs, shorts, rel(self.sweep_long), rel(self.sweep_short), log_c, info, gaps,
+        return ModelRun(clipped, longs, shorts, rel(self.sweep_long, self.open_long),
+                        rel(self.sweep_short, self.open_short), log_c, info, gaps,
                         clip_notes, fitted)
 
     def nbytes(self) -> int:

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analysis.bars import Bars
+from analysis.bars import Bars, bar_fault
 from analysis.errors import DataError
 from analysis.liqmap import LiquidationMap
 from analysis.margin import Bracket, MarginTable
 from analysis.model import ModelParams, ModelRun, _first_at_or_below, build_map, map_from_run, run_model
-from analysis.model_state import ModelCache, ModelState
+from analysis.model_state import ModelCache, ModelState, _plainly_valid
 from analysis.sources import SAMPLE_PATH, read_bars_csv
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-btcusdt-perp-5m.csv"
@@ -177,6 +177,36 @@ def _first_at_or_below_before(series: np.ndarray, start: np.ndarray, thresh: np.
         np.add(pos, 1 << k, out=pos, where=move)
     out[live] = pos
     return out
+
+
+_ODD = st.sampled_from([0.0, -0.0, -1.0, 1.0, 100.0, 100.00000001, 99.99999999, float("nan"), float("inf"), 1e-300])
+
+
+@settings(max_examples=400, deadline=None)
+@given(rows=st.lists(st.tuples(st.sampled_from([0, 300_000, 600_000, -300_000, 10**14]),
+                               *([_ODD] * 5), st.one_of(st.none(), st.tuples(_ODD, _ODD, _ODD, _ODD))),
+                     min_size=1, max_size=4))
+def test_plain_check_of_new_rows_never_passes_what_bar_fault_refuses(rows: list) -> None:
+    """The update's quick validity check of its new rows is sound: it passes a row only when
+    bar_fault finds nothing (it may refuse more: then bar_fault decides)."""
+    cols: dict[str, np.ndarray | None] = {
+        "time": np.cumsum([r[0] for r in rows]).astype(np.int64) + T0,
+        **{name: np.array([r[j] for r in rows]) for j, name in enumerate(("open", "high", "low", "close", "oi_usd"), 1)},
+    }
+    has_volumes = all(r[6] is not None for r in rows)
+    for j, name in enumerate(("volume", "quote_volume", "taker_buy", "taker_net")):
+        cols[name] = np.array([r[6][j] for r in rows]) if has_volumes else None
+    if _plainly_valid(cols):
+        assert bar_fault(cols) is None
+
+
+def test_plain_check_passes_ordinary_bars() -> None:
+    bars = read_bars_csv(SAMPLE_PATH, venue="binance", symbol="BTCUSDT")
+    cols = {name: getattr(bars, name) for name in ("time", "open", "high", "low", "close", "oi_usd", "volume",
+                                                   "quote_volume", "taker_buy", "taker_net")}
+    assert bar_fault(cols) is None
+    ok = [_plainly_valid({k: (None if v is None else v[i : i + 2]) for k, v in cols.items()}) for i in range(len(bars) - 1)]
+    assert np.mean(ok) > 0.99  # the quick path is the usual one; the rest goes to bar_fault
 
 
 @settings(max_examples=200, deadline=None)
