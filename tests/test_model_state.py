@@ -179,25 +179,42 @@ def _first_at_or_below_before(series: np.ndarray, start: np.ndarray, thresh: np.
     return out
 
 
-_ODD = st.sampled_from([0.0, -0.0, -1.0, 1.0, 100.0, 100.00000001, 99.99999999, float("nan"), float("inf"), 1e-300])
+_ODD = (0.0, -0.0, -1.0, 1.0, 100.0, 99.999, 100.001, 100.0000001, float("nan"), float("inf"), 1e-300)
+_FIELDS = ("open", "high", "low", "close", "oi_usd", "volume", "quote_volume", "taker_buy", "taker_net")
 
 
-@settings(max_examples=400, deadline=None)
-@given(rows=st.lists(st.tuples(st.sampled_from([0, 300_000, 600_000, -300_000, 10**14]),
-                               *([_ODD] * 5), st.one_of(st.none(), st.tuples(_ODD, _ODD, _ODD, _ODD))),
-                     min_size=1, max_size=4))
-def test_plain_check_of_new_rows_never_passes_what_bar_fault_refuses(rows: list) -> None:
-    """The update's quick validity check of its new rows is sound: it passes a row only when
-    bar_fault finds nothing (it may refuse more: then bar_fault decides)."""
-    cols: dict[str, np.ndarray | None] = {
-        "time": np.cumsum([r[0] for r in rows]).astype(np.int64) + T0,
-        **{name: np.array([r[j] for r in rows]) for j, name in enumerate(("open", "high", "low", "close", "oi_usd"), 1)},
-    }
-    has_volumes = all(r[6] is not None for r in rows)
-    for j, name in enumerate(("volume", "quote_volume", "taker_buy", "taker_net")):
-        cols[name] = np.array([r[6][j] for r in rows]) if has_volumes else None
-    if _plainly_valid(cols):
-        assert bar_fault(cols) is None
+def test_plain_check_of_new_rows_never_passes_what_bar_fault_refuses() -> None:
+    """The update's quick validity check of its new rows is sound: it passes rows only when bar_fault
+    finds nothing in them (it may refuse more: then bar_fault decides). Every pair of fields of a
+    valid bar set to every pair of odd values, with and without the volume columns, and the times
+    of two rows in every order."""
+    base = {"open": 100.0, "high": 100.001, "low": 99.999, "close": 100.0, "oi_usd": 1e9, "volume": 5.0,
+            "quote_volume": 500.0, "taker_buy": 2.0, "taker_net": -1.0}
+    passed = refused = 0
+
+    def check(row: dict[str, float], times: list[int], volumes: bool) -> None:
+        nonlocal passed, refused
+        cols: dict[str, np.ndarray | None] = {"time": np.array(times, dtype=np.int64)}
+        for name in _FIELDS:
+            cols[name] = np.full(len(times), row[name]) if volumes or name in _FIELDS[:5] else None
+        if _plainly_valid(cols):
+            passed += 1
+            assert bar_fault(cols) is None, (row, times)
+        else:
+            refused += 1
+
+    for i, f in enumerate(_FIELDS):
+        for g in _FIELDS[i:]:
+            for x in _ODD:
+                for y in _ODD:
+                    row = {**base, f: x}
+                    row[g] = y if g != f else x
+                    check(row, [T0], volumes=True)
+                    check(row, [T0], volumes=False)
+    for step in (-300_000, 0, 1, 300_000, 10**14):
+        for start in (-1, 0, T0, 10**14 - 1):
+            check(base, [start, start + step], volumes=True)
+    assert passed and refused  # both ways taken
 
 
 def test_plain_check_passes_ordinary_bars() -> None:
