@@ -40,7 +40,8 @@ from .margin import MarginTable, table_for
 
 __all__ = [
     "ModelParams", "SideModel", "OiUnits", "OpenBarSweep", "build_map", "ModelRun", "run_model", "map_from_run",
-    "Levels", "build_levels", "side_shares", "entry_prices", "activity", "oi_flow", "level_inputs", "mmr_of", "clip_wicks",
+    "Levels", "build_levels", "side_shares", "entry_prices", "activity", "oi_flow", "FlowInputs", "flow_inputs",
+    "flow_from_inputs", "level_inputs", "mmr_of", "clip_wicks",
     "parse_overrides", "split_overrides", "non_default_params", "fit_leverage", "ExcessLeverage", "margin_table_of",
     "Slots", "SlotSweeps", "slot_prices", "levels_from_slots", "LevelIndex", "select_rows", "sweep_rule", "mmr_steps",
     "run_with_slots",
@@ -402,11 +403,20 @@ def activity(bars: Bars, params: ModelParams) -> np.ndarray:
     over the bars there are), so the multiplier is causal. The first bar, and any bar with no
     earlier range, gets 1.
     """
-    n = len(bars)
-    if params.turnover_activity == 0 or params.holding_days <= 0 or n == 0:
-        return np.ones(n)
-    x = ((bars.high - bars.low) / bars.close) ** params.turnover_activity
-    log_d = -bars.interval_ms / (params.holding_days * 86_400_000.0)
+    if params.turnover_activity == 0 or params.holding_days <= 0 or len(bars) == 0:
+        return np.ones(len(bars))
+    return _activity_of(_range_x(bars, params), bars.interval_ms, params)
+
+
+def _range_x(bars: Bars, params: ModelParams) -> np.ndarray:
+    """Per bar: ``x = (relative range)^turnover_activity`` (the bar's own prices only)."""
+    return ((bars.high - bars.low) / bars.close) ** params.turnover_activity
+
+
+def _activity_of(x: np.ndarray, interval_ms_: int, params: ModelParams) -> np.ndarray:
+    """:func:`activity` from the bars' ``x`` (:func:`_range_x`), turnover on."""
+    n = x.size
+    log_d = -interval_ms_ / (params.holding_days * 86_400_000.0)
     ewm = _decayed_sum(x, log_d) / _weight_sums(n, log_d)
     ref = np.empty(n)
     ref[0] = 0.0
@@ -462,18 +472,58 @@ def oi_flow(bars: Bars, params: ModelParams) -> tuple[np.ndarray, np.ndarray]:
     opened = max(dq, 0) + tau*q[t-1]; shrink = ((1-tau)*q[t-1] - max(-dq, 0)) / q[t-1].
     Survivors plus opened equal q[t], so the model's book follows OI.
     """
-    n = len(bars)
+    return flow_from_inputs(flow_inputs(bars, params), bars.interval_ms, params)
+
+
+@dataclass(frozen=True, eq=False)
+class FlowInputs:
+    """What :func:`oi_flow` needs of each bar on its own, ``(n,)`` each: the OI quantity ``q``, its rise
+    ``up`` and fall ``down`` since the bar before, the time step as a share of ``holding_days``
+    (``step``), the activity's ``x`` (:func:`_range_x`; None when constant) and the USD value of one
+    unit of ``q`` (``usd``). Index 0 of the pairwise ones is unused. Slices of a series' inputs are
+    the inputs of its slices, so an incremental run computes only its new bars' (the rest of the
+    flow depends on where the window starts: :func:`flow_from_inputs`)."""
+
+    q: np.ndarray
+    up: np.ndarray
+    down: np.ndarray
+    step: np.ndarray | None
+    x: np.ndarray | None
+    usd: np.ndarray | None
+
+
+def flow_inputs(bars: Bars, params: ModelParams, prev: tuple[float, int] | None = None) -> FlowInputs:
+    """The per-bar inputs of ``bars``; ``prev``: ``q`` and time of the bar before them, for the
+    pairwise ones of the first (else its are 0)."""
     q = bars.oi_usd / bars.close if params.oi_units == "coin" else bars.oi_usd
-    dq = np.diff(q)
-    tau = 0.0
-    if params.holding_days > 0:  # per actual time step, so a gap counts all its missing bars
-        rate = np.diff(bars.time) / (params.holding_days * 86_400_000.0) * activity(bars, params)[1:]
+    if prev is not None:
+        dq, dt = np.diff(q, prepend=prev[0]), np.diff(bars.time, prepend=prev[1])
+        up, down = np.maximum(dq, 0.0), np.maximum(-dq, 0.0)
+    else:
+        dq, dt = np.diff(q), np.diff(bars.time, prepend=bars.time[:1])
+        up, down = np.zeros(q.size), np.zeros(q.size)
+        up[1:], down[1:] = np.maximum(dq, 0.0), np.maximum(-dq, 0.0)
+    step = None
+    if params.holding_days > 0:
+        step = dt / (params.holding_days * 86_400_000.0)
+    x = _range_x(bars, params) if params.turnover_activity != 0 and params.holding_days > 0 else None
+    return FlowInputs(q, up, down, step, x, bars.close if params.oi_units == "coin" else None)
+
+
+def flow_from_inputs(inp: FlowInputs, interval_ms_: int, params: ModelParams) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`oi_flow` of a window from its bars' :class:`FlowInputs`."""
+    q = inp.q
+    n = q.size
+    tau: float | np.ndarray = 0.0
+    if params.holding_days > 0 and inp.step is not None:  # per actual time step, so a gap counts all its missing bars
+        act = np.ones(n) if inp.x is None or n == 0 else _activity_of(inp.x, interval_ms_, params)
+        rate = inp.step[1:] * act[1:]
         tau = -np.expm1(-rate)
     opened = np.zeros(n)
-    opened[1:] = np.maximum(dq, 0.0) + tau * q[:-1]
+    opened[1:] = inp.up[1:] + tau * q[:-1]
     shrink = np.ones(n)
-    shrink[1:] = np.maximum(((1.0 - tau) * q[:-1] - np.maximum(-dq, 0.0)) / q[:-1], 1e-12)
-    usd = bars.close if params.oi_units == "coin" else 1.0
+    shrink[1:] = np.maximum(((1.0 - tau) * q[:-1] - inp.down[1:]) / q[:-1], 1e-12)
+    usd = inp.usd if inp.usd is not None else 1.0
     return opened * usd * params.oi_scale, shrink
 
 

@@ -33,8 +33,8 @@ from .bars import MAX_TIME_MS, Bars, bar_fault
 from .liqmap import LiquidationMap
 from .margin import MarginTable
 from .model import (
-    LevelIndex, ModelParams, ModelRun, Slots, clip_wicks, fit_leverage, levels_from_slots, map_from_run,
-    margin_table_of, mmr_steps, oi_flow, run_with_slots, select_rows, side_shares, slot_prices, sweep_rule,
+    FlowInputs, LevelIndex, ModelParams, ModelRun, Slots, clip_wicks, fit_leverage, flow_from_inputs, flow_inputs,
+    levels_from_slots, map_from_run, margin_table_of, mmr_steps, run_with_slots, select_rows, side_shares, slot_prices, sweep_rule,
 )
 
 __all__ = ["ModelState", "ModelCache", "Update", "MAX_APPEND", "DEFAULT_MAX_STATES", "DEFAULT_MAX_STATE_BYTES"]
@@ -49,6 +49,7 @@ DEFAULT_MAX_STATES = 64
 DEFAULT_MAX_STATE_BYTES = 96 * 1024 * 1024
 
 _NEVER = np.iinfo(np.int64).max  # sweep bar of a slot not swept yet
+_FLOW = ("q", "up", "down", "step", "x")  # FlowInputs kept per row (usd is the window's close)
 _COLUMNS = ("time", "open", "high", "low", "close", "oi_usd", "volume", "quote_volume", "taker_buy", "taker_net")
 
 
@@ -139,6 +140,14 @@ class ModelState:
             self.entry_mean[:n] = slots.entry_mean
         self.bad = np.zeros(cap, dtype=bool)
         self.bad[:n] = _bad_wicks(bars, params.max_wick)
+        # the OI flow's per-bar inputs (each bar's own, or with the bar before): only new bars' are computed
+        flow = flow_inputs(run.bars, self.fitted)
+        self.flow: dict[str, np.ndarray] = {}  # the FlowInputs columns there are (step, x may be None)
+        for name in _FLOW:
+            col = getattr(flow, name)
+            if col is not None:
+                self.flow[name] = np.empty(cap)
+                self.flow[name][:n] = col
         self.open_long = np.flatnonzero(self.sweep_long[:n].reshape(-1) == _NEVER)  # flat slot indices, ascending
         self.open_short = np.flatnonzero(self.sweep_short[:n].reshape(-1) == _NEVER)
         # their prices, compact (shorts negated: a bar reaches a short when -high <= -price), so a new bar's
@@ -245,12 +254,16 @@ class ModelState:
                 live = new[:n] != _NEVER
                 new[:n][live] -= shift
             setattr(self, name, new)
+        def moved(old_1d: np.ndarray) -> np.ndarray:
+            new_1d = np.zeros(cap, dtype=old_1d.dtype)
+            new_1d[:n] = old_1d[self.a : self.e]
+            return new_1d
+
         for name in ("entry_mean", "bad"):
             old_1d = getattr(self, name)
             if old_1d is not None:
-                new_1d = np.zeros(cap, dtype=old_1d.dtype)
-                new_1d[:n] = old_1d[self.a : self.e]
-                setattr(self, name, new_1d)
+                setattr(self, name, moved(old_1d))
+        self.flow = {name: moved(col) for name, col in self.flow.items()}
         self.open_long = self.open_long - shift * self.k  # (their prices px_* stay as they are)
         self.open_short = self.open_short - shift * self.k
         self.a, self.e, self.cap = 0, n, cap
@@ -269,6 +282,9 @@ class ModelState:
         if self.entry_mean is not None and slots.entry_mean is not None:
             self.entry_mean[r0 : r0 + f] = slots.entry_mean
         self.bad[r0 : r0 + f] = bad
+        flow = flow_inputs(clipped, fitted, (float(self.flow["q"][r0 - 1]), int(self.bars.time[-1])))
+        for name, buf in self.flow.items():
+            buf[r0 : r0 + f] = getattr(flow, name)
         ref_long, ref_short, applies = sweep_rule(clipped, fitted)
         flat_sl, flat_ss = self.sweep_long.reshape(-1), self.sweep_short.reshape(-1)
         no_sweep = np.zeros(k, dtype=bool)
@@ -308,7 +324,10 @@ class ModelState:
             clipped, clip_notes = clip_wicks(bars, params.max_wick)
         else:
             clipped, clip_notes = bars, []
-        d_oi, shrink = oi_flow(clipped, fitted)
+        w = {name: col[a:e] for name, col in self.flow.items()}
+        usd = clipped.close if fitted.oi_units == "coin" else None
+        flow = FlowInputs(w["q"], w["up"], w["down"], w.get("step"), w.get("x"), usd)
+        d_oi, shrink = flow_from_inputs(flow, bars.interval_ms, fitted)
         log_c = np.cumsum(np.log(shrink))
         em = None if self.entry_mean is None else self.entry_mean[a:e]
         slots = Slots(self.price_long[a:e], self.price_short[a:e], self.tier, self.slot_w, em)
@@ -337,6 +356,7 @@ class ModelState:
         total = sum(getattr(self, name).nbytes for name in ("price_long", "price_short", "sweep_long", "sweep_short",
                                                              "bad", "open_long", "open_short", "px_long", "px_short"))
         total += 0 if self.entry_mean is None else self.entry_mean.nbytes
+        total += sum(col.nbytes for col in self.flow.values())
         total += sum(c.nbytes for c in (getattr(self.bars, name) for name in _COLUMNS) if c is not None)
         r = self.run
         total += sum(x.nbytes for x in (r.longs.weight, r.shorts.weight, r.longs.tier, r.shorts.tier, r.longs.t0,
