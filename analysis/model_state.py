@@ -112,6 +112,63 @@ def _fitted_key(p: ModelParams) -> ModelParams:
     return replace(p, margin_table=None)
 
 
+class _Unswept:
+    """The unswept slots of one side: flat slot indices (ascending) and their compare keys (prices;
+    shorts negated, so a bar with touch ``low`` / ``-high`` reaches a slot when ``touch <= key``), in
+    buffers with room to append. A swept slot's key becomes -inf (reached by no bar again); such
+    slots are compacted away when they outnumber the live ones or the buffer is full."""
+
+    def __init__(self, idx: np.ndarray, key: np.ndarray) -> None:
+        self.idx, self.key = idx, key
+        self.lo, self.hi, self.dead = 0, idx.size, 0
+        self._compact(0)
+
+    @property
+    def size(self) -> int:
+        """Unswept slots."""
+        return self.hi - self.lo - self.dead
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.idx.nbytes + self.key.nbytes)
+
+    def _compact(self, extra: int) -> None:
+        key = self.key[self.lo : self.hi]
+        live = key != -np.inf
+        n = int(np.count_nonzero(live))
+        cap = n + extra + n // 2 + 1024
+        idx, keys = np.empty(cap, dtype=np.int64), np.empty(cap)
+        idx[:n], keys[:n] = self.idx[self.lo : self.hi][live], key[live]
+        self.idx, self.key, self.lo, self.hi, self.dead = idx, keys, 0, n, 0
+
+    def drop_before(self, cut: int) -> None:
+        """Forget the slots below flat index ``cut`` (their bars left the window)."""
+        d = int(np.searchsorted(self.idx[self.lo : self.hi], cut))
+        self.dead -= int(np.count_nonzero(self.key[self.lo : self.lo + d] == -np.inf))
+        self.lo += d
+
+    def shift(self, by: int) -> None:
+        """Slot indices moved down by ``by`` (the buffers they index were moved)."""
+        self.idx[self.lo : self.hi] -= by
+
+    def consume(self, touch: float, flat_sweeps: np.ndarray, r: int) -> None:
+        """Sweep at bar ``r`` every unswept slot with ``touch <= key``."""
+        key = self.key[self.lo : self.hi]
+        hit = np.flatnonzero(touch <= key)
+        if hit.size:
+            flat_sweeps[self.idx[self.lo : self.hi].take(hit)] = r
+            key[hit] = -np.inf
+            self.dead += hit.size
+
+    def add(self, idx: np.ndarray, key: np.ndarray) -> None:
+        """Append slots (indices above every kept one)."""
+        m = idx.size
+        if self.hi + m > self.idx.size or self.dead > self.hi - self.lo - self.dead:
+            self._compact(m)
+        self.idx[self.hi : self.hi + m], self.key[self.hi : self.hi + m] = idx, key
+        self.hi += m
+
+
 class ModelState:
     """A model run that can be extended by new bars (see the module docstring). Not thread-safe:
     :class:`ModelCache` holds a lock per state. The bars of the last update are kept, not copied, to
@@ -148,12 +205,11 @@ class ModelState:
             if col is not None:
                 self.flow[name] = np.empty(cap)
                 self.flow[name][:n] = col
-        self.open_long = np.flatnonzero(self.sweep_long[:n].reshape(-1) == _NEVER)  # flat slot indices, ascending
-        self.open_short = np.flatnonzero(self.sweep_short[:n].reshape(-1) == _NEVER)
-        # their prices, compact (shorts negated: a bar reaches a short when -high <= -price), so a new bar's
-        # sweep is one contiguous compare pass, not a gather first
-        self.px_long = self.price_long.reshape(-1).take(self.open_long)
-        self.px_short = np.negative(self.price_short.reshape(-1).take(self.open_short))
+        flat_l, flat_s = self.price_long[:n].reshape(-1), self.price_short[:n].reshape(-1)
+        open_l = np.flatnonzero(self.sweep_long[:n].reshape(-1) == _NEVER)  # flat slot indices, ascending
+        open_s = np.flatnonzero(self.sweep_short[:n].reshape(-1) == _NEVER)
+        self.open_long = _Unswept(open_l, flat_l.take(open_l))
+        self.open_short = _Unswept(open_s, np.negative(flat_s.take(open_s)))
         self.run = run
         self._index: LevelIndex | None = None
         self.valid = True
@@ -234,9 +290,8 @@ class ModelState:
             return
         self.a += d
         cut = self.a * self.k
-        lo, so = int(np.searchsorted(self.open_long, cut)), int(np.searchsorted(self.open_short, cut))
-        self.open_long, self.px_long = self.open_long[lo:], self.px_long[lo:]
-        self.open_short, self.px_short = self.open_short[so:], self.px_short[so:]
+        self.open_long.drop_before(cut)
+        self.open_short.drop_before(cut)
 
     def _room(self, rows: int) -> None:
         """Make room for ``rows`` more rows: move the window to fresh buffers' start (never in place,
@@ -264,8 +319,8 @@ class ModelState:
             if old_1d is not None:
                 setattr(self, name, moved(old_1d))
         self.flow = {name: moved(col) for name, col in self.flow.items()}
-        self.open_long = self.open_long - shift * self.k  # (their prices px_* stay as they are)
-        self.open_short = self.open_short - shift * self.k
+        self.open_long.shift(shift * self.k)
+        self.open_short.shift(shift * self.k)
         self.a, self.e, self.cap = 0, n, cap
 
     def _append(self, tail: Bars, fitted: ModelParams) -> None:
@@ -291,8 +346,8 @@ class ModelState:
         for i in range(f):
             r = r0 + i
             # consume: the unswept levels of earlier bars this bar reaches (low <= long price, -high <= -short price)
-            self.open_long, self.px_long = self._consume(self.open_long, self.px_long, clipped.low[i], flat_sl, r)
-            self.open_short, self.px_short = self._consume(self.open_short, self.px_short, -clipped.high[i], flat_ss, r)
+            self.open_long.consume(clipped.low[i], flat_sl, r)
+            self.open_short.consume(-clipped.high[i], flat_ss, r)
             # open: the bar's own slots, swept at once when beyond its close (open_bar_sweep)
             idx = np.arange(r * k, (r + 1) * k, dtype=np.int64)
             now_l = np.greater_equal(self.price_long[r], ref_long[i]) if applies else no_sweep
@@ -300,21 +355,9 @@ class ModelState:
             self.sweep_long[r] = np.where(now_l, r, _NEVER)
             self.sweep_short[r] = np.where(now_s, r, _NEVER)
             keep_l, keep_s = ~now_l, ~now_s
-            self.open_long = np.concatenate([self.open_long, idx[keep_l]])
-            self.px_long = np.concatenate([self.px_long, self.price_long[r][keep_l]])
-            self.open_short = np.concatenate([self.open_short, idx[keep_s]])
-            self.px_short = np.concatenate([self.px_short, np.negative(self.price_short[r][keep_s])])
+            self.open_long.add(idx[keep_l], self.price_long[r][keep_l])
+            self.open_short.add(idx[keep_s], np.negative(self.price_short[r][keep_s]))
         self.e = r0 + f
-
-    @staticmethod
-    def _consume(idx: np.ndarray, px: np.ndarray, touch: float, flat_sweeps: np.ndarray, r: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
-        """Sweep at bar ``r`` the unswept slots ``idx`` (prices ``px``) that ``touch <= px``; the rest."""
-        hit = np.flatnonzero(touch <= px)
-        if hit.size == 0:
-            return idx, px
-        flat_sweeps[idx.take(hit)] = r
-        return np.delete(idx, hit), np.delete(px, hit)
 
     def _assemble(self, bars: Bars, params: ModelParams, fitted: ModelParams, gaps: list) -> ModelRun:
         """The run over the window ``[a, e)``: the cached slots and sweeps, the window's own flow and weights."""
@@ -335,26 +378,24 @@ class ModelState:
         longs, shorts, self._index, rows = levels_from_slots(slots, d_oi, long_share, self._index)  # reused while
         opening = self._index[0]  # the opening bars stay the same
 
-        def rel(sweeps: np.ndarray, unswept: np.ndarray) -> np.ndarray:  # window-relative sweep bars, never swept: n
+        def rel(sweeps: np.ndarray) -> np.ndarray:  # window-relative sweep bars, never swept: n
             if rows is None:
                 return np.minimum(sweeps[a:e].take(opening, axis=0) - a, n).reshape(-1)
-            first = (a + rows.start) * self.k  # the unswept slots are the _NEVER ones: set those, not a min pass
-            out = np.subtract(sweeps[a + rows.start : e].reshape(-1), a)
-            out[unswept[np.searchsorted(unswept, first):] - first] = n
-            return out
+            out = np.subtract(sweeps[a + rows.start : e], a)
+            return np.minimum(out, n, out=out).reshape(-1)
 
         table = fitted.margin_table
         info = {"side_model": side_used, "margin_table": table.name if table else "unknown",
                 "levels_per_bar": int(self.k)}
-        return ModelRun(clipped, longs, shorts, rel(self.sweep_long, self.open_long),
-                        rel(self.sweep_short, self.open_short), log_c, info, gaps,
+        return ModelRun(clipped, longs, shorts, rel(self.sweep_long), rel(self.sweep_short), log_c, info, gaps,
                         clip_notes, fitted)
 
     def nbytes(self) -> int:
         """Bytes this state holds: its buffers, unswept indices and the bars (the last run's arrays are
         mostly views of these or of the same size; counted once more as an upper bound)."""
         total = sum(getattr(self, name).nbytes for name in ("price_long", "price_short", "sweep_long", "sweep_short",
-                                                             "bad", "open_long", "open_short", "px_long", "px_short"))
+                                                             "bad"))
+        total += self.open_long.nbytes + self.open_short.nbytes
         total += 0 if self.entry_mean is None else self.entry_mean.nbytes
         total += sum(col.nbytes for col in self.flow.values())
         total += sum(c.nbytes for c in (getattr(self.bars, name) for name in _COLUMNS) if c is not None)
