@@ -581,31 +581,46 @@ def level_inputs(bars: Bars, params: ModelParams) -> tuple[np.ndarray, np.ndarra
         lv = np.broadcast_to(np.tile(lev, j), (n, j * m))
         tier = np.broadcast_to(np.tile(lev_tier, j), (n, j * m))
         return e, lv, tier, (entry_w[:, None] * lev_w[None, :]).ravel()
-    tiers = np.asarray(params.leverage, dtype=float)
-    w = np.asarray(params.leverage_weights, dtype=float)
-    w = w / w.sum()
-    m = max(1, k_lat // tiers.size)  # positions per tier and bar
+    tiers, m, j, v0, tier_row, slot_w = _lattice(params.leverage, params.leverage_weights, k_lat)
     idx = (bars.time // bars.interval_ms).astype(np.float64)
     shift_u = np.mod(idx * _R2[0], 1.0)[:, None]
     shift_v = np.mod(idx * _R2[1], 1.0)[:, None]
-    j = np.arange(m, dtype=np.float64)
     r = (j[None, :] + shift_u) / m  # (n, m): stratified positions within each tier's band
-    a = _lattice_multiplier(m)
-    v = np.mod(np.mod(j * a, m)[None, :] / m + shift_v, 1.0)  # (n, m): entry quantiles
+    v = np.mod(v0 + shift_v, 1.0)  # (n, m): entry quantiles
     band = np.exp(params.leverage_spread * (2.0 * r - 1.0))  # (n, m): one exp per bar and position, not per tier
     if m == 1:  # the same products as the broadcast below, in (n, T) rows rather than length-1 ones
         lev = np.multiply.outer(band[:, 0], tiers)
     else:
         lev = tiers[None, :, None] * band[:, None, :]  # (n, T, m)
     lev = np.clip(lev, 1.0, 200.0, out=lev).reshape(n, tiers.size * m)
-    tier = np.broadcast_to(np.repeat(np.arange(tiers.size), m), (n, tiers.size * m))
+    tier = np.broadcast_to(tier_row, (n, tiers.size * m))
     if params.entry_points == 1:
         entry = np.broadcast_to(entry_prices(bars, 1)[0], (n, tiers.size * m))
     else:
         q = np.broadcast_to(v[:, None, :], (n, tiers.size, m)).reshape(n, tiers.size * m)
         span = np.repeat(bars.high - bars.low, q.shape[1]).reshape(q.shape)  # flat passes, not K-wide rows
         entry = np.repeat(bars.low, q.shape[1]).reshape(q.shape) + q * span
-    return entry, lev, tier, np.repeat(w / m, m)
+    return entry, lev, tier, slot_w.copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _lattice(leverage: tuple[float, ...], weights: tuple[float, ...], k_lat: int
+             ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What the lattice of :func:`level_inputs` shares by every bar: the tiers, positions per tier ``m``,
+    ``j = 0..m-1``, the unshifted entry quantiles ``(1, m)``, each slot's tier and weight (read-only;
+    cached per tier set, as an incremental update opens one bar at a time)."""
+    tiers = np.asarray(leverage, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    w = w / w.sum()
+    m = max(1, k_lat // tiers.size)  # positions per tier and bar
+    j = np.arange(m, dtype=np.float64)
+    a = _lattice_multiplier(m)
+    v0 = np.mod(j * a, m)[None, :] / m
+    tier_row = np.repeat(np.arange(tiers.size), m)
+    slot_w = np.repeat(w / m, m)
+    for x in (tiers, j, v0, tier_row, slot_w):
+        x.flags.writeable = False
+    return tiers, m, j, v0, tier_row, slot_w
 
 
 def margin_table_of(params: ModelParams, symbol: str, price: float) -> MarginTable:
