@@ -665,7 +665,8 @@ def mmr_steps(table: MarginTable, position_usd: float) -> tuple[tuple[float, flo
     return tuple(out)
 
 
-def mmr_of(table: MarginTable, leverage: np.ndarray, position_usd: float) -> np.ndarray:
+def mmr_of(table: MarginTable, leverage: np.ndarray, position_usd: float,
+           steps: tuple[tuple[float, float], ...] | None = None) -> np.ndarray:
     """:meth:`MarginTable.mmr_for` over an array of leverages.
 
     For a fixed position size the rate is a step function of leverage that can only change at
@@ -673,7 +674,7 @@ def mmr_of(table: MarginTable, leverage: np.ndarray, position_usd: float) -> np.
     pass per step where the rate actually changes (one pass for the BTC table at $100k).
     """
     lev = np.asarray(leverage, dtype=float)
-    steps = mmr_steps(table, position_usd)
+    steps = steps if steps is not None else mmr_steps(table, position_usd)  # given: the caller's, already found
     out = np.full(lev.shape, steps[0][1])
     for above, value in steps[1:]:
         out[lev > above] = value  # leverages in (steps[i-1], steps[i]] and beyond
@@ -693,11 +694,13 @@ class Slots:
     entry_mean: np.ndarray | None
 
 
-def slot_prices(bars: Bars, params: ModelParams, table: MarginTable) -> Slots:
+def slot_prices(bars: Bars, params: ModelParams, table: MarginTable,
+                steps: tuple[tuple[float, float], ...] | None = None) -> Slots:
     """The liquidation price of every slot of every bar (each bar's own prices only, so the slots of
-    a bar are the same whatever window it is in). ``params`` fitted (:func:`fit_leverage`)."""
+    a bar are the same whatever window it is in). ``params`` fitted (:func:`fit_leverage`); ``steps``:
+    ``mmr_steps(table, params.typical_position_usd)`` if the caller has it."""
     entry, lev, tier, slot_w = level_inputs(bars, params)
-    mmr = mmr_of(table, lev, params.typical_position_usd)
+    mmr = mmr_of(table, lev, params.typical_position_usd, steps)
     inv = 1.0 / lev
     price_long = entry * ((1.0 - inv) / (1.0 - mmr))
     price_short = entry * ((1.0 + inv) / (1.0 + mmr))

@@ -72,7 +72,7 @@ def _same_columns(a: Bars, a0: int, b: Bars, b0: int, m: int) -> bool:
             if (x is None) != (y is None):
                 return False
             continue
-        if not np.array_equal(x[a0 : a0 + m], y[b0 : b0 + m]):
+        if not (x[a0 : a0 + m] == y[b0 : b0 + m]).all():  # np.array_equal's test, without its checks (same shape)
             return False
     return True
 
@@ -331,7 +331,7 @@ class ModelState:
         bad = _bad_wicks(tail, params.max_wick)
         clipped, _ = clip_wicks(tail, params.max_wick)
         table = fitted.margin_table or MarginTable("unknown", ())
-        slots = slot_prices(clipped, fitted, table)
+        slots = slot_prices(clipped, fitted, table, self.steps)  # the steps update() checked this table prices by
         r0, k = self.e, self.k
         self.price_long[r0 : r0 + f], self.price_short[r0 : r0 + f] = slots.price_long, slots.price_short
         if self.entry_mean is not None and slots.entry_mean is not None:
