@@ -259,6 +259,8 @@ class ModelState:
         if not reason:
             if len(bars) < params.min_bars or float(np.max(bars.high)) <= float(np.min(bars.low)):
                 reason = "the bars fail validation"
+            elif params == self.params and margin_table_of(params, bars.symbol, bars.price) == self.fitted.margin_table:
+                fitted = self.fitted  # the same parameters and an equal table: the same fit
             else:
                 fitted = fit_leverage(params, margin_table_of(params, bars.symbol, bars.price))
                 table = fitted.margin_table or MarginTable("unknown", ())
