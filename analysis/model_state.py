@@ -311,6 +311,7 @@ class ModelState:
                 live = new[:n] != _NEVER
                 new[:n][live] -= shift
             setattr(self, name, new)
+
         def moved(old_1d: np.ndarray) -> np.ndarray:
             new_1d = np.zeros(cap, dtype=old_1d.dtype)
             new_1d[:n] = old_1d[self.a : self.e]
