@@ -2,11 +2,12 @@
 
 A level's liquidation price depends only on its own bar (entry prices, leverage lattice, margin
 table), and its sweep bar is the first later bar whose low (high) reaches it, so a new bar can only
-sweep levels that are still unswept: one compare pass over those (:meth:`ModelState.update`).
-Everything else of a run (the OI flow with its turnover, the shrink prefix product, the side
-shares, the levels' weights) depends on where the window starts, which moves with every bar, so it
-is recomputed over the window with the model's own functions: cheap per-bar vectors and one
-multiply per level. The result is the run a full rebuild (:func:`analysis.model.run_model`) gives
+sweep levels that are still unswept: one compare pass over those (:meth:`ModelState.update`; their
+prices are kept compact, in append buffers). Everything else of a run (the OI flow with its
+turnover, the shrink prefix product, the side shares, the levels' weights) depends on where the
+window starts, which moves with every bar, so it is recomputed over the window with the model's
+own functions: cheap per-bar vectors and one multiply per level. What each bar gives the flow on its
+own (:class:`~analysis.model.FlowInputs`) is kept per row and computed for new bars only. The result is the run a full rebuild (:func:`analysis.model.run_model`) gives
 over the same bars, exactly (bit for bit; tests/test_model_state.py checks it).
 
 Anything the state cannot extend falls back to a full rebuild, and says why: other parameters,
