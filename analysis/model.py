@@ -40,7 +40,8 @@ from .margin import MarginTable, table_for
 
 __all__ = [
     "ModelParams", "SideModel", "OiUnits", "OpenBarSweep", "build_map", "ModelRun", "run_model", "map_from_run",
-    "Levels", "build_levels", "side_shares", "entry_prices", "activity", "oi_flow", "level_inputs", "mmr_of", "clip_wicks",
+    "Levels", "build_levels", "side_shares", "entry_prices", "activity", "oi_flow", "FlowInputs", "flow_inputs",
+    "flow_from_inputs", "level_inputs", "mmr_of", "clip_wicks",
     "parse_overrides", "split_overrides", "non_default_params", "fit_leverage", "ExcessLeverage", "margin_table_of",
     "Slots", "SlotSweeps", "slot_prices", "levels_from_slots", "LevelIndex", "select_rows", "sweep_rule", "mmr_steps",
     "run_with_slots",
@@ -402,11 +403,20 @@ def activity(bars: Bars, params: ModelParams) -> np.ndarray:
     over the bars there are), so the multiplier is causal. The first bar, and any bar with no
     earlier range, gets 1.
     """
-    n = len(bars)
-    if params.turnover_activity == 0 or params.holding_days <= 0 or n == 0:
-        return np.ones(n)
-    x = ((bars.high - bars.low) / bars.close) ** params.turnover_activity
-    log_d = -bars.interval_ms / (params.holding_days * 86_400_000.0)
+    if params.turnover_activity == 0 or params.holding_days <= 0 or len(bars) == 0:
+        return np.ones(len(bars))
+    return _activity_of(_range_x(bars, params), bars.interval_ms, params)
+
+
+def _range_x(bars: Bars, params: ModelParams) -> np.ndarray:
+    """Per bar: ``x = (relative range)^turnover_activity`` (the bar's own prices only)."""
+    return ((bars.high - bars.low) / bars.close) ** params.turnover_activity
+
+
+def _activity_of(x: np.ndarray, interval_ms_: int, params: ModelParams) -> np.ndarray:
+    """:func:`activity` from the bars' ``x`` (:func:`_range_x`), turnover on."""
+    n = x.size
+    log_d = -interval_ms_ / (params.holding_days * 86_400_000.0)
     ewm = _decayed_sum(x, log_d) / _weight_sums(n, log_d)
     ref = np.empty(n)
     ref[0] = 0.0
@@ -462,18 +472,58 @@ def oi_flow(bars: Bars, params: ModelParams) -> tuple[np.ndarray, np.ndarray]:
     opened = max(dq, 0) + tau*q[t-1]; shrink = ((1-tau)*q[t-1] - max(-dq, 0)) / q[t-1].
     Survivors plus opened equal q[t], so the model's book follows OI.
     """
-    n = len(bars)
+    return flow_from_inputs(flow_inputs(bars, params), bars.interval_ms, params)
+
+
+@dataclass(frozen=True, eq=False)
+class FlowInputs:
+    """What :func:`oi_flow` needs of each bar on its own, ``(n,)`` each: the OI quantity ``q``, its rise
+    ``up`` and fall ``down`` since the bar before, the time step as a share of ``holding_days``
+    (``step``), the activity's ``x`` (:func:`_range_x`; None when constant) and the USD value of one
+    unit of ``q`` (``usd``). Index 0 of the pairwise ones is unused. Slices of a series' inputs are
+    the inputs of its slices, so an incremental run computes only its new bars' (the rest of the
+    flow depends on where the window starts: :func:`flow_from_inputs`)."""
+
+    q: np.ndarray
+    up: np.ndarray
+    down: np.ndarray
+    step: np.ndarray | None
+    x: np.ndarray | None
+    usd: np.ndarray | None
+
+
+def flow_inputs(bars: Bars, params: ModelParams, prev: tuple[float, int] | None = None) -> FlowInputs:
+    """The per-bar inputs of ``bars``; ``prev``: ``q`` and time of the bar before them, for the
+    pairwise ones of the first (else its are 0)."""
     q = bars.oi_usd / bars.close if params.oi_units == "coin" else bars.oi_usd
-    dq = np.diff(q)
-    tau = 0.0
-    if params.holding_days > 0:  # per actual time step, so a gap counts all its missing bars
-        rate = np.diff(bars.time) / (params.holding_days * 86_400_000.0) * activity(bars, params)[1:]
+    if prev is not None:
+        dq, dt = np.diff(q, prepend=prev[0]), np.diff(bars.time, prepend=prev[1])
+        up, down = np.maximum(dq, 0.0), np.maximum(-dq, 0.0)
+    else:
+        dq, dt = np.diff(q), np.diff(bars.time, prepend=bars.time[:1])
+        up, down = np.zeros(q.size), np.zeros(q.size)
+        up[1:], down[1:] = np.maximum(dq, 0.0), np.maximum(-dq, 0.0)
+    step = None
+    if params.holding_days > 0:
+        step = dt / (params.holding_days * 86_400_000.0)
+    x = _range_x(bars, params) if params.turnover_activity != 0 and params.holding_days > 0 else None
+    return FlowInputs(q, up, down, step, x, bars.close if params.oi_units == "coin" else None)
+
+
+def flow_from_inputs(inp: FlowInputs, interval_ms_: int, params: ModelParams) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`oi_flow` of a window from its bars' :class:`FlowInputs`."""
+    q = inp.q
+    n = q.size
+    tau: float | np.ndarray = 0.0
+    if params.holding_days > 0 and inp.step is not None:  # per actual time step, so a gap counts all its missing bars
+        act = np.ones(n) if inp.x is None or n == 0 else _activity_of(inp.x, interval_ms_, params)
+        rate = inp.step[1:] * act[1:]
         tau = -np.expm1(-rate)
     opened = np.zeros(n)
-    opened[1:] = np.maximum(dq, 0.0) + tau * q[:-1]
+    opened[1:] = inp.up[1:] + tau * q[:-1]
     shrink = np.ones(n)
-    shrink[1:] = np.maximum(((1.0 - tau) * q[:-1] - np.maximum(-dq, 0.0)) / q[:-1], 1e-12)
-    usd = bars.close if params.oi_units == "coin" else 1.0
+    shrink[1:] = np.maximum(((1.0 - tau) * q[:-1] - inp.down[1:]) / q[:-1], 1e-12)
+    usd = inp.usd if inp.usd is not None else 1.0
     return opened * usd * params.oi_scale, shrink
 
 
@@ -531,31 +581,46 @@ def level_inputs(bars: Bars, params: ModelParams) -> tuple[np.ndarray, np.ndarra
         lv = np.broadcast_to(np.tile(lev, j), (n, j * m))
         tier = np.broadcast_to(np.tile(lev_tier, j), (n, j * m))
         return e, lv, tier, (entry_w[:, None] * lev_w[None, :]).ravel()
-    tiers = np.asarray(params.leverage, dtype=float)
-    w = np.asarray(params.leverage_weights, dtype=float)
-    w = w / w.sum()
-    m = max(1, k_lat // tiers.size)  # positions per tier and bar
+    tiers, m, j, v0, tier_row, slot_w = _lattice(params.leverage, params.leverage_weights, k_lat)
     idx = (bars.time // bars.interval_ms).astype(np.float64)
     shift_u = np.mod(idx * _R2[0], 1.0)[:, None]
     shift_v = np.mod(idx * _R2[1], 1.0)[:, None]
-    j = np.arange(m, dtype=np.float64)
     r = (j[None, :] + shift_u) / m  # (n, m): stratified positions within each tier's band
-    a = _lattice_multiplier(m)
-    v = np.mod(np.mod(j * a, m)[None, :] / m + shift_v, 1.0)  # (n, m): entry quantiles
+    v = np.mod(v0 + shift_v, 1.0)  # (n, m): entry quantiles
     band = np.exp(params.leverage_spread * (2.0 * r - 1.0))  # (n, m): one exp per bar and position, not per tier
     if m == 1:  # the same products as the broadcast below, in (n, T) rows rather than length-1 ones
         lev = np.multiply.outer(band[:, 0], tiers)
     else:
         lev = tiers[None, :, None] * band[:, None, :]  # (n, T, m)
     lev = np.clip(lev, 1.0, 200.0, out=lev).reshape(n, tiers.size * m)
-    tier = np.broadcast_to(np.repeat(np.arange(tiers.size), m), (n, tiers.size * m))
+    tier = np.broadcast_to(tier_row, (n, tiers.size * m))
     if params.entry_points == 1:
         entry = np.broadcast_to(entry_prices(bars, 1)[0], (n, tiers.size * m))
     else:
         q = np.broadcast_to(v[:, None, :], (n, tiers.size, m)).reshape(n, tiers.size * m)
         span = np.repeat(bars.high - bars.low, q.shape[1]).reshape(q.shape)  # flat passes, not K-wide rows
         entry = np.repeat(bars.low, q.shape[1]).reshape(q.shape) + q * span
-    return entry, lev, tier, np.repeat(w / m, m)
+    return entry, lev, tier, slot_w.copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _lattice(leverage: tuple[float, ...], weights: tuple[float, ...], k_lat: int
+             ) -> tuple[np.ndarray, int, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """What the lattice of :func:`level_inputs` shares by every bar: the tiers, positions per tier ``m``,
+    ``j = 0..m-1``, the unshifted entry quantiles ``(1, m)``, each slot's tier and weight (read-only;
+    cached per tier set, as an incremental update opens one bar at a time)."""
+    tiers = np.asarray(leverage, dtype=float)
+    w = np.asarray(weights, dtype=float)
+    w = w / w.sum()
+    m = max(1, k_lat // tiers.size)  # positions per tier and bar
+    j = np.arange(m, dtype=np.float64)
+    a = _lattice_multiplier(m)
+    v0 = np.mod(j * a, m)[None, :] / m
+    tier_row = np.repeat(np.arange(tiers.size), m)
+    slot_w = np.repeat(w / m, m)
+    for x in (tiers, j, v0, tier_row, slot_w):
+        x.flags.writeable = False
+    return tiers, m, j, v0, tier_row, slot_w
 
 
 def margin_table_of(params: ModelParams, symbol: str, price: float) -> MarginTable:
@@ -600,7 +665,8 @@ def mmr_steps(table: MarginTable, position_usd: float) -> tuple[tuple[float, flo
     return tuple(out)
 
 
-def mmr_of(table: MarginTable, leverage: np.ndarray, position_usd: float) -> np.ndarray:
+def mmr_of(table: MarginTable, leverage: np.ndarray, position_usd: float,
+           steps: tuple[tuple[float, float], ...] | None = None) -> np.ndarray:
     """:meth:`MarginTable.mmr_for` over an array of leverages.
 
     For a fixed position size the rate is a step function of leverage that can only change at
@@ -608,7 +674,7 @@ def mmr_of(table: MarginTable, leverage: np.ndarray, position_usd: float) -> np.
     pass per step where the rate actually changes (one pass for the BTC table at $100k).
     """
     lev = np.asarray(leverage, dtype=float)
-    steps = mmr_steps(table, position_usd)
+    steps = steps if steps is not None else mmr_steps(table, position_usd)  # given: the caller's, already found
     out = np.full(lev.shape, steps[0][1])
     for above, value in steps[1:]:
         out[lev > above] = value  # leverages in (steps[i-1], steps[i]] and beyond
@@ -628,11 +694,13 @@ class Slots:
     entry_mean: np.ndarray | None
 
 
-def slot_prices(bars: Bars, params: ModelParams, table: MarginTable) -> Slots:
+def slot_prices(bars: Bars, params: ModelParams, table: MarginTable,
+                steps: tuple[tuple[float, float], ...] | None = None) -> Slots:
     """The liquidation price of every slot of every bar (each bar's own prices only, so the slots of
-    a bar are the same whatever window it is in). ``params`` fitted (:func:`fit_leverage`)."""
+    a bar are the same whatever window it is in). ``params`` fitted (:func:`fit_leverage`); ``steps``:
+    ``mmr_steps(table, params.typical_position_usd)`` if the caller has it."""
     entry, lev, tier, slot_w = level_inputs(bars, params)
-    mmr = mmr_of(table, lev, params.typical_position_usd)
+    mmr = mmr_of(table, lev, params.typical_position_usd, steps)
     inv = 1.0 / lev
     price_long = entry * ((1.0 - inv) / (1.0 - mmr))
     price_short = entry * ((1.0 + inv) / (1.0 + mmr))

@@ -2,11 +2,12 @@
 
 A level's liquidation price depends only on its own bar (entry prices, leverage lattice, margin
 table), and its sweep bar is the first later bar whose low (high) reaches it, so a new bar can only
-sweep levels that are still unswept: one compare pass over those (:meth:`ModelState.update`).
-Everything else of a run (the OI flow with its turnover, the shrink prefix product, the side
-shares, the levels' weights) depends on where the window starts, which moves with every bar, so it
-is recomputed over the window with the model's own functions: cheap per-bar vectors and one
-multiply per level. The result is the run a full rebuild (:func:`analysis.model.run_model`) gives
+sweep levels that are still unswept: one compare pass over those (:meth:`ModelState.update`; their
+prices are kept compact, in append buffers). Everything else of a run (the OI flow with its
+turnover, the shrink prefix product, the side shares, the levels' weights) depends on where the
+window starts, which moves with every bar, so it is recomputed over the window with the model's
+own functions: cheap per-bar vectors and one multiply per level. What each bar gives the flow on its
+own (:class:`~analysis.model.FlowInputs`) is kept per row and computed for new bars only. The result is the run a full rebuild (:func:`analysis.model.run_model`) gives
 over the same bars, exactly (bit for bit; tests/test_model_state.py checks it).
 
 Anything the state cannot extend falls back to a full rebuild, and says why: other parameters,
@@ -21,6 +22,7 @@ new bars, or new bars that fail validation (the rebuild then raises the usual :c
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -28,12 +30,12 @@ from typing import Hashable
 
 import numpy as np
 
-from .bars import Bars, bar_fault
+from .bars import MAX_TIME_MS, Bars, bar_fault
 from .liqmap import LiquidationMap
 from .margin import MarginTable
 from .model import (
-    LevelIndex, ModelParams, ModelRun, Slots, clip_wicks, fit_leverage, levels_from_slots, map_from_run,
-    margin_table_of, mmr_steps, oi_flow, run_with_slots, select_rows, side_shares, slot_prices, sweep_rule,
+    FlowInputs, LevelIndex, ModelParams, ModelRun, Slots, clip_wicks, fit_leverage, flow_from_inputs, flow_inputs,
+    levels_from_slots, map_from_run, margin_table_of, mmr_steps, run_with_slots, select_rows, side_shares, slot_prices, sweep_rule,
 )
 
 __all__ = ["ModelState", "ModelCache", "Update", "MAX_APPEND", "DEFAULT_MAX_STATES", "DEFAULT_MAX_STATE_BYTES"]
@@ -48,6 +50,7 @@ DEFAULT_MAX_STATES = 64
 DEFAULT_MAX_STATE_BYTES = 96 * 1024 * 1024
 
 _NEVER = np.iinfo(np.int64).max  # sweep bar of a slot not swept yet
+_FLOW = ("q", "up", "down", "step", "x")  # FlowInputs kept per row (usd is the window's close)
 _COLUMNS = ("time", "open", "high", "low", "close", "oi_usd", "volume", "quote_volume", "taker_buy", "taker_net")
 
 
@@ -70,8 +73,33 @@ def _same_columns(a: Bars, a0: int, b: Bars, b0: int, m: int) -> bool:
             if (x is None) != (y is None):
                 return False
             continue
-        if not np.array_equal(x[a0 : a0 + m], y[b0 : b0 + m]):
+        if not (x[a0 : a0 + m] == y[b0 : b0 + m]).all():  # np.array_equal's test, without its checks (same shape)
             return False
+    return True
+
+
+def _plainly_valid(cols: dict[str, np.ndarray | None]) -> bool:
+    """A few rows checked in plain Python: True only if :func:`~analysis.bars.bar_fault` finds no fault
+    in them (a stricter rule: exact OHLC order, no tolerance); False means ask ``bar_fault``. Saves its
+    ~40 numpy calls on the one or two rows an update brings."""
+    before = -math.inf
+    prices = [c.tolist() for c in (cols["open"], cols["high"], cols["low"], cols["close"], cols["oi_usd"])]
+    extra = [(name, c.tolist()) for name in ("volume", "quote_volume", "taker_buy", "taker_net")
+             if (c := cols.get(name)) is not None]
+    for i, t_raw in enumerate(cols["time"].tolist()):
+        t = float(t_raw)
+        if not (0.0 <= t < MAX_TIME_MS and t == math.floor(t) and t > before):
+            return False
+        before = t
+        o, h, lo, c, oi = (col[i] for col in prices)
+        if not all(math.isfinite(x) and x > 0.0 for x in (o, h, lo, c, oi)):
+            return False
+        if not (h >= lo and h >= max(o, c) and lo <= min(o, c)):
+            return False
+        for name, col in extra:
+            x = col[i]
+            if not math.isfinite(x) or (name != "taker_net" and x < 0.0):
+                return False
     return True
 
 
@@ -83,6 +111,63 @@ def _bad_wicks(bars: Bars, max_wick: float) -> np.ndarray:
 
 def _fitted_key(p: ModelParams) -> ModelParams:
     return replace(p, margin_table=None)
+
+
+class _Unswept:
+    """The unswept slots of one side: flat slot indices (ascending) and their compare keys (prices;
+    shorts negated, so a bar with touch ``low`` / ``-high`` reaches a slot when ``touch <= key``), in
+    buffers with room to append. A swept slot's key becomes -inf (reached by no bar again); such
+    slots are compacted away when they outnumber the live ones or the buffer is full."""
+
+    def __init__(self, idx: np.ndarray, key: np.ndarray) -> None:
+        self.idx, self.key = idx, key
+        self.lo, self.hi, self.dead = 0, idx.size, 0
+        self._compact(0)
+
+    @property
+    def size(self) -> int:
+        """Unswept slots."""
+        return self.hi - self.lo - self.dead
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.idx.nbytes + self.key.nbytes)
+
+    def _compact(self, extra: int) -> None:
+        key = self.key[self.lo : self.hi]
+        live = key != -np.inf
+        n = int(np.count_nonzero(live))
+        cap = n + extra + n // 2 + 1024
+        idx, keys = np.empty(cap, dtype=np.int64), np.empty(cap)
+        idx[:n], keys[:n] = self.idx[self.lo : self.hi][live], key[live]
+        self.idx, self.key, self.lo, self.hi, self.dead = idx, keys, 0, n, 0
+
+    def drop_before(self, cut: int) -> None:
+        """Forget the slots below flat index ``cut`` (their bars left the window)."""
+        d = int(np.searchsorted(self.idx[self.lo : self.hi], cut))
+        self.dead -= int(np.count_nonzero(self.key[self.lo : self.lo + d] == -np.inf))
+        self.lo += d
+
+    def shift(self, by: int) -> None:
+        """Slot indices moved down by ``by`` (the buffers they index were moved)."""
+        self.idx[self.lo : self.hi] -= by
+
+    def consume(self, touch: float, flat_sweeps: np.ndarray, r: int) -> None:
+        """Sweep at bar ``r`` every unswept slot with ``touch <= key``."""
+        key = self.key[self.lo : self.hi]
+        hit = np.flatnonzero(touch <= key)
+        if hit.size:
+            flat_sweeps[self.idx[self.lo : self.hi].take(hit)] = r
+            key[hit] = -np.inf
+            self.dead += hit.size
+
+    def add(self, idx: np.ndarray, key: np.ndarray) -> None:
+        """Append slots (indices above every kept one)."""
+        m = idx.size
+        if self.hi + m > self.idx.size or self.dead > self.hi - self.lo - self.dead:
+            self._compact(m)
+        self.idx[self.hi : self.hi + m], self.key[self.hi : self.hi + m] = idx, key
+        self.hi += m
 
 
 class ModelState:
@@ -113,8 +198,19 @@ class ModelState:
             self.entry_mean[:n] = slots.entry_mean
         self.bad = np.zeros(cap, dtype=bool)
         self.bad[:n] = _bad_wicks(bars, params.max_wick)
-        self.open_long = np.flatnonzero(self.sweep_long[:n].reshape(-1) == _NEVER)  # flat slot indices, ascending
-        self.open_short = np.flatnonzero(self.sweep_short[:n].reshape(-1) == _NEVER)
+        # the OI flow's per-bar inputs (each bar's own, or with the bar before): only new bars' are computed
+        flow = flow_inputs(run.bars, self.fitted)
+        self.flow: dict[str, np.ndarray] = {}  # the FlowInputs columns there are (step, x may be None)
+        for name in _FLOW:
+            col = getattr(flow, name)
+            if col is not None:
+                self.flow[name] = np.empty(cap)
+                self.flow[name][:n] = col
+        flat_l, flat_s = self.price_long[:n].reshape(-1), self.price_short[:n].reshape(-1)
+        open_l = np.flatnonzero(self.sweep_long[:n].reshape(-1) == _NEVER)  # flat slot indices, ascending
+        open_s = np.flatnonzero(self.sweep_short[:n].reshape(-1) == _NEVER)
+        self.open_long = _Unswept(open_l, flat_l.take(open_l))
+        self.open_short = _Unswept(open_s, np.negative(flat_s.take(open_s)))
         self.run = run
         self._index: LevelIndex | None = None
         self.valid = True
@@ -149,8 +245,8 @@ class ModelState:
             step = np.diff(bars.time[m - 1 :])
             if np.any(step != bars.interval_ms):
                 return "a gap where the new bars join or among them", 0, 0
-            if bar_fault({name: (None if getattr(bars, name) is None else getattr(bars, name)[m - 1 :])
-                          for name in _COLUMNS}) is not None:
+            cols = {name: (None if getattr(bars, name) is None else getattr(bars, name)[m - 1 :]) for name in _COLUMNS}
+            if not _plainly_valid(cols) and bar_fault(cols) is not None:
                 return "a new bar fails validation", 0, 0
         return "", d, fresh
 
@@ -164,6 +260,8 @@ class ModelState:
         if not reason:
             if len(bars) < params.min_bars or float(np.max(bars.high)) <= float(np.min(bars.low)):
                 reason = "the bars fail validation"
+            elif params == self.params and margin_table_of(params, bars.symbol, bars.price) == self.fitted.margin_table:
+                fitted = self.fitted  # the same parameters and an equal table: the same fit
             else:
                 fitted = fit_leverage(params, margin_table_of(params, bars.symbol, bars.price))
                 table = fitted.margin_table or MarginTable("unknown", ())
@@ -195,8 +293,8 @@ class ModelState:
             return
         self.a += d
         cut = self.a * self.k
-        self.open_long = self.open_long[np.searchsorted(self.open_long, cut):]
-        self.open_short = self.open_short[np.searchsorted(self.open_short, cut):]
+        self.open_long.drop_before(cut)
+        self.open_short.drop_before(cut)
 
     def _room(self, rows: int) -> None:
         """Make room for ``rows`` more rows: move the window to fresh buffers' start (never in place,
@@ -214,14 +312,19 @@ class ModelState:
                 live = new[:n] != _NEVER
                 new[:n][live] -= shift
             setattr(self, name, new)
+
+        def moved(old_1d: np.ndarray) -> np.ndarray:
+            new_1d = np.zeros(cap, dtype=old_1d.dtype)
+            new_1d[:n] = old_1d[self.a : self.e]
+            return new_1d
+
         for name in ("entry_mean", "bad"):
             old_1d = getattr(self, name)
             if old_1d is not None:
-                new_1d = np.zeros(cap, dtype=old_1d.dtype)
-                new_1d[:n] = old_1d[self.a : self.e]
-                setattr(self, name, new_1d)
-        self.open_long = self.open_long - shift * self.k
-        self.open_short = self.open_short - shift * self.k
+                setattr(self, name, moved(old_1d))
+        self.flow = {name: moved(col) for name, col in self.flow.items()}
+        self.open_long.shift(shift * self.k)
+        self.open_short.shift(shift * self.k)
         self.a, self.e, self.cap = 0, n, cap
 
     def _append(self, tail: Bars, fitted: ModelParams) -> None:
@@ -232,33 +335,32 @@ class ModelState:
         bad = _bad_wicks(tail, params.max_wick)
         clipped, _ = clip_wicks(tail, params.max_wick)
         table = fitted.margin_table or MarginTable("unknown", ())
-        slots = slot_prices(clipped, fitted, table)
+        slots = slot_prices(clipped, fitted, table, self.steps)  # the steps update() checked this table prices by
         r0, k = self.e, self.k
         self.price_long[r0 : r0 + f], self.price_short[r0 : r0 + f] = slots.price_long, slots.price_short
         if self.entry_mean is not None and slots.entry_mean is not None:
             self.entry_mean[r0 : r0 + f] = slots.entry_mean
         self.bad[r0 : r0 + f] = bad
+        flow = flow_inputs(clipped, fitted, (float(self.flow["q"][r0 - 1]), int(self.bars.time[-1])))
+        for name, buf in self.flow.items():
+            buf[r0 : r0 + f] = getattr(flow, name)
         ref_long, ref_short, applies = sweep_rule(clipped, fitted)
-        flat_pl, flat_ps = self.price_long.reshape(-1), self.price_short.reshape(-1)
         flat_sl, flat_ss = self.sweep_long.reshape(-1), self.sweep_short.reshape(-1)
+        no_sweep = np.zeros(k, dtype=bool)
         for i in range(f):
             r = r0 + i
             # consume: the unswept levels of earlier bars this bar reaches (low <= long price, -high <= -short price)
-            hit = clipped.low[i] <= flat_pl.take(self.open_long)
-            flat_sl[self.open_long[hit]] = r
-            self.open_long = self.open_long[~hit]
-            hit = -clipped.high[i] <= -flat_ps.take(self.open_short)
-            flat_ss[self.open_short[hit]] = r
-            self.open_short = self.open_short[~hit]
+            self.open_long.consume(clipped.low[i], flat_sl, r)
+            self.open_short.consume(-clipped.high[i], flat_ss, r)
             # open: the bar's own slots, swept at once when beyond its close (open_bar_sweep)
             idx = np.arange(r * k, (r + 1) * k, dtype=np.int64)
-            for prices, sweeps, ref, cmp, name in (
-                (self.price_long, self.sweep_long, ref_long[i], np.greater_equal, "open_long"),
-                (self.price_short, self.sweep_short, ref_short[i], np.less_equal, "open_short"),
-            ):
-                now = cmp(prices[r], ref) if applies else np.zeros(k, dtype=bool)
-                sweeps[r] = np.where(now, r, _NEVER)
-                setattr(self, name, np.concatenate([getattr(self, name), idx[~now]]))
+            now_l = np.greater_equal(self.price_long[r], ref_long[i]) if applies else no_sweep
+            now_s = np.less_equal(self.price_short[r], ref_short[i]) if applies else no_sweep
+            self.sweep_long[r] = np.where(now_l, r, _NEVER)
+            self.sweep_short[r] = np.where(now_s, r, _NEVER)
+            keep_l, keep_s = ~now_l, ~now_s
+            self.open_long.add(idx[keep_l], self.price_long[r][keep_l])
+            self.open_short.add(idx[keep_s], np.negative(self.price_short[r][keep_s]))
         self.e = r0 + f
 
     def _assemble(self, bars: Bars, params: ModelParams, fitted: ModelParams, gaps: list) -> ModelRun:
@@ -269,7 +371,10 @@ class ModelState:
             clipped, clip_notes = clip_wicks(bars, params.max_wick)
         else:
             clipped, clip_notes = bars, []
-        d_oi, shrink = oi_flow(clipped, fitted)
+        w = {name: col[a:e] for name, col in self.flow.items()}
+        usd = clipped.close if fitted.oi_units == "coin" else None
+        flow = FlowInputs(w["q"], w["up"], w["down"], w.get("step"), w.get("x"), usd)
+        d_oi, shrink = flow_from_inputs(flow, bars.interval_ms, fitted)
         log_c = np.cumsum(np.log(shrink))
         em = None if self.entry_mean is None else self.entry_mean[a:e]
         slots = Slots(self.price_long[a:e], self.price_short[a:e], self.tier, self.slot_w, em)
@@ -293,8 +398,10 @@ class ModelState:
         """Bytes this state holds: its buffers, unswept indices and the bars (the last run's arrays are
         mostly views of these or of the same size; counted once more as an upper bound)."""
         total = sum(getattr(self, name).nbytes for name in ("price_long", "price_short", "sweep_long", "sweep_short",
-                                                             "bad", "open_long", "open_short"))
+                                                             "bad"))
+        total += self.open_long.nbytes + self.open_short.nbytes
         total += 0 if self.entry_mean is None else self.entry_mean.nbytes
+        total += sum(col.nbytes for col in self.flow.values())
         total += sum(c.nbytes for c in (getattr(self.bars, name) for name in _COLUMNS) if c is not None)
         r = self.run
         total += sum(x.nbytes for x in (r.longs.weight, r.shorts.weight, r.longs.tier, r.shorts.tier, r.longs.t0,

@@ -15,12 +15,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from analysis.bars import Bars
+from analysis.bars import Bars, bar_fault
 from analysis.errors import DataError
 from analysis.liqmap import LiquidationMap
 from analysis.margin import Bracket, MarginTable
 from analysis.model import ModelParams, ModelRun, _first_at_or_below, build_map, map_from_run, run_model
-from analysis.model_state import ModelCache, ModelState
+from analysis.model_state import ModelCache, ModelState, _plainly_valid
 from analysis.sources import SAMPLE_PATH, read_bars_csv
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-btcusdt-perp-5m.csv"
@@ -177,6 +177,53 @@ def _first_at_or_below_before(series: np.ndarray, start: np.ndarray, thresh: np.
         np.add(pos, 1 << k, out=pos, where=move)
     out[live] = pos
     return out
+
+
+_ODD = (0.0, -0.0, -1.0, 1.0, 100.0, 99.999, 100.001, 100.0000001, float("nan"), float("inf"), 1e-300)
+_FIELDS = ("open", "high", "low", "close", "oi_usd", "volume", "quote_volume", "taker_buy", "taker_net")
+
+
+def test_plain_check_of_new_rows_never_passes_what_bar_fault_refuses() -> None:
+    """The update's quick validity check of its new rows is sound: it passes rows only when bar_fault
+    finds nothing in them (it may refuse more: then bar_fault decides). Every pair of fields of a
+    valid bar set to every pair of odd values, with and without the volume columns, and the times
+    of two rows in every order."""
+    base = {"open": 100.0, "high": 100.001, "low": 99.999, "close": 100.0, "oi_usd": 1e9, "volume": 5.0,
+            "quote_volume": 500.0, "taker_buy": 2.0, "taker_net": -1.0}
+    passed = refused = 0
+
+    def check(row: dict[str, float], times: list[int], volumes: bool) -> None:
+        nonlocal passed, refused
+        cols: dict[str, np.ndarray | None] = {"time": np.array(times, dtype=np.int64)}
+        for name in _FIELDS:
+            cols[name] = np.full(len(times), row[name]) if volumes or name in _FIELDS[:5] else None
+        if _plainly_valid(cols):
+            passed += 1
+            assert bar_fault(cols) is None, (row, times)
+        else:
+            refused += 1
+
+    for i, f in enumerate(_FIELDS):
+        for g in _FIELDS[i:]:
+            for x in _ODD:
+                for y in _ODD:
+                    row = {**base, f: x}
+                    row[g] = y if g != f else x
+                    check(row, [T0], volumes=True)
+                    check(row, [T0], volumes=False)
+    for step in (-300_000, 0, 1, 300_000, 10**14):
+        for start in (-1, 0, T0, 10**14 - 1):
+            check(base, [start, start + step], volumes=True)
+    assert passed and refused  # both ways taken
+
+
+def test_plain_check_passes_ordinary_bars() -> None:
+    bars = read_bars_csv(SAMPLE_PATH, venue="binance", symbol="BTCUSDT")
+    cols = {name: getattr(bars, name) for name in ("time", "open", "high", "low", "close", "oi_usd", "volume",
+                                                   "quote_volume", "taker_buy", "taker_net")}
+    assert bar_fault(cols) is None
+    ok = [_plainly_valid({k: (None if v is None else v[i : i + 2]) for k, v in cols.items()}) for i in range(len(bars) - 1)]
+    assert np.mean(ok) > 0.99  # the quick path is the usual one; the rest goes to bar_fault
 
 
 @settings(max_examples=200, deadline=None)
