@@ -178,7 +178,7 @@ class RenderPool:
             self._slots = asyncio.Semaphore(self.capacity)
         slots = self._slots
         try:
-            await asyncio.wait_for(slots.acquire(), self.wait_s) if self.wait_s > 0 else _try(slots)
+            await (asyncio.wait_for(slots.acquire(), self.wait_s) if self.wait_s > 0 else _try(slots))
         except (asyncio.TimeoutError, _NoSlot):
             self.stats.busy += 1
             log.warning("render refused: all %d render slots busy for %g s", self.capacity, self.wait_s)

@@ -113,13 +113,17 @@ def definitions_hash(defs: list[dict[str, Any]]) -> str:
 def build_service(settings: Settings) -> ReportService:
     """The report service over the configured sources (``LIQMAP_SOURCE``, ``LIQMAP_CACHE_DIR``, the
     CoinGlass key) and model (``LIQMAP_MODEL``), built as ``liqmap report`` builds its own."""
+    from analysis.render_pool import make_renderer
     from analysis.report import ReportService
 
     from .settings import build_sources, model_params
 
     sch = settings.schedule
+    renderer = make_renderer(sch.render_workers, queue=sch.render_queue, wait_s=sch.render_wait_seconds,
+                             timeout_s=sch.render_timeout_seconds)
     return ReportService(build_sources(settings), params=model_params(settings.sources),
-                         ttl=sch.report_ttl_seconds, max_bytes=int(sch.report_cache_mb * 1024 * 1024))
+                         ttl=sch.report_ttl_seconds, max_bytes=int(sch.report_cache_mb * 1024 * 1024),
+                         renderer=renderer)
 
 
 # -- logging -------------------------------------------------------------------------------------
@@ -788,6 +792,13 @@ async def sync_commands(settings: Settings, *, guild_id: int | None = None) -> l
 
 
 async def _close_sources(service: Any) -> None:
+    """Close the service's renderer (its worker processes exit), then its sources."""
+    closer = getattr(service, "aclose", None)
+    if closer is not None:
+        try:
+            await closer()
+        except Exception:
+            log.exception("closing the renderer failed")
     for src in getattr(service, "sources", {}).values():
         closer = getattr(src, "aclose", None) or getattr(src, "close", None)
         if closer is None:

@@ -147,6 +147,11 @@ class ScheduleSettings(BaseSettings):
     guild_subscription_cap: int = Field(25, validation_alias="LIQMAP_GUILD_SUBSCRIPTION_CAP", ge=1, le=1000)
     report_ttl_seconds: float = Field(120.0, validation_alias="LIQMAP_REPORT_TTL_SECONDS", ge=0, le=3600)
     report_cache_mb: float = Field(64.0, validation_alias="LIQMAP_REPORT_CACHE_MB", ge=0, le=16384, allow_inf_nan=False)
+    # charts render in a process pool (analysis.render_pool): unset = one worker per core, 0 = in a thread
+    render_workers: int | None = Field(None, validation_alias="LIQMAP_RENDER_WORKERS", ge=0, le=256)
+    render_queue: int | None = Field(None, validation_alias="LIQMAP_RENDER_QUEUE", ge=0, le=10_000)  # unset: 4 per worker
+    render_wait_seconds: float = Field(30.0, validation_alias="LIQMAP_RENDER_WAIT_SECONDS", ge=0, le=600)
+    render_timeout_seconds: float = Field(120.0, validation_alias="LIQMAP_RENDER_TIMEOUT_SECONDS", gt=0, le=3600)
     cooldown_uses: int = Field(2, validation_alias="LIQMAP_COOLDOWN_USES", ge=1, le=100)
     cooldown_seconds: float = Field(30.0, validation_alias="LIQMAP_COOLDOWN_SECONDS", ge=0, le=3600)
 
