@@ -256,7 +256,7 @@ class ReportService:
         win = window if isinstance(window, Window) else parse_window(window)
         venues = self.resolve_venues(exchange)
         m, _missing = await self._merged(pair.symbol, win, venues)
-        return read(m, self.metrics)
+        return await asyncio.to_thread(read, m, self.metrics)
 
     async def _merged(
         self, symbol: str, win: Window, venues: tuple[str, ...], progress: Callable[[str], None] | None = None,
