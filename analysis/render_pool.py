@@ -138,6 +138,7 @@ class RenderPool:
         self._warm = warm
         self.stats = RenderStats()
         self._slots: asyncio.Semaphore | None = None  # made on first use, in the running loop
+        self._admitted = 0  # renders holding a slot (running or queued in the executor)
         self._pool: ProcessPoolExecutor | None = None
         self._closed = False
         self._cpu: dict[int, float] = {}  # worker pid -> its CPU seconds at its last finished render
@@ -150,7 +151,7 @@ class RenderPool:
     @property
     def in_flight(self) -> int:
         """Admitted renders not yet finished by their workers (running or queued)."""
-        return 0 if self._slots is None else self.capacity - self._slots._value
+        return self._admitted
 
     @property
     def worker_cpu_s(self) -> float:
@@ -179,6 +180,7 @@ class RenderPool:
         slots = self._slots
         try:
             await (asyncio.wait_for(slots.acquire(), self.wait_s) if self.wait_s > 0 else _try(slots))
+            self._admitted += 1
         except (asyncio.TimeoutError, _NoSlot):
             self.stats.busy += 1
             log.warning("render refused: all %d render slots busy for %g s", self.capacity, self.wait_s)
@@ -186,11 +188,45 @@ class RenderPool:
                              "please try again in a minute") from None
         self.stats.submitted += 1
         loop = asyncio.get_running_loop()
+
+        def free(_f: object) -> None:  # in the executor's thread, when the worker is really done
+            try:
+                loop.call_soon_threadsafe(self._free, slots)
+            except RuntimeError:  # the loop is closed (shutdown): nobody waits for the slot any more
+                pass
+
         for attempt in (1, 2):
-            pool = self._executor()
-            cf: Future[tuple[T, float, int, float]] = pool.submit(_timed, fn, args, kwargs)
+            if attempt == 2:
+                try:  # the retry takes a slot again (the crashed one was freed)
+                    await asyncio.wait_for(slots.acquire(), max(self.wait_s, 1.0))
+                    self._admitted += 1
+                except asyncio.TimeoutError:
+                    self.stats.failed += 1
+                    raise RenderCrashed("the chart renderer crashed and is busy restarting; "
+                                        "please try again in a minute") from None
+            pool = None
+            try:
+                pool = self._executor()
+                try:
+                    cf: Future[tuple[T, float, int, float]] = pool.submit(_timed, fn, args, kwargs)
+                except RuntimeError:  # shut down meanwhile: by aclose, or as broken by another render
+                    if self._closed:
+                        raise RenderError("the renderer is shut down") from None
+                    raise BrokenProcessPool("the render pool was replaced") from None
+            except BrokenProcessPool:  # broken by another render's crash before this one was submitted
+                self._free(slots)  # nothing was submitted: the slot is ours to give back
+                if pool is not None:
+                    self._restart(pool)
+                if attempt == 1:
+                    continue
+                self.stats.failed += 1
+                raise RenderCrashed("the chart renderer keeps crashing; please try again later") from None
+            except BaseException:
+                self._free(slots)
+                self.stats.failed += 1
+                raise
             # the slot is freed when the worker is really done, even after a timeout
-            cf.add_done_callback(lambda _f: loop.call_soon_threadsafe(slots.release))
+            cf.add_done_callback(free)
             try:
                 # on timeout wait_for cancels the wrapper and so ``cf``: a queued render never starts,
                 # a running one finishes in its worker and only then frees its slot
@@ -206,12 +242,6 @@ class RenderPool:
                 log.error("a render worker died (attempt %d); recreating the render pool", attempt)
                 self._restart(pool)
                 if attempt == 1:
-                    try:  # the retry takes a slot again (the crashed one was freed)
-                        await asyncio.wait_for(slots.acquire(), max(self.wait_s, 1.0))
-                    except asyncio.TimeoutError:
-                        self.stats.failed += 1
-                        raise RenderCrashed("the chart renderer crashed and is busy restarting; "
-                                            "please try again in a minute") from None
                     continue
                 self.stats.failed += 1
                 raise RenderCrashed("the chart renderer crashed twice on this chart; please try again later") from None
@@ -223,6 +253,10 @@ class RenderPool:
             self._cpu[pid] = cpu
             return out
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _free(self, slots: asyncio.Semaphore) -> None:
+        self._admitted -= 1
+        slots.release()
 
     async def aclose(self) -> None:
         """Refuse new renders, cancel queued ones and wait for the workers to exit."""

@@ -104,6 +104,20 @@ async def test_a_dead_worker_recreates_the_pool_and_retries_once(tmp_path):
         await pool.aclose()
 
 
+async def test_renders_sharing_a_pool_with_a_crash_are_retried_and_succeed(tmp_path):
+    pool = RenderPool(1, warm=False)
+    try:
+        await pool.run(_pid_after, 0)
+        crash = asyncio.create_task(pool.run(_die_once, str(tmp_path / "flag")))
+        await asyncio.sleep(0)  # submitted first: the renders queued behind it meet the broken pool
+        bystanders = [asyncio.create_task(pool.run(_pid_after, 0.1)) for _ in range(3)]
+        assert await crash == "ok" and all(p > 0 for p in await asyncio.gather(*bystanders))
+        assert pool.stats.crashes >= 2 and pool.stats.restarts == 1 and pool.stats.failed == 0
+        assert pool.in_flight == 0
+    finally:
+        await pool.aclose()
+
+
 async def test_a_render_error_is_raised_as_is():
     pool = RenderPool(1, warm=False)
     try:
