@@ -181,3 +181,53 @@ def test_a_bad_render_setting_names_the_variable():
         load_settings(None, source="sample", render_workers=-1)
     with pytest.raises(InputError, match="LIQMAP_RENDER_TIMEOUT_SECONDS"):
         load_settings(None, source="sample", render_timeout_seconds=0)
+
+
+def test_the_bot_tells_the_user_why_in_one_line_and_does_not_log_a_bug():
+    from bot.app import error_message
+
+    for exc in (RenderBusy("the chart renderer is busy (6 renders running or queued); please try again in a minute"),
+                RenderTimeout("rendering the chart took over 120 s; please try again in a minute"),
+                RenderCrashed("the chart renderer crashed twice on this chart; please try again later")):
+        text, bug = error_message(exc)
+        assert not bug and str(exc).split(";")[0] in text
+
+
+async def test_a_busy_renderer_defers_a_daily_post_to_the_next_tick(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from bot.scheduler import Dispatcher
+    from bot.store import Store
+
+    store = await Store.open(f"sqlite+aiosqlite:///{tmp_path / 'd.sqlite3'}")
+    try:
+        t0 = datetime(2026, 6, 1, 8, 59, tzinfo=timezone.utc)
+        await store.add_daily(1, 2, symbols="BTC", window="1d", exchange="all", time="09:00", timezone="UTC",
+                              created_by=3, now=t0)
+        now = [t0 + timedelta(minutes=1)]
+        busy = [True]
+        svc = ReportService({"binance": SampleSource()})
+
+        async def report(symbol, window, exchange):
+            if busy[0]:
+                raise RenderBusy("the chart renderer is busy (2 renders running or queued); please try again in a minute")
+            return await svc.report(symbol, window, exchange)
+
+        class Poster:
+            sent = 0
+
+            async def post(self, channel_id, **kw):
+                Poster.sent += 1
+                return 10**17 + Poster.sent
+
+            async def find_marker(self, *a, **kw):
+                return None
+
+        d = Dispatcher(store, Poster(), report, now=lambda: now[0])
+        first = await d.run_daily()
+        assert first.deferred == 1 and first.render_failures == 1 and Poster.sent == 0
+        busy[0] = False
+        now[0] += timedelta(seconds=30)
+        assert (await d.run_daily()).posted == 1 and Poster.sent == 1
+    finally:
+        await store.close()
