@@ -32,13 +32,13 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, TypeVar
 
 from . import chart, commentary
-from .render_pool import Renderer, ThreadRenderer
 from .errors import InputError, LiqmapError, SourceError
 from .liqmap import LiquidationMap, merge
 from .margin import shipped_table
 from .metrics import MetricsParams, Reading, read
 from .model import ModelParams, build_map, non_default_params
 from .readings import to_record
+from .render_pool import Renderer, ThreadRenderer
 from .sources.base import Source
 from .symbols import parse_symbol
 from .venues import get as venue_info

@@ -20,7 +20,8 @@ Measured, each once (a tick with real renders takes minutes on 2 cores; nothing 
   check (no class changes), and one in which 10 keys announce;
 * a simulated day (24 h of injected clock) of varied ``/liqmap`` requests (symbols drawn
   Zipf-like, two windows, two themes, two stackings) against a service with a byte-bounded cache:
-  the cache's bytes after every request (never above the bound), and the process's RSS.
+  the cache's bytes after every request (never above the bound), and the process's RSS; run alone
+  (``--memory``, a fresh process, its own section), so the ticks' memory is not in its RSS.
 """
 
 from __future__ import annotations
@@ -241,11 +242,42 @@ async def bench(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"ticks": []}
     for channels in args.channels:
         out["ticks"].append(await daily_tick(channels, args.workers, tmp))
+        out["ticks"][-1]["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"daily tick {channels:,} done", flush=True)
     out["skew"] = await skew_checks(args.skew_channels, args.workers, tmp)
     print("skew checks done", flush=True)
-    out["memory"] = await memory_day(args.requests, args.cache_mb, args.workers)
     return out
+
+
+def memory_main(args: argparse.Namespace) -> None:
+    """The simulated day alone, in a fresh process (so its RSS is not the ticks')."""
+    cal = Calibration()
+    mem = asyncio.run(memory_day(args.requests, args.cache_mb, args.workers))
+    cal.finish()
+    body = f"""
+{mem['requests']:,} `/liqmap` requests spread over 24 h of injected clock (4 at a time), in a fresh
+process: symbols drawn Zipf-like from the 500 (the bundled real sample under 500 names), window 1d
+or 7d, dark or light, by tier or by venue ({mem['distinct']:,} distinct keys, {mem['built']:,} reports
+built, every chart really rendered in the render pool of {args.workers or os.cpu_count()} workers), cache
+TTL 1 h and a bound of {mem['bound_mb']:g} MB (`LIQMAP_REPORT_CACHE_MB`).
+
+| | MB |
+|---|---:|
+| cache bound | {mem['bound_mb']:g} |
+| cache bytes, peak (checked after every request never to exceed the bound) | {mem['peak_cache_mb']:.1f} |
+| cache bytes at the end ({mem['entries']} entries: reports and their merged maps) | {mem['end_cache_mb']:.1f} |
+| bot process RSS after the first report | {mem['rss0']:.0f} |
+| bot process RSS at the end of the day | {mem['rss_end']:.0f} |
+| bot process RSS, largest sample (every 100 requests) | {mem['rss_max']:.0f} |
+
+RSS grew {mem['rss_end'] - mem['rss0']:+.0f} MB over the day against the {mem['bound_mb']:g} MB cache bound
+(the render workers' memory is their own processes', not counted here).
+Took {mem['wall_s']:.0f} s.
+"""
+    print(cal.line(), body.strip(), sep="\n\n")
+    if not args.no_write:
+        write_section("scale-memory", "Memory over a simulated day of varied requests",
+                      "python -m bench.scale --memory", body, cal)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -255,8 +287,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, default=1200, help="requests in the simulated day")
     parser.add_argument("--cache-mb", type=float, default=16.0, help="the cache bound of the simulated day")
     parser.add_argument("--workers", type=int, default=None, help="render processes (default: one per core)")
+    parser.add_argument("--memory", action="store_true", help="only the simulated day (its own section)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not touch docs/benchmarks.md")
     args = parser.parse_args(argv)
+    if args.memory:
+        memory_main(args)
+        return
     cal = Calibration()
     with tempfile.TemporaryDirectory() as tmp:
         r = asyncio.run(bench(args, Path(tmp)))
@@ -271,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
         re, own = t["real"], t["own"]
         rows.append(f"| {t['channels']:,} channels, real renders | {re['renders']} ({re['pool_renders']} in the pool) | "
                     f"{re['posted']:,} | {ms(re['cpu_s'])} | {ms(re['worker_cpu_s'])} | {ms(re['wall_s'])} |")
-        rows.append(f"| {t['channels']:,} channels, precomputed reports (the dispatcher's own cost) | {own['renders']} | "
+        rows.append(f"| {t['channels']:,} channels a day later, precomputed reports (the dispatcher's own cost) | "
+                    f"0 ({own['renders']} reports asked for) | "
                     f"{own['posted']:,} | {ms(own['cpu_s'])} | | {ms(own['wall_s'])} |")
     sk = r["skew"]
     srows = []
@@ -285,7 +322,6 @@ def main(argv: list[str] | None = None) -> None:
     nkeys = min(sk["channels"], N_SYMBOLS)
     before = sk["before"]["cpu_s"] + sk["before"]["worker_cpu_s"]
     after = statistics.median([sk[k]["cpu_s"] + sk[k]["worker_cpu_s"] for k in ("after", "after2")])
-    mem = r["memory"]
     body = f"""
 500 symbols (the bundled real Binance BTCUSDT 5m sample under 500 names, {WINDOW} window: 288 bars
 per symbol, so the model is cheap and the chart is the full 1280x720 chart), every chart really
@@ -303,7 +339,12 @@ figure is one run (nothing extrapolated).
 Renders per tick equal the distinct keys: {', '.join(str(t['real']['renders']) for t in r['ticks'])} renders for
 {' and '.join(f"{t['channels']:,}" for t in r['ticks'])} channels, whose keys are
 {', '.join(str(min(t['channels'], N_SYMBOLS)) for t in r['ticks'])} distinct (symbol x window x exchange).
-Bulk-inserting the subscriptions took {', '.join(f"{t['populate_s']:.1f} s" for t in r['ticks'])}.
+The day-1 tick posts without a previous report; the day-2 tick compares each post with the reading
+of the schedule's last one ("what changed since": one query per tick, one comparison per post),
+which is why the dispatcher's own cost is higher then. The process's peak RSS after each tick:
+{', '.join(f"{t['peak_rss']:.0f} MB" for t in r['ticks'])} (a tick's claims, texts and records are
+in memory at once). Bulk-inserting the subscriptions took
+{', '.join(f"{t['populate_s']:.1f} s" for t in r['ticks'])}. The memory over a day is its own section below.
 
 **Skew checks**, {sk['channels']:,} alerts over {nkeys} keys, no class changes unless said:
 
@@ -314,14 +355,6 @@ Bulk-inserting the subscriptions took {', '.join(f"{t['populate_s']:.1f} s" for 
 CPU per steady skew check: {ms(before)} before, {ms(after)} after the reading-only path
 ({before / after:.0f}x less); per key {before / nkeys * 1000:.0f} ms before, {after / nkeys * 1000:.1f} ms after.
 
-**Memory over a simulated day**: {mem['requests']:,} `/liqmap` requests spread over 24 h of injected
-clock (4 at a time), symbols drawn Zipf-like from the 500, window 1d or 7d, dark or light, by tier or
-by venue ({mem['distinct']:,} distinct keys, {mem['built']:,} reports built), cache TTL 1 h and a bound of
-{mem['bound_mb']:g} MB. The cache's bytes peaked at {mem['peak_cache_mb']:.1f} MB (checked after every request
-never to exceed the bound) and ended at {mem['end_cache_mb']:.1f} MB in {mem['entries']} entries (reports and
-their merged maps). The bot process's RSS went from {mem['rss0']:.0f} MB after the first report to
-{mem['rss_end']:.0f} MB at the end (peak sample {mem['rss_max']:.0f} MB): growth
-{mem['rss_end'] - mem['rss0']:+.0f} MB against the {mem['bound_mb']:g} MB bound. Took {mem['wall_s']:.0f} s.
 """
     print(cal.line(), body.strip(), sep="\n\n")
     if not args.no_write:
