@@ -155,6 +155,12 @@ class ScheduleSettings(BaseSettings):
     cooldown_uses: int = Field(2, validation_alias="LIQMAP_COOLDOWN_USES", ge=1, le=100)
     cooldown_seconds: float = Field(30.0, validation_alias="LIQMAP_COOLDOWN_SECONDS", ge=0, le=3600)
 
+    @field_validator("render_workers", "render_queue", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, v: Any) -> Any:
+        """An empty value (``LIQMAP_RENDER_WORKERS=``) means unset: the default."""
+        return None if isinstance(v, str) and not v.strip() else v
+
 
 TAPE_DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")
 MAX_TAPE_SYMBOLS = 50  # one subscription topic per symbol per venue; venues cap topics per connection

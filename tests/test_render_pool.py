@@ -231,3 +231,14 @@ async def test_a_busy_renderer_defers_a_daily_post_to_the_next_tick(tmp_path):
         assert (await d.run_daily()).posted == 1 and Poster.sent == 1
     finally:
         await store.close()
+
+
+def test_empty_render_workers_means_one_per_core(monkeypatch):
+    from bot.settings import load_settings
+
+    monkeypatch.setenv("LIQMAP_RENDER_WORKERS", "")
+    monkeypatch.setenv("LIQMAP_RENDER_QUEUE", " ")
+    s = load_settings(None, source="sample").schedule
+    assert s.render_workers is None and s.render_queue is None
+    monkeypatch.setenv("LIQMAP_RENDER_WORKERS", "3")
+    assert load_settings(None, source="sample").schedule.render_workers == 3
