@@ -285,7 +285,8 @@ TTL 1 h and a bound of {mem['bound_mb']:g} MB (`LIQMAP_REPORT_CACHE_MB`).
 The cache's accounted bytes stay under the bound, and what its entries really hold (traced) is
 {mem['cache_held_mb']:.1f} MB against the {mem['end_cache_mb']:.1f} MB it counted: the accounting errs on the safe
 side. RSS grew {mem['rss_end'] - mem['rss0']:+.0f} MB over the day: the live Python allocations at the end are
-{mem['traced_mb']:.1f} MB (peak {mem['traced_peak_mb']:.1f} MB), so the rest of the growth is memory the allocator keeps
+{mem['traced_mb']:.1f} MB (peak {mem['traced_peak_mb']:.1f} MB, the cache plus the four reports being built at that
+moment), so the rest of the growth is memory the allocator keeps
 after it was freed (fragmentation), not memory still in use. The render workers' memory is their own
 processes', not counted here.
 Took {mem['wall_s']:.0f} s.
