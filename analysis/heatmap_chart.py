@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from io import BytesIO
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -26,7 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator
 
 from . import numbers
-from .chart import _THEME, THEMES, Theme, _fit_row, _fmt_width, _merge_factor, _title_venues, _when
+from .chart import _THEME, THEMES, Theme, _fit_row, _fmt_width, _merge_factor, _title_venues, _when, png_bytes
 from .errors import DataError, InputError
 from .heatmap import HeatmapStates
 
@@ -285,9 +284,7 @@ def render_heatmap(states: HeatmapStates, *, theme: str = "dark", size_px: tuple
         ax = fig.axes[0]  # the heatmap's own axes, added first
         lo, hi = price_window(states, params)  # the window build_heatmap_figure drew
         realized_overlay(fig, ax, states, display_rows(states, lo, hi, params.rows_max), realized, _THEME[theme])
-    buf = BytesIO()
-    fig.canvas.print_png(buf)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def build_heatmap_figure(s: HeatmapStates, *, theme: str = "dark", size_px: tuple[int, int] = (1280, 720),

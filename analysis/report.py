@@ -11,6 +11,16 @@ With a shared layer (``shared``, :mod:`analysis.sharing`: Redis for several bot 
 host) a key missing here is looked up there, built by one process while the others wait, and
 stored there for them; the local LRU keeps what this process got, for what is left of its TTL.
 
+``ReportService.reading()`` is the reading-only path (bars -> model -> metrics, no chart, no
+text) for the skew watcher and the cluster alerts. It shares with ``report()`` the merged map of
+each (symbol, window, venues), cached and single-flighted under the ``theme`` part ``map`` in the
+same byte budget (:func:`map_nbytes`), so a reading followed by the full report of the same key
+models it once.
+
+Charts are rendered by the service's ``renderer`` (:mod:`analysis.render_pool`: a process pool in
+the bot, a thread by default); the chart and text functions and their data are sent to it, never
+the service.
+
 ``ReportService.heatmap()`` is cached and single-flighted the same way, under its own key
 (``theme`` part ``heatmap/<theme>``) and in the same byte budget (PNG plus the state arrays, see
 :func:`heatmap_nbytes`).
@@ -34,6 +44,7 @@ from .metrics import MetricsParams, Reading, read
 from .model import ModelParams, non_default_params
 from .model_state import ModelCache
 from .readings import to_record
+from .render_pool import Renderer, ThreadRenderer
 from .sources.base import Source
 from .symbols import parse_symbol
 from .venues import get as venue_info
@@ -47,12 +58,14 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-__all__ = ["Report", "ReportService", "ReportKey", "HeatmapResult", "heatmap_nbytes", "DEFAULT_CACHE_BYTES"]
+__all__ = ["Report", "ReportService", "ReportKey", "HeatmapResult", "MapResult", "heatmap_nbytes", "map_nbytes",
+           "DEFAULT_CACHE_BYTES"]
 
 log = logging.getLogger(__name__)
 
 ReportKey = tuple[str, str, tuple[str, ...], str]  # (symbol, window, venues, "theme/stack" or "heatmap/theme")
 HeatmapResult = tuple[bytes, "HeatmapStates", dict[str, str]]  # (PNG, merged states, {venue: why it is missing})
+MapResult = tuple[LiquidationMap, dict[str, str]]  # (merged map, {venue: why it is missing})
 
 #: Default byte budget of the report cache (a typical report is about 0.8 MB).
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
@@ -77,15 +90,9 @@ class Report:
     @property
     def nbytes(self) -> int:
         """What this report holds in memory, approximately: PNG, map arrays, text and a fixed overhead."""
-        m = self.map
-        arrays = m.long.nbytes + m.short.nbytes
-        if m.swept is not None:
-            arrays += m.swept.time.nbytes + m.swept.long.nbytes + m.swept.short.nbytes
-        if m.path is not None:
-            arrays += m.path.nbytes
-        text = len(self.summary.encode("utf-8")) + sum(len(n) for n in m.notes) + sum(len(v) for v in self.missing.values())
+        text = len(self.summary.encode("utf-8"))
         tape = self.realized.nbytes() if self.realized is not None else 0
-        return len(self.png) + arrays + text + tape + _OVERHEAD_BYTES
+        return len(self.png) + map_nbytes((self.map, dict(self.missing))) + text + tape
 
     def to_json(self) -> dict[str, Any]:
         out = self.map.to_json()
@@ -96,6 +103,18 @@ class Report:
         if self.realized is not None:
             out["realized"] = self.realized.to_json()
         return out
+
+
+def map_nbytes(result: MapResult) -> int:
+    """What a cached merged map holds in memory, approximately: its arrays, notes and a fixed overhead."""
+    m, missing = result
+    arrays = m.long.nbytes + m.short.nbytes
+    if m.swept is not None:
+        arrays += m.swept.time.nbytes + m.swept.long.nbytes + m.swept.short.nbytes
+    if m.path is not None:
+        arrays += m.path.nbytes
+    text = sum(len(n) for n in m.notes) + sum(len(v) for v in missing.values())
+    return arrays + text + _OVERHEAD_BYTES
 
 
 def heatmap_nbytes(result: HeatmapResult) -> int:
@@ -113,7 +132,8 @@ class ReportService:
     ``max_bytes`` bound the cache in time and memory. ``clock`` is injectable for tests.
     ``tape``, a :class:`~analysis.tape.events.TapeReader`, adds the realized liquidations of the
     24 h before the map's data time to the chart, the heatmap and the text; a tape that fails or
-    is slow (``tape_params.timeout_s``) leaves a note, never a failed report.
+    is slow (``tape_params.timeout_s``) leaves a note, never a failed report. ``renderer`` renders
+    the charts (default a :class:`~analysis.render_pool.ThreadRenderer`); :meth:`aclose` closes it.
     """
 
     def __init__(
@@ -129,6 +149,7 @@ class ReportService:
         tape: TapeReader | None = None,
         tape_params: RealizedParams | None = None,
         shared: SharedLayer | None = None,
+        renderer: Renderer | None = None,
     ) -> None:
         if not sources:
             raise ValueError("a report service needs at least one source")
@@ -147,6 +168,8 @@ class ReportService:
         self._inflight: dict[ReportKey, asyncio.Future[Any]] = {}
         self.computations = 0  # how many reports were actually built (for tests and benchmarks)
         self.heatmap_computations = 0  # how many heatmaps were actually built
+        self.map_computations = 0  # how many merged maps were actually modelled (reports and readings share them)
+        self.renderer: Renderer = renderer or ThreadRenderer()
         self.tape = tape
         self.tape_params = tape_params
         self.shared = shared  # the cache and single-flight of every process on the host (None: this one's only)
@@ -237,6 +260,30 @@ class ReportService:
         rep: Report = await self._single_flight(
             key, lambda: self._build(pair.symbol, win, venues, theme, stack, progress), lambda r: r.nbytes)
         return rep
+
+    async def reading(self, symbol: str, window: str | Window = "7d", exchange: str = "all") -> Reading:
+        """The map's reading only (no chart, no text, no tape): what the skew watcher and the cluster
+        alerts compare. Shares the cached merged map with :meth:`report` (see the module docstring)."""
+        pair = parse_symbol(symbol)
+        win = window if isinstance(window, Window) else parse_window(window)
+        venues = self.resolve_venues(exchange)
+        m, _missing = await self._merged(pair.symbol, win, venues)
+        return await asyncio.to_thread(read, m, self.metrics)
+
+    async def _merged(
+        self, symbol: str, win: Window, venues: tuple[str, ...], progress: Callable[[str], None] | None = None,
+    ) -> MapResult:
+        """:meth:`maps`, cached and single-flighted per (symbol, window, venues)."""
+        async def build() -> MapResult:
+            self.map_computations += 1
+            return await self.maps(symbol, win, venues, progress)
+
+        m, missing = await self._single_flight((symbol, win.label, venues, "map"), build, map_nbytes)
+        return m, dict(missing)  # a copy: the cached mapping stays as built
+
+    async def aclose(self) -> None:
+        """Close the renderer (a process pool's workers exit); the sources are the caller's."""
+        await self.renderer.aclose()
 
     async def _single_flight(self, key: ReportKey, build: Callable[[], Awaitable[T]], size: Callable[[T], int]) -> T:
         """The cached value of ``key`` when fresh; else one ``build()`` shared by every concurrent caller."""
@@ -338,7 +385,7 @@ class ReportService:
             merged = replace(merged, notes=tuple(merged.notes) + (note,))
         if progress is not None:
             progress("rendering the heatmap")
-        png = await asyncio.to_thread(render_heatmap, merged, theme=theme, realized=tape)
+        png = await self.renderer.run(render_heatmap, merged, theme=theme, realized=tape)
         return png, merged, missing
 
     async def realized(
@@ -422,14 +469,14 @@ class ReportService:
         progress: Callable[[str], None] | None = None,
     ) -> Report:
         self.computations += 1
-        m, missing = await self.maps(symbol, win, venues, progress)
+        m, missing = await self._merged(symbol, win, venues, progress)
         if progress is not None:
             progress("rendering the chart and text")
         tape, note = await self.realized(symbol, m.venues, int(m.end_ms), progress)
         if note:
             m = m.with_notes(note)
         reading = read(m, self.metrics)
-        png, text = await asyncio.to_thread(_render, m, reading, theme, stack, tape)
+        png, text = await self.renderer.run(_render, m, reading, theme, stack, tape)
         return Report(symbol, win, m.venues, m, reading, png, text, missing, realized=tape)
 
 

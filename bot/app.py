@@ -125,11 +125,14 @@ def definitions_hash(defs: list[dict[str, Any]]) -> str:
 def build_service(settings: Settings) -> ReportService:
     """The report service over the configured sources (``LIQMAP_SOURCE``, ``LIQMAP_CACHE_DIR``, the
     CoinGlass key) and model (``LIQMAP_MODEL``), built as ``liqmap report`` builds its own."""
+    from analysis.render_pool import make_renderer
     from analysis.report import ReportService
 
     from .settings import build_shared, build_sources, model_params
 
     sch = settings.schedule
+    renderer = make_renderer(sch.render_workers, queue=sch.render_queue, wait_s=sch.render_wait_seconds,
+                             timeout_s=sch.render_timeout_seconds)
     sources = build_sources(settings)
     shared = build_shared(settings)
     if shared is not None:
@@ -139,7 +142,8 @@ def build_service(settings: Settings) -> ReportService:
         log.info("shared layer: %s; reports, single-flight and the budgets %s shared", shared.status(),
                  ", ".join(names) or "(none)")
     return ReportService(sources, params=model_params(settings.sources), shared=shared,
-                         ttl=sch.report_ttl_seconds, max_bytes=int(sch.report_cache_mb * 1024 * 1024))
+                         ttl=sch.report_ttl_seconds, max_bytes=int(sch.report_cache_mb * 1024 * 1024),
+                         renderer=renderer)
 
 
 # -- logging -------------------------------------------------------------------------------------
@@ -929,6 +933,14 @@ async def sync_commands(settings: Settings, *, guild_id: int | None = None) -> l
 
 
 async def _close_sources(service: Any) -> None:
+    """Close the service's renderer (its worker processes exit), its shared layer, then its sources."""
+    """Close the service's renderer (its worker processes exit), then its sources."""
+    closer = getattr(service, "aclose", None)
+    if closer is not None:
+        try:
+            await closer()
+        except Exception:
+            log.exception("closing the renderer failed")
     shared = getattr(service, "shared", None)
     if shared is not None:
         try:

@@ -5,7 +5,8 @@ Runs beside the dispatcher (started by ``LiqmapBot`` once the gateway is READY, 
 ``LIQMAP_WATCH_INTERVAL_MINUTES``). Clock, sleep, poster, reading function and tape are injected,
 so tests drive it with a fake clock and a fake Discord.
 
-Readings: ``ReportService.maps`` + ``metrics.read`` (no chart is rendered). The loop keeps each
+Readings: ``ReportService.reading`` (the reading-only path: the merged map, cached and
+single-flighted with the reports and the skew check, then ``metrics.read``; no chart is rendered). The loop keeps each
 key's recent readings in memory (bounded by the longest ``swept`` window plus two checks); a
 ``swept`` alert compares the tape with the newest reading taken *before* its window, so after a
 restart it waits until it has one (outcome ``waiting``).
@@ -385,6 +386,9 @@ def make_cluster_watch(bot: Any) -> ClusterWatcher | None:
 
     async def reading(symbol: str, window: str, exchange: str) -> MapReading:
         venues = service.resolve_venues(exchange)
+        if callable(getattr(service, "reading", None)):  # the shared reading-only path (cached map, no chart)
+            r = await service.reading(symbol, window, exchange)
+            return MapReading(r, int(r.end_ms or 0), tuple(venues))
         m, _missing = await service.maps(symbol, parse_window(window), venues)
         r = await asyncio.to_thread(read, m, service.metrics)
         return MapReading(r, int(m.end_ms or 0), tuple(venues))

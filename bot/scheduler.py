@@ -71,15 +71,18 @@ DST (see :func:`bot.schedule_time.local_occurrence`): a local time that does not
 day is posted the same amount after the jump (02:30 -> 03:30 in New York); an ambiguous local time
 on a fall-back day is posted at its first occurrence. Either way exactly once that local day.
 
-Skew alerts: one report per distinct (symbol, window, exchange), then per subscription the class
-is advanced with hysteresis (:mod:`analysis.hysteresis`, the subscription's own thresholds). The
+Skew alerts: one reading per distinct (symbol, window, exchange) through the reading-only path
+(``reading``, e.g. ``ReportService.reading``: no chart, no text; without one, full reports), then per
+subscription the class is advanced with hysteresis (:mod:`analysis.hysteresis`, the subscription's own thresholds). The
 first observation after subscribing (or resuming) records a baseline and announces nothing. A
 change is announced unless the subscription announced within its cooldown; during the cooldown
 the last announced class is kept, so a change that persists is announced when the cooldown ends.
 The new class is written (compare-and-set) *before* the notice is sent, so a restart never
 re-announces; if the send fails the class is put back and the next check retries, except when it
 timed out (it may have been posted; a retry 15 minutes later would be blind): then it is kept. A crash between
-the write and the send loses that one notice (at most once, by design).
+the write and the send loses that one notice (at most once, by design). Only the keys that
+announce are rendered as full reports (once each, after the readings); a key whose report then
+fails announces nothing and keeps its class, so the next check tries again.
 """
 
 from __future__ import annotations
@@ -171,6 +174,7 @@ class Poster(Protocol):
 
 ReportFn = Callable[[str, str, str], Awaitable[Any]]  # ReportService.report(symbol, window, exchange)
 HeatmapFn = Callable[[str, str, str], Awaitable[Any]]  # ReportService.heatmap -> (png, states, missing)
+ReadingFn = Callable[[str, str, str], Awaitable[Any]]  # ReportService.reading(symbol, window, exchange) -> Reading
 EmbedFn = Callable[[Any, str, str, str], dict]  # (report, title, description, marker) -> embed dict
 HeatmapEmbedFn = Callable[[Any, Any, str, str, str], dict]  # (states, missing, title, description, marker)
 
@@ -237,6 +241,7 @@ class TickStats:
 
     due: int = 0
     renders: int = 0
+    readings: int = 0  # reading-only builds (skew checks: no chart)
     render_failures: int = 0
     posted: int = 0
     recovered: int = 0
@@ -431,11 +436,13 @@ class Dispatcher:
         heatmap_embed: HeatmapEmbedFn = default_heatmap_embed,
         heatmap_text: Callable[[Any], str] = _heatmap_text,
         pacer: DiscordPacer | None = None,
+        reading: ReadingFn | None = None,
     ) -> None:
         self.store = store
         self.pacer = pacer  # Discord's global rate: every post and marker search waits its turn
         self.poster = poster
         self.report = report
+        self.reading = reading  # the skew check's reading-only path; None: it reads full reports
         self.heatmap: HeatmapFn = heatmap or _no_heatmap
         self.heatmap_embed = heatmap_embed
         self.heatmap_text = heatmap_text
@@ -555,14 +562,18 @@ class Dispatcher:
     async def _render_all(self, keys: Iterable[Key], stats: TickStats, *, build: ReportFn | None = None,
                           what: str = "report") -> dict[Key, Any]:
         """Each distinct key rendered once (by ``build``, default the report function); value is the
-        result or the LiqmapError that stopped it."""
+        result or the LiqmapError that stopped it. A ``what`` of ``"reading"`` counts in
+        ``stats.readings``, anything else in ``stats.renders``."""
         build = build or self.report
         sem = asyncio.Semaphore(self.params.render_concurrency)
         keys = sorted(set(keys))
 
         async def one(key: Key) -> Any:
             async with sem:
-                stats.renders += 1
+                if what == "reading":
+                    stats.readings += 1
+                else:
+                    stats.renders += 1
                 try:
                     return await asyncio.wait_for(build(*key), self.params.render_timeout_s)
                 except LiqmapError as exc:
@@ -870,11 +881,17 @@ class Dispatcher:
         stats.due = len(alerts)
         if not alerts:
             return stats
-        reports = await self._render_all({(w.symbol, w.window, w.exchange) for w in alerts}, stats)
+        keys = {(w.symbol, w.window, w.exchange) for w in alerts}
+        full: dict[Key, Any] = {}  # full reports already built (all of them without a reading path)
+        if self.reading is not None:
+            readings = await self._render_all(keys, stats, build=self.reading, what="reading")
+        else:
+            full = await self._render_all(keys, stats)
+            readings = {k: (r if isinstance(r, BaseException) else r.reading) for k, r in full.items()}
         baselines: list[tuple[int, str, float | None]] = []
         changes: list[tuple[SkewAlert, Any, Any]] = []
         for w in alerts:
-            rep = reports[(w.symbol, w.window, w.exchange)]
+            rep = readings[(w.symbol, w.window, w.exchange)]
             if isinstance(rep, InputError):
                 if await self.store.pause("skew_alert", w.id, f"cannot build {w.symbol}: {rep}", now=now):
                     stats.paused += 1
@@ -882,7 +899,7 @@ class Dispatcher:
                 continue
             if isinstance(rep, BaseException):
                 continue
-            ratio = rep.reading.imbalance
+            ratio = rep.imbalance
             new = step(w.last_class, ratio, w.params)
             if w.last_class is None:
                 baselines.append((w.id, new.key, ratio))
@@ -894,6 +911,12 @@ class Dispatcher:
                 changes.append((w, new, rep))
         await self.store.record_baselines(baselines)
         stats.baselines = len(baselines)
+        # full reports (chart and text) only for the keys that announce, each once
+        announcing = {(w.symbol, w.window, w.exchange) for w, _, _ in changes}
+        reports = full or await self._render_all(announcing, stats)
+        changes = [(w, new, reports[(w.symbol, w.window, w.exchange)]) for w, new, _ in changes]
+        stats.deferred += sum(isinstance(rep, BaseException) for _, _, rep in changes)
+        changes = [c for c in changes if not isinstance(c[2], BaseException)]
 
         sem = asyncio.Semaphore(self.params.post_concurrency)
         gone: dict[int, str] = {}
@@ -902,7 +925,7 @@ class Dispatcher:
             async with sem:
                 if w.channel_id in gone:
                     return
-                ratio = rep.reading.imbalance
+                ratio = readings[(w.symbol, w.window, w.exchange)].imbalance  # the ratio the class was stepped on
                 if not await self.store.set_skew_alert_class(w.id, expected=w.last_class, new=new.key, ratio=ratio,
                                                         announced_at=now):
                     return  # another dispatcher got there first
@@ -978,7 +1001,11 @@ def make_dispatcher(store: Store, service: Any, poster: Poster, settings: Any = 
     async def heatmap(symbol: str, window: str, exchange: str) -> Any:
         return await service.heatmap(symbol, window, exchange)
 
+    async def reading(symbol: str, window: str, exchange: str) -> Any:
+        return await service.reading(symbol, window, exchange)
+
     kw.setdefault("heatmap", heatmap if callable(getattr(service, "heatmap", None)) else None)
     if "pacer" not in kw:  # Discord's global rate limit (LIQMAP_DISCORD_POSTS_PER_SECOND)
         kw["pacer"] = DiscordPacer(rate)
+    kw.setdefault("reading", reading if callable(getattr(service, "reading", None)) else None)
     return Dispatcher(store, poster, report, params=params, **kw)

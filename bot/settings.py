@@ -155,11 +155,22 @@ class ScheduleSettings(BaseSettings):
     guild_subscription_cap: int = Field(25, validation_alias="LIQMAP_GUILD_SUBSCRIPTION_CAP", ge=1, le=1000)
     report_ttl_seconds: float = Field(120.0, validation_alias="LIQMAP_REPORT_TTL_SECONDS", ge=0, le=3600)
     report_cache_mb: float = Field(64.0, validation_alias="LIQMAP_REPORT_CACHE_MB", ge=0, le=16384, allow_inf_nan=False)
+    # charts render in a process pool (analysis.render_pool): unset = one worker per core, 0 = in a thread
+    render_workers: int | None = Field(None, validation_alias="LIQMAP_RENDER_WORKERS", ge=0, le=256)
+    render_queue: int | None = Field(None, validation_alias="LIQMAP_RENDER_QUEUE", ge=0, le=10_000)  # unset: 4 per worker
+    render_wait_seconds: float = Field(30.0, validation_alias="LIQMAP_RENDER_WAIT_SECONDS", ge=0, le=600)
+    render_timeout_seconds: float = Field(120.0, validation_alias="LIQMAP_RENDER_TIMEOUT_SECONDS", gt=0, le=3600)
     cooldown_uses: int = Field(2, validation_alias="LIQMAP_COOLDOWN_USES", ge=1, le=100)
     cooldown_seconds: float = Field(30.0, validation_alias="LIQMAP_COOLDOWN_SECONDS", ge=0, le=3600)
     # Discord's global limit is about 50 requests per second per bot: the dispatcher's posts spend this much
     discord_posts_per_second: float = Field(45.0, validation_alias="LIQMAP_DISCORD_POSTS_PER_SECOND", gt=0, le=50,
                                             allow_inf_nan=False)
+
+    @field_validator("render_workers", "render_queue", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, v: Any) -> Any:
+        """An empty value (``LIQMAP_RENDER_WORKERS=``) means unset: the default."""
+        return None if isinstance(v, str) and not v.strip() else v
 
 
 TAPE_DEFAULT_SYMBOLS = ("BTCUSDT", "ETHUSDT")

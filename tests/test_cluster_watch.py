@@ -345,3 +345,23 @@ async def test_alerts_take_their_turn_from_the_shared_discord_pacer(rig):
     await subscribe(clusters)
     stats = await walk(w, clock, reads, [98.0, 100.5])
     assert stats[1].announced == 1 and w.pacer.requests == 1  # one notice, one request of the bot's global rate
+
+
+async def test_the_bots_watcher_reads_through_the_services_reading_only_path(store):
+    """make_cluster_watch reads ReportService.reading: the merged map is modelled once and shared
+    with the reports, and no chart is rendered."""
+    from types import SimpleNamespace
+
+    from analysis.report import ReportService
+    from analysis.sources import SampleSource
+    from bot.cluster_watch import make_cluster_watch
+
+    svc = ReportService({"binance": SampleSource()}, ttl=60)
+    bot = SimpleNamespace(store=store, service=svc, settings=SimpleNamespace(schedule=None), tape=None)
+    w = make_cluster_watch(bot)
+    assert w is not None
+    got = await w.reading("BTCUSDT", "1d", "all")
+    assert isinstance(got, MapReading) and got.end_ms == got.reading.end_ms > 0 and got.venues == ("binance",)
+    assert svc.map_computations == 1 and svc.renderer.stats.submitted == 0
+    rep = await svc.report("BTCUSDT", "1d")  # the report reuses the map the watcher read
+    assert svc.map_computations == 1 and rep.reading.imbalance == got.reading.imbalance

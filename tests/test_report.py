@@ -8,7 +8,7 @@ import pytest
 
 from analysis.bars import Bars
 from analysis.errors import InputError, SourceError
-from analysis.report import ReportService
+from analysis.report import ReportService, map_nbytes
 from analysis.sources import SampleSource
 from analysis.windows import Window
 
@@ -144,7 +144,9 @@ async def test_cache_evicts_least_recently_used_by_bytes():
     svc = ReportService({"binance": CountingSource("binance")}, ttl=600, max_bytes=budget, clock=Clock())
     for k in KEYS:
         await svc.report("BTC", "1d", **k)
-    assert svc.cache_size == 2 and svc.cache_bytes <= budget and svc.computations == 3
+    # two reports and the one merged map the three keys share (cached beside them, see map_nbytes)
+    assert svc.cache_size == 3 and svc.cache_bytes <= budget and svc.computations == 3
+    assert svc.map_computations == 1
     await svc.report("BTC", "1d", **KEYS[1])  # a hit: now the most recently used
     assert svc.computations == 3
     await svc.report("BTC", "1d", **KEYS[0])  # evicted before: built again, evicting KEYS[2]
@@ -167,13 +169,13 @@ async def test_expired_entries_are_swept_on_every_store():
     await svc.report("BTC", "1d", **KEYS[0])
     clock.t = 5
     await svc.report("BTC", "1d", **KEYS[1])
-    assert svc.cache_size == 2
-    clock.t = 12  # KEYS[0] expired (stored at 0); KEYS[1] (stored at 5) is still fresh
+    assert svc.cache_size == 3 and svc.map_computations == 1  # two reports and their shared merged map
+    clock.t = 12  # KEYS[0] and the map expired (stored at 0); KEYS[1] (stored at 5) is still fresh
     b = await svc.report("BTC", "1d", **KEYS[2])
-    assert svc.cache_size == 2 and svc.computations == 3
+    assert svc.cache_size == 3 and svc.computations == 3 and svc.map_computations == 2
     clock.t = 16  # KEYS[1] expired too: the next store sweeps it although nobody asked for it again
     c = await svc.report("BTC", "1d", **KEYS[0])
-    assert svc.cache_size == 2 and svc.cache_bytes == b.nbytes + c.nbytes
+    assert svc.cache_size == 3 and svc.cache_bytes == b.nbytes + c.nbytes + map_nbytes((c.map, {}))
     assert await svc.report("BTC", "1d", **KEYS[2]) is b and svc.computations == 4
 
 
@@ -233,7 +235,8 @@ async def test_a_heatmap_and_a_map_of_the_same_request_are_cached_apart_in_one_b
     svc = ReportService({"binance": CountingSource("binance")}, ttl=60)
     rep = await svc.report("BTC", "1d")
     heat = await svc.heatmap("BTC", "1d")
-    assert svc.cache_size == 2 and svc.cache_bytes == rep.nbytes + heatmap_nbytes(heat)
+    # the report, the heatmap and the merged map behind the report
+    assert svc.cache_size == 3 and svc.cache_bytes == rep.nbytes + heatmap_nbytes(heat) + map_nbytes((rep.map, {}))
     assert heatmap_nbytes(heat) > len(heat[0]) + heat[1].long.nbytes
     assert (await svc.report("BTC", "1d")) is rep and svc.computations == 1
     # a budget that holds only one of them evicts the least recently used
@@ -276,3 +279,32 @@ def test_heatmap_venues_decides_without_io():
     assert svc.heatmap_venues("all") == ("binance",)
     with pytest.raises(InputError, match="coinglass serves only a snapshot map"):
         svc.heatmap_venues("coinglass")
+
+
+# -- the reading-only path --------------------------------------------------------------------------
+
+async def test_a_reading_renders_nothing_and_matches_the_reports_reading():
+    src = CountingSource("binance")
+    svc = ReportService({"binance": src}, ttl=60)
+    r = await svc.reading("BTC", "1d")
+    assert svc.renderer.stats.submitted == 0 and svc.computations == 0 and svc.map_computations == 1
+    rep = await svc.report("BTC", "1d")  # the full report models nothing again: the merged map is shared
+    assert src.fetches == 1 and svc.map_computations == 1 and svc.renderer.stats.submitted == 1
+    assert r.imbalance == rep.reading.imbalance and r.skew == rep.reading.skew and r.end_ms == rep.reading.end_ms
+    assert r.cum_long == rep.reading.cum_long and r.clusters == rep.reading.clusters
+
+
+async def test_concurrent_readings_and_reports_share_one_model_run():
+    src = CountingSource("binance", delay=0.05)
+    svc = ReportService({"binance": src}, ttl=0)
+    out = await asyncio.gather(*(svc.reading("BTC", "1d") for _ in range(5)), svc.report("BTC", "1d"))
+    assert src.fetches == 1 and svc.map_computations == 1 and svc.computations == 1
+    assert all(r.imbalance == out[-1].reading.imbalance for r in out[:5])
+
+
+async def test_a_reading_of_a_bad_request_is_an_input_error():
+    svc = ReportService({"binance": CountingSource("binance")})
+    with pytest.raises(InputError, match="unknown exchange"):
+        await svc.reading("BTC", "1d", "kraken")
+    with pytest.raises(InputError, match="unknown window"):
+        await svc.reading("BTC", "2d")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -1192,3 +1193,97 @@ async def test_make_dispatcher_posts_the_real_heatmap_of_the_service(store):
     assert name == "heatmap.png" and hpng.startswith(b"\x89PNG") and hpng != msg["png"]
     assert "liquidation heatmap" in he["description"] and "estimated" in he["description"]
     assert f"liqmap-d{s.id}-2026-06-01-BTCUSDT" in msg["embed"]["footer"]["text"]
+
+
+# -- the skew check's reading-only path -------------------------------------------------------------
+
+class FakeReadings:
+    """reading(symbol, window, exchange) -> the same reading FakeReports would carry (no PNG)."""
+
+    def __init__(self, reports: FakeReports) -> None:
+        self.reports = reports
+        self.calls: list[tuple[str, str, str]] = []
+
+    async def __call__(self, symbol, window, exchange):
+        self.calls.append((symbol, window, exchange))
+        await asyncio.sleep(0)
+        return fake_reading(symbol, self.reports.ratio.get(symbol, 1.0), self.reports.end_ms)
+
+
+async def test_skew_reads_without_rendering_and_renders_only_the_keys_that_announce(store):
+    clock = Clock(datetime(2026, 6, 1, 0, 0, tzinfo=UTC))
+    poster, reports = FakePoster(), FakeReports()
+    readings = FakeReadings(reports)
+    for ch in range(1, 61):
+        await watch(store, ch, symbol=("BTC", "ETH", "SOL")[ch % 3])
+    d = dispatcher(store, poster, reports, clock)
+    d.reading = readings
+    first = await d.run_skew()
+    assert first.baselines == 60 and first.readings == 3 and first.renders == 0 and reports.calls == []
+    clock.t += timedelta(minutes=15)
+    steady = await d.run_skew()
+    assert steady.unchanged == 60 and steady.renders == 0 and len(readings.calls) == 6 and reports.calls == []
+    reports.ratio["ETHUSDT"] = 0.2
+    clock.t += timedelta(minutes=15)
+    stats = await d.run_skew()
+    assert stats.readings == 3 and stats.renders == 1 and stats.announced == 20 and stats.unchanged == 40
+    assert reports.calls == [("ETHUSDT", "7d", "all")]  # one full report, for the key that announces
+    pngs = [m["png"] for ch in range(1, 61) for m in poster.messages.get(ch, [])]
+    assert len(pngs) == 20 and all(p == b"PNG ETHUSDT 7d all" for p in pngs)  # the full report's chart
+
+
+async def test_skew_whose_announcing_report_fails_keeps_its_class_and_retries(store):
+    clock = Clock(datetime(2026, 6, 1, 0, 0, tzinfo=UTC))
+    poster, reports = FakePoster(), FakeReports()
+    w = await watch(store, 1)
+    d = dispatcher(store, poster, reports, clock)
+
+    async def full(symbol, window, exchange):
+        if "BTCUSDT" in reports.down:
+            raise SourceError("all", "report", "chart renderer busy")
+        return await reports(symbol, window, exchange)
+
+    d.report, d.reading = full, FakeReadings(reports)
+    await d.run_skew()
+    reports.ratio["BTCUSDT"] = 4.0
+    reports.down["BTCUSDT"] = "x"
+    clock.t += timedelta(minutes=15)
+    stats = await d.run_skew()
+    assert stats.deferred == 1 and stats.render_failures == 1 and stats.announced == 0 and poster.count() == 0
+    assert (await store.get_skew_alert(w.id)).last_class == "balanced"  # unchanged: the next check retries
+    del reports.down["BTCUSDT"]
+    clock.t += timedelta(minutes=15)
+    assert (await d.run_skew()).announced == 1 and poster.count() == 1
+
+
+async def test_skew_through_the_report_service_renders_only_announcing_keys(store):
+    """The real service: readings model the maps once, charts are rendered only for the announcing key."""
+    from analysis.report import ReportService
+    from bot.scheduler import make_dispatcher
+    from analysis.sources import SampleSource
+
+    class Relabelled(SampleSource):
+        """The bundled sample under any symbol."""
+
+        async def bars(self, symbol, window):
+            return dataclasses.replace(await super().bars("BTCUSDT", window), symbol=symbol)
+
+    svc = ReportService({"binance": Relabelled()}, ttl=0)
+    clock = Clock(datetime(2026, 6, 1, 0, 0, tzinfo=UTC))
+    poster = FakePoster()
+    for ch, sym in ((1, "BTC"), (2, "ETH"), (3, "ETH")):
+        await store.add_skew_alert(G, ch, symbol=sym, window="1d", exchange="all", created_by=U)
+    d = make_dispatcher(store, svc, poster, now=clock, sleep=clock.sleep)
+    assert (await d.run_skew()).baselines == 3
+    assert svc.renderer.stats.submitted == 0 and svc.computations == 0 and svc.map_computations == 2
+    # make ETH's stored class differ from what its map says, so the next check announces it
+    eth = [w for w in await store.active_skew_alerts() if w.symbol == "ETHUSDT"]
+    real = eth[0].last_class
+    other = "heavily_long" if real != "heavily_long" else "heavily_short"
+    for w in eth:
+        assert await store.set_skew_alert_class(w.id, expected=real, new=other, ratio=None, announced_at=None)
+    clock.t += timedelta(minutes=15)
+    stats = await d.run_skew()
+    assert stats.readings == 2 and stats.renders == 1 and stats.announced == 2
+    assert svc.renderer.stats.submitted == 1 and svc.computations == 1  # one chart, for ETH only
+    assert poster.count(1) == 0 and poster.messages[2][0]["png"][:8] == b"\x89PNG\r\n\x1a\n"
