@@ -297,14 +297,22 @@ class ReportService:
         try:
             if self.shared is not None and self.ttl > 0:
                 value, age = await self.shared.flight(self._shared_key(key), build, ttl=self.ttl, max_bytes=self.max_bytes)
+                try:
+                    nbytes = size(value)
+                except (AttributeError, TypeError):  # another kind of value under this key (a foreign writer)
+                    log.warning("shared layer: the value stored under %s %s is not what that key holds; built here",
+                                key[0], key[1])
+                    value, age = await build(), 0.0
+                    nbytes = size(value)
             else:
                 value, age = await build(), 0.0
+                nbytes = size(value)
         except BaseException as exc:
             fut.set_exception(exc)
             fut.exception()  # mark retrieved: waiters re-raise it themselves
             raise
         else:
-            self._store(key, value, size(value), age)
+            self._store(key, value, nbytes, age)
             fut.set_result(value)
             return value
         finally:

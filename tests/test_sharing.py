@@ -396,3 +396,20 @@ async def test_foreign_bytes_under_a_report_key_are_refused_and_the_report_rebui
         rep = await svc.report("BTC", "1d")
     assert rep.png and svc.computations == 1 and src.fetches == 1 and "unreadable (not a shared report" in caplog.text
     assert (await a.client.get(f"liqmap:r:{key}"))[8:12] == b"LQS1"  # replaced by the rebuilt report
+
+
+async def test_a_value_of_another_kind_under_a_report_key_is_not_served_and_the_report_is_built(caplog):
+    """A well-formed value that is not a report (here the merged map, written under the report's key
+    by a foreign or older writer) is never served as one: this process builds the report itself."""
+    a, b, _ = two_layers()
+    svc_a, _ = service(a, delay=0)
+    await svc_a.reading("BTC", "1d")  # stores the merged map under its own key
+    keys = [k for k in await a.client.keys("liqmap:r:*") if not k.endswith(b":lock")]
+    (map_key,) = keys
+    map_bytes = await a.client.get(map_key)
+    svc_b, src_b = service(b, delay=0)
+    report_key = svc_b._shared_key(("BTCUSDT", "1d", ("binance",), "dark/tier"))
+    await b.client.set(f"liqmap:r:{report_key}", map_bytes, px=60_000)
+    with caplog.at_level(logging.WARNING, logger="analysis.report"):
+        rep = await svc_b.report("BTC", "1d")
+    assert rep.png and svc_b.computations == 1 and "is not what that key holds; built here" in caplog.text
