@@ -207,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         f"light, 30d) {args.repeats} times each, concurrently: {asked} requests per round. Without Redis each process "
         "builds every key itself; with `LIQMAP_REDIS_URL` (analysis.sharing.RedisLayer) one process builds a key "
         "while the others wait for it. Wall is the slowest process of a round, CPU the sum of the processes' "
-        f"own CPU (median of rounds; {args.runs} rounds with Redis, 1 without).",
+        f"own CPU (median of rounds; {args.runs} rounds with Redis, 1 without). The 7d dark and light reports "
+        "share one merged map (its own shared key, also what the skew check's reading-only path reads), so "
+        "a process fetches 3 maps for the 4 keys; builds count the reports and the maps.",
         "",
         "| shared layer | requests | fetches | renders | renders per key | wall | CPU |",
         "|---|---:|---:|---:|---:|---:|---:|",
