@@ -92,7 +92,7 @@ class Report:
         """What this report holds in memory, approximately: PNG, map arrays, text and a fixed overhead."""
         text = len(self.summary.encode("utf-8"))
         tape = self.realized.nbytes() if self.realized is not None else 0
-        return len(self.png) + map_nbytes((self.map, dict(self.missing))) + text + tape
+        return len(self.png) + map_nbytes((self.map, self.missing)) + text + tape
 
     def to_json(self) -> dict[str, Any]:
         out = self.map.to_json()
@@ -105,7 +105,7 @@ class Report:
         return out
 
 
-def map_nbytes(result: MapResult) -> int:
+def map_nbytes(result: tuple[LiquidationMap, Mapping[str, str]]) -> int:
     """What a cached merged map holds in memory, approximately: its arrays, notes and a fixed overhead."""
     m, missing = result
     arrays = m.long.nbytes + m.short.nbytes
@@ -299,7 +299,7 @@ class ReportService:
                 value, age = await self.shared.flight(self._shared_key(key), build, ttl=self.ttl, max_bytes=self.max_bytes)
                 try:
                     nbytes = size(value)
-                except (AttributeError, TypeError):  # another kind of value under this key (a foreign writer)
+                except (AttributeError, TypeError, ValueError):  # another kind of value under this key (a foreign writer)
                     log.warning("shared layer: the value stored under %s %s is not what that key holds; built here",
                                 key[0], key[1])
                     value, age = await build(), 0.0

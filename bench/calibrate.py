@@ -5,13 +5,16 @@ bandwidth and vector arithmetic) and one fixed pure-Python loop (1,000,000 integ
 the interpreter), both timed in the benchmark's own process, at its start and again at its end.
 Figures from different days or machines compare by their ratio to these; the spread between start
 and end shows how busy the machine was meanwhile (it is shared, and its speed varies).
+:func:`rss_mb` is the process's resident memory, which the memory benchmarks report beside it.
 """
 
 from __future__ import annotations
 
+import resource
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -85,3 +88,14 @@ class Calibration:
         when = ", start / end of the run" if e else ""
         return (f"calibration: numpy {_size(s.numpy_n)} cumsum {np_ms} ms, python loop {_size(s.loop_n)} adds "
                 f"{py_ms} ms (median of {s.repeat}{when})")
+
+
+def rss_mb() -> float:
+    """The process's resident set size now, MB (Linux /proc; the peak from getrusage elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

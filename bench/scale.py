@@ -53,7 +53,7 @@ from bot.store import Store
 from bot.store.tables import DailyRow, SkewAlertRow
 
 from .bot import Clock, NoopPoster
-from .calibrate import Calibration
+from .calibrate import Calibration, rss_mb
 from .doc import write_section
 
 UTC = timezone.utc
@@ -78,17 +78,6 @@ class ManySymbols:
     async def bars(self, symbol: str, window: Window) -> Bars:
         self.fetches += 1
         return dataclasses.replace(self._bars, symbol=symbol).last(window.duration_ms)
-
-
-def rss_mb() -> float:
-    """The process's resident set size now, MB (Linux /proc; the peak from getrusage elsewhere)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 async def bulk(store: Store, channels: int, now: datetime, *, skew: bool) -> float:

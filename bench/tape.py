@@ -51,7 +51,7 @@ from analysis.tape.feeds import BinanceFeed, BybitFeed, OkxFeed  # noqa: E402
 from analysis.tape.recorder import Recorder, RecorderParams  # noqa: E402
 from loopback_ws import BYBIT_SUBSCRIBED, OKX_SUBSCRIBED, LoopbackWS, Peer  # noqa: E402
 
-from .calibrate import Calibration  # noqa: E402
+from .calibrate import Calibration, rss_mb  # noqa: E402
 from .doc import write_section  # noqa: E402
 
 FIX = ROOT / "tests" / "fixtures" / "tape"
@@ -136,18 +136,6 @@ class CountingSink:
 
     async def write_gap(self, gap: Gap) -> None:
         self.gaps += 1
-
-
-def rss_mb() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 async def replay(minutes: float, speed: float, seed: int) -> dict[str, Any]:

@@ -655,20 +655,11 @@ class LiqmapBot(commands.AutoShardedBot):
     async def close(self) -> None:
         if self._symbols is not None:
             self._symbols.stop()
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
-            self._heartbeat_task = None
+        self._heartbeat_task = await _cancelled(self._heartbeat_task)
         await self.stop_tape()
-        if self._tape_watch is not None:
-            self._tape_watch.cancel()
-            await asyncio.gather(self._tape_watch, return_exceptions=True)
-            self._tape_watch = None
+        self._tape_watch = await _cancelled(self._tape_watch)
         await self.stop_hl_oi()
-        if self._demand_task is not None:
-            self._demand_task.cancel()
-            await asyncio.gather(self._demand_task, return_exceptions=True)
-            self._demand_task = None
+        self._demand_task = await _cancelled(self._demand_task)
         if self._pacer_watch is not None:
             logging.getLogger("discord.http").removeHandler(self._pacer_watch)
             self._pacer_watch = None
@@ -930,6 +921,14 @@ async def sync_commands(settings: Settings, *, guild_id: int | None = None) -> l
                 raise
             raise mapped from None
     return [line]
+
+
+async def _cancelled(task: asyncio.Task[Any] | None) -> None:
+    """Cancel ``task`` (if any) and wait for it to end; returns None for the attribute that held it."""
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return None
 
 
 async def _close_sources(service: Any) -> None:

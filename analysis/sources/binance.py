@@ -88,7 +88,7 @@ from ..errors import InputError, SourceError
 from ..symbols import parse_symbol, suggest
 from ..windows import DAY_MS, Window
 from ..margin import MarginTable, shipped_table
-from .budget import BudgetParams, Demand, HeldBack, RequestBudget
+from .budget import BudgetParams, Demand, HeldBack, RequestBudget, wait_words
 from .cache import BarCache
 from .http import DEFAULT_DEADLINE_S, RateLimiter, SingleFlight, VenueClient, gather_or_cancel
 from .series import chunk_ranges, store_fetched
@@ -321,11 +321,10 @@ class BinanceSource:
             self.used_weight = min(int(raw), WEIGHT_LIMIT_1M)  # beyond the limit the venue answers 429 anyway
             self.weight.observe(self.used_weight, WEIGHT_LIMIT_1M)
 
-    async def _get(self, path: str, params: dict[str, Any], *, weight: float, oi_paid: bool = False) -> Any:
+    async def _get(self, path: str, params: dict[str, Any], *, weight: float) -> Any:
         extra: dict[str, Any] = {}
-        if path == OI_HIST:  # its own budget, in priority order; retries are charged by the client
-            if not oi_paid:
-                await self.oi_budget.take(self.demand.priority(str(params.get("symbol"))))
+        if path == OI_HIST:  # its own budget: the first request's turn was taken in priority order
+            # (see _page); the client charges every retry
             extra = {"budget": self.oi_budget.limiter, "budget_paid": True}
         try:
             return await self.client.get_json(path, params, cost=weight, max_bytes=MAX_BYTES[path], **extra)
@@ -498,7 +497,7 @@ class BinanceSource:
     def _held_back(self, sym: str, interval: str, start: int, end: int, step: int, eta: float) -> tuple[pd.DataFrame, str]:
         cached = self.cache.load(VENUE, sym, interval, start, end + step)
         self.oi_budget.hold(f"{sym} {interval}", eta, stale=len(cached) > 0)
-        wait = _about(eta)
+        wait = f"about {wait_words(eta)}"
         if len(cached) == 0:
             raise HeldBack(
                 VENUE, OI_HIST,
@@ -569,12 +568,7 @@ class BinanceSource:
                 params = {"symbol": sym, "interval": interval, "startTime": s, "endTime": e + step - 1, "limit": n}
                 return parse_klines(await self._get(KLINES, params, weight=kline_weight(n)))
             params = {"symbol": sym, "period": interval, "startTime": s, "endTime": e + step - 1, "limit": n}
-            return parse_open_interest(await self._get(OI_HIST, params, weight=0, oi_paid=True))
-
-
-def _about(seconds: float) -> str:
-    """``about 4 min`` / ``about 30 s``."""
-    return f"about {max(1, round(seconds)):.0f} s" if seconds < 90 else f"about {round(seconds / 60):.0f} min"
+            return parse_open_interest(await self._get(OI_HIST, params, weight=0))
 
 
 def _cover_key(sym: str, interval: str) -> str:

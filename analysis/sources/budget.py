@@ -35,7 +35,8 @@ from typing import Any
 from ..errors import SourceError
 from .http import RateLimiter
 
-__all__ = ["BudgetParams", "RequestBudget", "Hold", "HeldBack", "Demand", "Priority", "SUBSCRIBED", "ASKED", "OTHER"]
+__all__ = ["BudgetParams", "RequestBudget", "Hold", "HeldBack", "Demand", "Priority", "SUBSCRIBED", "ASKED", "OTHER",
+           "wait_words"]
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class RequestBudget:
         h = Hold(key, self._wall(), max(0.0, float(eta_s)), stale)
         self._holds[key] = h
         log.warning("%s: %s held back by the budget (about %s ahead; %s); %d held back now",
-                    self.params.name, key, _minutes(h.eta_s),
+                    self.params.name, key, wait_words(h.eta_s),
                     "serving its last data, marked stale" if stale else "no data yet, requests are told when",
                     len(self._holds))
         return h
@@ -202,8 +203,9 @@ class RequestBudget:
         return sorted(self._holds.values(), key=lambda h: (h.since, h.key))
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+def wait_words(seconds: float) -> str:
+    """``4 min`` / ``30 s`` (at least ``1 s``): a wait as users and logs read it."""
+    return f"{max(1, round(seconds)):.0f} s" if seconds < 90 else f"{round(seconds / 60):.0f} min"
 
 
 class Demand:
