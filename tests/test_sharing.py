@@ -24,6 +24,9 @@ from test_report import CountingSource  # noqa: E402
 
 
 def two_layers(**kw):
+    # fakeredis runs Lua in-process (lupa): on a loaded CI machine one call can pass the default
+    # 0.5 s timeout, which would mark the layer down and let a test fall back to its local state
+    kw.setdefault("timeout_s", 10.0)
     server = fakeredis.FakeServer()
     return (RedisLayer(client=fakeredis.FakeAsyncRedis(server=server), **kw),
             RedisLayer(client=fakeredis.FakeAsyncRedis(server=server), **kw), server)
